@@ -1,0 +1,1 @@
+"""Operator-side logic behind `invoke`: models, images, manifests, toolchain, cluster, benchmarks."""

@@ -1,0 +1,1 @@
+"""invoke collections, one module per area; each exposes `ns` and optionally `ROOT_TASKS`."""

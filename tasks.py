@@ -1,0 +1,11 @@
+"""invoke entry point: wires the task collections in `ops.tasks`; all logic lives in `ops`."""
+
+from invoke import Collection
+
+from ops.tasks import bench, cluster, images, manifests, models, serve, tools
+
+ns = Collection()
+for module in (models, serve, images, manifests, tools, cluster, bench):
+    ns.add_collection(module.ns)
+    for task in getattr(module, "ROOT_TASKS", ()):
+        ns.add_task(task)
