@@ -1,6 +1,61 @@
-"""invoke tasks for the tools area (being built)."""
+"""invoke tasks for the pinned toolchain (tools.toml): install, list, doctor."""
 
-from invoke import Collection
+from __future__ import annotations
+
+from invoke import Collection, Context, Exit, task
+
+from ops import doctor as doctor_mod
+from ops import tools as tools_mod
+
+
+@task(
+    iterable=["name"],
+    help={
+        "name": "Install only this tool (repeatable); default: every tool in tools.toml.",
+        "force": "Drop the cached copy first, forcing a fresh download or build.",
+    },
+)
+def install(c: Context, name: list[str] | None = None, force: bool = False) -> None:
+    """Obtain every pinned tool: cached copy, else verified download, else Go build (nice 19)."""
+    names = name or None
+    if force:
+        for n in names or tools_mod.load_manifest().tools:
+            tools_mod.remove(n)
+    results = tools_mod.install(names)
+    missing = [r.name for r in results if r.required and r.path is None]
+    if missing:
+        raise Exit(f"required tools missing: {', '.join(missing)}", code=1)
+
+
+@task(name="list")
+def list_(c: Context) -> None:
+    """Show each pinned tool, its cached path and where it came from; installs nothing."""
+    for st in tools_mod.statuses():
+        where = str(st.path) if st.path else "; ".join(st.notes) or "-"
+        tools_mod.console.print(f"{st.name:24} {st.pinned:10} {st.source:18} {where}")
+
+
+@task(help={"name": "Tool name from tools.toml."})
+def path(c: Context, name: str) -> None:
+    """Print the path of one pinned tool, installing it if needed (for scripts: $(inv tools.path -n kubectl))."""
+    print(tools_mod.ensure(name))
+
+
+@task(
+    help={
+        "require_docker": "Fail when the docker engine is not running (default from invoke.yaml doctor.require_docker)."
+    }
+)
+def doctor(c: Context, require_docker: bool | None = None) -> None:
+    """Report pinned vs found tool versions, docker engine and CUDA/GPU; exit 1 when a required piece is missing."""
+    if require_docker is None:
+        require_docker = bool(c.config.get("doctor", {}).get("require_docker", True))
+    if not doctor_mod.run(require_docker=require_docker):
+        raise Exit(code=1)
+
 
 ns = Collection("tools")
-ROOT_TASKS: list = []
+ns.add_task(install)
+ns.add_task(list_)
+ns.add_task(path)
+ROOT_TASKS = [doctor]

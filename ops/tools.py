@@ -1,0 +1,587 @@
+"""The pinned toolchain: read tools.toml and obtain each tool from the cache, a verified download or a Go build."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+import tomllib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MANIFEST_PATH = REPO_ROOT / "tools.toml"
+UNVERIFIED = "unverified"
+STAMP_NAME = "source.json"
+UNAVAILABLE_NAME = "unavailable.json"
+DOWNLOAD_TIMEOUT_S = 60.0
+
+console = Console(stderr=True)
+
+
+class ToolError(RuntimeError):
+    """A tool could not be obtained by any path; the message says why for each path tried."""
+
+
+class ChecksumError(RuntimeError):
+    """A download is unverifiable (no pinned sha256) or did not match its pinned sha256."""
+
+
+@dataclass(frozen=True)
+class DownloadSpec:
+    """Upstream release download: a bare binary, or `member` inside a .tar.gz."""
+
+    url: str
+    sha256: str
+    member: str | None = None
+
+    @property
+    def verified(self) -> bool:
+        return bool(re.fullmatch(r"[0-9a-f]{64}", self.sha256))
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """Go build: `go install package@version` from `module`, or `go build` inside a wrapper module."""
+
+    package: str
+    module: str | None = None
+    wrapper: str | None = None
+    ldflags: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class WrapperSpec:
+    """A throwaway module that requires a module with `replace`s and restates those replaces as versions."""
+
+    name: str
+    require: dict[str, str]
+    replace: tuple[str, ...]
+    replace_version: str
+    ldflags: tuple[str, ...]
+
+    def fingerprint(self) -> str:
+        blob = json.dumps(
+            [self.require, self.replace, self.replace_version], sort_keys=True
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """One pinned tool from tools.toml."""
+
+    name: str
+    version: str
+    required: bool
+    version_args: tuple[str, ...]
+    version_regex: str
+    build: BuildSpec | None
+    download: DownloadSpec | None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The whole of tools.toml."""
+
+    tools: dict[str, ToolSpec]
+    wrappers: dict[str, WrapperSpec]
+    go_toolchain: str = "local"
+
+
+@dataclass
+class ToolStatus:
+    """What `doctor` and `install` report for one tool."""
+
+    name: str
+    pinned: str
+    required: bool
+    path: Path | None = None
+    found: str | None = None
+    source: str = "missing"  # cache (<how>) | download | build | unavailable | missing
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.path is not None and versions_match(self.pinned, self.found)
+
+
+def versions_match(pinned: str, found: str | None) -> bool:
+    return found is not None and pinned.lstrip("v") == found.lstrip("v")
+
+
+def load_manifest(path: Path = MANIFEST_PATH) -> Manifest:
+    """Parse tools.toml into typed specs."""
+    data = tomllib.loads(path.read_text())
+    wrappers = {
+        name: WrapperSpec(
+            name=name,
+            require=dict(w["require"]),
+            replace=tuple(w.get("replace", ())),
+            replace_version=w["replace_version"],
+            ldflags=tuple(w.get("ldflags", ())),
+        )
+        for name, w in data.get("wrappers", {}).items()
+    }
+    tools: dict[str, ToolSpec] = {}
+    for name, t in data["tools"].items():
+        b: dict[str, Any] | None = t.get("build")
+        d: dict[str, Any] | None = t.get("download")
+        if b and b.get("wrapper") and b["wrapper"] not in wrappers:
+            raise ValueError(f"tools.{name}: unknown wrapper {b['wrapper']!r}")
+        tools[name] = ToolSpec(
+            name=name,
+            version=t["version"],
+            required=bool(t.get("required", True)),
+            version_args=tuple(t.get("version_args", ("--version",))),
+            version_regex=t.get("version_regex", r"(v?[0-9]+\.[0-9]+\.[0-9]+)"),
+            build=BuildSpec(
+                package=b["package"],
+                module=b.get("module"),
+                wrapper=b.get("wrapper"),
+                ldflags=tuple(b.get("ldflags", ())),
+                tags=tuple(b.get("tags", ())),
+            )
+            if b
+            else None,
+            download=DownloadSpec(
+                url=d["url"], sha256=d["sha256"], member=d.get("member")
+            )
+            if d
+            else None,
+        )
+    return Manifest(
+        tools=tools,
+        wrappers=wrappers,
+        go_toolchain=data.get("go", {}).get("toolchain", "local"),
+    )
+
+
+# --- cache layout --------------------------------------------------------------------------------
+
+
+def cache_root() -> Path:
+    """`${XDG_CACHE_HOME:-~/.cache}/eks-inference`: outside the checkout, so a fresh CI clone reuses it."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "eks-inference"
+
+
+def tool_dir(spec: ToolSpec) -> Path:
+    return cache_root() / "tools" / spec.name / spec.version
+
+
+def binary_path(spec: ToolSpec) -> Path:
+    return tool_dir(spec) / spec.name
+
+
+def read_stamp(spec: ToolSpec) -> dict[str, Any] | None:
+    """The stamp is written last, so a binary without one is a half-finished install."""
+    stamp = tool_dir(spec) / STAMP_NAME
+    if not stamp.is_file() or not binary_path(spec).is_file():
+        return None
+    try:
+        return dict(json.loads(stamp.read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def cached(name: str, manifest: Manifest | None = None) -> Path | None:
+    """The cached binary of a pinned tool, or None; never installs."""
+    spec = (manifest or load_manifest()).tools[name]
+    return binary_path(spec) if read_stamp(spec) is not None else None
+
+
+def go_env(manifest: Manifest | None = None) -> dict[str, str]:
+    """Environment for Go builds: module and build caches under the cache root, kept warm across clones."""
+    m = manifest or load_manifest()
+    env = dict(os.environ)
+    env.setdefault("GOMODCACHE", str(cache_root() / "go" / "mod"))
+    env.setdefault("GOCACHE", str(cache_root() / "go" / "build"))
+    env["GOTOOLCHAIN"] = m.go_toolchain
+    # -modcacherw: the module cache stays deletable with rm -rf; -trimpath: reproducible binaries.
+    env["GOFLAGS"] = " ".join(
+        f
+        for f in (env.get("GOFLAGS", ""), "-buildvcs=false", "-modcacherw", "-trimpath")
+        if f
+    )
+    env["CGO_ENABLED"] = env.get("CGO_ENABLED", "0")
+    return env
+
+
+# --- found versions --------------------------------------------------------------------------------
+
+
+def found_version(spec: ToolSpec, path: Path) -> str | None:
+    """Run the binary's version command and pull the version out with the spec's regex."""
+    try:
+        proc = subprocess.run(
+            [str(path), *spec.version_args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(spec.version_regex, proc.stdout + proc.stderr)
+    return match.group(1) if match else None
+
+
+# --- path 2: verified download ----------------------------------------------------------------------
+
+
+def download(spec: ToolSpec, dest: Path) -> None:
+    """Fetch the upstream release, verify its sha256 BEFORE unpacking or writing, install it at dest.
+
+    Refuses (ChecksumError) without touching the network when the pinned checksum is "unverified".
+    """
+    if spec.download is None:
+        raise ChecksumError("no upstream binary download is published")
+    dl = spec.download
+    if not dl.verified:
+        raise ChecksumError(
+            f"sha256 is {dl.sha256!r} in tools.toml; refusing to run an unverified download"
+        )
+    import httpx  # imported here: only this path needs it
+
+    digest = hashlib.sha256()
+    buf = io.BytesIO()
+    with httpx.stream(
+        "GET", dl.url, follow_redirects=True, timeout=DOWNLOAD_TIMEOUT_S
+    ) as resp:
+        resp.raise_for_status()
+        for chunk in resp.iter_bytes():
+            digest.update(chunk)
+            buf.write(chunk)
+    if digest.hexdigest() != dl.sha256:
+        raise ChecksumError(
+            f"sha256 mismatch for {dl.url}: got {digest.hexdigest()}, pinned {dl.sha256}"
+        )
+    payload = buf.getvalue()
+    if dl.member:
+        with tarfile.open(fileobj=io.BytesIO(payload), mode="r:gz") as tar:
+            member = tar.extractfile(dl.member)
+            if member is None:
+                raise ChecksumError(f"{dl.member} is not a file in {dl.url}")
+            payload = member.read()
+    _write_executable(dest, payload)
+
+
+def _write_executable(dest: Path, payload: bytes) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".partial")
+    tmp.write_bytes(payload)
+    tmp.chmod(0o755)
+    tmp.replace(dest)
+
+
+# --- path 3: Go build --------------------------------------------------------------------------------
+
+
+def _run_go(
+    args: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    progress: Progress | None,
+    label: str,
+) -> None:
+    """Run a Go command at nice 19, streaming `-v` package lines into the progress bar."""
+    cmd = ["nice", "-n", "19", "go", *args]
+    task = progress.add_task(f"{label}: go {args[0]}", total=None) if progress else None
+    lines: list[str] = []
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    )
+    assert proc.stdout is not None
+    for count, line in enumerate(proc.stdout, start=1):
+        lines.append(line.rstrip())
+        if progress is not None and task is not None:
+            progress.update(
+                task,
+                description=f"{label}: go {args[0]} [{count}] {line.strip()[-60:]}",
+            )
+    rc = proc.wait()
+    if progress is not None and task is not None:
+        progress.remove_task(task)
+    if rc != 0:
+        tail = "\n".join(lines[-25:])
+        raise ToolError(f"`go {' '.join(args)}` failed (exit {rc}):\n{tail}")
+
+
+def _ldflags(flags: Iterable[str]) -> list[str]:
+    joined = " ".join(["-s", "-w", *flags])
+    return ["-ldflags", joined]
+
+
+def wrapper_dir(wrapper: WrapperSpec) -> Path:
+    return cache_root() / "wrappers" / f"{wrapper.name}-{wrapper.fingerprint()}"
+
+
+def prepare_wrapper(
+    wrapper: WrapperSpec,
+    packages: list[str],
+    env: dict[str, str],
+    progress: Progress | None,
+) -> Path:
+    """Create (once) the wrapper module and resolve its dependency graph with `go get`."""
+    wdir = wrapper_dir(wrapper)
+    ready = wdir / ".resolved"
+    if ready.is_file():
+        return wdir
+    wdir.mkdir(parents=True, exist_ok=True)
+    lines = [
+        f"module eks-inference.local/wrappers/{wrapper.name}",
+        "",
+        "go 1.24",
+        "",
+        "require (",
+    ]
+    lines += [f"\t{mod} {ver}" for mod, ver in wrapper.require.items()]
+    lines += [")", "", "replace ("]
+    lines += [f"\t{mod} => {mod} {wrapper.replace_version}" for mod in wrapper.replace]
+    lines += [")", ""]
+    (wdir / "go.mod").write_text("\n".join(lines))
+    version = next(iter(wrapper.require.values()))
+    _run_go(
+        ["get", *(f"{pkg}@{version}" for pkg in packages)],
+        wdir,
+        env,
+        progress,
+        wrapper.name,
+    )
+    ready.write_text(json.dumps({"packages": packages}))
+    return wdir
+
+
+def build(
+    spec: ToolSpec, dest: Path, manifest: Manifest, progress: Progress | None = None
+) -> None:
+    """Build the tool from source through the Go module proxy into dest."""
+    if spec.build is None:
+        raise ToolError("no Go build recipe")
+    b = spec.build
+    env = go_env(manifest)
+    tags = ["-tags", ",".join(b.tags)] if b.tags else []
+    with tempfile.TemporaryDirectory(prefix=f"build-{spec.name}-") as tmp:
+        out = Path(tmp) / spec.name
+        if b.wrapper:
+            wrapper = manifest.wrappers[b.wrapper]
+            siblings = sorted(
+                {
+                    t.build.package
+                    for t in manifest.tools.values()
+                    if t.build and t.build.wrapper == b.wrapper
+                }
+            )
+            wdir = prepare_wrapper(wrapper, siblings, env, progress)
+            flags = _ldflags([*wrapper.ldflags, *b.ldflags])
+            _run_go(
+                ["build", "-v", *tags, *flags, "-o", str(out), b.package],
+                wdir,
+                env,
+                progress,
+                spec.name,
+            )
+        else:
+            env["GOBIN"] = tmp
+            flags = _ldflags(b.ldflags)
+            _run_go(
+                ["install", "-v", *tags, *flags, f"{b.package}@{spec.version}"],
+                Path(tmp),
+                env,
+                progress,
+                spec.name,
+            )
+            built = Path(tmp) / b.package.rstrip("/").split("/")[-1]
+            # A major-version suffix names no binary: .../vegeta/v12 installs `vegeta`.
+            if re.fullmatch(r"v[0-9]+", built.name):
+                built = Path(tmp) / b.package.split("/")[-2]
+            built.rename(out)
+        _write_executable(dest, out.read_bytes())
+
+
+# --- ensure / install ----------------------------------------------------------------------------------
+
+
+def _write_stamp(spec: ToolSpec, source: str, seconds: float) -> None:
+    path = binary_path(spec)
+    stamp = {
+        "tool": spec.name,
+        "version": spec.version,
+        "source": source,
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "seconds": round(seconds, 1),
+        "installed_at": _now(),
+    }
+    (tool_dir(spec) / STAMP_NAME).write_text(json.dumps(stamp, indent=2) + "\n")
+    (tool_dir(spec) / UNAVAILABLE_NAME).unlink(missing_ok=True)
+
+
+def obtain(
+    name: str, manifest: Manifest | None = None, progress: Progress | None = None
+) -> ToolStatus:
+    """Cache -> verified download -> Go build; returns the status with notes on every path tried."""
+    m = manifest or load_manifest()
+    spec = m.tools[name]
+    status = ToolStatus(name=name, pinned=spec.version, required=spec.required)
+    dest = binary_path(spec)
+    stamp = read_stamp(spec)
+    if stamp is not None:
+        status.path, status.source = dest, f"cache ({stamp.get('source', '?')})"
+        status.found = found_version(spec, dest)
+        return status
+    started = time.monotonic()
+    for source, action in (("download", download), ("build", None)):
+        try:
+            if action is not None:
+                action(spec, dest)
+            else:
+                build(spec, dest, m, progress)
+        except (ChecksumError, ToolError, OSError) as exc:
+            status.notes.append(f"{source}: {_first_lines(str(exc))}")
+            continue
+        except Exception as exc:  # noqa: BLE001 - an HTTP failure must fall through to the build path
+            status.notes.append(f"{source}: {type(exc).__name__}: {exc}")
+            continue
+        found = found_version(spec, dest)
+        if not versions_match(spec.version, found):
+            status.notes.append(
+                f"{source}: binary reports version {found!r}, pinned {spec.version}"
+            )
+            dest.unlink(missing_ok=True)
+            continue
+        status.seconds = time.monotonic() - started
+        _write_stamp(spec, source, status.seconds)
+        status.path, status.found, status.source = dest, found, source
+        return status
+    status.source = "unavailable" if _proxy_refused(status.notes) else "missing"
+    status.seconds = time.monotonic() - started
+    # Remembered for `doctor`, which reports without touching the network.
+    tool_dir(spec).mkdir(parents=True, exist_ok=True)
+    (tool_dir(spec) / UNAVAILABLE_NAME).write_text(
+        json.dumps(
+            {"source": status.source, "notes": status.notes, "checked_at": _now()},
+            indent=2,
+        )
+        + "\n"
+    )
+    return status
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _first_lines(text: str, limit: int = 6) -> str:
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    picked = [
+        ln
+        for ln in lines
+        if "403" in ln or "not available" in ln or "error" in ln.lower()
+    ] or lines
+    return " | ".join(picked[:limit])
+
+
+def _proxy_refused(notes: list[str]) -> bool:
+    return any("403" in n or "not available" in n for n in notes)
+
+
+def ensure(name: str) -> Path:
+    """Path of the pinned binary `name`, installing it first if needed (cache -> download -> build)."""
+    m = load_manifest()
+    if name not in m.tools:
+        raise KeyError(f"{name!r} is not pinned in {MANIFEST_PATH}")
+    path = cached(name, m)
+    if path is not None:
+        return path
+    with _progress() as progress:
+        status = obtain(name, m, progress)
+    if status.path is None:
+        raise ToolError(
+            f"{name} {status.pinned} could not be obtained: " + "; ".join(status.notes)
+        )
+    return status.path
+
+
+@contextlib.contextmanager
+def _progress() -> Iterator[Progress]:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        yield progress
+
+
+def install(names: Iterable[str] | None = None) -> list[ToolStatus]:
+    """Obtain every pinned tool (or `names`); optional tools that cannot be obtained are reported, not fatal."""
+    m = load_manifest()
+    selected = list(names) if names else list(m.tools)
+    results: list[ToolStatus] = []
+    with _progress() as progress:
+        overall = progress.add_task("tools", total=len(selected))
+        for name in selected:
+            progress.update(overall, description=f"tools: {name}")
+            status = obtain(name, m, progress)
+            results.append(status)
+            if status.path is not None:
+                progress.console.log(
+                    f"{name} {status.found}: {status.source} ({status.seconds:.1f}s)"
+                )
+            else:
+                level = "red" if status.required else "yellow"
+                progress.console.log(
+                    f"[{level}]{name} {status.pinned}: {status.source}[/] - {'; '.join(status.notes)}"
+                )
+            progress.advance(overall)
+    return results
+
+
+def statuses() -> list[ToolStatus]:
+    """Status of every pinned tool without installing anything (for `doctor` and `tools.list`)."""
+    m = load_manifest()
+    out: list[ToolStatus] = []
+    for spec in m.tools.values():
+        st = ToolStatus(name=spec.name, pinned=spec.version, required=spec.required)
+        stamp = read_stamp(spec)
+        if stamp is not None:
+            st.path = binary_path(spec)
+            st.source = f"cache ({stamp.get('source', '?')})"
+            st.found = found_version(spec, st.path)
+        else:
+            st.source = "not installed"
+            failed = tool_dir(spec) / UNAVAILABLE_NAME
+            if failed.is_file():
+                record = json.loads(failed.read_text())
+                st.source = record["source"]
+                st.notes = [*record["notes"], f"checked {record['checked_at']}"]
+        out.append(st)
+    return out
+
+
+def remove(name: str) -> None:
+    """Drop a tool's cached copy (all versions)."""
+    shutil.rmtree(cache_root() / "tools" / name, ignore_errors=True)
