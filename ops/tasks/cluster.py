@@ -1,6 +1,94 @@
-"""invoke tasks for the cluster area (being built)."""
+"""invoke tasks for the simulated EKS cluster (kwok on a real control plane) and the root `deploy` task."""
 
-from invoke import Collection
+from __future__ import annotations
+
+from pathlib import Path
+
+from invoke import Collection, Context, Exit, task
+from rich.table import Table
+
+from ops import cluster as cluster_mod
+from ops import deploy as deploy_mod
+
+
+def _sim(
+    c: Context, name: str | None, kubeconfig: str | None
+) -> cluster_mod.SimCluster:
+    conf = c.config.get("cluster", {}).get("sim", {})
+    return cluster_mod.SimCluster(
+        name=name or conf.get("name", "eks-sim"),
+        kubeconfig=Path(kubeconfig) if kubeconfig else None,
+        node_counts={
+            "cpu-general": int(conf.get("cpu_nodes", 3)),
+            "gpu-t4": int(conf.get("gpu_nodes", 3)),
+        },
+    )
+
+
+@task(
+    help={
+        "name": "Cluster name (default cluster.sim.name in invoke.yaml); the context is kwok-<name>.",
+        "kubeconfig": "Kubeconfig file to write the context into (default $KUBECONFIG or ~/.kube/config).",
+    }
+)
+def sim_up(c: Context, name: str | None = None, kubeconfig: str | None = None) -> None:
+    """Start kube-apiserver/etcd/controller-manager/scheduler + kwok (pinned, cached binaries) and the fake nodes."""
+    sim = _sim(c, name, kubeconfig)
+    sim.up()
+    table = Table(title=f"simulated EKS cluster, context {sim.context}")
+    for col in ("node", "zone", "nodegroup", "Ready"):
+        table.add_column(col)
+    for row in sim.node_table():
+        table.add_row(*row)
+    cluster_mod.console.print(table)
+
+
+@task(
+    help={
+        "name": "Cluster name (default cluster.sim.name).",
+        "kubeconfig": "Kubeconfig file holding its context.",
+    }
+)
+def sim_down(
+    c: Context, name: str | None = None, kubeconfig: str | None = None
+) -> None:
+    """Stop and delete the simulated cluster."""
+    _sim(c, name, kubeconfig).down()
+
+
+@task(
+    help={
+        "env": "local | staging | prod (overlays/local, overlays/eks-staging, overlays/eks-prod).",
+        "dry_run": "Show a server-side diff and change nothing.",
+        "yes": "Skip the prod confirmation prompt.",
+        "context": "Kube context to use (default: the current context); must be allowed for the env.",
+        "timeout": "Seconds to wait for each rollout (default deploy.timeout).",
+    }
+)
+def deploy(
+    c: Context,
+    env: str,
+    dry_run: bool = False,
+    yes: bool = False,
+    context: str | None = None,
+    timeout: int | None = None,
+) -> None:
+    """Render the overlay with the pinned kustomize, check the context, apply server-side, wait for rollouts."""
+    conf = c.config.get("deploy", {})
+    try:
+        deploy_mod.deploy(
+            env,
+            dict(conf.get("contexts", {})),
+            context=context,
+            dry_run=dry_run,
+            yes=yes,
+            timeout_s=int(timeout or conf.get("timeout", 300)),
+        )
+    except deploy_mod.DeployRefused as exc:
+        raise Exit(f"deploy refused: {exc}", code=2) from exc
+
 
 ns = Collection("cluster")
-ROOT_TASKS: list = []
+ns.add_task(sim_up)
+ns.add_task(sim_down)
+ROOT_TASKS = [deploy]

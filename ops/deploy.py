@@ -1,0 +1,267 @@
+"""`invoke deploy`: render an overlay with the pinned kustomize, guard the kube context, apply server-side, wait."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from ops import tools
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+OVERLAYS = {
+    "local": "overlays/local",
+    "staging": "overlays/eks-staging",
+    "prod": "overlays/eks-prod",
+}
+FIELD_MANAGER = "eks-inference-deploy"
+ROLLOUT_KINDS = ("Deployment", "DaemonSet", "StatefulSet")
+# Kinds applied first so that the objects depending on them are accepted.
+FIRST_KINDS = ("Namespace", "CustomResourceDefinition")
+
+console = Console()
+
+
+class DeployRefused(RuntimeError):
+    """The guard said no: wrong context, unconfirmed prod, or an unknown env."""
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A rolled-out object named in the rendered overlay."""
+
+    kind: str
+    name: str
+    namespace: str
+
+
+@dataclass
+class DeployResult:
+    """What `deploy` did; `rows` is the status table."""
+
+    env: str
+    context: str
+    dry_run: bool
+    diff: str = ""
+    workloads: list[Workload] = field(default_factory=list)
+    rows: list[tuple[str, str, str, str]] = field(default_factory=list)
+
+
+def overlay_dir(env: str) -> Path:
+    if env not in OVERLAYS:
+        raise DeployRefused(
+            f"unknown env {env!r}; expected one of {', '.join(OVERLAYS)}"
+        )
+    return REPO_ROOT / OVERLAYS[env]
+
+
+def render(env: str) -> str:
+    """`kustomize build` of the env's overlay with the pinned kustomize."""
+    proc = subprocess.run(
+        [str(tools.ensure("kustomize")), "build", str(overlay_dir(env))],
+        capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"kustomize build {OVERLAYS[env]} failed: {proc.stderr.strip()}"
+        )
+    return proc.stdout
+
+
+def split_first(rendered: str) -> tuple[str, str]:
+    """(namespaces/CRDs, everything else): a server-side dry run of an object needs its namespace to exist."""
+    first: list[dict[str, Any]] = []
+    rest: list[dict[str, Any]] = []
+    for doc in yaml.safe_load_all(rendered):
+        if not doc:
+            continue
+        (first if doc.get("kind") in FIRST_KINDS else rest).append(doc)
+    return yaml.safe_dump_all(first), yaml.safe_dump_all(rest)
+
+
+def workloads(rendered: str) -> list[Workload]:
+    out = []
+    for doc in yaml.safe_load_all(rendered):
+        if doc and doc.get("kind") in ROLLOUT_KINDS:
+            meta = doc["metadata"]
+            out.append(
+                Workload(doc["kind"], meta["name"], meta.get("namespace", "default"))
+            )
+    return out
+
+
+def parse_allowed(value: str | Sequence[str]) -> list[str]:
+    """invoke.yaml holds a comma-separated string, so INVOKE_DEPLOY_CONTEXTS_<ENV> can override it."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return [item.strip() for item in items if item.strip()]
+
+
+def check_context(env: str, context: str, allowed: Sequence[str]) -> None:
+    """Refuse unless the context matches one of the env's allowed patterns (fnmatch globs)."""
+    if not any(fnmatch.fnmatchcase(context, pattern) for pattern in allowed):
+        raise DeployRefused(
+            f"kube context {context!r} is not allowed for env {env!r} (allowed: {', '.join(allowed) or 'none'}); "
+            f"set deploy.contexts.{env} in invoke.yaml or INVOKE_DEPLOY_CONTEXTS_{env.upper()}"
+        )
+
+
+class Kubectl:
+    """The pinned kubectl bound to one context (and optionally one kubeconfig file)."""
+
+    def __init__(self, context: str | None, kubeconfig: Path | None = None) -> None:
+        self.binary = str(tools.ensure("kubectl"))
+        self.context = context
+        self.env = dict(os.environ)
+        if kubeconfig is not None:
+            self.env["KUBECONFIG"] = str(kubeconfig)
+
+    def run(
+        self,
+        *args: str,
+        input_text: str | None = None,
+        ok_codes: tuple[int, ...] = (0,),
+        timeout: float = 300,
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = [
+            self.binary,
+            *(["--context", self.context] if self.context else []),
+            *args,
+        ]
+        console.log("[bold]$ kubectl " + " ".join(cmd[1:]))
+        proc = subprocess.run(
+            cmd,
+            input=input_text,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+            check=False,
+        )
+        if proc.returncode not in ok_codes:
+            raise RuntimeError(
+                f"kubectl {' '.join(args)} failed (exit {proc.returncode}): {proc.stderr.strip()}"
+            )
+        return proc
+
+    def current_context(self) -> str:
+        proc = subprocess.run(
+            [self.binary, "config", "current-context"],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise DeployRefused(f"no current kube context: {proc.stderr.strip()}")
+        return proc.stdout.strip()
+
+
+def deploy(
+    env: str,
+    allowed_contexts: Mapping[str, str | Sequence[str]],
+    *,
+    context: str | None = None,
+    kubeconfig: Path | None = None,
+    dry_run: bool = False,
+    yes: bool = False,
+    timeout_s: int = 300,
+    confirm: Callable[[str], bool] | None = None,
+) -> DeployResult:
+    """Render, guard, then apply server-side (or diff server-side with dry_run) and wait for rollouts."""
+    rendered = render(env)
+    kubectl = Kubectl(context, kubeconfig)
+    ctx = context or kubectl.current_context()
+    kubectl.context = ctx
+    check_context(env, ctx, parse_allowed(allowed_contexts.get(env, "")))
+    result = DeployResult(
+        env=env, context=ctx, dry_run=dry_run, workloads=workloads(rendered)
+    )
+    common = ["--server-side", f"--field-manager={FIELD_MANAGER}", "--force-conflicts"]
+    first, rest = split_first(rendered)
+    if dry_run:
+        # kubectl diff: exit 0 = no changes, 1 = changes, >1 = error. It changes nothing.
+        # Objects in a namespace that does not exist yet cannot be diffed; they are listed as new.
+        existing = set(kubectl.run("get", "namespaces", "-o", "name").stdout.split())
+        diffable: list[dict[str, Any]] = []
+        pending: list[dict[str, Any]] = []
+        for doc in yaml.safe_load_all(rest):
+            ns = (doc or {}).get("metadata", {}).get("namespace")
+            (pending if ns and f"namespace/{ns}" not in existing else diffable).append(
+                doc
+            )
+        diffs = []
+        for part in (first, yaml.safe_dump_all(diffable)):
+            if part.strip():
+                diffs.append(
+                    kubectl.run(
+                        "diff", *common, "-f", "-", input_text=part, ok_codes=(0, 1)
+                    ).stdout
+                )
+        diffs += [
+            f"+ {d['kind']}/{d['metadata']['name']} -n {d['metadata']['namespace']} (new; namespace not created yet)\n"
+            for d in pending
+        ]
+        result.diff = "".join(diffs)
+        console.print(result.diff or "[green]no changes[/]")
+        return result
+    if env == "prod" and not yes:
+        ask = confirm or _ask
+        if not ask(f"Apply {OVERLAYS[env]} to context {ctx!r}?"):
+            raise DeployRefused("prod deploy not confirmed")
+    for part in (first, rest):
+        if part.strip():
+            kubectl.run("apply", *common, "-f", "-", input_text=part)
+    for w in result.workloads:
+        kubectl.run(
+            "rollout", "status", f"{w.kind.lower()}/{w.name}", "-n", w.namespace, f"--timeout={timeout_s}s",
+            timeout=timeout_s + 30,
+        )  # fmt: skip
+    result.rows = status_rows(kubectl, result.workloads)
+    print_status(result)
+    return result
+
+
+def _ask(question: str) -> bool:
+    from rich.prompt import Confirm
+
+    if not os.isatty(0):
+        raise DeployRefused(
+            "prod deploy needs confirmation: run interactively or pass --yes"
+        )
+    return Confirm.ask(question, default=False)
+
+
+def status_rows(
+    kubectl: Kubectl, items: Sequence[Workload]
+) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for w in items:
+        ready_path = (
+            "{.status.numberReady}/{.status.desiredNumberScheduled}"
+            if w.kind == "DaemonSet"
+            else "{.status.readyReplicas}/{.status.replicas}"
+        )
+        jsonpath = f"jsonpath={ready_path} {{.spec.template.spec.containers[0].image}}"
+        out = kubectl.run(
+            "get", f"{w.kind.lower()}/{w.name}", "-n", w.namespace, "-o", jsonpath
+        ).stdout
+        ready, _, image = out.partition(" ")
+        rows.append((f"{w.kind}/{w.name}", w.namespace, ready, image))
+    return rows
+
+
+def print_status(result: DeployResult) -> None:
+    table = Table(title=f"deploy {result.env} -> {result.context}")
+    for col in ("workload", "namespace", "ready", "image"):
+        table.add_column(col)
+    for row in result.rows:
+        table.add_row(*row)
+    console.print(table)
