@@ -35,9 +35,9 @@ def list_(c: Context) -> None:
         tools_mod.console.print(f"{st.name:24} {st.pinned:10} {st.source:18} {where}")
 
 
-@task(help={"name": "Tool name from tools.toml."})
-def path(c: Context, name: str) -> None:
-    """Print the path of one pinned tool, installing it if needed (for scripts: $(inv tools.path -n kubectl))."""
+@task(positional=["name"], help={"name": "Tool name from tools.toml."})
+def ensure(c: Context, name: str) -> None:
+    """Print the path of one pinned tool, installing it if needed (for scripts: $(inv tools.ensure kubectl))."""
     print(tools_mod.ensure(name))
 
 
@@ -57,5 +57,5 @@ def doctor(c: Context, require_docker: bool | None = None) -> None:
 ns = Collection("tools")
 ns.add_task(install)
 ns.add_task(list_)
-ns.add_task(path)
+ns.add_task(ensure)
 ROOT_TASKS = [doctor]

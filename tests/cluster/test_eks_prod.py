@@ -1,0 +1,424 @@
+"""The prod overlay deployed through `ops.deploy` to the simulated cluster: placement, capacity, rollout, PDB."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Self
+
+import pytest
+import yaml
+from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
+
+from ops import deploy
+from ops.cluster import SimCluster, wait_until
+
+NAMESPACE = "inference"
+GPU_SERVICE = "image-classifier"
+CPU_SERVICE = "text-classifier"
+GPU_TAINT = {"key": "nvidia.com/gpu", "value": "true", "effect": "NoSchedule"}
+GPU_ADDONS = ("nvidia-device-plugin", "dcgm-exporter")
+
+Obj = dict[str, Any]
+
+
+class Api:
+    """The kubernetes client, answering plain JSON dicts (the API's own field names)."""
+
+    def __init__(self, sim: SimCluster) -> None:
+        api_client = config.new_client_from_config(
+            config_file=str(sim.kubeconfig), context=sim.context
+        )
+        self.core = client.CoreV1Api(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self.policy = client.PolicyV1Api(api_client)
+
+    @staticmethod
+    def _json(response: Any) -> Obj:
+        return dict(json.loads(response.data))
+
+    def pods(
+        self, name: str, namespace: str = NAMESPACE, include_terminating: bool = False
+    ) -> list[Obj]:
+        resp = self.core.list_namespaced_pod(
+            namespace,
+            label_selector=f"app.kubernetes.io/name={name}",
+            _preload_content=False,
+        )
+        pods = list(self._json(resp)["items"])
+        return (
+            pods
+            if include_terminating
+            else [p for p in pods if "deletionTimestamp" not in p["metadata"]]
+        )
+
+    def all_pods(self) -> list[Obj]:
+        return list(
+            self._json(self.core.list_pod_for_all_namespaces(_preload_content=False))[
+                "items"
+            ]
+        )
+
+    def deployment(self, name: str) -> Obj:
+        return self._json(
+            self.apps.read_namespaced_deployment(
+                name, NAMESPACE, _preload_content=False
+            )
+        )
+
+    def deployment_names(self) -> list[str]:
+        items = self._json(
+            self.apps.list_deployment_for_all_namespaces(_preload_content=False)
+        )["items"]
+        return sorted(d["metadata"]["name"] for d in items)
+
+    def daemonset(self, name: str) -> Obj:
+        return self._json(
+            self.apps.read_namespaced_daemon_set(
+                name, "kube-system", _preload_content=False
+            )
+        )
+
+    def pdb(self, name: str) -> Obj:
+        return self._json(
+            self.policy.read_namespaced_pod_disruption_budget(
+                name, NAMESPACE, _preload_content=False
+            )
+        )
+
+    def scale(self, name: str, replicas: int) -> None:
+        self.apps.patch_namespaced_deployment_scale(
+            name, NAMESPACE, {"spec": {"replicas": replicas}}
+        )
+
+    def evict(self, pod: Obj) -> None:
+        name = pod["metadata"]["name"]
+        body = client.V1Eviction(
+            metadata=client.V1ObjectMeta(name=name, namespace=NAMESPACE)
+        )
+        self.core.create_namespaced_pod_eviction(name, NAMESPACE, body)
+
+
+@pytest.fixture(scope="session")
+def api(sim: SimCluster) -> Api:
+    return Api(sim)
+
+
+@dataclass
+class ProdDeploy:
+    """What happened when the prod overlay went through `ops.deploy`: a dry run, an unconfirmed try, the deploy."""
+
+    dry_run: deploy.DeployResult
+    deployments_after_dry_run: list[str]
+    unconfirmed_error: Exception | None
+    deployments_after_unconfirmed: list[str]
+    applied: deploy.DeployResult
+
+
+@pytest.fixture(scope="session")
+def prod(sim: SimCluster, api: Api) -> ProdDeploy:
+    # The simulated cluster's context is allowed for prod by configuration, as an operator allows an
+    # EKS cluster ARN; the guard itself is the production one.
+    allowed = {"prod": sim.context}
+    common: dict[str, Any] = {
+        "context": sim.context,
+        "kubeconfig": sim.kubeconfig,
+        "timeout_s": 240,
+    }
+    dry = deploy.deploy("prod", allowed, dry_run=True, **common)
+    after_dry = api.deployment_names()
+    error: Exception | None = None
+    try:
+        deploy.deploy("prod", allowed, confirm=lambda _question: False, **common)
+    except deploy.DeployRefused as exc:
+        error = exc
+    after_unconfirmed = api.deployment_names()
+    applied = deploy.deploy("prod", allowed, yes=True, **common)
+    return ProdDeploy(dry, after_dry, error, after_unconfirmed, applied)
+
+
+def tolerates(toleration: Obj, taint: dict[str, str]) -> bool:
+    """Kubernetes' toleration matching (k8s.io/api/core/v1 Toleration.ToleratesTaint)."""
+    if toleration.get("effect") and toleration["effect"] != taint["effect"]:
+        return False
+    key, operator = toleration.get("key") or "", toleration.get("operator") or "Equal"
+    if not key:
+        return operator == "Exists"
+    if key != taint["key"]:
+        return False
+    return operator == "Exists" or toleration.get("value", "") == taint["value"]
+
+
+def wait_available(api: Api, name: str, replicas: int, timeout_s: float = 120) -> None:
+    def done() -> bool:
+        d = api.deployment(name)
+        s = d.get("status", {})
+        return bool(
+            s.get("observedGeneration", 0) >= d["metadata"]["generation"]
+            and s.get("replicas", 0) == replicas
+            and s.get("updatedReplicas", 0) == replicas
+            and s.get("availableReplicas", 0) == replicas
+        )
+
+    wait_until(done, timeout_s, what=f"{name} at {replicas} available replicas")
+
+
+# --- the deploy itself -------------------------------------------------------------------------------
+
+
+def test_dry_run_shows_the_change_and_changes_nothing(prod: ProdDeploy) -> None:
+    assert GPU_SERVICE in prod.dry_run.diff and CPU_SERVICE in prod.dry_run.diff
+    assert GPU_SERVICE not in prod.deployments_after_dry_run
+    assert CPU_SERVICE not in prod.deployments_after_dry_run
+
+
+def test_prod_without_confirmation_applies_nothing(prod: ProdDeploy) -> None:
+    assert isinstance(prod.unconfirmed_error, deploy.DeployRefused)
+    assert GPU_SERVICE not in prod.deployments_after_unconfirmed
+
+
+def test_prod_deploy_rolls_out_every_workload(prod: ProdDeploy) -> None:
+    rows = {row[0]: row for row in prod.applied.rows}
+    for name in (
+        f"Deployment/{GPU_SERVICE}",
+        f"Deployment/{CPU_SERVICE}",
+        "DaemonSet/nvidia-device-plugin",
+    ):
+        assert name in rows, rows
+        ready, _, desired = rows[name][2].partition("/")
+        assert ready == desired and int(desired) > 0, rows[name]
+    assert rows[f"Deployment/{GPU_SERVICE}"][1] == NAMESPACE
+
+
+# --- placement ---------------------------------------------------------------------------------------
+
+
+def test_gpu_service_pods_run_only_on_gpu_nodes(
+    prod: ProdDeploy, api: Api, node_roles: dict[str, str]
+) -> None:
+    pods = api.pods(GPU_SERVICE)
+    assert len(pods) == 2
+    assert {node_roles[p["spec"]["nodeName"]] for p in pods} == {"gpu"}
+    assert {p["status"]["phase"] for p in pods} == {"Running"}
+
+
+def test_cpu_service_pods_run_only_on_cpu_nodes(
+    prod: ProdDeploy, api: Api, node_roles: dict[str, str]
+) -> None:
+    pods = api.pods(CPU_SERVICE)
+    assert len(pods) == 3
+    assert {node_roles[p["spec"]["nodeName"]] for p in pods} == {"cpu"}
+    assert {p["status"]["phase"] for p in pods} == {"Running"}
+
+
+@pytest.mark.parametrize("daemonset", GPU_ADDONS)
+def test_gpu_daemonsets_run_on_every_gpu_node_and_nowhere_else(
+    prod: ProdDeploy, api: Api, node_roles: dict[str, str], daemonset: str
+) -> None:
+    gpu_nodes = {n for n, role in node_roles.items() if role == "gpu"}
+    wait_until(
+        lambda: (
+            {p["spec"].get("nodeName") for p in api.pods(daemonset, "kube-system")}
+            == gpu_nodes
+        ),
+        timeout_s=60,
+        what=f"{daemonset} pods on exactly the GPU nodes",
+    )
+    assert api.daemonset(daemonset)["status"]["desiredNumberScheduled"] == len(
+        gpu_nodes
+    )
+
+
+def test_no_cpu_workload_tolerates_the_gpu_taint(
+    prod: ProdDeploy, api: Api, node_roles: dict[str, str]
+) -> None:
+    rendered = [
+        d
+        for d in yaml.safe_load_all(deploy.render("prod"))
+        if d and d["kind"] in deploy.ROLLOUT_KINDS
+    ]
+    cpu_workloads = []
+    for obj in rendered:
+        spec = obj["spec"]["template"]["spec"]
+        wants_gpu = any(
+            "nvidia.com/gpu"
+            in {
+                **(c.get("resources", {}).get("requests") or {}),
+                **(c.get("resources", {}).get("limits") or {}),
+            }
+            for c in spec["containers"]
+        )
+        if wants_gpu or obj["metadata"]["name"] in GPU_ADDONS:
+            continue
+        cpu_workloads.append(obj["metadata"]["name"])
+        bad = [t for t in spec.get("tolerations") or [] if tolerates(t, GPU_TAINT)]
+        assert not bad, (
+            f"{obj['kind']}/{obj['metadata']['name']} tolerates the GPU taint: {bad}"
+        )
+    assert CPU_SERVICE in cpu_workloads
+    # The scheduler agrees: on GPU nodes run only the GPU service and the GPU add-ons.
+    for pod in api.all_pods():
+        node = pod["spec"].get("nodeName")
+        if node and node_roles.get(node) == "gpu":
+            name = pod["metadata"].get("labels", {}).get("app.kubernetes.io/name")
+            assert name in (GPU_SERVICE, *GPU_ADDONS), (
+                f"{pod['metadata']['name']} landed on GPU node {node}"
+            )
+
+
+# --- capacity ----------------------------------------------------------------------------------------
+
+
+def test_scaling_the_gpu_service_past_gpu_capacity_leaves_pods_pending(
+    prod: ProdDeploy, api: Api, node_roles: dict[str, str]
+) -> None:
+    gpu_nodes = sum(1 for role in node_roles.values() if role == "gpu")
+    api.scale(
+        GPU_SERVICE, gpu_nodes + 1
+    )  # 4 = also the HPA's maxReplicas, so the HPA leaves it alone
+    try:
+
+        def unschedulable() -> list[str]:
+            return [
+                cond.get("message", "")
+                for pod in api.pods(GPU_SERVICE)
+                for cond in pod["status"].get("conditions", [])
+                if cond["type"] == "PodScheduled"
+                and cond["status"] == "False"
+                and cond.get("reason") == "Unschedulable"
+            ]
+
+        messages = wait_until(unschedulable, 60, what="an Unschedulable GPU pod")
+        assert len(messages) == 1
+        assert "Insufficient nvidia.com/gpu" in messages[0], messages[0]
+        phases = [p["status"]["phase"] for p in api.pods(GPU_SERVICE)]
+        assert sorted(phases) == ["Pending"] + ["Running"] * gpu_nodes
+    finally:
+        api.scale(GPU_SERVICE, 2)
+        wait_available(api, GPU_SERVICE, 2)
+
+
+# --- rollout -----------------------------------------------------------------------------------------
+
+
+def max_unavailable(deployment: Obj) -> int:
+    value = deployment["spec"]["strategy"]["rollingUpdate"].get("maxUnavailable", "25%")
+    replicas = int(deployment["spec"]["replicas"])
+    if isinstance(value, str) and value.endswith("%"):
+        return int(
+            replicas * int(value[:-1]) / 100
+        )  # Kubernetes rounds maxUnavailable down
+    return int(value)
+
+
+class AvailabilityWatch:
+    """Records status.availableReplicas of one Deployment on every watch event, in a background thread."""
+
+    def __init__(self, api: Api, name: str) -> None:
+        self.api, self.name = api, name
+        self.seen: list[int] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        w = watch.Watch()
+        for event in w.stream(
+            self.api.apps.list_namespaced_deployment,
+            NAMESPACE,
+            field_selector=f"metadata.name={self.name}",
+            timeout_seconds=180,
+        ):
+            self.seen.append(
+                event["raw_object"].get("status", {}).get("availableReplicas", 0)
+            )
+            if self.stop.is_set():
+                w.stop()
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        wait_until(lambda: self.seen, 30, what="the first deployment watch event")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        # One more event so that the stream notices the stop flag.
+        self.api.apps.patch_namespaced_deployment(
+            self.name,
+            NAMESPACE,
+            {"metadata": {"annotations": {"tests/rollout-watch": str(time.time())}}},
+        )
+        self.thread.join(timeout=30)
+
+
+@pytest.mark.parametrize("name", [GPU_SERVICE, CPU_SERVICE])
+def test_changing_the_image_tag_rolls_out_within_max_unavailable(
+    prod: ProdDeploy, api: Api, name: str
+) -> None:
+    before = api.deployment(name)
+    replicas, budget = int(before["spec"]["replicas"]), max_unavailable(before)
+    container = before["spec"]["template"]["spec"]["containers"][0]
+    new_image = container["image"].rsplit(":", 1)[0] + ":0.1.1-rollout-test"
+    patch = {
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [{"name": container["name"], "image": new_image}]
+                }
+            }
+        }
+    }
+    with AvailabilityWatch(api, name) as observed:
+        api.apps.patch_namespaced_deployment(name, NAMESPACE, patch)
+        wait_available(api, name, replicas, timeout_s=180)
+    assert len(observed.seen) > 2, observed.seen  # the rollout was actually watched
+    assert min(observed.seen) >= replicas - budget, (
+        f"available replicas dipped to {min(observed.seen)}: replicas {replicas}, maxUnavailable {budget}"
+    )
+    pods = api.pods(name)
+    assert len(pods) == replicas
+    assert {p["spec"]["containers"][0]["image"] for p in pods} == {new_image}
+
+
+# --- disruption --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cordoned_gpu_nodes(api: Api, node_roles: dict[str, str]) -> Iterator[list[str]]:
+    """GPU nodes marked unschedulable, so an evicted GPU pod's replacement cannot refill the budget."""
+    nodes = [n for n, role in node_roles.items() if role == "gpu"]
+    for node in nodes:
+        api.core.patch_node(node, {"spec": {"unschedulable": True}})
+    try:
+        yield nodes
+    finally:
+        for node in nodes:
+            api.core.patch_node(node, {"spec": {"unschedulable": False}})
+        wait_available(api, GPU_SERVICE, 2)
+
+
+def test_the_pdb_blocks_an_eviction_that_would_break_it(
+    prod: ProdDeploy, api: Api, cordoned_gpu_nodes: list[str]
+) -> None:
+    assert api.pdb(GPU_SERVICE)["spec"]["minAvailable"] == 1
+
+    def one_disruption_allowed() -> bool:
+        status = api.pdb(GPU_SERVICE).get("status", {})
+        return (
+            status.get("currentHealthy") == 2 and status.get("disruptionsAllowed") == 1
+        )
+
+    wait_until(
+        one_disruption_allowed, 60, what="the PDB to allow exactly one disruption"
+    )
+    first, second = sorted(api.pods(GPU_SERVICE), key=lambda p: p["metadata"]["name"])
+    api.evict(first)  # allowed: 2 healthy, minAvailable 1
+    with pytest.raises(ApiException) as refused:
+        api.evict(second)
+    assert refused.value.status == 429
+    assert "disruption budget" in str(refused.value.body)
+    survivors = [p["metadata"]["name"] for p in api.pods(GPU_SERVICE)]
+    assert second["metadata"]["name"] in survivors
