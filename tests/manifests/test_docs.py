@@ -1,0 +1,63 @@
+"""docs/manifests.md carries the diagram and ASG tags generated from the real overlay and node groups."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ops import manifests as m
+
+
+def test_generated_sections_are_current() -> None:
+    assert m.stale_doc_sections() == [], "run `invoke manifests.diagram --write`"
+
+
+def test_a_stale_diagram_is_detected_and_rewritten(tmp_path: Path) -> None:
+    doc = tmp_path / "manifests.md"
+    shutil.copy(m.DOC_PATH, doc)
+    doc.write_text(doc.read_text().replace("cpu_general", "cpu_elsewhere", 1))
+    assert m.stale_doc_sections(doc) == ["placement-diagram"]
+    assert m.write_doc_sections(doc) == ["placement-diagram"]
+    assert m.stale_doc_sections(doc) == []
+    assert doc.read_text() == m.DOC_PATH.read_text()
+
+
+def test_diagram_puts_each_workload_in_its_node_group(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    text = m.mermaid(objects=rendered["eks-prod"])
+    assert text.startswith("flowchart")
+    blocks = {}
+    for chunk in text.split("  subgraph ")[1:]:
+        name, body = chunk.split("[", 1)
+        blocks[name] = body.split("  end")[0]
+    assert set(blocks) == {"cpu_general", "gpu_t4"}
+    assert "Deployment text-classifier" in blocks["cpu_general"]
+    assert "Deployment cluster-autoscaler" in blocks["cpu_general"]
+    for workload in ("Deployment image-classifier", "DaemonSet nvidia-device-plugin", "DaemonSet dcgm-exporter"):
+        assert workload in blocks["gpu_t4"]
+        assert workload not in blocks["cpu_general"]
+    assert "HPA 3-12 pods" in blocks["cpu_general"] and "HPA 2-4 pods" in blocks["gpu_t4"]
+
+
+def test_gpu_group_scale_from_zero_tags() -> None:
+    tags = m.asg_node_template_tags("eks-inference-prod")["gpu-t4"]
+    prefix = "k8s.io/cluster-autoscaler/node-template"
+    assert tags[f"{prefix}/resources/nvidia.com/gpu"] == "1"
+    assert tags[f"{prefix}/label/k8s.amazonaws.com/accelerator"] == "nvidia-tesla-t4"
+    assert tags[f"{prefix}/taint/nvidia.com/gpu"] == "true:NoSchedule"
+    assert tags["k8s.io/cluster-autoscaler/eks-inference-prod"] == "owned"
+    # The autoscaler discovers exactly the tags its auto-discovery flag names.
+    (ca,) = m.find(m.render("eks-prod"), "Deployment", "cluster-autoscaler")
+    flags = ca["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert "--node-group-auto-discovery=asg:tag=k8s.io/cluster-autoscaler/enabled,k8s.io/cluster-autoscaler/$(CLUSTER_NAME)" in flags
+
+
+def test_cluster_name_reaches_the_autoscaler(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for overlay, cluster in (("eks-staging", "eks-inference-staging"), ("eks-prod", "eks-inference-prod")):
+        (ca,) = m.find(rendered[overlay], "Deployment", "cluster-autoscaler")
+        c = ca["spec"]["template"]["spec"]["containers"][0]
+        cm_name = next(e for e in c["env"] if e["name"] == "CLUSTER_NAME")["valueFrom"]["configMapKeyRef"]["name"]
+        (cm,) = m.find(rendered[overlay], "ConfigMap", cm_name)
+        assert cm["data"]["CLUSTER_NAME"] == cluster
+        (sa,) = m.find(rendered[overlay], "ServiceAccount", "cluster-autoscaler")
+        assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith(f"role/{cluster}-cluster-autoscaler")

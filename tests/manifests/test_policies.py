@@ -1,0 +1,338 @@
+"""The policy checks pass on every rendered overlay, and each one catches the mistake it is written for."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from ops import manifests as m
+
+Obj = dict[str, Any]
+ALL = [*m.OVERLAYS, *(f"eks-prod+{c}" for c in m.OPTIONAL_COMPONENTS)]
+
+
+@pytest.mark.parametrize("policy", sorted(m.POLICIES))
+@pytest.mark.parametrize("overlay", ALL)
+def test_policy_holds(overlay: str, policy: str, rendered: dict[str, list[Obj]]) -> None:
+    assert m.POLICIES[policy](overlay.split("+")[0], rendered[overlay]) == []
+
+
+def _container(objects: list[Obj], kind: str, name: str) -> Obj:
+    (obj,) = m.find(objects, kind, name)
+    container: Obj = obj["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+def _pod(objects: list[Obj], kind: str, name: str) -> Obj:
+    (obj,) = m.find(objects, kind, name)
+    spec: Obj = obj["spec"]["template"]["spec"]
+    return spec
+
+
+def _violations(policy: str, overlay: str, objects: list[Obj]) -> list[str]:
+    found = m.POLICIES[policy](overlay, objects)
+    assert found, f"{policy} missed the planted mistake"
+    return found
+
+
+# --- each policy catches its mistake -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["requests", "limits"])
+def test_missing_requests_or_limits(fresh: Callable[[str], list[Obj]], which: str) -> None:
+    objects = fresh("eks-prod")
+    del _container(objects, "DaemonSet", "dcgm-exporter")["resources"][which]["memory"]
+    assert _violations("resources", "eks-prod", objects) == [
+        f"DaemonSet/dcgm-exporter container dcgm-exporter: no {which} for memory"
+    ]
+
+
+@pytest.mark.parametrize("probe", ["startupProbe", "readinessProbe", "livenessProbe"])
+def test_missing_service_probe(fresh: Callable[[str], list[Obj]], probe: str) -> None:
+    objects = fresh("local")
+    del _container(objects, "Deployment", "text-classifier")[probe]
+    assert any(probe in v for v in _violations("probes", "local", objects))
+
+
+def test_liveness_on_readyz_is_refused(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh("eks-prod")
+    _container(objects, "Deployment", "image-classifier")["livenessProbe"]["httpGet"]["path"] = "/readyz"
+    _violations("probes", "eks-prod", objects)
+
+
+def test_addon_without_probes(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh("eks-prod")
+    del _container(objects, "Deployment", "cluster-autoscaler")["readinessProbe"]
+    assert _violations("probes", "eks-prod", objects) == [
+        "Deployment/cluster-autoscaler container cluster-autoscaler: no readinessProbe"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("readOnlyRootFilesystem", False),
+        ("allowPrivilegeEscalation", True),
+        ("runAsNonRoot", False),
+        ("capabilities", {"drop": ["NET_RAW"]}),
+        ("seccompProfile", {"type": "Unconfined"}),
+        ("runAsUser", 0),
+    ],
+)
+def test_security_context_breaks(fresh: Callable[[str], list[Obj]], field: str, value: Any) -> None:
+    objects = fresh("eks-staging")
+    _container(objects, "Deployment", "text-classifier")["securityContext"][field] = value
+    _violations("security-context", "eks-staging", objects)
+
+
+def test_added_capability_is_refused_even_for_root_exceptions(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh("eks-prod")
+    _container(objects, "DaemonSet", "dcgm-exporter")["securityContext"]["capabilities"]["add"] = ["SYS_ADMIN"]
+    assert _violations("security-context", "eks-prod", objects) == [
+        "DaemonSet/dcgm-exporter container dcgm-exporter: adds capabilities ['SYS_ADMIN']"
+    ]
+
+
+def test_tmp_must_be_an_emptydir(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh("local")
+    _container(objects, "Deployment", "image-classifier")["volumeMounts"] = []
+    assert any("/tmp" in v for v in _violations("security-context", "local", objects))
+
+
+@pytest.mark.parametrize("image", [
+    "111122223333.dkr.ecr.us-east-1.amazonaws.com/eks-inference/image-classifier:latest",
+    "111122223333.dkr.ecr.us-east-1.amazonaws.com/eks-inference/image-classifier",
+    "eks-inference/image-classifier:dev",
+])
+def test_latest_untagged_or_local_images_outside_local(fresh: Callable[[str], list[Obj]], image: str) -> None:
+    objects = fresh("eks-prod")
+    _container(objects, "Deployment", "image-classifier")["image"] = image
+    _violations("image-tags", "eks-prod", objects)
+
+
+def test_latest_is_allowed_in_local_only(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh("local")
+    _container(objects, "Deployment", "image-classifier")["image"] = "eks-inference/image-classifier:latest"
+    assert m.check_image_tags("local", objects) == []
+
+
+def test_device_plugin_unpinned(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh("eks-prod")
+    _container(objects, "DaemonSet", "nvidia-device-plugin")["image"] = "nvcr.io/nvidia/k8s-device-plugin:latest"
+    _violations("image-tags", "eks-prod", objects)
+    _violations("addon-versions", "eks-prod", objects)
+
+
+def test_cpu_workload_requesting_a_gpu(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh("eks-prod")
+    _container(objects, "Deployment", "text-classifier")["resources"]["limits"]["nvidia.com/gpu"] = 1
+    assert _violations("gpu-isolation", "eks-prod", objects) == [
+        "Deployment/text-classifier: requests nvidia.com/gpu but is not the GPU workload of an EKS overlay"
+    ]
+
+
+@pytest.mark.parametrize("toleration", [
+    {"key": "nvidia.com/gpu", "operator": "Exists"},
+    {"operator": "Exists"},  # tolerates every taint
+    {"key": "nvidia.com/gpu", "operator": "Equal", "value": "true", "effect": "NoSchedule"},
+])
+def test_cpu_workload_tolerating_the_gpu_taint(fresh: Callable[[str], list[Obj]], toleration: Obj) -> None:
+    objects = fresh("eks-prod")
+    _pod(objects, "Deployment", "text-classifier")["tolerations"] = [toleration]
+    _violations("gpu-isolation", "eks-prod", objects)
+
+
+def test_unrelated_toleration_is_fine(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh("eks-prod")
+    _pod(objects, "Deployment", "text-classifier")["tolerations"] = [{"key": "spot", "operator": "Exists"}]
+    assert m.check_gpu_isolation("eks-prod", objects) == []
+
+
+def test_gpu_service_without_gpu_in_eks(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh("eks-prod")
+    del _container(objects, "Deployment", "image-classifier")["resources"]["limits"]["nvidia.com/gpu"]
+    assert "limits must have nvidia.com/gpu: 1" in " ".join(_violations("gpu-isolation", "eks-prod", objects))
+
+
+def test_gpu_affinity_must_list_the_supported_accelerators(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh("eks-prod")
+    terms = _pod(objects, "Deployment", "image-classifier")["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    terms[0]["matchExpressions"][0]["values"].append("nvidia-tesla-k80")  # not built for (sm_37)
+    _violations("gpu-isolation", "eks-prod", objects)
+
+
+def test_local_must_run_the_image_classifier_on_cpu(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh("local")
+    (cm,) = [o for o in m.find(objects, "ConfigMap") if o["metadata"]["name"].startswith("image-classifier-config")]
+    cm["data"]["IMAGE_CLASSIFIER_DEVICE"] = "cuda"
+    _violations("gpu-isolation", "local", objects)
+
+
+def test_cpu_workload_without_pool_affinity_could_land_on_gpu_nodes(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh("eks-prod")
+    pod = _pod(objects, "Deployment", "text-classifier")
+    del pod["affinity"]
+    # Add the GPU toleration too, else the taint alone keeps it off the GPU group.
+    pod["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists"}]
+    found = _violations("node-pools", "eks-prod", objects)
+    assert "Deployment/text-classifier: may be scheduled on ['gpu-t4'], should only run on cpu node groups" in found
+
+
+def test_gpu_affinity_nothing_matches(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh("eks-prod")
+    terms = _pod(objects, "Deployment", "image-classifier")["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    terms[0]["matchExpressions"][0]["values"] = ["nvidia-a100"]
+    assert "Deployment/image-classifier: fits no node group in nodegroups.yaml" in _violations(
+        "node-pools", "eks-prod", objects
+    )
+
+
+@pytest.mark.parametrize(("name", "image"), [
+    ("cluster-autoscaler", "registry.k8s.io/autoscaling/cluster-autoscaler:v1.33.2"),
+    ("dcgm-exporter", "nvcr.io/nvidia/k8s/dcgm-exporter:3.3.9-3.6.1-ubuntu22.04"),
+])
+def test_addon_version_drift(fresh: Callable[[str], list[Obj]], name: str, image: str) -> None:
+    objects = fresh("eks-staging")
+    kind = "Deployment" if name == "cluster-autoscaler" else "DaemonSet"
+    _container(objects, kind, name)["image"] = image
+    found = _violations("addon-versions", "eks-staging", objects)
+    if name == "cluster-autoscaler":
+        assert any("must match Kubernetes" in v for v in found)
+
+
+def test_missing_addon_in_eks(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = [o for o in fresh("eks-prod") if o["metadata"]["name"] != "dcgm-exporter"]
+    assert _violations("addon-versions", "eks-prod", objects) == ["add-on dcgm-exporter is missing"]
+
+
+def test_multi_replica_deployment_without_pdb(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = [o for o in fresh("eks-prod") if not (o["kind"] == "PodDisruptionBudget"
+                                                    and o["metadata"]["name"] == "text-classifier")]
+    assert _violations("disruption", "eks-prod", objects) == [
+        "Deployment/text-classifier: runs up to 12 replicas but no PodDisruptionBudget selects it"
+    ]
+
+
+def test_pdb_that_blocks_every_drain(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh("eks-prod")
+    (pdb,) = m.find(objects, "PodDisruptionBudget", "text-classifier")
+    pdb["spec"]["minAvailable"] = 3  # == HPA minReplicas
+    assert any("minReplicas 3 must be >= " in v for v in _violations("disruption", "eks-prod", objects))
+
+
+def test_percentage_pdb_is_rounded_up(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh("eks-prod")
+    (pdb,) = m.find(objects, "PodDisruptionBudget", "text-classifier")
+    pdb["spec"]["minAvailable"] = "80%"  # ceil(0.8 * 3) = 3
+    _violations("disruption", "eks-prod", objects)
+    pdb["spec"]["minAvailable"] = "50%"  # ceil(1.5) = 2
+    assert m.check_disruption("eks-prod", objects) == []
+
+
+def test_pdb_selecting_other_pods_does_not_count(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh("eks-prod")
+    (pdb,) = m.find(objects, "PodDisruptionBudget", "image-classifier")
+    pdb["spec"]["selector"] = {"matchLabels": {"app.kubernetes.io/name": "something-else"}}
+    _violations("disruption", "eks-prod", objects)
+
+
+def test_replicas_below_the_hpa_floor(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh("eks-prod")
+    (dep,) = m.find(objects, "Deployment", "text-classifier")
+    dep["spec"]["replicas"] = 1
+    _violations("disruption", "eks-prod", objects)
+
+
+def test_gpu_hpa_beyond_the_gpu_node_group(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh("eks-prod")
+    (hpa,) = m.find(objects, "HorizontalPodAutoscaler", "image-classifier")
+    hpa["spec"]["maxReplicas"] = 5
+    assert _violations("gpu-capacity", "eks-prod", objects) == [
+        "HorizontalPodAutoscaler/image-classifier: maxReplicas 5 > 4 GPUs in the GPU node groups"
+    ]
+
+
+@pytest.mark.parametrize("grace", [25, 20])
+def test_grace_period_shorter_than_prestop_plus_drain(fresh: Callable[[str], list[Obj]], grace: int) -> None:
+    objects = fresh("eks-prod")
+    _pod(objects, "Deployment", "image-classifier")["terminationGracePeriodSeconds"] = grace
+    assert _violations("termination", "eks-prod", objects) == [
+        f"Deployment/image-classifier: terminationGracePeriodSeconds {grace} must exceed preStop 5 s + drain 20 s"
+    ]
+
+
+def test_drain_timeout_is_read_from_the_configmap(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh("local")
+    (cm,) = [o for o in m.find(objects, "ConfigMap") if o["metadata"]["name"].startswith("text-classifier-config")]
+    cm["data"]["TEXT_CLASSIFIER_DRAIN_TIMEOUT_S"] = "60"
+    assert any("drain 60 s" in v for v in _violations("termination", "local", objects))
+
+
+def test_exec_prestop_sleep_is_understood(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh("local")
+    c = _container(objects, "Deployment", "text-classifier")
+    c["lifecycle"]["preStop"] = {"exec": {"command": ["/bin/sh", "-c", "sleep 30"]}}
+    assert any("preStop 30 s" in v for v in _violations("termination", "local", objects))
+
+
+def test_missing_prestop(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh("local")
+    del _container(objects, "Deployment", "text-classifier")["lifecycle"]
+    _violations("termination", "local", objects)
+
+
+def test_zone_spread_that_blocks_scheduling(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh("eks-prod")
+    for t in _pod(objects, "Deployment", "text-classifier")["topologySpreadConstraints"]:
+        t["whenUnsatisfiable"] = "DoNotSchedule"
+    _violations("service-shape", "eks-prod", objects)
+
+
+def test_local_with_an_hpa(fresh: Callable[[str], list[Obj]], rendered: dict[str, list[Obj]]) -> None:
+    objects = fresh("local") + [m.hpa_for(rendered["eks-prod"], "text-classifier") or {}]
+    assert "Deployment/text-classifier: local has no HPA or PDB" in _violations("service-shape", "local", objects)
+
+
+def test_hpa_that_scales_down_as_fast_as_up(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh("eks-prod")
+    (hpa,) = m.find(objects, "HorizontalPodAutoscaler", "text-classifier")
+    hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] = 0
+    _violations("hpa-behavior", "eks-prod", objects)
+
+
+# --- the issue's explicit rules, stated directly on the rendered YAML -----------------------------
+
+
+@pytest.mark.parametrize("overlay", m.EKS_OVERLAYS)
+def test_cpu_workloads_have_required_affinity_to_the_cpu_group(overlay: str, rendered: dict[str, list[Obj]]) -> None:
+    cpu_group = next(g for g in m.nodegroups() if g["role"] == "cpu")
+    for name in ("text-classifier", "cluster-autoscaler"):
+        spec = _pod(rendered[overlay], "Deployment", name)
+        terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+        assert terms == [{"matchExpressions": [{"key": "workload-class", "operator": "In", "values": ["cpu"]}]}]
+        assert cpu_group["labels"]["workload-class"] == "cpu"
+
+
+@pytest.mark.parametrize("overlay", ALL)
+def test_only_the_gpu_workload_requests_gpus(overlay: str, rendered: dict[str, list[Obj]]) -> None:
+    requesting = {
+        m.ref(obj)
+        for obj, spec in m.workloads(rendered[overlay])
+        for c in m.containers(spec)
+        if "nvidia.com/gpu" in c["resources"].get("limits", {}) or "nvidia.com/gpu" in c["resources"].get("requests", {})
+    }
+    assert requesting == (set() if overlay == "local" else {"Deployment/image-classifier"})
+
+
+@pytest.mark.parametrize("overlay", ALL)
+def test_grace_exceeds_prestop_plus_drain(overlay: str, rendered: dict[str, list[Obj]]) -> None:
+    for name, prefix in m.SERVICES.items():
+        (dep,) = m.find(rendered[overlay], "Deployment", name)
+        spec = dep["spec"]["template"]["spec"]
+        c = spec["containers"][0]
+        drain = float(m.container_env(rendered[overlay], spec, c)[prefix + "DRAIN_TIMEOUT_S"])
+        assert spec["terminationGracePeriodSeconds"] > c["lifecycle"]["preStop"]["sleep"]["seconds"] + drain

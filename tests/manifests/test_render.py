@@ -1,0 +1,115 @@
+"""Every overlay renders with the pinned Kustomize, without warnings; deprecated fields are refused."""
+
+from __future__ import annotations
+
+import textwrap
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ops import manifests as m
+
+
+def test_kustomize_is_the_pinned_version() -> None:
+    with (m.REPO_ROOT / "tools.toml").open("rb") as fh:
+        pinned = tomllib.load(fh)["tools"]["kustomize"]["version"]
+    assert m.kustomize_version() == pinned == m.pinned_kustomize_version()
+
+
+def test_the_overlays_are_the_documented_three() -> None:
+    assert m.available_overlays() == sorted(m.OVERLAYS)
+
+
+@pytest.mark.parametrize("overlay", m.OVERLAYS)
+def test_overlay_renders_and_text_matches_objects(overlay: str, rendered: dict[str, list[dict[str, Any]]]) -> None:
+    text = m.render_text(overlay)
+    assert [d for d in yaml.safe_load_all(text) if d] == rendered[overlay]
+    kinds = {o["kind"] for o in rendered[overlay]}
+    assert {"Namespace", "Deployment", "Service", "ServiceAccount", "ConfigMap"} <= kinds
+
+
+@pytest.mark.parametrize("component", m.OPTIONAL_COMPONENTS)
+def test_optional_components_render_on_top_of_eks_prod(
+    component: str, rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    objects = rendered[f"eks-prod+{component}"]
+    assert objects != rendered["eks-prod"]
+
+
+def test_gpu_queue_component_adds_the_queue_metric_and_keeps_cpu(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    hpa = m.hpa_for(rendered["eks-prod+gpu-queue-autoscaling"], "image-classifier")
+    assert hpa is not None
+    metrics = {(x["type"], (x.get("resource") or x["pods"]["metric"])["name"]) for x in hpa["spec"]["metrics"]}
+    assert metrics == {("Resource", "cpu"), ("Pods", "image_classifier_queue_depth")}
+    # Bounds still come from the overlay.
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 4)
+
+
+def test_time_slicing_mounts_its_config_into_the_device_plugin(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objects = rendered["eks-prod+nvidia-device-plugin/time-slicing"]
+    (ds,) = m.find(objects, "DaemonSet", "nvidia-device-plugin")
+    (cm,) = [o for o in m.find(objects, "ConfigMap") if o["metadata"]["name"].startswith("nvidia-device-plugin-config")]
+    spec = ds["spec"]["template"]["spec"]
+    assert {"name": "plugin-config", "configMap": {"name": cm["metadata"]["name"]}} in spec["volumes"]
+    env = {e["name"]: e["value"] for e in spec["containers"][0]["env"]}
+    config = yaml.safe_load(cm["data"]["config.yaml"])
+    assert env["CONFIG_FILE"].endswith("/config.yaml")
+    # Keeping the resource name is what lets the gpu component's nvidia.com/gpu request still match.
+    assert config["sharing"]["timeSlicing"]["renameByDefault"] is False
+    assert config["sharing"]["timeSlicing"]["resources"][0]["name"] == "nvidia.com/gpu"
+
+
+def _write(tmp: Path, kustomization: str, resources: dict[str, str]) -> Path:
+    (tmp / "kustomization.yaml").write_text(textwrap.dedent(kustomization))
+    for name, text in resources.items():
+        (tmp / name).write_text(textwrap.dedent(text))
+    return tmp
+
+
+CONFIGMAP = """
+    apiVersion: v1
+    kind: ConfigMap
+    metadata: {name: demo}
+    data: {a: "1"}
+"""
+
+
+def test_a_deprecated_field_is_a_failure_not_a_warning(tmp_path: Path) -> None:
+    path = _write(tmp_path, "resources: [cm.yaml]\ncommonLabels: {team: x}\n", {"cm.yaml": CONFIGMAP})
+    with pytest.raises(m.KustomizeWarning, match="commonLabels"):
+        m.render_text(path)
+
+
+def test_the_same_kustomization_without_it_renders(tmp_path: Path) -> None:
+    path = _write(tmp_path, "resources: [cm.yaml]\nlabels: [{pairs: {team: x}}]\n", {"cm.yaml": CONFIGMAP})
+    (obj,) = m.render(path)
+    assert obj["metadata"]["labels"] == {"team": "x"}
+
+
+def test_a_broken_kustomization_raises(tmp_path: Path) -> None:
+    path = _write(tmp_path, "resources: [missing.yaml]\n", {})
+    with pytest.raises(m.ManifestError) as err:
+        m.render_text(path)
+    assert not isinstance(err.value, m.KustomizeWarning)
+
+
+def test_an_unknown_overlay_name_is_refused() -> None:
+    with pytest.raises(m.ManifestError, match="unknown overlay 'qa'"):
+        m.render_text("qa")
+
+
+def test_addons_keep_kube_system_and_services_get_the_overlay_namespace(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for obj in rendered["eks-prod"]:
+        if obj["kind"] in ("Namespace", "ClusterRole", "ClusterRoleBinding"):
+            assert "namespace" not in obj["metadata"]
+            continue
+        labels = obj["metadata"].get("labels", {})
+        expected = "inference" if labels.get("app.kubernetes.io/part-of") == "eks-inference" else "kube-system"
+        assert obj["metadata"]["namespace"] == expected, m.ref(obj)
+    crb = m.find(rendered["eks-prod"], "ClusterRoleBinding", "cluster-autoscaler")[0]
+    assert crb["subjects"] == [{"kind": "ServiceAccount", "name": "cluster-autoscaler", "namespace": "kube-system"}]

@@ -1,0 +1,50 @@
+"""Offline, strict schema validation of every rendered object for the EKS Kubernetes minor."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import kubernetes_validate.utils as kv  # type: ignore[import-untyped]
+import pytest
+
+from ops import manifests as m
+
+Obj = dict[str, Any]
+
+
+def test_schemas_are_those_of_the_eks_minor() -> None:
+    minor = m.versions()["eks"]["kubernetes_minor"]
+    shipped = {".".join(v.split(".")[:2]) for v in kv.all_versions()}
+    assert minor in shipped, f"kubernetes-validate ships no {minor} schemas; closest older is used"
+    assert m.schema_version().startswith(minor + ".")
+
+
+@pytest.mark.parametrize("overlay", [*m.OVERLAYS, *(f"eks-prod+{c}" for c in m.OPTIONAL_COMPONENTS)])
+def test_every_object_matches_its_schema(overlay: str, rendered: dict[str, list[Obj]]) -> None:
+    assert m.schema_errors(rendered[overlay]) == []
+
+
+def test_an_unknown_field_fails_strict_validation(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh("eks-prod")
+    (dep,) = m.find(objects, "Deployment", "image-classifier")
+    dep["spec"]["template"]["spec"]["containers"][0]["resource"] = {"limits": {"cpu": "1"}}  # typo of resources
+    errors = m.schema_errors([dep])
+    assert len(errors) == 1 and "resource" in errors[0]
+
+
+def test_a_wrong_type_fails(fresh: Callable[[str], list[Obj]]) -> None:
+    (hpa,) = m.find(fresh("eks-prod"), "HorizontalPodAutoscaler", "text-classifier")
+    hpa["spec"]["minReplicas"] = "three"
+    assert any("minReplicas" in e for e in m.schema_errors([hpa]))
+
+
+def test_a_kind_without_a_bundled_schema_fails_explicitly() -> None:
+    scaled_object = {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": {"name": "image-classifier"},
+        "spec": {"scaleTargetRef": {"name": "image-classifier"}},
+    }
+    (error,) = m.schema_errors([scaled_object])
+    assert "ScaledObject/image-classifier" in error and "CRD" in error
