@@ -1,0 +1,326 @@
+"""Drive a benchmark run (pytest-benchmark + serving ratios) and write its markdown summary and ratio table."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_ROOT = REPO_ROOT / "results" / "bench"
+console = Console()
+
+
+@dataclass
+class PytestBenchOptions:
+    """How `pytest bench` is called."""
+
+    results_dir: Path
+    device: str = "auto"
+    full: bool = False
+    compile: bool = False
+    models: str = "resnet50,demo"
+    batches: str = ""
+    max_time: float = 0.5
+    min_rounds: int = 3
+    save: str = ""
+    compare: str = ""
+    select: str = ""
+    python: str = sys.executable
+
+
+def pytest_argv(opts: PytestBenchOptions) -> list[str]:
+    """argv for the pytest-benchmark run; JSON always goes to <results_dir>/benchmarks.json."""
+    argv = [
+        opts.python, "-m", "pytest", str(REPO_ROOT / "bench"), "-q", "-p", "no:cacheprovider",
+        f"--rootdir={REPO_ROOT}", f"--benchmark-json={opts.results_dir / 'benchmarks.json'}",
+        f"--benchmark-max-time={opts.max_time}", f"--benchmark-min-rounds={opts.min_rounds}",
+        "--benchmark-columns=median,iqr,ops,rounds", "--benchmark-sort=name",
+        f"--benchmark-storage={REPO_ROOT / '.benchmarks'}",
+        f"--bench-device={opts.device}", f"--bench-models={opts.models}",
+    ]  # fmt: skip
+    if opts.full:
+        argv.append("--bench-full")
+    if opts.compile:
+        argv.append("--bench-compile")
+    if opts.batches:
+        argv.append(f"--bench-batches={opts.batches}")
+    if opts.save:
+        argv.append(f"--benchmark-save={opts.save}")
+    if opts.compare:
+        argv.append(
+            "--benchmark-compare"
+            if opts.compare == "last"
+            else f"--benchmark-compare={opts.compare}"
+        )
+    if opts.select:
+        argv += ["-k", opts.select]
+    return argv
+
+
+def new_results_dir(root: Path = RESULTS_ROOT, label: str = "") -> Path:
+    """results/bench/<UTC timestamp>[-label]/"""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    folder = root / (f"{stamp}-{label}" if label else stamp)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _fmt(value: float, digits: int = 2) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def _target(ratio: dict[str, Any], key: str) -> str:
+    target = (ratio.get("targets") or {}).get(key)
+    if target is None:
+        return "-"
+    met = ratio[key] >= target
+    return f">= {target:g} ({'met' if met else 'missed'})"
+
+
+RATIO_COLUMNS = (
+    "model", "device", "precision", "batch", "model-only img/s", "HTTP img/s (sat.)", "serving efficiency",
+    "efficiency target", "batching gain", "gain target", "p99 bound ms", "HTTP p50 ms", "model p50 ms", "overhead ms",
+)  # fmt: skip
+
+
+def ratio_rows(ratios: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """One row per measured configuration, in RATIO_COLUMNS order."""
+    rows = []
+    for r in ratios:
+        cfg = r["config"]
+        saturation = max(level["throughput"] for level in r["batching_on"])
+        rows.append([
+            cfg["model"], cfg["device"], cfg["precision"], str(cfg["batch_size"]), _fmt(r["model_only_images_per_s"], 1),
+            _fmt(saturation, 1), _fmt(r["serving_efficiency"], 3), _target(r, "serving_efficiency"),
+            f"{r['batching_gain']:.2f}x", _target(r, "batching_gain"), _fmt(r["p99_bound_ms"], 1),
+            _fmt(r["http_p50_ms_batch1"]), _fmt(r["inference_p50_ms_batch1"]), _fmt(r["overhead_ms"]),
+        ])  # fmt: skip
+    return rows
+
+
+def ratio_table(ratios: Sequence[dict[str, Any]]) -> Table:
+    """The ratio table as a rich Table for the terminal."""
+    table = Table(title="Serving ratios (measured in one run)")
+    for column in RATIO_COLUMNS:
+        table.add_column(
+            column,
+            justify="left" if column in ("model", "device", "precision") else "right",
+        )
+    for row in ratio_rows(ratios):
+        table.add_row(*row)
+    return table
+
+
+def _md_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = [
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _benchmark_rows(
+    benchmarks: list[dict[str, Any]], kind: str
+) -> list[dict[str, Any]]:
+    return [b for b in benchmarks if (b.get("extra_info") or {}).get("kind") == kind]
+
+
+def render_summary(
+    bench_json: dict[str, Any] | None,
+    ratios: Sequence[dict[str, Any]],
+    *,
+    commands: Sequence[str] = (),
+    title: str = "",
+) -> str:
+    """The markdown summary: machine (device, torch), ratio table, model-only, preprocessing and HTTP tables."""
+    machine: dict[str, Any] = {}
+    if bench_json:
+        machine = (bench_json.get("machine_info") or {}).get("eks_inference") or {}
+    if not machine and ratios:
+        machine = ratios[0]["machine"]
+    lines = [
+        f"# {title or 'Benchmark summary'}",
+        "",
+        f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
+        "",
+    ]
+    lines += [
+        "| machine | |", "|---|---|",
+        f"| device | {machine.get('gpu') or 'CPU only'}{' (' + machine['gpu_capability'] + ')' if machine.get('gpu_capability') else ''} |",
+        f"| CPU | {machine.get('cpu', '?')} x {machine.get('cpu_count', '?')} |",
+        f"| torch | {machine.get('torch', '?')} (CUDA runtime {machine.get('torch_cuda') or '-'}) |",
+        f"| python | {machine.get('python', '?')} |",
+        "",
+    ]  # fmt: skip
+    if ratios:
+        lines += ["## Serving ratios", ""]
+        lines += _md_table(RATIO_COLUMNS, ratio_rows(ratios))
+        lines += [
+            "",
+            (
+                "- serving efficiency = HTTP images/s at saturation (batching on) / model-only images/s, same batch size, "
+                "precision and device."
+            ),
+            (
+                "- batching gain = images/s within the p99 bound, batching on / off; the bound is batching-off's p99 at "
+                "its saturation knee unless given."
+            ),
+            (
+                "- overhead = p50 of an HTTP /v1/predict round trip - p50 of the model call the service reports inside "
+                "it, at batch 1."
+            ),
+        ]
+        for r in ratios:
+            for note in r.get("notes") or []:
+                lines.append(
+                    f"- {r['config']['model']}/{r['config']['device']}: {note}"
+                )
+            cfg = r["config"]
+            lines += [
+                "",
+                (
+                    f"### Closed-loop levels: {cfg['model']} {cfg['device']} {cfg['precision']} (batch {cfg['batch_size']}, "
+                    f"{cfg['level_duration_s']:g} s per level, client {r['batching_on'][0]['client']})"
+                ),
+                "",
+            ]
+            rows = [
+                [mode, str(level["concurrency"]), _fmt(level["throughput"], 1), _fmt(level["p50_ms"]), _fmt(level["p99_ms"]),
+                 f"{level['ok']}/{level['requests']}"]
+                for mode in ("on", "off") for level in r[f"batching_{mode}"]
+            ]  # fmt: skip
+            lines += _md_table(
+                ["batching", "clients", "img/s", "p50 ms", "p99 ms", "ok"], rows
+            )
+        lines.append("")
+    benchmarks = (bench_json or {}).get("benchmarks") or []
+    model_rows = _benchmark_rows(benchmarks, "model")
+    if model_rows:
+        lines += [
+            "## Model-only (ImageClassifier.predict: normalize + forward + softmax)",
+            "",
+        ]
+        rows = []
+        for b in model_rows:
+            e, s = b["extra_info"], b["stats"]
+            rows.append([
+                e["model"], e["device"], str(e["batch_size"]), e["precision"], "channels_last" if e["channels_last"] else "NCHW",
+                e["compile"], _fmt(s["median"] * 1000), _fmt(e["batch_size"] / s["median"], 1), str(s["rounds"]),
+            ])  # fmt: skip
+        lines += _md_table(
+            [
+                "model",
+                "device",
+                "batch",
+                "precision",
+                "layout",
+                "mode",
+                "median ms",
+                "images/s",
+                "rounds",
+            ],
+            rows,
+        )
+        lines.append("")
+    pre_rows = _benchmark_rows(benchmarks, "preprocess")
+    if pre_rows:
+        lines += ["## Preprocessing, per image (640x480 JPEG -> 224x224)", ""]
+        rows = [
+            [
+                b["extra_info"]["device"],
+                b["extra_info"]["stage"],
+                _fmt(b["stats"]["median"] * 1000, 3),
+                _fmt(1 / b["stats"]["median"], 1),
+            ]
+            for b in pre_rows
+        ]
+        lines += _md_table(["device", "stage", "median ms", "images/s"], rows)
+        lines.append("")
+    http_rows = _benchmark_rows(benchmarks, "http")
+    if http_rows:
+        lines += ["## End-to-end HTTP, one request at a time (demo model)", ""]
+        rows = [
+            [b["extra_info"]["device"], b["extra_info"]["batching"], b["extra_info"]["payload"], _fmt(b["stats"]["median"] * 1000),
+             _fmt(b["stats"]["max"] * 1000), str(b["stats"]["rounds"])]
+            for b in http_rows
+        ]  # fmt: skip
+        lines += _md_table(
+            ["device", "batching", "payload", "median ms", "max ms", "rounds"], rows
+        )
+        lines.append("")
+    skipped = [b["name"] for b in benchmarks if not b.get("stats")]
+    if skipped:
+        lines += [f"Skipped: {', '.join(skipped)}", ""]
+    if commands:
+        lines += ["## Commands", "", "```", *commands, "```", ""]
+    return "\n".join(lines)
+
+
+def write_summary(
+    results_dir: Path,
+    ratios: Sequence[dict[str, Any]],
+    *,
+    commands: Sequence[str] = (),
+    title: str = "",
+) -> Path:
+    """Write <results_dir>/summary.md (and ratios.json) from benchmarks.json and the ratio results."""
+    bench_path = results_dir / "benchmarks.json"
+    bench_json = json.loads(bench_path.read_text()) if bench_path.is_file() else None
+    if ratios:
+        (results_dir / "ratios.json").write_text(json.dumps(list(ratios), indent=2))
+    summary = results_dir / "summary.md"
+    summary.write_text(
+        render_summary(bench_json, ratios, commands=commands, title=title)
+    )
+    return summary
+
+
+def load_ratios(results_dir: Path) -> list[dict[str, Any]]:
+    """Every ratios-*.json written into a results folder."""
+    return [
+        json.loads(p.read_text()) for p in sorted(results_dir.glob("ratios-*.json"))
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m ops.benchreport RESULTS_DIR`: (re)write summary.md from benchmarks.json and ratios-*.json."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Write the markdown summary of a benchmark results folder."
+    )
+    parser.add_argument(
+        "results",
+        type=Path,
+        help="Folder holding benchmarks.json and/or ratios-*.json.",
+    )
+    parser.add_argument(
+        "--title", default="Benchmark summary", help="Heading of summary.md."
+    )
+    parser.add_argument(
+        "--command",
+        action="append",
+        default=[],
+        help="A command line to list (repeatable).",
+    )
+    args = parser.parse_args(argv)
+    ratios = load_ratios(args.results)
+    summary = write_summary(
+        args.results, ratios, commands=args.command, title=args.title
+    )
+    if ratios:
+        console.print(ratio_table(ratios))
+    console.print(f"summary: {summary}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,400 @@
+"""vegeta load tests against /v1/predict: loopback image server, targets file, constant-rate and step attacks, reports."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from PIL import Image
+
+DEFAULT_HIST_BUCKETS = "0,5ms,10ms,25ms,50ms,100ms,250ms,500ms,1s,2.5s,5s"
+DEFAULT_ATTACK_TIMEOUT = "10s"
+# vegeta opens workers as needed to hold the rate; cap them so an overloaded service cannot exhaust the machine.
+DEFAULT_MAX_WORKERS = 256
+
+
+def vegeta_path() -> Path:
+    """The vegeta binary: $VEGETA, else the pinned one from ops.tools.ensure("vegeta"), else PATH."""
+    if os.environ.get("VEGETA"):
+        return Path(os.environ["VEGETA"])
+    try:
+        from ops import tools
+    except (
+        ImportError
+    ):  # a machine with only the benchmark runner's packages (bench/gpu/run.sh)
+        tools = None  # type: ignore[assignment]
+    if tools is not None:
+        try:
+            return Path(tools.ensure("vegeta"))
+        except Exception as error:  # noqa: BLE001 - fall back to PATH, and say why if that fails too
+            reason = f"ops.tools.ensure failed: {error}"
+    else:
+        reason = "ops.tools is not importable"
+    found = shutil.which("vegeta")
+    if not found:
+        raise FileNotFoundError(
+            f"vegeta not found ({reason}): `invoke tools.install -n vegeta`, or set VEGETA"
+        )
+    return Path(found)
+
+
+def timestamp() -> str:
+    """A folder-name-safe UTC timestamp, e.g. 20261128T235900Z."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def write_sample_images(folder: Path, count: int = 8, size: int = 224) -> list[str]:
+    """Write `count` JPEG inputs into `folder` and return their file names.
+
+    Uses the demo model's own renderer (correct, classifiable inputs) when the image service package
+    provides it; otherwise plain synthetic images, which exercise the same path.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        from image_classifier.demo import render_sample  # type: ignore[import-untyped, unused-ignore]
+    except ImportError:
+        render_sample = None
+    labels = ["circle", "square", "triangle", "cross"]
+    names = []
+    for index in range(count):
+        if render_sample is not None:
+            image = render_sample(labels[index % len(labels)], index).convert("RGB")
+        else:
+            image = (
+                Image.linear_gradient("L")
+                .resize((size, size))
+                .convert("RGB")
+                .rotate(index * 37)
+            )
+        name = f"sample-{index:03d}.jpg"
+        image.save(folder / name, format="JPEG", quality=90)
+        names.append(name)
+    return names
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
+class ImageServer:
+    """Serves a folder over HTTP on 127.0.0.1 (a free port) from a background thread."""
+
+    def __init__(self, folder: Path) -> None:
+        handler = functools.partial(_QuietHandler, directory=str(folder))
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, name="image-server", daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        """Base URL of the server."""
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
+def write_targets(path: Path, predict_url: str, image_urls: Sequence[str]) -> Path:
+    """Write a vegeta JSON-format targets file: one POST per image, body {"image_url": ...}."""
+    lines = []
+    for image_url in image_urls:
+        body = json.dumps({"image_url": image_url}).encode()
+        target = {
+            "method": "POST",
+            "url": predict_url,
+            "body": base64.b64encode(body).decode(),
+            "header": {"Content-Type": ["application/json"]},
+        }
+        lines.append(json.dumps(target))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@dataclass
+class LoadResult:
+    """One constant-rate attack: offered rate, what came back, and where its artefacts are."""
+
+    rate: float
+    duration: str
+    requests: int
+    throughput: float
+    success: float
+    latency_ms: dict[str, float]
+    status_codes: dict[str, int]
+    errors: list[str]
+    folder: str
+    artefacts: dict[str, str] = field(default_factory=dict)
+    service_cpu_seconds: float | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def _ns_to_ms(value: float) -> float:
+    return round(value / 1e6, 3)
+
+
+def parse_json_report(
+    report: dict[str, object], *, rate: float, duration: str, folder: Path
+) -> LoadResult:
+    """Build a LoadResult from `vegeta report -type=json` output (latencies in nanoseconds)."""
+    latencies = report["latencies"]
+    assert isinstance(latencies, dict)
+    names = {
+        "min": "min",
+        "mean": "mean",
+        "50th": "p50",
+        "90th": "p90",
+        "95th": "p95",
+        "99th": "p99",
+        "max": "max",
+    }
+    status_codes = report.get("status_codes") or {}
+    errors = report.get("errors") or []
+    assert isinstance(status_codes, dict) and isinstance(errors, list)
+    return LoadResult(
+        rate=rate,
+        duration=duration,
+        requests=int(report["requests"]),  # type: ignore[call-overload]
+        throughput=round(float(report["throughput"]), 3),  # type: ignore[arg-type]
+        success=float(report["success"]),  # type: ignore[arg-type]
+        latency_ms={
+            ours: _ns_to_ms(latencies[theirs]) for theirs, ours in names.items()
+        },
+        status_codes={str(k): int(v) for k, v in status_codes.items()},
+        errors=[str(e) for e in errors][:20],
+        folder=str(folder),
+    )
+
+
+def attack(
+    vegeta: Path,
+    targets: Path,
+    folder: Path,
+    *,
+    rate: float,
+    duration: str,
+    hist_buckets: str = DEFAULT_HIST_BUCKETS,
+    timeout: str = DEFAULT_ATTACK_TIMEOUT,
+    max_workers: int = DEFAULT_MAX_WORKERS,
+    title: str = "",
+    echo: Callable[[str], None] | None = None,
+) -> LoadResult:
+    """One constant-rate attack; writes results.bin, report.txt, report.json, hist.txt and plot.html into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    results = folder / "results.bin"
+    attack_argv = [
+        str(vegeta), "attack", "-format=json", f"-targets={targets}", f"-rate={rate:g}/1s",
+        f"-duration={duration}", f"-timeout={timeout}", f"-max-workers={max_workers}", f"-output={results}",
+    ]  # fmt: skip
+    reports = {
+        "report.txt": [str(vegeta), "report", "-type=text", str(results)],
+        "report.json": [str(vegeta), "report", "-type=json", str(results)],
+        "hist.txt": [
+            str(vegeta),
+            "report",
+            f"-type=hist[{hist_buckets}]",
+            str(results),
+        ],
+        "plot.html": [
+            str(vegeta),
+            "plot",
+            f"-title={title or f'{rate:g} rps for {duration}'}",
+            str(results),
+        ],
+    }
+    if echo:
+        echo(" ".join(attack_argv))
+    subprocess.run(attack_argv, check=True)
+    for name, argv in reports.items():
+        if echo:
+            echo(" ".join(argv) + f" > {folder / name}")
+        with open(folder / name, "wb") as out:
+            subprocess.run(argv, check=True, stdout=out)
+    result = parse_json_report(
+        json.loads((folder / "report.json").read_text()),
+        rate=rate,
+        duration=duration,
+        folder=folder,
+    )
+    result.artefacts = {
+        name.split(".")[0]: str(folder / name) for name in ["results.bin", *reports]
+    }
+    return result
+
+
+@dataclass
+class LoadPlan:
+    """What to attack and how: the service base URL and the image server that feeds it."""
+
+    service_url: str
+    results_root: Path
+    image_count: int = 8
+    hist_buckets: str = DEFAULT_HIST_BUCKETS
+    timeout: str = DEFAULT_ATTACK_TIMEOUT
+    max_workers: int = DEFAULT_MAX_WORKERS
+
+
+class LoadSession:
+    """Prepare one run folder (images, image server, targets) and attack from it; use as a context manager."""
+
+    def __init__(
+        self,
+        plan: LoadPlan,
+        *,
+        folder: Path | None = None,
+        echo: Callable[[str], None] | None = None,
+    ) -> None:
+        self.plan = plan
+        self.folder = folder or plan.results_root / timestamp()
+        self.echo = echo
+        self.vegeta = vegeta_path()
+        images = self.folder / "images"
+        self.image_names = write_sample_images(images, plan.image_count)
+        self.image_server = ImageServer(images)
+        self.targets = self.folder / "targets.jsonl"
+        self.cpu_probe: Callable[[], float] | None = None
+
+    def __enter__(self) -> Self:
+        self.image_server.__enter__()
+        urls = [f"{self.image_server.url}/{name}" for name in self.image_names]
+        write_targets(
+            self.targets, self.plan.service_url.rstrip("/") + "/v1/predict", urls
+        )
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.image_server.__exit__(exc_type, exc, tb)
+
+    def constant(self, rate: float, duration: str, *, sub: str = "") -> LoadResult:
+        """One constant-rate attack into the run folder (or a sub-folder of it)."""
+        before = self.cpu_probe() if self.cpu_probe else None
+        result = attack(
+            self.vegeta, self.targets, self.folder / sub if sub else self.folder,
+            rate=rate, duration=duration, hist_buckets=self.plan.hist_buckets, timeout=self.plan.timeout,
+            max_workers=self.plan.max_workers, echo=self.echo,
+        )  # fmt: skip
+        if before is not None and self.cpu_probe is not None:
+            result.service_cpu_seconds = round(self.cpu_probe() - before, 3)
+        (Path(result.folder) / "result.json").write_text(
+            json.dumps(result.to_dict(), indent=2)
+        )
+        return result
+
+    def step(
+        self,
+        rates: Sequence[float],
+        step_duration: str,
+        *,
+        slo_p99_ms: float,
+        min_success: float = 0.99,
+        on_step: Callable[[LoadResult, bool], None] | None = None,
+    ) -> StepRun:
+        """Raise the rate step by step until the p99 SLO or the success ratio breaks; writes steps.json."""
+        steps: list[LoadResult] = []
+        for rate in rates:
+            result = self.constant(rate, step_duration, sub=f"step-{rate:g}rps")
+            ok = (
+                result.latency_ms["p99"] <= slo_p99_ms and result.success >= min_success
+            )
+            steps.append(result)
+            if on_step:
+                on_step(result, ok)
+            if not ok:
+                break
+        run = StepRun(
+            service_url=self.plan.service_url, slo_p99_ms=slo_p99_ms, min_success=min_success,
+            step_duration=step_duration, steps=steps, folder=str(self.folder),
+        )  # fmt: skip
+        run.save(self.folder / "steps.json")
+        return run
+
+
+@dataclass
+class StepRun:
+    """A step run: every step's result, and the SLO it was judged against."""
+
+    service_url: str
+    slo_p99_ms: float
+    min_success: float
+    step_duration: str
+    steps: list[LoadResult]
+    folder: str
+    meta: dict[str, object] = field(default_factory=dict)
+
+    def sustainable(self) -> LoadResult | None:
+        """The highest-rate step that met both the p99 SLO and the success ratio (None if none did)."""
+        good = [
+            s
+            for s in self.steps
+            if s.latency_ms["p99"] <= self.slo_p99_ms and s.success >= self.min_success
+        ]
+        return max(good, key=lambda s: s.rate) if good else None
+
+    def save(self, path: Path) -> Path:
+        """Write as JSON."""
+        data = asdict(self)
+        sustainable = self.sustainable()
+        data["sustainable_rate"] = sustainable.rate if sustainable else 0.0
+        path.write_text(json.dumps(data, indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> StepRun:
+        """Read a steps.json written by `save`."""
+        data = json.loads(path.read_text())
+        data.pop("sustainable_rate", None)
+        data["steps"] = [LoadResult(**s) for s in data["steps"]]
+        return cls(**data)
+
+
+def step_rates(
+    start: float, factor: float, stop: float, increment: float = 0.0
+) -> list[float]:
+    """Rates from `start` up to `stop`: multiply by `factor`, or add `increment` when it is > 0."""
+    if start <= 0 or stop < start or (increment <= 0 and factor <= 1):
+        raise ValueError("need 0 < start <= stop and factor > 1 (or increment > 0)")
+    rates = []
+    rate = start
+    while rate <= stop + 1e-9:
+        rates.append(round(rate, 3))
+        rate = rate + increment if increment > 0 else rate * factor
+    return rates
+
+
+def find_latest(root: Path, name: str) -> Path | None:
+    """The newest `<root>/<timestamp>/<name>` (run folders sort by time), or None."""
+    candidates = sorted(p for p in root.glob(f"*/{name}") if p.is_file())
+    return candidates[-1] if candidates else None

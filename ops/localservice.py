@@ -1,0 +1,158 @@
+"""Start a service (`python -m image_classifier`) as a subprocess on a free 127.0.0.1 port for benchmarks and load tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServiceStartError(RuntimeError):
+    """The service exited or never became ready; carries the tail of its log."""
+
+
+class LocalService:
+    """A service process bound to 127.0.0.1, ready (GET /readyz == 200) inside the `with` block.
+
+    `settings` are the service's own settings without prefix (e.g. {"MAX_BATCH_SIZE": "1"});
+    they become `<PREFIX>_<KEY>` environment variables. The log goes to `log_path`.
+    """
+
+    def __init__(
+        self,
+        package: str = "image_classifier",
+        settings: Mapping[str, str] | None = None,
+        *,
+        log_path: Path | None = None,
+        ready_timeout_s: float = 180.0,
+        python: str = sys.executable,
+    ) -> None:
+        self.package = package
+        self.prefix = package.upper() + "_"
+        self.port = free_port()
+        self.settings = {
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "LOG_FORMAT": "text",
+        }
+        self.settings.update(settings or {})
+        self.log_path = log_path
+        self.ready_timeout_s = ready_timeout_s
+        self.python = python
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log_file: object | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. http://127.0.0.1:41234."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        """The child's environment: ours, plus the prefixed settings and the source folders on PYTHONPATH."""
+        env = dict(os.environ)
+        for key, value in self.settings.items():
+            env[self.prefix + key] = value
+        paths = [str(REPO_ROOT / "services"), str(REPO_ROOT)]
+        if env.get("PYTHONPATH"):
+            paths.append(env["PYTHONPATH"])
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+        return env
+
+    def start(self) -> Self:
+        """Start the process and wait until /readyz answers 200."""
+        log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self._log_file = log
+        self.proc = subprocess.Popen(
+            [self.python, "-m", self.package],
+            cwd=REPO_ROOT,
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + self.ready_timeout_s
+        with httpx.Client(timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise ServiceStartError(
+                        f"{self.package} exited with {self.proc.returncode}: {self.log_tail()}"
+                    )
+                try:
+                    if client.get(self.url + "/readyz").status_code == 200:
+                        return self
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+        self.stop()
+        raise ServiceStartError(
+            f"{self.package} not ready after {self.ready_timeout_s}s: {self.log_tail()}"
+        )
+
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        """SIGTERM (the service drains), then SIGKILL after `timeout_s`; returns the exit code."""
+        code: int | None = None
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                code = self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                code = self.proc.wait(10)
+        elif self.proc is not None:
+            code = self.proc.returncode
+        log = self._log_file
+        if log is not None and hasattr(log, "close"):
+            log.close()
+        self._log_file = None
+        return code
+
+    def log_tail(self, chars: int = 3000) -> str:
+        """The last characters of the service log (empty when not logging to a file)."""
+        if self.log_path and self.log_path.exists():
+            return self.log_path.read_text(errors="replace")[-chars:]
+        return ""
+
+    def cpu_seconds(self) -> float:
+        """User+system CPU seconds used so far by the service process (from /proc; 0.0 where unavailable)."""
+        if self.proc is None:
+            return 0.0
+        try:
+            fields = (
+                Path(f"/proc/{self.proc.pid}/stat")
+                .read_text()
+                .rsplit(")", 1)[1]
+                .split()
+            )
+        except OSError:
+            return 0.0
+        ticks = os.sysconf("SC_CLK_TCK")
+        # Fields after "(comm) state": utime is the 12th, stime the 13th (0-based 11, 12).
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
