@@ -297,10 +297,10 @@ def debootstrap(release: str, tarball: Path) -> None:
             target = rootfs / sub
             if target.is_dir():
                 for child in target.iterdir():
-                    if child.is_dir() and child.name != "partial":
-                        shutil.rmtree(child)
-                    elif child.is_file():
+                    if child.is_symlink() or child.is_file():
                         child.unlink()
+                    elif child.is_dir() and child.name != "partial":
+                        shutil.rmtree(child)
         partial = tarball.with_suffix(".partial")
         run(["tar", "--numeric-owner", "-C", str(rootfs), "-cf", str(partial), "."])
         partial.rename(tarball)
@@ -405,7 +405,8 @@ def render_requirements(blocks: dict[str, str], names: Iterable[str]) -> str:
 def ensure_wheelhouse(export_text: str, *, extra_pip_args: Iterable[str] = ()) -> Path:
     """Download every locked wheel (hash-checked) into the shared wheelhouse once per distinct export."""
     WHEELHOUSE_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = WHEELHOUSE_DIR / f".complete-{fingerprint(export_text)}"
+    pins = "\n".join(ln for ln in export_text.splitlines() if not ln.lstrip().startswith("#"))
+    stamp = WHEELHOUSE_DIR / f".complete-{fingerprint(pins)}"
     if stamp.is_file():
         console.print(f"[green]wheelhouse complete[/green] {WHEELHOUSE_DIR}")
         return WHEELHOUSE_DIR
@@ -599,10 +600,15 @@ def build_service(name: str, base: Base, *, offline: bool, models_dir: Path | No
     write_service_requirements(spec)
     ref = f"{spec.repository}:{service_tag(base)}"
     args = {"BASE_IMAGE": base_record.image, "WHEELHOUSE_URL": wheelhouse_url()}
+    before = image_id(ref) if image_exists(ref) else None
     with serve_wheelhouse():
         seconds = docker_build(spec.dockerfile, [ref, f"{spec.repository}:dev-{base}"], args)
-    record = BuildRecord(ref, f"service-{name}", seconds, False, image_size(ref), [f"FROM {base_record.image}"])
-    record_build(record)
+    cached = before == image_id(ref)  # every layer came from the cache: not a build time worth recording
+    record = BuildRecord(
+        ref, f"service-{name}-{base}", seconds, cached, image_size(ref), [f"FROM {base_record.image}"]
+    )
+    if not cached:
+        record_build(record)
     return record
 
 
