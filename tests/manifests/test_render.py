@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 import tomllib
 from pathlib import Path
@@ -113,3 +115,15 @@ def test_addons_keep_kube_system_and_services_get_the_overlay_namespace(
         assert obj["metadata"]["namespace"] == expected, m.ref(obj)
     crb = m.find(rendered["eks-prod"], "ClusterRoleBinding", "cluster-autoscaler")[0]
     assert crb["subjects"] == [{"kind": "ServiceAccount", "name": "cluster-autoscaler", "namespace": "kube-system"}]
+
+
+def test_the_venv_kubectl_renders_identically() -> None:
+    # Whichever Kustomize ops.manifests picked (cached standalone or kubectl's), a laptop with only
+    # `uv sync` done gets the same YAML.
+    kubectl = Path(sys.executable).parent / "kubectl"
+    for overlay in m.OVERLAYS:
+        proc = subprocess.run(
+            [str(kubectl), "kustomize", str(m.OVERLAYS_DIR / overlay)],
+            capture_output=True, text=True, check=True, timeout=120,
+        )
+        assert proc.stdout == m.render_text(overlay), overlay
