@@ -862,6 +862,8 @@ def _workload_label(objects: list[Obj], obj: Obj, spec: Obj) -> str:
             parts.append(f"{obj['spec'].get('replicas', 1)} pod(s)")
     else:
         parts.append("one pod per node")
+    if obj["metadata"]["name"] == "cluster-autoscaler":
+        parts.append("scales every node group's ASG")
     gpus = [c["resources"]["limits"][GPU_RESOURCE] for c in containers(spec)
             if GPU_RESOURCE in c.get("resources", {}).get("limits", {})]
     if gpus:
@@ -896,8 +898,10 @@ def mermaid(overlay: str = DIAGRAM_OVERLAY, objects: list[Obj] | None = None) ->
             for name in fits:
                 lines.append(f"  {_node_id(workload)} -. may run on .-> {_node_id(name)}")
     if "Deployment/cluster-autoscaler" in where:
+        # An edge into the node's own subgraph breaks some Mermaid renderers; the label says it instead.
         for g in groups:
-            lines.append(f"  Deployment_cluster_autoscaler -- scales ASG --> {_node_id(g['name'])}")
+            if where["Deployment/cluster-autoscaler"] != [g["name"]]:
+                lines.append(f"  Deployment_cluster_autoscaler -- scales ASG --> {_node_id(g['name'])}")
     if "DaemonSet/nvidia-device-plugin" in where:
         lines.append(f"  DaemonSet_nvidia_device_plugin -- advertises {GPU_RESOURCE} --> Deployment_image_classifier")
     scraped = [
