@@ -1,0 +1,43 @@
+"""The Dockerfiles are hadolint-clean and follow the image rules that can be read without building them."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from ops import images
+
+
+def test_every_dockerfile_is_found() -> None:
+    found = {p.relative_to(images.REPO_ROOT).as_posix() for p in images.dockerfiles()}
+    assert {"base-images/cpu/Dockerfile", "base-images/cuda/Dockerfile"} <= found
+    assert {f"services/{s.package}/Dockerfile" for s in images.SERVICES.values()} <= found
+
+
+def test_hadolint_clean() -> None:
+    assert images.lint() == []
+
+
+@pytest.mark.parametrize("path", images.dockerfiles(), ids=lambda p: p.relative_to(images.REPO_ROOT).as_posix())
+def test_runs_as_numeric_non_root_user(path: images.Path) -> None:
+    users = re.findall(r"^USER\s+(\S+)", path.read_text(), flags=re.M)
+    assert users and users[-1] == f"{images.APP_UID}:{images.APP_UID}"
+
+
+@pytest.mark.parametrize("base", images.BASES)
+def test_base_has_slim_runtime_stage_and_oci_labels(base: images.Base) -> None:
+    text = images.base_dockerfile(base).read_text()
+    assert re.search(r"^FROM \$\{BASE_OS_IMAGE\} AS builder$", text, flags=re.M)
+    assert re.search(r"^FROM \$\{BASE_OS_IMAGE\} AS runtime$", text, flags=re.M)
+    assert "COPY --from=builder /opt/venv /opt/venv" in text
+    for label in ("title", "description", "source", "licenses", "vendor"):
+        assert f"org.opencontainers.image.{label}=" in text
+    assert "--no-index" in text and "--require-hashes" in text
+
+
+@pytest.mark.parametrize("spec", images.SERVICES.values(), ids=list(images.SERVICES))
+def test_service_layers_dependencies_before_code(spec: images.ServiceSpec) -> None:
+    text = spec.dockerfile.read_text()
+    assert text.index("pip install") < text.index(f"COPY models/{spec.bundle}") < text.index("COPY services/")
+    assert re.search(rf'^ENTRYPOINT \["python", "-m", "{spec.package}"\]$', text, flags=re.M)
