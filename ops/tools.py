@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -206,6 +207,19 @@ def cached(name: str, manifest: Manifest | None = None) -> Path | None:
     return binary_path(spec) if read_stamp(spec) is not None else None
 
 
+@contextlib.contextmanager
+def locked(name: str) -> Iterator[None]:
+    """An exclusive per-user lock, so concurrent ensure()/install calls wait instead of building twice."""
+    lock_dir = cache_root() / "locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / f"{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def go_env(manifest: Manifest | None = None) -> dict[str, str]:
     """Environment for Go builds: module and build caches under the cache root, kept warm across clones."""
     m = manifest or load_manifest()
@@ -345,6 +359,16 @@ def prepare_wrapper(
     progress: Progress | None,
 ) -> Path:
     """Create (once) the wrapper module and resolve its dependency graph with `go get`."""
+    with locked(f"wrapper-{wrapper.name}"):
+        return _prepare_wrapper(wrapper, packages, env, progress)
+
+
+def _prepare_wrapper(
+    wrapper: WrapperSpec,
+    packages: list[str],
+    env: dict[str, str],
+    progress: Progress | None,
+) -> Path:
     wdir = wrapper_dir(wrapper)
     ready = wdir / ".resolved"
     if ready.is_file():
@@ -442,7 +466,11 @@ def obtain(
     name: str, manifest: Manifest | None = None, progress: Progress | None = None
 ) -> ToolStatus:
     """Cache -> verified download -> Go build; returns the status with notes on every path tried."""
-    m = manifest or load_manifest()
+    with locked(f"tool-{name}"):
+        return _obtain(name, manifest or load_manifest(), progress)
+
+
+def _obtain(name: str, m: Manifest, progress: Progress | None) -> ToolStatus:
     spec = m.tools[name]
     status = ToolStatus(name=name, pinned=spec.version, required=spec.required)
     dest = binary_path(spec)

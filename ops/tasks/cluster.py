@@ -57,13 +57,14 @@ def sim_down(
 
 
 @task(
+    positional=[],
     help={
         "env": "local | staging | prod (overlays/local, overlays/eks-staging, overlays/eks-prod).",
         "dry_run": "Show a server-side diff and change nothing.",
         "yes": "Skip the prod confirmation prompt.",
         "context": "Kube context to use (default: the current context); must be allowed for the env.",
         "timeout": "Seconds to wait for each rollout (default deploy.timeout).",
-    }
+    },
 )
 def deploy(
     c: Context,

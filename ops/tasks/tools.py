@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from invoke import Collection, Context, Exit, task
+from rich.table import Table
 
 from ops import doctor as doctor_mod
 from ops import tools as tools_mod
@@ -30,9 +31,17 @@ def install(c: Context, name: list[str] | None = None, force: bool = False) -> N
 @task(name="list")
 def list_(c: Context) -> None:
     """Show each pinned tool, its cached path and where it came from; installs nothing."""
+    table = Table(title="tools.toml")
+    for col in ("tool", "pinned", "source", "path / notes"):
+        table.add_column(col)
     for st in tools_mod.statuses():
-        where = str(st.path) if st.path else "; ".join(st.notes) or "-"
-        tools_mod.console.print(f"{st.name:24} {st.pinned:10} {st.source:18} {where}")
+        table.add_row(
+            st.name,
+            st.pinned,
+            st.source,
+            str(st.path) if st.path else "; ".join(st.notes) or "-",
+        )
+    tools_mod.console.print(table)
 
 
 @task(positional=["name"], help={"name": "Tool name from tools.toml."})
