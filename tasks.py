@@ -6,6 +6,7 @@ from ops.tasks import bench, cluster, images, manifests, models, serve, tools
 
 ns = Collection()
 for module in (models, serve, images, manifests, tools, cluster, bench):
-    ns.add_collection(module.ns)
+    if module.ns.tasks or module.ns.collections:
+        ns.add_collection(module.ns)
     for task in getattr(module, "ROOT_TASKS", ()):
         ns.add_task(task)

@@ -1,1 +1,1 @@
-"""placeholder"""
+"""Image category classifier service (GPU with CPU fallback) on the shared serving runtime."""

@@ -1,0 +1,143 @@
+"""The image classifier's FastAPI app: `create_app()` is the uvicorn factory; /v1/predict takes URL, base64, bytes."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from contextlib import AsyncExitStack
+from typing import Any
+
+from fastapi import FastAPI, Request
+from pydantic import BaseModel, Field, model_validator
+
+from image_classifier.model import ImageClassifier
+from image_classifier.settings import Settings
+from serving.app import (
+    Runtime,
+    RuntimeDep,
+    content_type,
+    create_service_app,
+    json_request_body,
+    parse_json_body,
+    read_body_capped,
+)
+from serving.errors import InvalidRequest, UnsupportedMediaType
+from serving.fetch import SafeFetcher
+from serving.settings import ServingSettings
+
+SERVICE = "image_classifier"
+RAW_IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/webp"})
+
+
+class PredictRequest(BaseModel):
+    """JSON body: exactly one of `image_url` (what production sends) or `image_b64`."""
+
+    image_url: str | None = Field(default=None, max_length=4096, examples=["https://images.example.com/cat.jpg"])
+    image_b64: str | None = Field(default=None, description="Base64 (standard alphabet) of a JPEG/PNG/WebP image.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> PredictRequest:
+        if (self.image_url is None) == (self.image_b64 is None):
+            raise ValueError("send exactly one of image_url or image_b64")
+        return self
+
+
+class Prediction(BaseModel):
+    label: str
+    score: float
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Prediction]
+    model: dict[str, str]
+    timings_ms: dict[str, float]
+
+
+def decode_b64(data: str) -> bytes:
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidRequest(f"image_b64 is not valid base64: {exc}") from exc
+
+
+async def image_bytes(request: Request, runtime: Runtime) -> bytes:
+    """The image the client means, from whichever of the three request forms it used."""
+    settings = runtime.settings
+    body = await read_body_capped(request, settings.max_body_bytes)
+    if content_type(request) in RAW_IMAGE_TYPES:
+        return body
+    if content_type(request) != "application/json":
+        raise UnsupportedMediaType(
+            f"content type {content_type(request) or '(none)'!r} is not accepted; send application/json "
+            f"or one of {sorted(RAW_IMAGE_TYPES)}"
+        )
+    parsed = parse_json_body(request, body, PredictRequest)
+    if parsed.image_b64 is not None:
+        return decode_b64(parsed.image_b64)
+    assert parsed.image_url is not None
+    fetcher: SafeFetcher = runtime.resources["fetcher"]
+    return await fetcher.fetch(parsed.image_url)
+
+
+def register_routes(app: FastAPI) -> None:
+    @app.post(
+        "/v1/predict",
+        response_model=PredictResponse,
+        tags=["model"],
+        summary="Classify one image given as {image_url}, {image_b64}, or a raw image body.",
+        openapi_extra=json_request_body(
+            PredictRequest, **{t: {"schema": {"type": "string", "format": "binary"}} for t in sorted(RAW_IMAGE_TYPES)}
+        ),
+    )
+    async def predict(request: Request, runtime: RuntimeDep) -> dict[str, Any]:
+        start = time.perf_counter()
+        deadline = runtime.deadline()
+        data = await image_bytes(request, runtime)
+        fetched = time.perf_counter()
+        item, preprocess_s = await runtime.preprocess(data)
+        predictions, timings = await runtime.infer(item, deadline)
+        model = runtime.model
+        return {
+            "predictions": predictions,
+            "model": {"name": model.name, "version": model.version, "device": str(model.device)},
+            "timings_ms": {
+                "read": round((fetched - start) * 1000, 3),
+                "preprocess": round(preprocess_s * 1000, 3),
+                "queue_wait": round(timings.queue_wait_s * 1000, 3),
+                "inference": round(timings.inference_s * 1000, 3),
+                "postprocess": round(timings.postprocess_s * 1000, 3),
+                "batch_size": timings.batch_size,
+                "total": round((time.perf_counter() - start) * 1000, 3),
+            },
+        }
+
+
+async def open_fetcher(runtime: Runtime, stack: AsyncExitStack) -> None:
+    settings = runtime.settings
+    assert isinstance(settings, Settings)
+    fetcher = SafeFetcher(
+        max_bytes=settings.fetch_max_bytes,
+        allowed_hosts=settings.fetch_allowed_hosts,
+        connect_timeout_s=settings.fetch_connect_timeout_s,
+        read_timeout_s=settings.fetch_read_timeout_s,
+        max_redirects=settings.fetch_max_redirects,
+    )
+    runtime.resources["fetcher"] = await stack.enter_async_context(fetcher)
+
+
+def _model(settings: ServingSettings) -> ImageClassifier:
+    assert isinstance(settings, Settings)
+    return ImageClassifier(settings)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """uvicorn factory: `uvicorn --factory image_classifier.app:create_app`."""
+    return create_service_app(
+        service=SERVICE,
+        title="Image classifier",
+        settings=settings or Settings(),
+        model_factory=_model,
+        register_routes=register_routes,
+        resources=open_fetcher,
+    )

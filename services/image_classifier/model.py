@@ -1,0 +1,187 @@
+"""The image classifier model: torchvision network + bundle weights, Pillow decoding, device-side normalization."""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from image_classifier.settings import Settings
+from serving.bundle import Bundle, resolve_bundle
+from serving.errors import InvalidImage, ModelLoadError
+from serving.model import DTYPES, Model, effective_precision, pick_device
+
+log = logging.getLogger(__name__)
+
+# The architectures a bundle may name; all are plain torchvision constructors (weights come from the bundle).
+ARCHITECTURES = {
+    "shufflenet_v2_x0_5": torchvision.models.shufflenet_v2_x0_5,
+    "mobilenet_v3_small": torchvision.models.mobilenet_v3_small,
+    "resnet18": torchvision.models.resnet18,
+    "resnet50": torchvision.models.resnet50,
+}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """How a bundle wants its input: resize the short side, center-crop, normalize."""
+
+    input_size: int
+    resize_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @classmethod
+    def from_bundle(cls, extra: dict[str, Any]) -> ImageSpec:
+        input_size = int(extra.get("input_size", 224))
+        return cls(
+            input_size=input_size,
+            resize_size=int(extra.get("resize_size", round(input_size * 256 / 224))),
+            mean=tuple(extra.get("mean", IMAGENET_MEAN)),  # type: ignore[arg-type]
+            std=tuple(extra.get("std", IMAGENET_STD)),  # type: ignore[arg-type]
+        )
+
+
+def build_network(architecture: str, num_classes: int) -> torch.nn.Module:
+    """An untrained torchvision network of the bundle's architecture, with the bundle's number of classes."""
+    try:
+        constructor = ARCHITECTURES[architecture]
+    except KeyError:
+        raise ModelLoadError(f"unknown architecture {architecture!r}; known: {sorted(ARCHITECTURES)}") from None
+    network: torch.nn.Module = constructor(weights=None, num_classes=num_classes)
+    return network
+
+
+def resize_and_crop(image: Image.Image, spec: ImageSpec) -> torch.Tensor:
+    """Short side to `resize_size`, center crop to `input_size`; returns a uint8 CHW tensor (normalized later)."""
+    width, height = image.size
+    scale = spec.resize_size / min(width, height)
+    new_size = (max(spec.input_size, round(width * scale)), max(spec.input_size, round(height * scale)))
+    image = image.resize(new_size, Image.Resampling.BILINEAR, reducing_gap=3.0)
+    left = (new_size[0] - spec.input_size) // 2
+    top = (new_size[1] - spec.input_size) // 2
+    image = image.crop((left, top, left + spec.input_size, top + spec.input_size))
+    array = np.asarray(image, dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def decode_image(
+    data: bytes, *, allowed_formats: frozenset[str], max_pixels: int, min_side: int, draft_size: int | None = None
+) -> Image.Image:
+    """Decode untrusted bytes: allowed formats only, size checked before decoding pixels, EXIF orientation applied."""
+    if not data:
+        raise InvalidImage("the image is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if image.format not in allowed_formats:
+                raise InvalidImage(f"image format {image.format} is not allowed; send one of {sorted(allowed_formats)}")
+            width, height = image.size
+            if width * height > max_pixels:
+                raise InvalidImage(f"image is {width}x{height}: more than the {max_pixels} pixel limit")
+            if min(width, height) < min_side:
+                raise InvalidImage(f"image is {width}x{height}: both sides must be at least {min_side} pixels")
+            if draft_size and image.format == "JPEG":
+                image.draft("RGB", (draft_size, draft_size))  # let libjpeg decode at reduced scale
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return image.convert("RGB")
+    except InvalidImage:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InvalidImage(f"not a decodable image: {exc}") from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:  # truncated or corrupt data
+        raise InvalidImage(f"corrupt or truncated image: {exc}") from exc
+
+
+class ImageClassifier(Model[bytes, torch.Tensor, list[dict[str, Any]]]):
+    """Top-k classifier: preprocess per image on CPU (uint8), normalize and run per batch on the device."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.notes: list[str] = []
+        self.device, note = pick_device(settings.device)
+        if note:
+            self.notes.append(note)
+        self.precision, note = effective_precision(settings.precision, self.device)
+        if note:
+            self.notes.append(note)
+        self.channels_last = settings.channels_last
+        self.bundle: Bundle | None = None
+
+    def load(self) -> None:
+        bundle = resolve_bundle(self.settings.model_uri, self.settings.model_sha256, self.settings.model_cache_dir)
+        config = bundle.config
+        self.bundle = bundle
+        self.name, self.version, self.labels = config.name, config.version, list(config.labels)
+        self.spec = ImageSpec.from_bundle(config.extra)
+        network = build_network(config.architecture, len(config.labels))
+        try:
+            network.load_state_dict(bundle.state_dict())
+        except RuntimeError as exc:
+            raise ModelLoadError(f"bundle weights do not fit {config.architecture}: {exc}") from exc
+        network.eval().to(self.device)
+        if self.channels_last:
+            network = network.to(memory_format=torch.channels_last)
+        self.network = network
+        self.mean = torch.tensor(self.spec.mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(self.spec.std, device=self.device).view(1, 3, 1, 1)
+        self.top_k = min(self.settings.top_k, len(self.labels))
+
+    def decode(self, data: bytes) -> Image.Image:
+        return decode_image(
+            data,
+            allowed_formats=self.settings.allowed_formats,
+            max_pixels=self.settings.max_image_pixels,
+            min_side=self.settings.min_image_side,
+            draft_size=self.spec.resize_size,
+        )
+
+    def preprocess(self, raw: bytes) -> torch.Tensor:
+        return resize_and_crop(self.decode(raw), self.spec)
+
+    def predict(self, items: Sequence[torch.Tensor]) -> torch.Tensor:
+        batch = torch.stack(list(items))
+        if self.device.type == "cuda":
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        with torch.inference_mode():
+            x = batch.float().div_(255).sub_(self.mean).div_(self.std)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            autocast = (
+                torch.autocast("cuda", dtype=DTYPES[self.precision]) if self.precision in DTYPES else nullcontext()
+            )
+            with autocast:
+                logits = self.network(x)
+            return torch.softmax(logits.float(), dim=1)
+
+    def postprocess(self, outputs: torch.Tensor) -> list[list[dict[str, Any]]]:
+        scores, indices = outputs.topk(self.top_k, dim=1)
+        scores_l, indices_l = scores.cpu().tolist(), indices.cpu().tolist()
+        return [
+            [{"label": self.labels[i], "score": round(s, 6)} for s, i in zip(row_s, row_i, strict=True)]
+            for row_s, row_i in zip(scores_l, indices_l, strict=True)
+        ]
+
+    def warmup_item(self) -> torch.Tensor:
+        return torch.zeros(3, self.spec.input_size, self.spec.input_size, dtype=torch.uint8)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "architecture": self.bundle.config.architecture if self.bundle else None,
+            "weights_sha256": self.bundle.sha256 if self.bundle else None,
+            "input_size": self.spec.input_size,
+            "channels_last": self.channels_last,
+        }

@@ -1,0 +1,41 @@
+"""Settings of the image classifier, read from IMAGE_CLASSIFIER_* environment variables."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from serving.settings import ServingSettings
+
+
+class Settings(ServingSettings):
+    model_config = SettingsConfigDict(env_prefix="IMAGE_CLASSIFIER_", extra="ignore")
+
+    model_uri: str = "models/image-demo"
+    port: int = 8080
+    channels_last: bool = Field(default=False, description="NHWC memory layout (faster convolutions on CUDA).")
+    top_k: int = Field(default=3, ge=1, le=20)
+    max_image_pixels: int = Field(default=40_000_000, ge=1, description="Decompression-bomb cap on width*height.")
+    min_image_side: int = Field(default=8, ge=1, description="Images smaller than this on either side are refused.")
+    allowed_formats: Annotated[frozenset[str], NoDecode] = frozenset({"JPEG", "PNG", "WEBP"})
+    fetch_allowed_hosts: Annotated[frozenset[str], NoDecode] = Field(
+        default=frozenset(), description="Hosts exempt from the private-address check (comma-separated)."
+    )
+    fetch_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    fetch_connect_timeout_s: float = 2.0
+    fetch_read_timeout_s: float = 5.0
+    fetch_max_redirects: int = Field(default=3, ge=0, le=10)
+
+    @field_validator("fetch_allowed_hosts", "allowed_formats", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        if isinstance(value, str):
+            return frozenset(part.strip().lower() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("allowed_formats", mode="after")
+    @classmethod
+    def _upper(cls, value: frozenset[str]) -> frozenset[str]:
+        return frozenset(v.upper() for v in value)

@@ -1,0 +1,313 @@
+"""The FastAPI app every service shares: lifespan (load, warm-up, batcher), probes, metrics, model info, errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Annotated, Any, TypeVar
+
+import anyio
+import torch
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serving.batcher import BatchTimings, MicroBatcher
+from serving.errors import (
+    Draining,
+    InvalidRequest,
+    NotReady,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    error_body,
+    install_error_handlers,
+)
+from serving.metrics import ServiceMetrics
+from serving.model import Model
+from serving.settings import ServingSettings
+
+log = logging.getLogger(__name__)
+
+PREDICT_PATH = "/v1/predict"
+KNOWN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v1/models", PREDICT_PATH, "/docs", "/openapi.json"})
+
+
+@dataclass
+class Runtime:
+    """Everything a request handler needs, created in the lifespan and reached through `RuntimeDep`."""
+
+    service: str
+    settings: ServingSettings
+    model: Model[Any, Any, Any]
+    metrics: ServiceMetrics
+    batcher: MicroBatcher[Any, Any] | None = None
+    ready: bool = False
+    draining: bool = False
+    inflight: int = 0
+    resources: dict[str, Any] = field(default_factory=dict)
+
+    def begin_drain(self) -> None:
+        if not self.draining:
+            log.info("draining: readiness is now 503, waiting for %d accepted requests", self.inflight)
+        self.draining = True
+        self.metrics.ready.set(0)
+
+    @property
+    def drained(self) -> bool:
+        return self.inflight == 0 and (self.batcher is None or self.batcher.idle)
+
+    def deadline(self) -> float:
+        return time.monotonic() + self.settings.request_timeout_s
+
+    async def preprocess(self, raw: Any) -> Any:
+        start = time.perf_counter()
+        item = await anyio.to_thread.run_sync(self.model.preprocess, raw)
+        elapsed = time.perf_counter() - start
+        self.metrics.preprocess_seconds.observe(elapsed)
+        return item, elapsed
+
+    async def infer(self, item: Any, deadline: float) -> tuple[Any, BatchTimings]:
+        if self.batcher is None or not self.ready:
+            raise NotReady("the model is not loaded yet")
+        return await self.batcher.submit(item, deadline)
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+async def read_body_capped(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) anything above `limit` bytes without reading it all."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    return bytes(body)
+
+
+RequestModel = TypeVar("RequestModel", bound=BaseModel)
+
+
+def content_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def parse_json_body(request: Request, body: bytes, model: type[RequestModel]) -> RequestModel:
+    """Validate a JSON body against `model`: wrong type is a 415, any other problem a 400, never a 500."""
+    if content_type(request) != "application/json":
+        raise UnsupportedMediaType(f"content type {content_type(request) or '(none)'!r} is not accepted here")
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequest(f"body is not valid JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise InvalidRequest("body must be a JSON object")
+    try:
+        return model.model_validate(document)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+        raise InvalidRequest(f"{where}: {first['msg']}") from None
+
+
+def json_request_body(model: type[BaseModel], **extra_types: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI `requestBody` for handlers that parse the body themselves (to keep errors in one format)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema()}, **extra_types},
+        }
+    }
+
+
+def make_batch_runner(model: Model[Any, Any, Any]) -> Callable[[Sequence[Any]], tuple[list[Any], float, float]]:
+    def run(items: Sequence[Any]) -> tuple[list[Any], float, float]:
+        start = time.perf_counter()
+        outputs = model.predict(items)
+        model.synchronize()
+        mid = time.perf_counter()
+        results = model.postprocess(outputs)
+        return results, mid - start, time.perf_counter() - mid
+
+    return run
+
+
+def warm_up(model: Model[Any, Any, Any], max_batch_size: int) -> float:
+    """Run every batch size the batcher can form once, so no client pays for first-use allocation."""
+    item = model.warmup_item()
+    start = time.perf_counter()
+    for size in range(1, max_batch_size + 1):
+        model.postprocess(model.predict([item] * size))
+    model.synchronize()
+    return time.perf_counter() - start
+
+
+class MetricsMiddleware:
+    """Counts requests by endpoint and status, times them, tracks in-flight predictions, refuses them while draining."""
+
+    def __init__(self, app: ASGIApp, runtime_of: Callable[[], Runtime | None]) -> None:
+        self.app = app
+        self.runtime_of = runtime_of
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        runtime = self.runtime_of()
+        if scope["type"] != "http" or runtime is None:
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        endpoint = path if path in KNOWN_PATHS else "other"
+        is_predict = path == PREDICT_PATH
+        status = {"code": 500}
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        start = time.perf_counter()
+        try:
+            if is_predict and runtime.draining:
+                runtime.metrics.rejected.labels("draining").inc()
+                exc = Draining("the server is shutting down; retry on another replica")
+                response = JSONResponse(error_body(exc.code, exc.message), 503, headers={"Connection": "close"})
+                await response(scope, receive, send_wrapper)
+                return
+            if is_predict:
+                runtime.inflight += 1
+                runtime.metrics.inflight.inc()
+            try:
+                await self.app(scope, receive, send_wrapper)
+            finally:
+                if is_predict:
+                    runtime.inflight -= 1
+                    runtime.metrics.inflight.dec()
+        finally:
+            runtime.metrics.requests.labels(endpoint, str(status["code"])).inc()
+            runtime.metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - start)
+
+
+ResourceFactory = Callable[[Runtime, AsyncExitStack], Awaitable[None]]
+
+
+def create_service_app(
+    *,
+    service: str,
+    title: str,
+    settings: ServingSettings,
+    model_factory: Callable[[ServingSettings], Model[Any, Any, Any]],
+    register_routes: Callable[[FastAPI], None],
+    resources: ResourceFactory | None = None,
+) -> FastAPI:
+    """Build a service app. Nothing heavy happens here: the model loads in the lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        threads = settings.resolved_torch_threads()
+        torch.set_num_threads(threads)
+        model = model_factory(settings)
+        runtime = Runtime(service=service, settings=settings, model=model, metrics=ServiceMetrics(service))
+        app.state.runtime = runtime
+        async with AsyncExitStack() as stack:
+            start = time.perf_counter()
+            await anyio.to_thread.run_sync(model.load)
+            for note in model.notes:
+                log.warning(note)
+            loaded = time.perf_counter() - start
+            warm = await anyio.to_thread.run_sync(warm_up, model, settings.max_batch_size)
+            if resources is not None:
+                await resources(runtime, stack)
+            batcher: MicroBatcher[Any, Any] = MicroBatcher(
+                make_batch_runner(model),
+                max_batch_size=settings.max_batch_size,
+                max_wait_ms=settings.max_wait_ms,
+                capacity=settings.queue_capacity,
+                metrics=runtime.metrics,
+            )
+            batcher.start()
+            stack.callback(batcher.stop)
+            runtime.batcher = batcher
+            runtime.metrics.model_info.info(
+                {
+                    "name": model.name,
+                    "version": model.version,
+                    "device": str(model.device),
+                    "precision": model.precision,
+                }
+            )
+            runtime.ready = True
+            runtime.metrics.ready.set(1)
+            log.info(
+                "ready: model %s %s on %s (%s), torch threads %d, load %.2fs, warm-up of batch sizes 1..%d %.2fs",
+                model.name,
+                model.version,
+                model.device,
+                model.precision,
+                threads,
+                loaded,
+                settings.max_batch_size,
+                warm,
+            )
+            yield
+            runtime.ready = False
+            runtime.metrics.ready.set(0)
+
+    app = FastAPI(title=title, version="1", lifespan=lifespan)
+    app.add_middleware(MetricsMiddleware, runtime_of=lambda: getattr(app.state, "runtime", None))
+    install_error_handlers(app)
+
+    @app.get("/healthz", tags=["probes"], summary="Liveness: the process is up and its event loop answers.")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["probes"], summary="Readiness: 200 once loaded and warm; 503 before, and while draining.")
+    async def readyz(runtime: RuntimeDep) -> JSONResponse:
+        if runtime.draining:
+            return JSONResponse({"status": "draining"}, 503)
+        if not runtime.ready:
+            return JSONResponse({"status": "loading"}, 503)
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics", tags=["probes"], summary="Prometheus metrics.")
+    async def metrics(runtime: RuntimeDep) -> Response:
+        return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get(
+        "/v1/models", tags=["model"], summary="The served model: name, version, labels, device, precision, batching."
+    )
+    async def models(runtime: RuntimeDep) -> dict[str, Any]:
+        model, s = runtime.model, runtime.settings
+        return {
+            "name": model.name,
+            "version": model.version,
+            "labels": model.labels,
+            "device": str(model.device),
+            "requested_device": s.device,
+            "precision": model.precision,
+            "notes": model.notes,
+            "batching": {
+                "enabled": s.max_batch_size > 1,
+                "max_batch_size": s.max_batch_size,
+                "max_wait_ms": s.max_wait_ms,
+                "queue_capacity": s.queue_capacity,
+            },
+            "request_timeout_s": s.request_timeout_s,
+            "torch": torch.__version__,
+            **model.describe(),
+        }
+
+    register_routes(app)
+    return app

@@ -1,0 +1,189 @@
+"""Dynamic micro-batching: a bounded queue drained by one inference thread, off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from serving.errors import DeadlineExceeded, QueueFull
+from serving.metrics import ServiceMetrics
+
+log = logging.getLogger(__name__)
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+@dataclass
+class BatchTimings:
+    """What one item spent in each stage, reported back to the client and to the metrics."""
+
+    queue_wait_s: float = 0.0
+    inference_s: float = 0.0
+    postprocess_s: float = 0.0
+    batch_size: int = 0
+
+
+@dataclass
+class _Item(Generic[In, Out]):
+    payload: In
+    deadline: float
+    future: asyncio.Future[tuple[Out, BatchTimings]]
+    loop: asyncio.AbstractEventLoop
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+BatchFn = Callable[[Sequence[In]], tuple[Sequence[Out], float, float]]
+"""Runs one batch; returns (outputs in input order, inference seconds, postprocess seconds)."""
+
+
+class MicroBatcher(Generic[In, Out]):
+    """Collects items into batches of up to `max_batch_size`, waiting at most `max_wait_ms` after the first one.
+
+    `submit` never blocks: a full queue raises QueueFull at once. Items whose deadline passed are dropped before
+    compute and fail with DeadlineExceeded. A single worker thread runs the model, so the event loop stays free.
+    """
+
+    def __init__(
+        self,
+        run_batch: BatchFn[In, Out],
+        *,
+        max_batch_size: int,
+        max_wait_ms: float,
+        capacity: int,
+        metrics: ServiceMetrics,
+        retry_after_s: int = 1,
+    ) -> None:
+        self._run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.capacity = capacity
+        self._metrics = metrics
+        self._retry_after = str(retry_after_s)
+        self._queue: deque[_Item[In, Out]] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._busy = False
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="inference-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def idle(self) -> bool:
+        with self._cond:
+            return not self._queue and not self._busy
+
+    # -- producer side (event loop) --------------------------------------------------------------------------
+    async def submit(self, payload: In, deadline: float) -> tuple[Out, BatchTimings]:
+        loop = asyncio.get_running_loop()
+        item: _Item[In, Out] = _Item(payload, deadline, loop.create_future(), loop)
+        with self._cond:
+            if len(self._queue) >= self.capacity:
+                self._metrics.rejected.labels("queue_full").inc()
+                raise QueueFull(
+                    f"the inference queue is full ({self.capacity} items); retry later",
+                    headers={"Retry-After": self._retry_after},
+                )
+            self._queue.append(item)
+            self._metrics.queue_depth.set(len(self._queue))
+            self._cond.notify()
+        remaining = deadline - time.monotonic()
+        try:
+            # On timeout wait_for cancels the future, and the worker skips cancelled items before compute.
+            return await asyncio.wait_for(item.future, timeout=max(remaining, 0.0))
+        except TimeoutError:
+            self._metrics.rejected.labels("deadline").inc()
+            raise DeadlineExceeded("the request's deadline passed before it was served") from None
+
+    # -- consumer side (worker thread) -----------------------------------------------------------------------
+    def _take_batch(self) -> list[_Item[In, Out]]:
+        with self._cond:
+            while not self._queue and not self._stopping:
+                self._cond.wait()
+            if self._stopping and not self._queue:
+                return []
+            first_at = time.monotonic()
+            flush_at = first_at + self.max_wait_s
+            while len(self._queue) < self.max_batch_size and not self._stopping:
+                left = flush_at - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            batch: list[_Item[In, Out]] = []
+            while self._queue and len(batch) < self.max_batch_size:
+                batch.append(self._queue.popleft())
+            self._busy = True
+            self._metrics.queue_depth.set(len(self._queue))
+            return batch
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if not batch:
+                return
+            try:
+                self._execute(batch)
+            finally:
+                with self._cond:
+                    self._busy = False
+
+    def _execute(self, batch: list[_Item[In, Out]]) -> None:
+        now = time.monotonic()
+        live: list[_Item[In, Out]] = []
+        for item in batch:
+            if item.future.done():  # cancelled by the client going away
+                continue
+            if item.deadline <= now:
+                _resolve(item, exc=DeadlineExceeded("the request's deadline passed while it was queued"))
+                continue
+            live.append(item)
+        if not live:
+            return
+        self._metrics.batch_size.observe(len(live))
+        try:
+            outputs, inference_s, postprocess_s = self._run_batch([i.payload for i in live])
+        except Exception as exc:  # a model fault fails this batch, not the worker
+            log.exception("batch of %d failed", len(live))
+            for item in live:
+                _resolve(item, exc=exc)
+            return
+        self._metrics.inference_seconds.observe(inference_s)
+        self._metrics.postprocess_seconds.observe(postprocess_s)
+        for item, output in zip(live, outputs, strict=True):
+            wait = now - item.enqueued
+            self._metrics.queue_wait_seconds.observe(wait)
+            _resolve(item, result=(output, BatchTimings(wait, inference_s, postprocess_s, len(live))))
+
+
+def _resolve(item: _Item[Any, Any], *, result: Any = None, exc: BaseException | None = None) -> None:
+    def settle() -> None:
+        if item.future.done():
+            return
+        if exc is not None:
+            item.future.set_exception(exc)
+        else:
+            item.future.set_result(result)
+
+    with contextlib.suppress(RuntimeError):  # a closed loop: the client is long gone
+        item.loop.call_soon_threadsafe(settle)

@@ -1,0 +1,46 @@
+"""Prometheus metrics of one service, named `<service>_...`, kept in a registry of their own."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class ServiceMetrics:
+    """Every metric a service exports. One instance per app, so tests can run several apps in one process."""
+
+    def __init__(self, service: str, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        p, r = service, self.registry
+        self.requests = Counter(
+            f"{p}_requests", "HTTP requests by endpoint and status.", ["endpoint", "status"], registry=r
+        )
+        self.request_seconds = Histogram(
+            f"{p}_request_duration_seconds",
+            "Total time per request.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait_seconds = Histogram(
+            f"{p}_queue_wait_seconds", "Time an item waited in the batch queue.", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.preprocess_seconds = Histogram(
+            f"{p}_preprocess_seconds", "Preprocessing time per item.", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.inference_seconds = Histogram(
+            f"{p}_inference_seconds", "Model forward time per batch.", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.postprocess_seconds = Histogram(
+            f"{p}_postprocess_seconds", "Postprocessing time per batch.", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.batch_size = Histogram(f"{p}_batch_size", "Items per executed batch.", buckets=BATCH_BUCKETS, registry=r)
+        self.inflight = Gauge(f"{p}_inflight_requests", "Prediction requests being handled.", registry=r)
+        self.queue_depth = Gauge(f"{p}_queue_depth", "Items waiting in the batch queue.", registry=r)
+        self.rejected = Counter(f"{p}_rejected", "Items refused or dropped, by reason.", ["reason"], registry=r)
+        self.ready = Gauge(
+            f"{p}_ready", "1 when the model is loaded and warm and the server is not draining.", registry=r
+        )
+        self.model_info = Info(f"{p}_model", "The loaded model bundle.", registry=r)

@@ -1,0 +1,70 @@
+"""The small interface every served model implements, and the device/precision choices they share."""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, Generic, TypeVar
+
+import torch
+
+log = logging.getLogger(__name__)
+
+Raw = TypeVar("Raw")
+Item = TypeVar("Item")
+Out = TypeVar("Out")
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def pick_device(requested: str) -> tuple[torch.device, str | None]:
+    """The device to run on, and a note when the request could not be honoured (CUDA asked for but absent)."""
+    if requested == "cpu":
+        return torch.device("cpu"), None
+    if torch.cuda.is_available():
+        return torch.device("cuda"), None
+    if requested == "cuda":
+        return torch.device("cpu"), "DEVICE=cuda but CUDA is not available: falling back to CPU"
+    return torch.device("cpu"), None
+
+
+def effective_precision(requested: str, device: torch.device) -> tuple[str, str | None]:
+    """fp16/bf16 autocast is a CUDA option; on CPU the service runs fp32 and says so."""
+    if requested != "fp32" and device.type != "cuda":
+        return "fp32", f"PRECISION={requested} is a CUDA option: running fp32 on {device.type}"
+    return requested, None
+
+
+class Model(ABC, Generic[Raw, Item, Out]):
+    """load() once; preprocess() per request item, in a worker thread; predict()+postprocess() per batch."""
+
+    name: str
+    version: str
+    labels: list[str]
+    device: torch.device
+    precision: str
+    notes: list[str]
+
+    @abstractmethod
+    def load(self) -> None: ...
+
+    @abstractmethod
+    def preprocess(self, raw: Raw) -> Item: ...
+
+    @abstractmethod
+    def predict(self, items: Sequence[Item]) -> Any: ...
+
+    @abstractmethod
+    def postprocess(self, outputs: Any) -> list[Out]: ...
+
+    @abstractmethod
+    def warmup_item(self) -> Item:
+        """A representative preprocessed item, used to warm every batch size before readiness."""
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)

@@ -1,0 +1,83 @@
+"""Runs a service under uvicorn with a graceful drain: SIGTERM flips readiness, finishes accepted work, exits 0."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from serving.logconfig import configure_logging, logging_config
+from serving.settings import ServingSettings
+
+log = logging.getLogger(__name__)
+
+
+class DrainingServer(uvicorn.Server):
+    """A uvicorn server whose first SIGTERM/SIGINT starts a drain instead of an immediate shutdown.
+
+    While draining, the listener stays open: /readyz answers 503 (so the endpoint is removed), new predictions get
+    503 `draining`, and accepted requests run to completion. When none is left, or after `drain_timeout_s`, the
+    normal uvicorn shutdown runs. A second signal skips the wait.
+    """
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI, drain_timeout_s: float) -> None:
+        super().__init__(config)
+        self._app = app
+        self._drain_timeout_s = drain_timeout_s
+        self._drain_started: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        runtime = getattr(self._app.state, "runtime", None)
+        if self._drain_started is not None or runtime is None or sig not in (signal.SIGTERM, signal.SIGINT):
+            # Second signal, or nothing to drain yet: behave like uvicorn (exit now).
+            self.should_exit = True
+            if self._drain_started is not None:
+                self.force_exit = True
+            return
+        self._drain_started = time.monotonic()
+        runtime.begin_drain()
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._drain_started is not None:
+            runtime = self._app.state.runtime
+            waited = time.monotonic() - self._drain_started
+            if runtime.drained:
+                log.info("drained after %.2fs: shutting down", waited)
+                return True
+            if waited >= self._drain_timeout_s:
+                log.warning("drain timeout (%.0fs) with %d requests in flight: shutting down", waited, runtime.inflight)
+                return True
+        return await super().on_tick(counter)
+
+
+def serve(app: FastAPI, settings: ServingSettings, **uvicorn_kwargs: Any) -> None:
+    """Run `app` until SIGTERM, then drain and exit 0."""
+    configure_logging(settings.log_level, settings.log_format)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=logging_config(settings.log_level, settings.log_format),
+        timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
+        **uvicorn_kwargs,
+    )
+    DrainingServer(config, app, settings.drain_timeout_s).run()
+
+
+def serve_with_reload(factory: str, settings: ServingSettings, reload_dirs: list[str]) -> None:
+    """Development mode (local overlay / Tilt live update): uvicorn reloads the worker when code changes."""
+    configure_logging(settings.log_level, settings.log_format)
+    uvicorn.run(
+        factory,
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        reload=True,
+        reload_dirs=reload_dirs,
+        log_config=logging_config(settings.log_level, settings.log_format),
+    )

@@ -1,0 +1,67 @@
+"""Settings shared by every service, and the cgroup-aware CPU count that sizes torch's thread pools."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> int | None:
+    """CPUs granted by the container's CPU limit (cgroup v2 `cpu.max` or v1 CFS quota), or None when unlimited."""
+    v2 = root / "cpu.max"
+    candidates: list[tuple[str, str]] = []
+    if v2.is_file():
+        quota, _, period = v2.read_text().strip().partition(" ")
+        candidates.append((quota, period or "100000"))
+    for v1 in (root / "cpu", root / "cpu,cpuacct", root):
+        quota_file, period_file = v1 / "cpu.cfs_quota_us", v1 / "cpu.cfs_period_us"
+        if quota_file.is_file() and period_file.is_file():
+            candidates.append((quota_file.read_text().strip(), period_file.read_text().strip()))
+            break
+    for quota, period in candidates:
+        if quota in ("max", "-1") or not period.isdigit() or int(period) == 0:
+            continue
+        return max(1, math.ceil(int(quota) / int(period)))
+    return None
+
+
+def default_torch_threads() -> int:
+    """Threads for torch: the container's CPU limit when one is set, else the CPUs this process may run on."""
+    limit = cgroup_cpu_limit()
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(limit, available) if limit else available
+
+
+class ServingSettings(BaseSettings):
+    """Settings every service has; each service subclasses this with its own env prefix and defaults."""
+
+    model_uri: str = Field(description="Bundle location: a directory, or an http(s):// URL of a .tar.gz bundle.")
+    model_sha256: str | None = Field(default=None, description="Required for URL bundles: sha256 of the archive.")
+    model_cache_dir: Path = Field(default=Path("/tmp/model-cache"),  # noqa: S108 - /tmp is the pod's writable emptyDir
+        description="Where URL bundles are unpacked.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+
+    max_batch_size: int = Field(default=16, ge=1, le=1024, description="1 turns dynamic batching off.")
+    max_wait_ms: float = Field(default=5.0, ge=0, le=1000)
+    queue_capacity: int = Field(default=256, ge=1)
+    request_timeout_s: float = Field(default=10.0, gt=0)
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    torch_threads: int = Field(default=0, ge=0, description="0 = the container's CPU limit, read from cgroups.")
+
+    host: str = "0.0.0.0"  # noqa: S104 - a server in a pod listens on all interfaces
+    port: int = 8080
+    drain_timeout_s: float = Field(default=20.0, ge=0, description="How long SIGTERM waits for accepted requests.")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "json"
+    reload: bool = Field(default=False, description="Development only: uvicorn reload on code changes.")
+
+    def resolved_torch_threads(self) -> int:
+        return self.torch_threads or default_torch_threads()

@@ -1,0 +1,107 @@
+"""The text classifier's FastAPI app: `create_app()` is the uvicorn factory; POST /v1/predict takes text or texts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from pydantic import BaseModel, Field, model_validator
+
+from serving.app import RuntimeDep, create_service_app, json_request_body, parse_json_body, read_body_capped
+from serving.errors import InvalidRequest
+from serving.settings import ServingSettings
+from text_classifier.model import TextClassifier
+from text_classifier.settings import Settings
+
+SERVICE = "text_classifier"
+
+
+class PredictRequest(BaseModel):
+    """Exactly one of `text` or `texts`."""
+
+    text: str | None = Field(default=None, examples=["is this still available?"])
+    texts: list[str] | None = Field(default=None, examples=[["hello there", "WIN FREE CRYPTO NOW"]])
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> PredictRequest:
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("send exactly one of text or texts")
+        return self
+
+    def items(self) -> list[str]:
+        return [self.text] if self.text is not None else list(self.texts or [])
+
+
+class TextPrediction(BaseModel):
+    label: str
+    score: float
+    scores: dict[str, float]
+
+
+class PredictResponse(BaseModel):
+    predictions: list[TextPrediction]
+    model: dict[str, str]
+    timings_ms: dict[str, float]
+
+
+def check_texts(texts: list[str], settings: Settings) -> None:
+    if not texts:
+        raise InvalidRequest("texts is empty")
+    if len(texts) > settings.max_texts:
+        raise InvalidRequest(f"{len(texts)} texts is more than the limit of {settings.max_texts}")
+    for index, text in enumerate(texts):
+        if not text.strip():
+            raise InvalidRequest(f"text {index} is empty")
+        if len(text) > settings.max_text_chars:
+            raise InvalidRequest(f"text {index} is longer than {settings.max_text_chars} characters")
+
+
+def register_routes(app: FastAPI) -> None:
+    @app.post(
+        "/v1/predict",
+        response_model=PredictResponse,
+        tags=["model"],
+        summary="Classify one text ({text}) or several ({texts}); one prediction per text, in order.",
+        openapi_extra=json_request_body(PredictRequest),
+    )
+    async def predict(request: Request, runtime: RuntimeDep) -> dict[str, Any]:
+        start = time.perf_counter()
+        deadline = runtime.deadline()
+        settings = runtime.settings
+        assert isinstance(settings, Settings)
+        body = await read_body_capped(request, settings.max_body_bytes)
+        texts = parse_json_body(request, body, PredictRequest).items()
+        check_texts(texts, settings)
+        model = runtime.model
+        # Each text is one batch item, so a multi-text request fills batches the same way many clients do.
+        results = await asyncio.gather(*(runtime.infer(model.preprocess(t), deadline) for t in texts))
+        slowest = max(results, key=lambda r: r[1].queue_wait_s + r[1].inference_s)[1]
+        return {
+            "predictions": [prediction for prediction, _ in results],
+            "model": {"name": model.name, "version": model.version, "device": str(model.device)},
+            "timings_ms": {
+                "queue_wait": round(slowest.queue_wait_s * 1000, 3),
+                "inference": round(slowest.inference_s * 1000, 3),
+                "postprocess": round(slowest.postprocess_s * 1000, 3),
+                "batch_size": slowest.batch_size,
+                "total": round((time.perf_counter() - start) * 1000, 3),
+            },
+        }
+
+
+def _model(settings: ServingSettings) -> TextClassifier:
+    assert isinstance(settings, Settings)
+    return TextClassifier(settings)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """uvicorn factory: `uvicorn --factory text_classifier.app:create_app`."""
+    return create_service_app(
+        service=SERVICE,
+        title="Text classifier",
+        settings=settings or Settings(),
+        model_factory=_model,
+        register_routes=register_routes,
+    )

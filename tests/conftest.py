@@ -1,0 +1,88 @@
+"""Shared fixtures: demo bundles, real uvicorn servers on 127.0.0.1, and a loopback HTTP server for image URLs."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import pytest
+import torch
+
+from ops.models import build_all
+from testkit import REPO, Origin, Server, run_server
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU with CUDA; torch.cuda.is_available() is False here")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def bundles() -> dict[str, Path]:
+    """The demo bundles, built (or reused) in models/ exactly as `invoke models.build` does."""
+    return build_all(REPO / "models")
+
+
+@pytest.fixture
+def image_server_factory(bundles: dict[str, Path], tmp_path: Path) -> Callable[..., AbstractContextManager[Server]]:
+    def start(**env: str) -> AbstractContextManager[Server]:
+        return run_server(
+            "image_classifier", "IMAGE_CLASSIFIER_", {"MODEL_URI": str(bundles["image-demo"]), **env}, tmp_path
+        )
+
+    return start
+
+
+@pytest.fixture(scope="module")
+def image_service(bundles: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One image classifier shared by a module's tests; loopback may be fetched from (for the URL tests)."""
+    env = {"MODEL_URI": str(bundles["image-demo"]), "FETCH_ALLOWED_HOSTS": "127.0.0.1", "MAX_BATCH_SIZE": "8"}
+    with run_server("image_classifier", "IMAGE_CLASSIFIER_", env, tmp_path_factory.mktemp("image")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def text_service(bundles: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    env = {"MODEL_URI": str(bundles["text-demo"]), "MAX_BATCH_SIZE": "8"}
+    with run_server("text_classifier", "TEXT_CLASSIFIER_", env, tmp_path_factory.mktemp("text")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def origin() -> Iterator[Origin]:
+    state = Origin(url="")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            state.hits.append(self.path)
+            if self.path in state.redirects:
+                self.send_response(302)
+                self.send_header("Location", state.redirects[self.path])
+                self.end_headers()
+                return
+            body = state.files.get(self.path)
+            if body is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    httpd.shutdown()

@@ -1,0 +1,144 @@
+"""The micro-batcher on its own: batch formation, wait bound, overload and deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Sequence
+
+import pytest
+
+from serving.batcher import MicroBatcher
+from serving.errors import DeadlineExceeded, QueueFull
+from serving.metrics import ServiceMetrics
+
+
+class Recorder:
+    """A batch function that doubles its inputs and records the batches it saw; optionally slow."""
+
+    def __init__(self, delay_s: float = 0.0, gate: threading.Event | None = None) -> None:
+        self.batches: list[list[int]] = []
+        self.delay_s = delay_s
+        self.gate = gate
+
+    def __call__(self, items: Sequence[int]) -> tuple[list[int], float, float]:
+        if self.gate is not None:
+            self.gate.wait(10)
+        time.sleep(self.delay_s)
+        self.batches.append(list(items))
+        return [2 * i for i in items], self.delay_s, 0.0
+
+
+def make(run: Recorder, **kwargs: float) -> MicroBatcher[int, int]:
+    options = {"max_batch_size": 4, "max_wait_ms": 50.0, "capacity": 64, **kwargs}
+    batcher: MicroBatcher[int, int] = MicroBatcher(
+        run,
+        max_batch_size=int(options["max_batch_size"]),
+        max_wait_ms=options["max_wait_ms"],
+        capacity=int(options["capacity"]),
+        metrics=ServiceMetrics("test"),
+    )
+    batcher.start()
+    return batcher
+
+
+def far() -> float:
+    return time.monotonic() + 30
+
+
+async def test_concurrent_items_share_batches_and_keep_order() -> None:
+    run = Recorder()
+    batcher = make(run)
+    try:
+        results = await asyncio.gather(*(batcher.submit(i, far()) for i in range(10)))
+    finally:
+        batcher.stop()
+    assert [out for out, _ in results] == [2 * i for i in range(10)]
+    assert all(len(b) <= 4 for b in run.batches)
+    assert len(run.batches) < 10, f"expected batching, got {run.batches}"
+    assert max(t.batch_size for _, t in results) > 1
+
+
+async def test_batch_size_one_turns_batching_off() -> None:
+    run = Recorder()
+    batcher = make(run, max_batch_size=1)
+    try:
+        await asyncio.gather(*(batcher.submit(i, far()) for i in range(6)))
+    finally:
+        batcher.stop()
+    assert all(len(b) == 1 for b in run.batches)
+    assert len(run.batches) == 6
+
+
+async def test_a_lone_item_waits_at_most_max_wait() -> None:
+    batcher = make(Recorder(), max_wait_ms=100.0)
+    try:
+        start = time.monotonic()
+        out, timings = await batcher.submit(21, far())
+        elapsed = time.monotonic() - start
+    finally:
+        batcher.stop()
+    assert out == 42
+    assert timings.batch_size == 1
+    assert 0.09 <= elapsed < 1.0
+
+
+async def test_full_queue_is_refused_at_once_with_retry_after() -> None:
+    gate = threading.Event()
+    batcher = make(Recorder(gate=gate), max_batch_size=1, max_wait_ms=0.0, capacity=2)
+    try:
+        first = asyncio.ensure_future(batcher.submit(0, far()))  # taken by the worker, blocked on the gate
+        await asyncio.sleep(0.1)
+        queued = [asyncio.ensure_future(batcher.submit(i, far())) for i in (1, 2)]
+        await asyncio.sleep(0.05)
+        start = time.monotonic()
+        with pytest.raises(QueueFull) as refused:
+            await batcher.submit(3, far())
+        assert time.monotonic() - start < 0.1
+        assert refused.value.headers["Retry-After"] == "1"
+        gate.set()
+        assert [out for out, _ in await asyncio.gather(first, *queued)] == [0, 2, 4]
+    finally:
+        gate.set()
+        batcher.stop()
+
+
+async def test_expired_items_are_dropped_before_compute() -> None:
+    gate = threading.Event()
+    run = Recorder(gate=gate)
+    batcher = make(run, max_batch_size=1, max_wait_ms=0.0)
+    try:
+        blocker = asyncio.ensure_future(batcher.submit(0, far()))
+        await asyncio.sleep(0.1)
+        with pytest.raises(DeadlineExceeded):
+            await batcher.submit(99, time.monotonic() + 0.2)
+        gate.set()
+        await blocker
+        await asyncio.sleep(0.2)
+    finally:
+        gate.set()
+        batcher.stop()
+    assert [99] not in run.batches, "an item past its deadline must not be computed"
+
+
+async def test_a_failing_batch_fails_its_items_and_the_worker_survives() -> None:
+    calls = {"n": 0}
+
+    def flaky(items: Sequence[int]) -> tuple[list[int], float, float]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom")
+        return list(items), 0.0, 0.0
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(
+        flaky, max_batch_size=1, max_wait_ms=0, capacity=8, metrics=ServiceMetrics("t")
+    )
+    batcher.start()
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            await batcher.submit(1, far())
+        out, _ = await batcher.submit(5, far())
+    finally:
+        batcher.stop()
+    assert out == 5

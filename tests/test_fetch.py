@@ -1,0 +1,105 @@
+"""SSRF-safe fetching against a real loopback origin: allow-list, private addresses, redirects, caps, failures."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from serving.errors import FetchFailed, PayloadTooLarge, UrlForbidden
+from serving.fetch import SafeFetcher, is_forbidden_address
+from testkit import Origin, free_port
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "0.0.0.0",
+        "::1",
+        "fd00:ec2::254",
+        "fe80::1",
+        "::ffff:127.0.0.1",
+        "224.0.0.1",
+        "100.100.100.200",
+    ],
+)
+def test_non_public_addresses_are_forbidden(address: str) -> None:
+    assert is_forbidden_address(ipaddress.ip_address(address))
+
+
+@pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111"])
+def test_public_addresses_are_allowed(address: str) -> None:
+    assert not is_forbidden_address(ipaddress.ip_address(address))
+
+
+async def fetch(url: str, **kwargs: object) -> bytes:
+    options: dict[str, object] = {"max_bytes": 1024, "allowed_hosts": frozenset({"127.0.0.1"}), **kwargs}
+    async with SafeFetcher(**options) as fetcher:  # type: ignore[arg-type]
+        return await fetcher.fetch(url)
+
+
+async def test_allow_listed_loopback_host_is_fetched(origin: Origin) -> None:
+    origin.files["/ok.bin"] = b"x" * 100
+    assert await fetch(f"{origin.url}/ok.bin") == b"x" * 100
+
+
+async def test_loopback_is_refused_without_the_allow_list(origin: Origin) -> None:
+    origin.files["/secret"] = b"s"
+    with pytest.raises(UrlForbidden, match="non-public"):
+        await fetch(f"{origin.url}/secret", allowed_hosts=frozenset())
+
+
+async def test_localhost_name_resolves_to_a_forbidden_address(origin: Origin) -> None:
+    port = origin.url.rsplit(":", 1)[1]
+    with pytest.raises(UrlForbidden):
+        await fetch(f"http://localhost:{port}/secret", allowed_hosts=frozenset({"127.0.0.1"}))
+
+
+async def test_redirect_to_metadata_address_is_refused_before_connecting(origin: Origin) -> None:
+    origin.redirects["/hop"] = "http://169.254.169.254/latest/meta-data/"
+    with pytest.raises(UrlForbidden, match=r"169\.254\.169\.254"):
+        await fetch(f"{origin.url}/hop")
+
+
+async def test_relative_redirects_are_followed_and_checked(origin: Origin) -> None:
+    origin.files["/final.bin"] = b"done"
+    origin.redirects["/a"] = "/final.bin"
+    assert await fetch(f"{origin.url}/a") == b"done"
+
+
+async def test_redirect_loops_stop(origin: Origin) -> None:
+    origin.redirects["/loop"] = "/loop"
+    with pytest.raises(FetchFailed, match="too many redirects"):
+        await fetch(f"{origin.url}/loop")
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://127.0.0.1/x", "gopher://127.0.0.1:70/", "http:///nohost"])
+async def test_only_http_urls_with_hosts(url: str) -> None:
+    with pytest.raises(UrlForbidden):
+        await fetch(url)
+
+
+async def test_credentials_in_url_are_refused(origin: Origin) -> None:
+    with pytest.raises(UrlForbidden, match="credentials"):
+        await fetch(origin.url.replace("http://", "http://user:pw@") + "/ok.bin")
+
+
+async def test_oversized_body_is_refused(origin: Origin) -> None:
+    origin.files["/big.bin"] = b"b" * 5000
+    with pytest.raises(PayloadTooLarge):
+        await fetch(f"{origin.url}/big.bin")
+
+
+async def test_missing_file_and_unreachable_host_are_fetch_failures(origin: Origin) -> None:
+    with pytest.raises(FetchFailed, match="404"):
+        await fetch(f"{origin.url}/nope")
+    with pytest.raises(FetchFailed, match="connect"):
+        await fetch(f"http://127.0.0.1:{free_port()}/x")
+    with pytest.raises(FetchFailed, match="resolve"):
+        await fetch("http://no-such-host.invalid/x")
