@@ -1,4 +1,4 @@
-"""Build the container images: OS base (upstream or debootstrap), host wheelhouse from uv.lock, torch bases, services."""
+"""Build the images: OS base (upstream or debootstrap), host wheelhouse from uv.lock, torch bases, services."""
 
 from __future__ import annotations
 
@@ -267,7 +267,7 @@ def ensure_os_base(offline: bool, *, force: bool = False) -> str:
         debootstrap(release, tarball)
     labels = {
         "org.opencontainers.image.title": f"debian {release} minbase (debootstrap)",
-        "org.opencontainers.image.description": "Offline OS base: debootstrap --variant=minbase " + " ".join(DEBOOTSTRAP_INCLUDE),
+        "org.opencontainers.image.description": "debootstrap --variant=minbase " + " ".join(DEBOOTSTRAP_INCLUDE),
     }
     changes: list[str] = []
     for k, v in labels.items():
@@ -445,7 +445,8 @@ def write_requirements(base: Base) -> tuple[str, Path]:
     ensure_wheelhouse(export)
     blocks = split_requirements(export)
     GENERATED_DIR.mkdir(parents=True, exist_ok=True)
-    target = GENERATED_DIR / f"base-{base}.txt"
+    target = GENERATED_DIR / f"base-{base}" / "requirements.txt"
+    target.parent.mkdir(parents=True, exist_ok=True)
     source = f"pypi {v['pytorch']['wheel_variant']} wheels (locked in uv.lock, hash-checked)"
     text = render_requirements(blocks, base_packages())
     if base == "cpu":
@@ -454,8 +455,8 @@ def write_requirements(base: Base) -> tuple[str, Path]:
             text, source = cpu_index_requirements(blocks, index)
         else:
             source = f"pypi {v['pytorch']['wheel_variant']} wheels, run on CPU (CPU index {index} unreachable)"
-            console.print(f"[yellow]CPU wheel index unreachable ({index}); the CPU base uses the PyPI CUDA wheels[/yellow]")
-    target.write_text(text)
+            console.print(f"[yellow]CPU index unreachable ({index}); the CPU base uses the PyPI CUDA wheels[/yellow]")
+    write_stable(target, text)
     return source, target
 
 
@@ -477,12 +478,19 @@ def cpu_index_requirements(blocks: dict[str, str], index: str) -> tuple[str, str
     return text, f"PyTorch CPU index {index}"
 
 
+def write_stable(path: Path, text: str) -> None:
+    """Write a generated file with a fixed mtime, so only its content can change a COPY layer's cache key."""
+    if not path.is_file() or path.read_text() != text:
+        path.write_text(text)
+    os.utime(path, (315532800, 315532800))  # 1980-01-01, as in reproducible wheels
+
+
 def write_service_requirements(spec: ServiceSpec) -> Path:
     export = export_requirements()
     ensure_wheelhouse(export)
     GENERATED_DIR.mkdir(parents=True, exist_ok=True)
     target = GENERATED_DIR / f"{spec.name}.txt"
-    target.write_text(render_requirements(split_requirements(export), service_packages(spec)))
+    write_stable(target, render_requirements(split_requirements(export), service_packages(spec)))
     return target
 
 
@@ -549,7 +557,7 @@ def _base_plan(base: Base, offline: bool, write: bool = True) -> tuple[str, dict
     if write:
         source, req = write_requirements(base)
     else:
-        req = GENERATED_DIR / f"base-{base}.txt"
+        req = GENERATED_DIR / f"base-{base}" / "requirements.txt"
         source = ""
         if not req.is_file():
             source, req = write_requirements(base)

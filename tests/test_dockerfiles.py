@@ -22,7 +22,8 @@ def test_hadolint_clean() -> None:
 @pytest.mark.parametrize("path", images.dockerfiles(), ids=lambda p: p.relative_to(images.REPO_ROOT).as_posix())
 def test_runs_as_numeric_non_root_user(path: images.Path) -> None:
     users = re.findall(r"^USER\s+(\S+)", path.read_text(), flags=re.M)
-    assert users and users[-1] == f"{images.APP_UID}:{images.APP_UID}"
+    assert users
+    assert users[-1] == f"{images.APP_UID}:{images.APP_UID}"
 
 
 @pytest.mark.parametrize("base", images.BASES)
@@ -33,7 +34,8 @@ def test_base_has_slim_runtime_stage_and_oci_labels(base: images.Base) -> None:
     assert "COPY --from=builder /opt/venv /opt/venv" in text
     for label in ("title", "description", "source", "licenses", "vendor"):
         assert f"org.opencontainers.image.{label}=" in text
-    assert "--no-index" in text and "--require-hashes" in text
+    assert "--no-index" in text
+    assert "--require-hashes" in text
 
 
 @pytest.mark.parametrize("spec", images.SERVICES.values(), ids=list(images.SERVICES))

@@ -1,4 +1,4 @@
-"""The compatibility matrix (base-images/versions.toml) is consistent with itself, uv.lock, torch and the Dockerfiles."""
+"""The compatibility matrix (base-images/versions.toml) agrees with itself, uv.lock, torch and the Dockerfiles."""
 
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ def check_torch() -> ModuleType:
     """The build-time check script, imported from its file (it is standalone so the image can run it)."""
     path = REPO / "base-images" / "scripts" / "check_torch.py"
     spec = importlib.util.spec_from_file_location("check_torch", path)
-    assert spec and spec.loader
+    assert spec
+    assert spec.loader
     module = importlib.util.module_from_spec(spec)
     sys.modules["check_torch"] = module
     spec.loader.exec_module(module)
@@ -60,7 +61,8 @@ def test_matrix_has_every_field(versions: dict[str, Any]) -> None:
     assert versions["gpus"], "at least one target GPU"
     for gpu in versions["gpus"]:
         assert re.fullmatch(r"sm_\d+", gpu["arch"]), gpu
-        assert gpu["instance_type"] and gpu["accelerator_label"]
+        assert gpu["instance_type"]
+        assert gpu["accelerator_label"]
 
 
 def test_wheel_variant_matches_cuda(versions: dict[str, Any]) -> None:
@@ -150,7 +152,7 @@ def test_base_dockerfile_args_match_matrix(base: images.Base, versions: dict[str
         if k not in ("TORCH_WHEEL_SOURCE",)
     }
     for name, value in expected.items():
-        assert defaults.get(name) == value, f"{base}/Dockerfile ARG {name}={defaults.get(name)!r}, matrix says {value!r}"
+        assert defaults.get(name) == value, f"{base}/Dockerfile ARG {name}={defaults.get(name)!r}, matrix: {value!r}"
 
 
 @pytest.mark.parametrize("spec", images.SERVICES.values(), ids=list(images.SERVICES))

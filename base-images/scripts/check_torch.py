@@ -46,8 +46,8 @@ def public(version: str) -> str:
 
 def check(args: argparse.Namespace) -> list[str]:
     import torch
-    import torchvision  # type: ignore[import-untyped]
-    from torchvision.ops import nms  # type: ignore[import-untyped]
+    import torchvision
+    from torchvision.ops import nms
 
     errors: list[str] = []
     if public(torch.__version__) != args.torch:
