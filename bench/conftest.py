@@ -21,9 +21,11 @@ CUDA_BATCHES = (1, 8, 32, 64, 128, 256)
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("bench", "eks-inference benchmarks")
     group.addoption(
-        "--bench-device", default="auto", choices=["auto", "cpu", "cuda"],
+        "--bench-device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
         help="auto: cpu, plus cuda when present; cpu/cuda: only that device (cuda skips when absent).",
-    )  # fmt: skip
+    )
     group.addoption(
         "--bench-full",
         action="store_true",
@@ -58,21 +60,15 @@ def model_cases(config: pytest.Config) -> list[ModelCase]:
     """The model-only matrix; batch size varies fastest so one loaded model serves consecutive cases."""
     full = config.getoption("--bench-full")
     compile_variants = config.getoption("--bench-compile")
-    override = [
-        int(b) for b in config.getoption("--bench-batches").split(",") if b.strip()
-    ]
-    models = [
-        m.strip() for m in config.getoption("--bench-models").split(",") if m.strip()
-    ]
+    override = [int(b) for b in config.getoption("--bench-batches").split(",") if b.strip()]
+    models = [m.strip() for m in config.getoption("--bench-models").split(",") if m.strip()]
     cases = []
     for device in selected_devices(config):
         if device == "cuda":
             batches = override or list(CUDA_BATCHES)
             precisions = ["fp32", "fp16", "bf16"]
             layouts = [False, True]
-            compiles = (
-                ["eager", "compile", "cudagraphs"] if compile_variants else ["eager"]
-            )
+            compiles = ["eager", "compile", "cudagraphs"] if compile_variants else ["eager"]
         else:
             batches = override or list(CPU_BATCHES_FULL if full else CPU_BATCHES)
             # The service runs fp32 on CPU (autocast is a CUDA option there), so CPU benches fp32 only.
@@ -97,9 +93,7 @@ def model_cases(config: pytest.Config) -> list[ModelCase]:
     return cases
 
 
-NO_CUDA = pytest.mark.skipif(
-    not cuda_available(), reason="CUDA is not available on this machine"
-)
+NO_CUDA = pytest.mark.skipif(not cuda_available(), reason="CUDA is not available on this machine")
 
 
 def _param(value: Any, device: str, id_: str) -> Any:
@@ -119,9 +113,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         )
 
 
-def pytest_benchmark_update_machine_info(
-    config: pytest.Config, machine_info: dict[str, Any]
-) -> None:
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:
     """Every saved JSON states device, torch version and host facts."""
     machine_info["eks_inference"] = describe_machine()
 

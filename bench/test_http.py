@@ -25,17 +25,17 @@ def service(
     """The demo image service on a free loopback port; started once per (device, batching) and stopped after."""
     log = Path(tmp_path_factory.mktemp("service")) / "service.log"
     settings = {
-        "MODEL_URI": str(bundle_for("demo")), "DEVICE": device, "MAX_BATCH_SIZE": str(BATCHING[request.param]),
+        "MODEL_URI": str(bundle_for("demo")),
+        "DEVICE": device,
+        "MAX_BATCH_SIZE": str(BATCHING[request.param]),
         "LOG_LEVEL": "warning",
-    }  # fmt: skip
+    }
     with LocalService("image_classifier", settings, log_path=log) as running:
         yield request.param, running
 
 
 @pytest.mark.parametrize("payload", ["raw-jpeg", "image-b64"])
-def test_predict_http(
-    benchmark: Any, service: tuple[str, LocalService], device: str, payload: str
-) -> None:
+def test_predict_http(benchmark: Any, service: tuple[str, LocalService], device: str, payload: str) -> None:
     """One request at a time (batch 1 by construction): the latency a lone client sees."""
     import base64
 
@@ -49,18 +49,14 @@ def test_predict_http(
     else:
         kwargs = {"json": {"image_b64": base64.b64encode(body).decode()}}
     with httpx.Client(base_url=running.url, timeout=30.0) as client:
-        for _ in range(
-            5
-        ):  # keep-alive connection and first-request costs outside the timed calls
+        for _ in range(5):  # keep-alive connection and first-request costs outside the timed calls
             client.post("/v1/predict", **kwargs).raise_for_status()
 
         def call() -> httpx.Response:
             return client.post("/v1/predict", **kwargs)
 
         benchmark.group = f"http {device}"
-        benchmark.extra_info.update(
-            kind="http", device=device, batching=mode, payload=payload, model="demo"
-        )
+        benchmark.extra_info.update(kind="http", device=device, batching=mode, payload=payload, model="demo")
         response = benchmark(call)
     assert response.status_code == 200, response.text
     assert response.json()["predictions"]

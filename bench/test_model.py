@@ -16,9 +16,7 @@ def test_predict(benchmark: Any, model_case: ModelCase, classifier_cache: Any) -
     """Time `ImageClassifier.predict` on a ready batch (normalize, forward, softmax; CUDA synchronized)."""
     classifier = classifier_cache.get(model_case)
     call = timed_batch(classifier, model_case.batch_size)
-    for _ in range(
-        WARMUP_CALLS
-    ):  # cuDNN autotuning, allocator growth, compile: all outside the timed calls
+    for _ in range(WARMUP_CALLS):  # cuDNN autotuning, allocator growth, compile: all outside the timed calls
         call()
     benchmark.group = f"model {model_case.model} {model_case.device}"
     benchmark.extra_info.update(
@@ -33,6 +31,4 @@ def test_predict(benchmark: Any, model_case: ModelCase, classifier_cache: Any) -
     )
     out = benchmark(call)
     assert out.shape == (model_case.batch_size, len(classifier.labels))
-    benchmark.extra_info["images_per_s"] = round(
-        model_case.batch_size / benchmark.stats.stats.median, 2
-    )
+    benchmark.extra_info["images_per_s"] = round(model_case.batch_size / benchmark.stats.stats.median, 2)

@@ -52,8 +52,8 @@ def cpu_stages() -> dict[str, Callable[[], Any]]:
 
 def cuda_stages() -> dict[str, Callable[[], Any]]:
     """nvJPEG decode and tensor resize/normalize on the GPU, each synchronized inside the call."""
+    import torchvision.transforms.v2.functional as tvf  # type: ignore[import-untyped, unused-ignore]
     from torchvision.io import decode_jpeg  # type: ignore[import-untyped, unused-ignore]
-    from torchvision.transforms.v2 import functional as F  # type: ignore[import-untyped, unused-ignore]
 
     data = torch.frombuffer(bytearray(sample_jpeg(WIDTH, HEIGHT)), dtype=torch.uint8)
     mean = torch.tensor(MEAN, device="cuda").view(3, 1, 1)
@@ -71,7 +71,7 @@ def cuda_stages() -> dict[str, Callable[[], Any]]:
         return decode_jpeg(data, device="cuda")
 
     def resize(x: torch.Tensor) -> torch.Tensor:
-        return F.center_crop(F.resize(x, [RESIZE], antialias=True), [CROP])
+        return tvf.center_crop(tvf.resize(x, [RESIZE], antialias=True), [CROP])
 
     def normalize(x: torch.Tensor) -> torch.Tensor:
         return x.float().div_(255).sub_(mean).div_(std)
@@ -92,9 +92,7 @@ def stages_by_device() -> dict[str, Callable[[], dict[str, Callable[[], Any]]]]:
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_preprocess(
-    benchmark: Any, device: str, stage: str, stages_by_device: dict[str, Any]
-) -> None:
+def test_preprocess(benchmark: Any, device: str, stage: str, stages_by_device: dict[str, Any]) -> None:
     """Time one image through one preprocessing stage."""
     call = stages_by_device[device]()[stage]
     call()  # warm: first nvJPEG handle, allocator

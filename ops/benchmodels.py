@@ -9,18 +9,14 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_BUNDLE = REPO_ROOT / "models" / "image-demo"
 # Random-init resnet50 bundle (weights do not change latency); cached outside the checkout, rebuilt when missing.
-CACHE_ROOT = (
-    Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    / "eks-inference"
-    / "bench"
-)
+CACHE_ROOT = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "eks-inference" / "bench"
 MODELS = ("resnet50", "demo")
 
 
@@ -44,6 +40,7 @@ def ensure_resnet50_bundle(root: Path = CACHE_ROOT) -> Path:
     if (path / "model.safetensors").is_file():
         return path
     import torchvision  # type: ignore[import-untyped, unused-ignore]
+
     from serving.bundle import write_bundle  # type: ignore[import-untyped, unused-ignore]
 
     torch.manual_seed(0)
@@ -64,7 +61,9 @@ def ensure_resnet50_bundle(root: Path = CACHE_ROOT) -> Path:
 
 
 def bundle_for(model: str) -> Path:
-    """Bundle directory for a benchmark model name ("resnet50" or "demo")."""
+    """Bundle directory for a benchmark model name ("resnet50" or "demo"), or a bundle directory given as a path."""
+    if "/" in model and Path(model).is_dir():
+        return Path(model).resolve()
     if model == "demo":
         return ensure_demo_bundle()
     if model == "resnet50":
@@ -112,18 +111,19 @@ def load_classifier(
     from image_classifier.model import ImageClassifier  # type: ignore[import-untyped, unused-ignore]
     from image_classifier.settings import Settings  # type: ignore[import-untyped, unused-ignore]
 
-    settings = Settings(
-        model_uri=str(bundle_for(model)),
-        device=device,
-        precision=precision,
-        channels_last=channels_last,
-    )  # type: ignore[arg-type]
+    values: dict[str, Any] = {
+        "model_uri": str(bundle_for(model)),
+        "device": device,
+        "precision": precision,
+        "channels_last": channels_last,
+    }
+    settings = Settings(**values)
     classifier = ImageClassifier(settings)
     classifier.load()
     if compile == "compile":
-        classifier.network = torch.compile(classifier.network)
-    elif compile == "cudagraphs":
-        classifier.network = torch.compile(classifier.network, mode="reduce-overhead")
+        classifier.network = cast(torch.nn.Module, torch.compile(classifier.network))
+    elif compile == "cudagraphs":  # torch.compile's CUDA-graph mode
+        classifier.network = cast(torch.nn.Module, torch.compile(classifier.network, mode="reduce-overhead"))
     return classifier
 
 
@@ -146,11 +146,7 @@ def sample_jpeg(width: int = 640, height: int = 480, seed: int = 0) -> bytes:
     generator = torch.Generator().manual_seed(seed)
     base = torch.linspace(0, 255, width).repeat(height, 1)
     noise = torch.randint(0, 40, (height, width, 3), generator=generator)
-    pixels = (
-        (base.unsqueeze(-1) * torch.tensor([1.0, 0.6, 0.3]) + noise)
-        .clamp(0, 255)
-        .to(torch.uint8)
-    )
+    pixels = (base.unsqueeze(-1) * torch.tensor([1.0, 0.6, 0.3]) + noise).clamp(0, 255).to(torch.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels.numpy(), "RGB").save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()

@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,32 +107,32 @@ def _percentile(values: Sequence[float], q: float) -> float:
 
 
 def model_only(cfg: RatioConfig, threads: int) -> tuple[float, float]:
-    """images/s of `predict` at cfg.batch_size, and the batch-1 median in ms, in this process."""
-    torch.set_num_threads(
-        threads
-    )  # the same thread count the service picks, so the comparison is fair
-    classifier = load_classifier(
-        cfg.model, cfg.device, cfg.precision, cfg.channels_last
-    )
-    results = []
-    for batch in (cfg.batch_size, 1):
-        call = timed_batch(classifier, batch)
-        for _ in range(3):
-            call()
-        times: list[float] = []
-        started = time.perf_counter()
-        while (
-            len(times) < 5 or time.perf_counter() - started < cfg.model_only_min_time_s
-        ):
-            t0 = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - t0)
-        results.append(statistics.median(times))
-    del classifier
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return cfg.batch_size / results[0], results[1] * 1000
+    """images/s of `predict` at cfg.batch_size, and the batch-1 median in ms, in this process.
+
+    Timed in one dedicated thread after torch.set_num_threads in the main thread: exactly how the service's batcher
+    runs the model (its inference worker thread), which matters for OpenMP on a busy CPU.
+    """
+    torch.set_num_threads(threads)
+    classifier = load_classifier(cfg.model, cfg.device, cfg.precision, cfg.channels_last)
+
+    def measure_all() -> list[float]:
+        medians = []
+        for batch in (cfg.batch_size, 1):
+            call = timed_batch(classifier, batch)
+            for _ in range(3):
+                call()
+            times: list[float] = []
+            started = time.perf_counter()
+            while len(times) < 5 or time.perf_counter() - started < cfg.model_only_min_time_s:
+                t0 = time.perf_counter()
+                call()
+                times.append(time.perf_counter() - t0)
+            medians.append(statistics.median(times))
+        return medians
+
+    with ThreadPoolExecutor(1, thread_name_prefix="model-only") as worker:
+        medians = worker.submit(measure_all).result()
+    return cfg.batch_size / medians[0], medians[1] * 1000
 
 
 def _vegeta_level(
@@ -154,10 +155,20 @@ def _vegeta_level(
     results = folder / f"c{concurrency}.bin"
     # -rate=0: no pacing, each of exactly `concurrency` workers sends its next request when the previous returns.
     subprocess.run(
-        [str(vegeta), "attack", "-format=json", f"-targets={targets}", "-rate=0", f"-workers={concurrency}",
-         f"-max-workers={concurrency}", f"-duration={duration_s}s", "-timeout=30s", f"-output={results}"],
+        [
+            str(vegeta),
+            "attack",
+            "-format=json",
+            f"-targets={targets}",
+            "-rate=0",
+            f"-workers={concurrency}",
+            f"-max-workers={concurrency}",
+            f"-duration={duration_s}s",
+            "-timeout=30s",
+            f"-output={results}",
+        ],
         check=True,
-    )  # fmt: skip
+    )
     report = json.loads(
         subprocess.run(
             [str(vegeta), "report", "-type=json", str(results)],
@@ -168,20 +179,21 @@ def _vegeta_level(
     lat = report["latencies"]
     requests = int(report["requests"])
     return Level(
-        concurrency=concurrency, duration_s=duration_s, requests=requests, ok=round(requests * float(report["success"])),
-        throughput=round(float(report["throughput"]), 2), p50_ms=round(lat["50th"] / 1e6, 3),
-        p99_ms=round(lat["99th"] / 1e6, 3), client="vegeta",
-    )  # fmt: skip
+        concurrency=concurrency,
+        duration_s=duration_s,
+        requests=requests,
+        ok=round(requests * float(report["success"])),
+        throughput=round(float(report["throughput"]), 2),
+        p50_ms=round(lat["50th"] / 1e6, 3),
+        p99_ms=round(lat["99th"] / 1e6, 3),
+        client="vegeta",
+    )
 
 
-async def _httpx_level_async(
-    url: str, body: bytes, concurrency: int, duration_s: float
-) -> Level:
+async def _httpx_level_async(url: str, body: bytes, concurrency: int, duration_s: float) -> Level:
     latencies: list[float] = []
     failures = 0
-    limits = httpx.Limits(
-        max_connections=concurrency, max_keepalive_connections=concurrency
-    )
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=30.0, limits=limits) as client:
         deadline = time.perf_counter() + duration_s
 
@@ -190,9 +202,7 @@ async def _httpx_level_async(
             while time.perf_counter() < deadline:
                 t0 = time.perf_counter()
                 try:
-                    response = await client.post(
-                        url, content=body, headers={"Content-Type": "image/jpeg"}
-                    )
+                    response = await client.post(url, content=body, headers={"Content-Type": "image/jpeg"})
                     ok = response.status_code == 200
                 except httpx.HTTPError:
                     ok = False
@@ -205,10 +215,15 @@ async def _httpx_level_async(
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
     return Level(
-        concurrency=concurrency, duration_s=duration_s, requests=len(latencies) + failures, ok=len(latencies),
-        throughput=round(len(latencies) / elapsed, 2), p50_ms=round(_percentile(latencies, 0.5) * 1000, 3),
-        p99_ms=round(_percentile(latencies, 0.99) * 1000, 3), client="httpx",
-    )  # fmt: skip
+        concurrency=concurrency,
+        duration_s=duration_s,
+        requests=len(latencies) + failures,
+        ok=len(latencies),
+        throughput=round(len(latencies) / elapsed, 2),
+        p50_ms=round(_percentile(latencies, 0.5) * 1000, 3),
+        p99_ms=round(_percentile(latencies, 0.99) * 1000, 3),
+        client="httpx",
+    )
 
 
 def _client(cfg: RatioConfig) -> Callable[[str, bytes, int, float, Path], Level]:
@@ -223,12 +238,8 @@ def _client(cfg: RatioConfig) -> Callable[[str, bytes, int, float, Path], Level]
                 raise
     if vegeta is not None:
         found = vegeta
-        return lambda url, body, c, d, folder: _vegeta_level(
-            found, url, body, c, d, folder
-        )
-    return lambda url, body, c, d, folder: asyncio.run(
-        _httpx_level_async(url, body, c, d)
-    )
+        return lambda url, body, c, d, folder: _vegeta_level(found, url, body, c, d, folder)
+    return lambda url, body, c, d, folder: asyncio.run(_httpx_level_async(url, body, c, d))
 
 
 def sweep(
@@ -242,19 +253,16 @@ def sweep(
     client = _client(cfg)
     levels = []
     for concurrency in cfg.concurrency:
-        level = client(
-            service.url + "/v1/predict", body, concurrency, cfg.level_duration_s, folder
-        )
+        level = client(service.url + "/v1/predict", body, concurrency, cfg.level_duration_s, folder)
         echo(
-            f"  c={concurrency:<4} {level.throughput:9.1f} img/s  p50 {level.p50_ms:8.2f} ms  p99 {level.p99_ms:8.2f} ms  ok {level.ok}/{level.requests}"
+            f"  c={concurrency:<4} {level.throughput:9.1f} img/s  p50 {level.p50_ms:8.2f} ms  "
+            f"p99 {level.p99_ms:8.2f} ms  ok {level.ok}/{level.requests}"
         )
         levels.append(level)
     return levels
 
 
-def batch1_overhead(
-    service: LocalService, body: bytes, requests: int
-) -> tuple[float, float, list[str]]:
+def batch1_overhead(service: LocalService, body: bytes, requests: int) -> tuple[float, float, list[str]]:
     """Sequential requests: p50 of the HTTP round trip, and p50 of the model call the service reports inside it."""
     notes: list[str] = []
     http_ms: list[float] = []
@@ -277,9 +285,7 @@ def batch1_overhead(
             if key is not None:
                 inference_ms.append(float(timings[key]))
     if not inference_ms:
-        notes.append(
-            "the service reported no model timing in timings_ms: overhead is the whole round trip"
-        )
+        notes.append("the service reported no model timing in timings_ms: overhead is the whole round trip")
     return (
         statistics.median(http_ms),
         statistics.median(inference_ms) if inference_ms else 0.0,
@@ -296,36 +302,34 @@ def knee(levels: Sequence[Level]) -> Level:
 def throughput_within(levels: Sequence[Level], p99_bound_ms: float) -> float:
     """Best throughput among levels whose p99 stays within the bound (0 when none does)."""
     return max(
-        (
-            level.throughput
-            for level in levels
-            if level.p99_ms <= p99_bound_ms and level.ok > 0
-        ),
+        (level.throughput for level in levels if level.p99_ms <= p99_bound_ms and level.ok > 0),
         default=0.0,
     )
 
 
-def measure(
-    cfg: RatioConfig, folder: Path, echo: Callable[[str], None] = lambda _: None
-) -> RatioResult:
+def measure(cfg: RatioConfig, folder: Path, echo: Callable[[str], None] = lambda _: None) -> RatioResult:
     """Model-only throughput, then the service with batching on and off; every ratio from this one run."""
     from serving.settings import default_torch_threads  # type: ignore[import-untyped, unused-ignore]
 
     folder.mkdir(parents=True, exist_ok=True)
     threads = default_torch_threads()
-    echo(
-        f"model-only: {cfg.model} {cfg.device} {cfg.precision} batch {cfg.batch_size}, {threads} torch threads"
-    )
+    echo(f"model-only: {cfg.model} {cfg.device} {cfg.precision} batch {cfg.batch_size}, {threads} torch threads")
     model_ips, model_b1_ms = model_only(cfg, threads)
-    echo(
-        f"  {model_ips:.1f} img/s at batch {cfg.batch_size}; batch 1 median {model_b1_ms:.2f} ms"
-    )
+    gc.collect()  # the model-only copy is garbage now; free it before the service loads its own
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    echo(f"  {model_ips:.1f} img/s at batch {cfg.batch_size}; batch 1 median {model_b1_ms:.2f} ms")
     body = sample_body()
     common = {
-        "MODEL_URI": str(bundle_for(cfg.model)), "DEVICE": cfg.device, "PRECISION": cfg.precision,
-        "CHANNELS_LAST": str(cfg.channels_last).lower(), "MAX_WAIT_MS": str(cfg.max_wait_ms),
-        "QUEUE_CAPACITY": str(max(256, 4 * max(cfg.concurrency))), "LOG_LEVEL": "warning", "REQUEST_TIMEOUT_S": "30",
-    }  # fmt: skip
+        "MODEL_URI": str(bundle_for(cfg.model)),
+        "DEVICE": cfg.device,
+        "PRECISION": cfg.precision,
+        "CHANNELS_LAST": str(cfg.channels_last).lower(),
+        "MAX_WAIT_MS": str(cfg.max_wait_ms),
+        "QUEUE_CAPACITY": str(max(256, 4 * max(cfg.concurrency))),
+        "LOG_LEVEL": "warning",
+        "REQUEST_TIMEOUT_S": "30",
+    }
     runs: dict[str, list[Level]] = {}
     overhead: tuple[float, float, list[str]] = (0.0, 0.0, [])
     with tempfile.TemporaryDirectory() as scratch:
@@ -339,9 +343,7 @@ def measure(
             ) as service:
                 if mode == "off":
                     overhead = batch1_overhead(service, body, cfg.overhead_requests)
-                    echo(
-                        f"  batch 1: HTTP p50 {overhead[0]:.2f} ms, model call p50 {overhead[1]:.2f} ms"
-                    )
+                    echo(f"  batch 1: HTTP p50 {overhead[0]:.2f} ms, model call p50 {overhead[1]:.2f} ms")
                 runs[mode] = sweep(service, cfg, body, Path(scratch) / mode, echo)
     on, off = runs["on"], runs["off"]
     saturation = max(level.throughput for level in on)
@@ -350,18 +352,24 @@ def measure(
     on_within = throughput_within(on, bound)
     notes = list(overhead[2])
     if cfg.device == "cpu":
-        notes.append(
-            "CPU: the load generator runs on the same cores as the service and takes a share of them"
-        )
+        notes.append("CPU: the load generator runs on the same cores as the service and takes a share of them")
     result = RatioResult(
-        config=asdict(cfg), machine=machine_info(), model_only_images_per_s=round(model_ips, 2),
-        model_only_batch1_ms=round(model_b1_ms, 3), batching_on=on, batching_off=off,
-        http_p50_ms_batch1=round(overhead[0], 3), inference_p50_ms_batch1=round(overhead[1], 3),
+        config=asdict(cfg),
+        machine=machine_info(),
+        model_only_images_per_s=round(model_ips, 2),
+        model_only_batch1_ms=round(model_b1_ms, 3),
+        batching_on=on,
+        batching_off=off,
+        http_p50_ms_batch1=round(overhead[0], 3),
+        inference_p50_ms_batch1=round(overhead[1], 3),
         serving_efficiency=round(saturation / model_ips, 3) if model_ips else 0.0,
-        batching_gain=round(on_within / off_within, 3) if off_within else 0.0, p99_bound_ms=round(bound, 3),
-        overhead_ms=round(overhead[0] - overhead[1], 3), targets=TARGETS.get(cfg.device, {}), notes=notes,
-    )  # fmt: skip
-    (folder / f"ratios-{cfg.model}-{cfg.device}-{cfg.precision}.json").write_text(
+        batching_gain=round(on_within / off_within, 3) if off_within else 0.0,
+        p99_bound_ms=round(bound, 3),
+        overhead_ms=round(overhead[0] - overhead[1], 3),
+        targets=TARGETS.get(cfg.device, {}),
+        notes=notes,
+    )
+    (folder / f"ratios-{Path(cfg.model).name}-{cfg.device}-{cfg.precision}.json").write_text(
         json.dumps(result.to_dict(), indent=2)
     )
     return result
@@ -371,14 +379,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     """`python -m ops.benchratios RESULTS_DIR ...`: the ratio runner for machines without invoke (bench/gpu/run.sh)."""
     import argparse
 
-    from ops.benchreport import console, load_ratios, ratio_table
+    from ops.benchreport import console, load_ratios, print_ratio_table
 
-    parser = argparse.ArgumentParser(
-        description="Measure serving efficiency, batching gain and overhead."
-    )
-    parser.add_argument(
-        "results", type=Path, help="Folder for ratios-<model>-<device>.json."
-    )
+    parser = argparse.ArgumentParser(description="Measure serving efficiency, batching gain and overhead.")
+    parser.add_argument("results", type=Path, help="Folder for ratios-<model>-<device>.json.")
     parser.add_argument(
         "--device",
         default="cpu",
@@ -392,21 +396,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         choices=["fp32", "fp16", "bf16"],
         help="Service PRECISION.",
     )
-    parser.add_argument(
-        "--channels-last", action="store_true", help="Service CHANNELS_LAST."
-    )
+    parser.add_argument("--channels-last", action="store_true", help="Service CHANNELS_LAST.")
     parser.add_argument(
         "--batch-size",
         type=int,
         default=16,
         help="Service MAX_BATCH_SIZE and model-only batch.",
     )
-    parser.add_argument(
-        "--concurrency", default="1,4,16,32", help="Closed-loop client levels."
-    )
-    parser.add_argument(
-        "--level-duration", type=float, default=3.0, help="Seconds per level."
-    )
+    parser.add_argument("--concurrency", default="1,4,16,32", help="Closed-loop client levels.")
+    parser.add_argument("--level-duration", type=float, default=3.0, help="Seconds per level.")
     parser.add_argument(
         "--overhead-requests",
         type=int,
@@ -422,12 +420,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     for model in [m for m in args.models.split(",") if m]:
         cfg = RatioConfig(
-            model=model, device=args.device, precision=args.precision, channels_last=args.channels_last,
-            batch_size=args.batch_size, concurrency=tuple(int(c) for c in args.concurrency.split(",")),
-            level_duration_s=args.level_duration, overhead_requests=args.overhead_requests, client=args.client,
-        )  # fmt: skip
+            model=model,
+            device=args.device,
+            precision=args.precision,
+            channels_last=args.channels_last,
+            batch_size=args.batch_size,
+            concurrency=tuple(int(c) for c in args.concurrency.split(",")),
+            level_duration_s=args.level_duration,
+            overhead_requests=args.overhead_requests,
+            client=args.client,
+        )
         measure(cfg, args.results, echo=console.print)
-    console.print(ratio_table(load_ratios(args.results)))
+    print_ratio_table(load_ratios(args.results))
 
 
 if __name__ == "__main__":

@@ -39,13 +39,23 @@ class PytestBenchOptions:
 def pytest_argv(opts: PytestBenchOptions) -> list[str]:
     """argv for the pytest-benchmark run; JSON always goes to <results_dir>/benchmarks.json."""
     argv = [
-        opts.python, "-m", "pytest", str(REPO_ROOT / "bench"), "-q", "-p", "no:cacheprovider",
-        f"--rootdir={REPO_ROOT}", f"--benchmark-json={opts.results_dir / 'benchmarks.json'}",
-        f"--benchmark-max-time={opts.max_time}", f"--benchmark-min-rounds={opts.min_rounds}",
-        "--benchmark-columns=median,iqr,ops,rounds", "--benchmark-sort=name",
+        opts.python,
+        "-m",
+        "pytest",
+        str(REPO_ROOT / "bench"),
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        f"--rootdir={REPO_ROOT}",
+        f"--benchmark-json={opts.results_dir / 'benchmarks.json'}",
+        f"--benchmark-max-time={opts.max_time}",
+        f"--benchmark-min-rounds={opts.min_rounds}",
+        "--benchmark-columns=median,iqr,ops,rounds",
+        "--benchmark-sort=name",
         f"--benchmark-storage={REPO_ROOT / '.benchmarks'}",
-        f"--bench-device={opts.device}", f"--bench-models={opts.models}",
-    ]  # fmt: skip
+        f"--bench-device={opts.device}",
+        f"--bench-models={opts.models}",
+    ]
     if opts.full:
         argv.append("--bench-full")
     if opts.compile:
@@ -55,11 +65,7 @@ def pytest_argv(opts: PytestBenchOptions) -> list[str]:
     if opts.save:
         argv.append(f"--benchmark-save={opts.save}")
     if opts.compare:
-        argv.append(
-            "--benchmark-compare"
-            if opts.compare == "last"
-            else f"--benchmark-compare={opts.compare}"
-        )
+        argv.append("--benchmark-compare" if opts.compare == "last" else f"--benchmark-compare={opts.compare}")
     if opts.select:
         argv += ["-k", opts.select]
     return argv
@@ -86,9 +92,21 @@ def _target(ratio: dict[str, Any], key: str) -> str:
 
 
 RATIO_COLUMNS = (
-    "model", "device", "precision", "batch", "model-only img/s", "HTTP img/s (sat.)", "serving efficiency",
-    "efficiency target", "batching gain", "gain target", "p99 bound ms", "HTTP p50 ms", "model p50 ms", "overhead ms",
-)  # fmt: skip
+    "model",
+    "device",
+    "precision",
+    "batch",
+    "model-only img/s",
+    "HTTP img/s (sat.)",
+    "serving eff.",
+    "eff. target",
+    "batching gain",
+    "gain target",
+    "p99 bound ms",
+    "HTTP p50 ms",
+    "model p50 ms",
+    "overhead ms",
+)
 
 
 def ratio_rows(ratios: Sequence[dict[str, Any]]) -> list[list[str]]:
@@ -97,12 +115,24 @@ def ratio_rows(ratios: Sequence[dict[str, Any]]) -> list[list[str]]:
     for r in ratios:
         cfg = r["config"]
         saturation = max(level["throughput"] for level in r["batching_on"])
-        rows.append([
-            cfg["model"], cfg["device"], cfg["precision"], str(cfg["batch_size"]), _fmt(r["model_only_images_per_s"], 1),
-            _fmt(saturation, 1), _fmt(r["serving_efficiency"], 3), _target(r, "serving_efficiency"),
-            f"{r['batching_gain']:.2f}x", _target(r, "batching_gain"), _fmt(r["p99_bound_ms"], 1),
-            _fmt(r["http_p50_ms_batch1"]), _fmt(r["inference_p50_ms_batch1"]), _fmt(r["overhead_ms"]),
-        ])  # fmt: skip
+        rows.append(
+            [
+                Path(cfg["model"]).name,
+                cfg["device"],
+                cfg["precision"],
+                str(cfg["batch_size"]),
+                _fmt(r["model_only_images_per_s"], 1),
+                _fmt(saturation, 1),
+                _fmt(r["serving_efficiency"], 3),
+                _target(r, "serving_efficiency"),
+                f"{r['batching_gain']:.2f}x",
+                _target(r, "batching_gain"),
+                _fmt(r["p99_bound_ms"], 1),
+                _fmt(r["http_p50_ms_batch1"]),
+                _fmt(r["inference_p50_ms_batch1"]),
+                _fmt(r["overhead_ms"]),
+            ]
+        )
     return rows
 
 
@@ -119,6 +149,11 @@ def ratio_table(ratios: Sequence[dict[str, Any]]) -> Table:
     return table
 
 
+def print_ratio_table(ratios: Sequence[dict[str, Any]]) -> None:
+    """Print the ratio table; logs and pipes get a wide page instead of rich's 80-column default."""
+    console.print(ratio_table(ratios), width=None if console.is_terminal else 220)
+
+
 def _md_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     lines = [
         "| " + " | ".join(columns) + " |",
@@ -128,9 +163,7 @@ def _md_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str
     return lines
 
 
-def _benchmark_rows(
-    benchmarks: list[dict[str, Any]], kind: str
-) -> list[dict[str, Any]]:
+def _benchmark_rows(benchmarks: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [b for b in benchmarks if (b.get("extra_info") or {}).get("kind") == kind]
 
 
@@ -154,25 +187,26 @@ def render_summary(
         "",
     ]
     lines += [
-        "| machine | |", "|---|---|",
-        f"| device | {machine.get('gpu') or 'CPU only'}{' (' + machine['gpu_capability'] + ')' if machine.get('gpu_capability') else ''} |",
+        "| machine | |",
+        "|---|---|",
+        f"| device | {machine.get('gpu') or 'CPU only'} {machine.get('gpu_capability') or ''} |",
         f"| CPU | {machine.get('cpu', '?')} x {machine.get('cpu_count', '?')} |",
         f"| torch | {machine.get('torch', '?')} (CUDA runtime {machine.get('torch_cuda') or '-'}) |",
         f"| python | {machine.get('python', '?')} |",
         "",
-    ]  # fmt: skip
+    ]
     if ratios:
         lines += ["## Serving ratios", ""]
         lines += _md_table(RATIO_COLUMNS, ratio_rows(ratios))
         lines += [
             "",
             (
-                "- serving efficiency = HTTP images/s at saturation (batching on) / model-only images/s, same batch size, "
-                "precision and device."
+                "- serving efficiency = HTTP images/s at saturation (batching on) / model-only images/s, same batch "
+                "size, precision and device."
             ),
             (
-                "- batching gain = images/s within the p99 bound, batching on / off; the bound is batching-off's p99 at "
-                "its saturation knee unless given."
+                "- batching gain = images/s within the p99 bound, batching on / off; the bound is batching-off's p99 "
+                "at its saturation knee unless given."
             ),
             (
                 "- overhead = p50 of an HTTP /v1/predict round trip - p50 of the model call the service reports inside "
@@ -181,26 +215,30 @@ def render_summary(
         ]
         for r in ratios:
             for note in r.get("notes") or []:
-                lines.append(
-                    f"- {r['config']['model']}/{r['config']['device']}: {note}"
-                )
+                lines.append(f"- {r['config']['model']}/{r['config']['device']}: {note}")
             cfg = r["config"]
             lines += [
                 "",
                 (
-                    f"### Closed-loop levels: {cfg['model']} {cfg['device']} {cfg['precision']} (batch {cfg['batch_size']}, "
+                    f"### Closed-loop levels: {Path(cfg['model']).name} {cfg['device']} {cfg['precision']} "
+                    f"(batch {cfg['batch_size']}, "
                     f"{cfg['level_duration_s']:g} s per level, client {r['batching_on'][0]['client']})"
                 ),
                 "",
             ]
             rows = [
-                [mode, str(level["concurrency"]), _fmt(level["throughput"], 1), _fmt(level["p50_ms"]), _fmt(level["p99_ms"]),
-                 f"{level['ok']}/{level['requests']}"]
-                for mode in ("on", "off") for level in r[f"batching_{mode}"]
-            ]  # fmt: skip
-            lines += _md_table(
-                ["batching", "clients", "img/s", "p50 ms", "p99 ms", "ok"], rows
-            )
+                [
+                    mode,
+                    str(level["concurrency"]),
+                    _fmt(level["throughput"], 1),
+                    _fmt(level["p50_ms"]),
+                    _fmt(level["p99_ms"]),
+                    f"{level['ok']}/{level['requests']}",
+                ]
+                for mode in ("on", "off")
+                for level in r[f"batching_{mode}"]
+            ]
+            lines += _md_table(["batching", "clients", "img/s", "p50 ms", "p99 ms", "ok"], rows)
         lines.append("")
     benchmarks = (bench_json or {}).get("benchmarks") or []
     model_rows = _benchmark_rows(benchmarks, "model")
@@ -212,10 +250,19 @@ def render_summary(
         rows = []
         for b in model_rows:
             e, s = b["extra_info"], b["stats"]
-            rows.append([
-                e["model"], e["device"], str(e["batch_size"]), e["precision"], "channels_last" if e["channels_last"] else "NCHW",
-                e["compile"], _fmt(s["median"] * 1000), _fmt(e["batch_size"] / s["median"], 1), str(s["rounds"]),
-            ])  # fmt: skip
+            rows.append(
+                [
+                    e["model"],
+                    e["device"],
+                    str(e["batch_size"]),
+                    e["precision"],
+                    "channels_last" if e["channels_last"] else "NCHW",
+                    e["compile"],
+                    _fmt(s["median"] * 1000),
+                    _fmt(e["batch_size"] / s["median"], 1),
+                    str(s["rounds"]),
+                ]
+            )
         lines += _md_table(
             [
                 "model",
@@ -249,13 +296,17 @@ def render_summary(
     if http_rows:
         lines += ["## End-to-end HTTP, one request at a time (demo model)", ""]
         rows = [
-            [b["extra_info"]["device"], b["extra_info"]["batching"], b["extra_info"]["payload"], _fmt(b["stats"]["median"] * 1000),
-             _fmt(b["stats"]["max"] * 1000), str(b["stats"]["rounds"])]
+            [
+                b["extra_info"]["device"],
+                b["extra_info"]["batching"],
+                b["extra_info"]["payload"],
+                _fmt(b["stats"]["median"] * 1000),
+                _fmt(b["stats"]["max"] * 1000),
+                str(b["stats"]["rounds"]),
+            ]
             for b in http_rows
-        ]  # fmt: skip
-        lines += _md_table(
-            ["device", "batching", "payload", "median ms", "max ms", "rounds"], rows
-        )
+        ]
+        lines += _md_table(["device", "batching", "payload", "median ms", "max ms", "rounds"], rows)
         lines.append("")
     skipped = [b["name"] for b in benchmarks if not b.get("stats")]
     if skipped:
@@ -278,34 +329,26 @@ def write_summary(
     if ratios:
         (results_dir / "ratios.json").write_text(json.dumps(list(ratios), indent=2))
     summary = results_dir / "summary.md"
-    summary.write_text(
-        render_summary(bench_json, ratios, commands=commands, title=title)
-    )
+    summary.write_text(render_summary(bench_json, ratios, commands=commands, title=title))
     return summary
 
 
 def load_ratios(results_dir: Path) -> list[dict[str, Any]]:
     """Every ratios-*.json written into a results folder."""
-    return [
-        json.loads(p.read_text()) for p in sorted(results_dir.glob("ratios-*.json"))
-    ]
+    return [json.loads(p.read_text()) for p in sorted(results_dir.glob("ratios-*.json"))]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """`python -m ops.benchreport RESULTS_DIR`: (re)write summary.md from benchmarks.json and ratios-*.json."""
     import argparse
 
-    parser = argparse.ArgumentParser(
-        description="Write the markdown summary of a benchmark results folder."
-    )
+    parser = argparse.ArgumentParser(description="Write the markdown summary of a benchmark results folder.")
     parser.add_argument(
         "results",
         type=Path,
         help="Folder holding benchmarks.json and/or ratios-*.json.",
     )
-    parser.add_argument(
-        "--title", default="Benchmark summary", help="Heading of summary.md."
-    )
+    parser.add_argument("--title", default="Benchmark summary", help="Heading of summary.md.")
     parser.add_argument(
         "--command",
         action="append",
@@ -314,11 +357,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     ratios = load_ratios(args.results)
-    summary = write_summary(
-        args.results, ratios, commands=args.command, title=args.title
-    )
+    summary = write_summary(args.results, ratios, commands=args.command, title=args.title)
     if ratios:
-        console.print(ratio_table(ratios))
+        print_ratio_table(ratios)
     console.print(f"summary: {summary}")
 
 

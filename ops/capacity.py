@@ -1,4 +1,4 @@
-"""Capacity plan from a vegeta step run: replicas per service, nodes per node group, matching HPA target, report + plot."""
+"""Capacity plan from a vegeta step run: replicas, nodes per node group, matching HPA target; report and plot."""
 
 from __future__ import annotations
 
@@ -25,9 +25,17 @@ FALLBACK_REQUESTS: dict[str, dict[str, str]] = {
 }
 
 _MEMORY_UNITS = {
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50,
-    "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
-}  # fmt: skip
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+}
 
 
 def parse_quantity(value: str | float) -> float:
@@ -82,9 +90,7 @@ class PodSpec:
 
     service: str
     requests: dict[str, float]
-    node_selector: dict[
-        str, list[str]
-    ]  # label -> allowed values (nodeSelector and required nodeAffinity "In")
+    node_selector: dict[str, list[str]]  # label -> allowed values (nodeSelector and required nodeAffinity "In")
     source: str
 
 
@@ -93,9 +99,7 @@ def _container_requests(pod_spec: dict[str, Any]) -> dict[str, float]:
     for container in pod_spec.get("containers") or []:
         resources = container.get("resources") or {}
         merged = dict(resources.get("limits") or {})
-        merged.update(
-            resources.get("requests") or {}
-        )  # requests win; limits stand in (e.g. GPUs set only as limits)
+        merged.update(resources.get("requests") or {})  # requests win; limits stand in (e.g. GPUs set only as limits)
         for key, value in merged.items():
             if key in ("cpu", "memory", GPU_RESOURCE):
                 total[key] = total.get(key, 0.0) + parse_quantity(value)
@@ -104,22 +108,18 @@ def _container_requests(pod_spec: dict[str, Any]) -> dict[str, float]:
 
 def _node_constraints(pod_spec: dict[str, Any]) -> dict[str, list[str]]:
     constraints = {k: [str(v)] for k, v in (pod_spec.get("nodeSelector") or {}).items()}
-    required = (((pod_spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+    required = ((pod_spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
         "requiredDuringSchedulingIgnoredDuringExecution"
-    ) or {})  # fmt: skip
+    ) or {}
     terms = required.get("nodeSelectorTerms") or []
     # Terms are ORed; the first one is what the planner places by (the overlays write exactly one).
     for expression in (terms[0].get("matchExpressions") or []) if terms else []:
         if expression.get("operator") == "In":
-            constraints[expression["key"]] = [
-                str(v) for v in expression.get("values") or []
-            ]
+            constraints[expression["key"]] = [str(v) for v in expression.get("values") or []]
     return constraints
 
 
-def pod_spec_from_documents(
-    documents: list[dict[str, Any]], service: str, source: str
-) -> PodSpec | None:
+def pod_spec_from_documents(documents: list[dict[str, Any]], service: str, source: str) -> PodSpec | None:
     """Find the Deployment of `service` in rendered manifests and read its pod requests and nodeSelector."""
     for doc in documents:
         if not isinstance(doc, dict) or doc.get("kind") not in (
@@ -132,15 +132,13 @@ def pod_spec_from_documents(
         if service not in (meta.get("name"), labels.get("app.kubernetes.io/name")):
             continue
         pod = ((doc.get("spec") or {}).get("template") or {}).get("spec") or {}
-        return PodSpec(
-            service, _container_requests(pod), _node_constraints(pod), source
-        )
+        return PodSpec(service, _container_requests(pod), _node_constraints(pod), source)
     return None
 
 
 def _render_overlay(overlay: str) -> list[dict[str, Any]] | None:
     try:
-        from ops.manifests import render  # type: ignore[attr-defined]
+        from ops.manifests import render
     except ImportError:
         return None
     rendered = render(overlay)
@@ -154,24 +152,18 @@ def pod_spec(service: str, overlay: str = PROD_OVERLAY) -> PodSpec:
     reason = "ops.manifests.render is not available"
     try:
         documents = _render_overlay(overlay)
-    except Exception as error:  # noqa: BLE001 - any render failure means: use the fallback, and say why
+    except Exception as error:  # any render failure means: use the fallback, and say why
         documents, reason = None, f"rendering {overlay} failed: {error}"
     if documents is not None:
-        found = pod_spec_from_documents(
-            documents, service, f"rendered overlay {overlay}"
-        )
+        found = pod_spec_from_documents(documents, service, f"rendered overlay {overlay}")
         if found is not None and found.requests:
             return found
-        reason = (
-            f"no Deployment {service!r} with resource requests in overlay {overlay}"
-        )
+        reason = f"no Deployment {service!r} with resource requests in overlay {overlay}"
     if service not in FALLBACK_REQUESTS:
         raise KeyError(f"no pod requests known for {service!r} ({reason})")
     requests = {k: parse_quantity(v) for k, v in FALLBACK_REQUESTS[service].items()}
     selector = {"workload-class": ["gpu" if GPU_RESOURCE in requests else "cpu"]}
-    return PodSpec(
-        service, requests, selector, f"FALLBACK defaults in ops/capacity.py ({reason})"
-    )
+    return PodSpec(service, requests, selector, f"FALLBACK defaults in ops/capacity.py ({reason})")
 
 
 def choose_nodegroup(spec: PodSpec, groups: list[NodeGroup]) -> NodeGroup:
@@ -181,13 +173,9 @@ def choose_nodegroup(spec: PodSpec, groups: list[NodeGroup]) -> NodeGroup:
         has_gpu = group.allocatable.get(GPU_RESOURCE, 0) > 0
         if wants_gpu != has_gpu:
             continue
-        if all(
-            group.labels.get(k) in allowed for k, allowed in spec.node_selector.items()
-        ):
+        if all(group.labels.get(k) in allowed for k, allowed in spec.node_selector.items()):
             return group
-    raise LookupError(
-        f"no node group fits {spec.service} (selector {spec.node_selector}, gpu={wants_gpu})"
-    )
+    raise LookupError(f"no node group fits {spec.service} (selector {spec.node_selector}, gpu={wants_gpu})")
 
 
 def pods_per_node(spec: PodSpec, group: NodeGroup) -> int:
@@ -259,9 +247,7 @@ def plan_capacity(
     group = choose_nodegroup(spec, groups)
     fit = pods_per_node(spec, group)
     if best is None:
-        notes.append(
-            f"no step met p99 <= {slo_p99_ms} ms with success >= {run.min_success}: start lower"
-        )
+        notes.append(f"no step met p99 <= {slo_p99_ms} ms with success >= {run.min_success}: start lower")
         per_pod = 0.0
     else:
         per_pod = best.rate
@@ -276,9 +262,7 @@ def plan_capacity(
     if fit == 0:
         notes.append(f"a pod does not fit on one {group.instance_type} node at all")
     if nodes > group.max_size:
-        notes.append(
-            f"needs {nodes} nodes but node group {group.name} has maxSize {group.max_size}"
-        )
+        notes.append(f"needs {nodes} nodes but node group {group.name} has maxSize {group.max_size}")
     hpa: dict[str, Any] = {
         "minReplicas": min_replicas,
         "maxReplicas": max(replicas, math.ceil(replicas * 1.5)),
@@ -289,31 +273,37 @@ def plan_capacity(
         cores_at_best = best.service_cpu_seconds / max(_duration_s(best.duration), 1e-9)
         utilization = 100 * cores_at_best * (1 - headroom) / cpu_request
         hpa["cpu_cores_at_sustainable_rate"] = round(cores_at_best, 3)
-        hpa["cpu_target_utilization_percent"] = int(
-            min(95, max(10, round(utilization)))
-        )
+        hpa["cpu_target_utilization_percent"] = int(min(95, max(10, round(utilization))))
         if utilization > 95 or utilization < 10:
-            notes.append(
-                f"raw CPU utilization target {utilization:.0f}% clamped to 10..95%"
-            )
+            notes.append(f"raw CPU utilization target {utilization:.0f}% clamped to 10..95%")
     else:
         hpa["cpu_target_utilization_percent"] = None
-        notes.append(
-            "no service CPU measurement in the step run: scale on rps_per_pod_target instead"
-        )
+        notes.append("no service CPU measurement in the step run: scale on rps_per_pod_target instead")
     if spec.requests.get(GPU_RESOURCE, 0) > 0:
-        notes.append(
-            "GPU pods: scale on rps_per_pod_target (or queue depth) via a custom metric; CPU % is secondary"
-        )
+        notes.append("GPU pods: scale on rps_per_pod_target (or queue depth) via a custom metric; CPU % is secondary")
     notes.append(f"pod requests from: {spec.source}")
     return CapacityPlan(
-        service=service, target_rps=target_rps, slo_p99_ms=slo_p99_ms, headroom=headroom,
-        sustainable_rps_per_pod=per_pod, planned_rps_per_pod=round(planned, 3), replicas=replicas,
-        replicas_by_load=by_load, min_replicas=min_replicas, nodegroup=group.name, instance_type=group.instance_type,
-        pods_per_node=fit, nodes=nodes, nodes_within_max=nodes <= group.max_size, hpa=hpa,
-        pod_requests=spec.requests, pod_requests_source=spec.source, steps_file=steps_file,
-        measured_on=str(run.meta.get("machine", "unknown machine")), notes=notes,
-    )  # fmt: skip
+        service=service,
+        target_rps=target_rps,
+        slo_p99_ms=slo_p99_ms,
+        headroom=headroom,
+        sustainable_rps_per_pod=per_pod,
+        planned_rps_per_pod=round(planned, 3),
+        replicas=replicas,
+        replicas_by_load=by_load,
+        min_replicas=min_replicas,
+        nodegroup=group.name,
+        instance_type=group.instance_type,
+        pods_per_node=fit,
+        nodes=nodes,
+        nodes_within_max=nodes <= group.max_size,
+        hpa=hpa,
+        pod_requests=spec.requests,
+        pod_requests_source=spec.source,
+        steps_file=steps_file,
+        measured_on=str(run.meta.get("machine", "unknown machine")),
+        notes=notes,
+    )
 
 
 def plot_steps(run: StepRun, path: Path, *, slo_p99_ms: float, title: str = "") -> Path:
@@ -327,9 +317,7 @@ def plot_steps(run: StepRun, path: Path, *, slo_p99_ms: float, title: str = "") 
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     for key in ("p50", "p90", "p95", "p99"):
         ax.plot(rates, [s.latency_ms[key] for s in run.steps], marker="o", label=key)
-    ax.axhline(
-        slo_p99_ms, color="red", linestyle="--", label=f"SLO p99 {slo_p99_ms:g} ms"
-    )
+    ax.axhline(slo_p99_ms, color="red", linestyle="--", label=f"SLO p99 {slo_p99_ms:g} ms")
     ax.set_xlabel("offered rate (requests/s)")
     ax.set_ylabel("latency (ms)")
     ax.set_yscale("log")
@@ -347,9 +335,7 @@ def plot_steps(run: StepRun, path: Path, *, slo_p99_ms: float, title: str = "") 
     success.set_ylim(0, 105)
     handles, labels = ax.get_legend_handles_labels()
     more_handles, more_labels = success.get_legend_handles_labels()
-    ax.legend(
-        handles + more_handles, labels + more_labels, loc="upper left", fontsize="small"
-    )
+    ax.legend(handles + more_handles, labels + more_labels, loc="upper left", fontsize="small")
     ax.set_title(title or "latency percentiles vs rate")
     fig.tight_layout()
     fig.savefig(path)
@@ -359,10 +345,7 @@ def plot_steps(run: StepRun, path: Path, *, slo_p99_ms: float, title: str = "") 
 
 def format_requests(requests: dict[str, float]) -> str:
     """cpu=2, memory=6Gi, nvidia.com/gpu=1."""
-    return ", ".join(
-        f"{k}={v / 2**30:g}Gi" if k == "memory" else f"{k}={v:g}"
-        for k, v in requests.items()
-    )
+    return ", ".join(f"{k}={v / 2**30:g}Gi" if k == "memory" else f"{k}={v:g}" for k, v in requests.items())
 
 
 def render_markdown(plan: CapacityPlan, run: StepRun, plot_name: str) -> str:
@@ -371,7 +354,8 @@ def render_markdown(plan: CapacityPlan, run: StepRun, plot_name: str) -> str:
         f"# Capacity plan: {plan.service}",
         "",
         f"Target **{plan.target_rps:g} rps** at **p99 <= {plan.slo_p99_ms:g} ms**, headroom {plan.headroom:.0%}.",
-        f"Step run: `{plan.steps_file}` (measured on {plan.measured_on}, {len(run.steps)} steps of {run.step_duration}).",
+        f"Step run: `{plan.steps_file}`",
+        f"(measured on {plan.measured_on}, {len(run.steps)} steps of {run.step_duration}).",
         "",
         "| | |",
         "|---|---|",

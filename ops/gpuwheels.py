@@ -1,4 +1,4 @@
-"""The wheel folder bench/gpu/run.sh installs on a CUDA machine that already has torch: pins from uv.lock, pip download."""
+"""The wheel folder bench/gpu/run.sh installs on a CUDA machine that has torch: pins from uv.lock, pip download."""
 
 from __future__ import annotations
 
@@ -46,11 +46,19 @@ def _marker_matches(marker: str | None, python_versions: Sequence[str]) -> bool:
         return True
     parsed = Marker(marker)
     environments = [
-        {"python_version": v, "python_full_version": f"{v}.0", "sys_platform": "linux", "platform_system": "Linux",
-         "platform_machine": "x86_64", "implementation_name": "cpython", "platform_python_implementation": "CPython",
-         "os_name": "posix", "extra": ""}
+        {
+            "python_version": v,
+            "python_full_version": f"{v}.0",
+            "sys_platform": "linux",
+            "platform_system": "Linux",
+            "platform_machine": "x86_64",
+            "implementation_name": "cpython",
+            "platform_python_implementation": "CPython",
+            "os_name": "posix",
+            "extra": "",
+        }
         for v in python_versions
-    ]  # fmt: skip
+    ]
     return any(parsed.evaluate(env) for env in environments)
 
 
@@ -61,10 +69,7 @@ def pinned_requirements(
     python_versions: Sequence[str] = ("3.11", "3.12", "3.13"),
 ) -> dict[str, str]:
     """name -> version for the dependency closure of `roots` in uv.lock, minus what the GPU machine has."""
-    packages = {
-        canonicalize_name(p["name"]): p
-        for p in tomllib.loads(lock.read_text())["package"]
-    }
+    packages = {canonicalize_name(p["name"]): p for p in tomllib.loads(lock.read_text())["package"]}
     stop = {canonicalize_name(n) for n in present}
     pins: dict[str, str] = {}
     todo = [canonicalize_name(r) for r in roots]
@@ -85,9 +90,7 @@ def lock_hashes(lock: Path = LOCK) -> dict[str, str]:
     hashes = {}
     for package in tomllib.loads(lock.read_text())["package"]:
         for wheel in package.get("wheels", []):
-            hashes[wheel["url"].rsplit("/", 1)[1]] = wheel["hash"].removeprefix(
-                "sha256:"
-            )
+            hashes[wheel["url"].rsplit("/", 1)[1]] = wheel["hash"].removeprefix("sha256:")
     return hashes
 
 
@@ -96,14 +99,26 @@ def requirements_text(pins: dict[str, str]) -> str:
     return "".join(f"{name}=={version}\n" for name, version in pins.items())
 
 
-def download_commands(
-    requirements: Path, dest: Path, python_versions: Sequence[str]
-) -> list[list[str]]:
+def download_commands(requirements: Path, dest: Path, python_versions: Sequence[str]) -> list[list[str]]:
     """pip download of binary wheels for each CPython version on x86_64 Linux (pure wheels are fetched once)."""
     commands = []
     for version in python_versions:
-        argv = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--implementation", "cp",
-                "--python-version", version, "--dest", str(dest), "-r", str(requirements)]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--implementation",
+            "cp",
+            "--python-version",
+            version,
+            "--dest",
+            str(dest),
+            "-r",
+            str(requirements),
+        ]
         for platform in PLATFORMS:
             argv += ["--platform", platform]
         commands.append(argv)
@@ -119,20 +134,14 @@ def verify(dest: Path, lock: Path = LOCK) -> tuple[list[str], list[str]]:
         sums.append(f"{digest}  {wheel.name}\n")
         if wheel.name in known:
             if known[wheel.name] != digest:
-                raise ValueError(
-                    f"{wheel.name}: sha256 {digest} differs from uv.lock {known[wheel.name]}"
-                )
+                raise ValueError(f"{wheel.name}: sha256 {digest} differs from uv.lock {known[wheel.name]}")
             verified.append(wheel.name)
         else:
-            unlocked.append(
-                wheel.name
-            )  # e.g. pydantic-core for another CPython: same version, not in our lock
+            unlocked.append(wheel.name)  # e.g. pydantic-core for another CPython: same version, not in our lock
     (dest / "SHA256SUMS").write_text("".join(sums))
     return verified, unlocked
 
 
 def wheel_projects(dest: Path) -> set[str]:
     """Canonical project names of the wheels in a folder."""
-    return {
-        canonicalize_name(parse_wheel_filename(w.name)[0]) for w in dest.glob("*.whl")
-    }
+    return {canonicalize_name(parse_wheel_filename(w.name)[0]) for w in dest.glob("*.whl")}

@@ -1,4 +1,4 @@
-"""vegeta load tests against /v1/predict: loopback image server, targets file, constant-rate and step attacks, reports."""
+"""vegeta load tests on /v1/predict: loopback image server, targets file, constant-rate and step attacks, reports."""
 
 from __future__ import annotations
 
@@ -17,8 +17,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from PIL import Image
-
 DEFAULT_HIST_BUCKETS = "0,5ms,10ms,25ms,50ms,100ms,250ms,500ms,1s,2.5s,5s"
 DEFAULT_ATTACK_TIMEOUT = "10s"
 # vegeta opens workers as needed to hold the rate; cap them so an overloaded service cannot exhaust the machine.
@@ -31,22 +29,18 @@ def vegeta_path() -> Path:
         return Path(os.environ["VEGETA"])
     try:
         from ops import tools
-    except (
-        ImportError
-    ):  # a machine with only the benchmark runner's packages (bench/gpu/run.sh)
+    except ImportError:  # a machine with only the benchmark runner's packages (bench/gpu/run.sh)
         tools = None  # type: ignore[assignment]
     if tools is not None:
         try:
             return Path(tools.ensure("vegeta"))
-        except Exception as error:  # noqa: BLE001 - fall back to PATH, and say why if that fails too
+        except Exception as error:  # fall back to PATH, and say why if that fails too
             reason = f"ops.tools.ensure failed: {error}"
     else:
         reason = "ops.tools is not importable"
     found = shutil.which("vegeta")
     if not found:
-        raise FileNotFoundError(
-            f"vegeta not found ({reason}): `invoke tools.install -n vegeta`, or set VEGETA"
-        )
+        raise FileNotFoundError(f"vegeta not found ({reason}): `invoke tools.install -n vegeta`, or set VEGETA")
     return Path(found)
 
 
@@ -58,26 +52,14 @@ def timestamp() -> str:
 def write_sample_images(folder: Path, count: int = 8, size: int = 224) -> list[str]:
     """Write `count` JPEG inputs into `folder` and return their file names.
 
-    Uses the demo model's own renderer (correct, classifiable inputs) when the image service package
-    provides it; otherwise plain synthetic images, which exercise the same path.
+    The demo model's own renderer draws them, so they are correct, classifiable inputs for the demo bundle.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    try:
-        from image_classifier.demo import render_sample  # type: ignore[import-untyped, unused-ignore]
-    except ImportError:
-        render_sample = None
-    labels = ["circle", "square", "triangle", "cross"]
+    from image_classifier.demo import LABELS, render_sample  # type: ignore[import-untyped, unused-ignore]
+
     names = []
     for index in range(count):
-        if render_sample is not None:
-            image = render_sample(labels[index % len(labels)], index).convert("RGB")
-        else:
-            image = (
-                Image.linear_gradient("L")
-                .resize((size, size))
-                .convert("RGB")
-                .rotate(index * 37)
-            )
+        image = render_sample(LABELS[index % len(LABELS)], index, size=size).convert("RGB")
         name = f"sample-{index:03d}.jpg"
         image.save(folder / name, format="JPEG", quality=90)
         names.append(name)
@@ -96,9 +78,7 @@ class ImageServer:
         handler = functools.partial(_QuietHandler, directory=str(folder))
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, name="image-server", daemon=True
-        )
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="image-server", daemon=True)
 
     @property
     def url(self) -> str:
@@ -161,9 +141,7 @@ def _ns_to_ms(value: float) -> float:
     return round(value / 1e6, 3)
 
 
-def parse_json_report(
-    report: dict[str, object], *, rate: float, duration: str, folder: Path
-) -> LoadResult:
+def parse_json_report(report: dict[str, object], *, rate: float, duration: str, folder: Path) -> LoadResult:
     """Build a LoadResult from `vegeta report -type=json` output (latencies in nanoseconds)."""
     latencies = report["latencies"]
     assert isinstance(latencies, dict)
@@ -178,16 +156,15 @@ def parse_json_report(
     }
     status_codes = report.get("status_codes") or {}
     errors = report.get("errors") or []
-    assert isinstance(status_codes, dict) and isinstance(errors, list)
+    assert isinstance(status_codes, dict)
+    assert isinstance(errors, list)
     return LoadResult(
         rate=rate,
         duration=duration,
         requests=int(report["requests"]),  # type: ignore[call-overload]
         throughput=round(float(report["throughput"]), 3),  # type: ignore[arg-type]
         success=float(report["success"]),  # type: ignore[arg-type]
-        latency_ms={
-            ours: _ns_to_ms(latencies[theirs]) for theirs, ours in names.items()
-        },
+        latency_ms={ours: _ns_to_ms(latencies[theirs]) for theirs, ours in names.items()},
         status_codes={str(k): int(v) for k, v in status_codes.items()},
         errors=[str(e) for e in errors][:20],
         folder=str(folder),
@@ -211,9 +188,16 @@ def attack(
     folder.mkdir(parents=True, exist_ok=True)
     results = folder / "results.bin"
     attack_argv = [
-        str(vegeta), "attack", "-format=json", f"-targets={targets}", f"-rate={rate:g}/1s",
-        f"-duration={duration}", f"-timeout={timeout}", f"-max-workers={max_workers}", f"-output={results}",
-    ]  # fmt: skip
+        str(vegeta),
+        "attack",
+        "-format=json",
+        f"-targets={targets}",
+        f"-rate={rate:g}/1s",
+        f"-duration={duration}",
+        f"-timeout={timeout}",
+        f"-max-workers={max_workers}",
+        f"-output={results}",
+    ]
     reports = {
         "report.txt": [str(vegeta), "report", "-type=text", str(results)],
         "report.json": [str(vegeta), "report", "-type=json", str(results)],
@@ -244,9 +228,7 @@ def attack(
         duration=duration,
         folder=folder,
     )
-    result.artefacts = {
-        name.split(".")[0]: str(folder / name) for name in ["results.bin", *reports]
-    }
+    result.artefacts = {name.split(".")[0]: str(folder / name) for name in ["results.bin", *reports]}
     return result
 
 
@@ -285,9 +267,7 @@ class LoadSession:
     def __enter__(self) -> Self:
         self.image_server.__enter__()
         urls = [f"{self.image_server.url}/{name}" for name in self.image_names]
-        write_targets(
-            self.targets, self.plan.service_url.rstrip("/") + "/v1/predict", urls
-        )
+        write_targets(self.targets, self.plan.service_url.rstrip("/") + "/v1/predict", urls)
         return self
 
     def __exit__(
@@ -302,15 +282,19 @@ class LoadSession:
         """One constant-rate attack into the run folder (or a sub-folder of it)."""
         before = self.cpu_probe() if self.cpu_probe else None
         result = attack(
-            self.vegeta, self.targets, self.folder / sub if sub else self.folder,
-            rate=rate, duration=duration, hist_buckets=self.plan.hist_buckets, timeout=self.plan.timeout,
-            max_workers=self.plan.max_workers, echo=self.echo,
-        )  # fmt: skip
+            self.vegeta,
+            self.targets,
+            self.folder / sub if sub else self.folder,
+            rate=rate,
+            duration=duration,
+            hist_buckets=self.plan.hist_buckets,
+            timeout=self.plan.timeout,
+            max_workers=self.plan.max_workers,
+            echo=self.echo,
+        )
         if before is not None and self.cpu_probe is not None:
             result.service_cpu_seconds = round(self.cpu_probe() - before, 3)
-        (Path(result.folder) / "result.json").write_text(
-            json.dumps(result.to_dict(), indent=2)
-        )
+        (Path(result.folder) / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
         return result
 
     def step(
@@ -326,18 +310,20 @@ class LoadSession:
         steps: list[LoadResult] = []
         for rate in rates:
             result = self.constant(rate, step_duration, sub=f"step-{rate:g}rps")
-            ok = (
-                result.latency_ms["p99"] <= slo_p99_ms and result.success >= min_success
-            )
+            ok = result.latency_ms["p99"] <= slo_p99_ms and result.success >= min_success
             steps.append(result)
             if on_step:
                 on_step(result, ok)
             if not ok:
                 break
         run = StepRun(
-            service_url=self.plan.service_url, slo_p99_ms=slo_p99_ms, min_success=min_success,
-            step_duration=step_duration, steps=steps, folder=str(self.folder),
-        )  # fmt: skip
+            service_url=self.plan.service_url,
+            slo_p99_ms=slo_p99_ms,
+            min_success=min_success,
+            step_duration=step_duration,
+            steps=steps,
+            folder=str(self.folder),
+        )
         run.save(self.folder / "steps.json")
         return run
 
@@ -356,11 +342,7 @@ class StepRun:
 
     def sustainable(self) -> LoadResult | None:
         """The highest-rate step that met both the p99 SLO and the success ratio (None if none did)."""
-        good = [
-            s
-            for s in self.steps
-            if s.latency_ms["p99"] <= self.slo_p99_ms and s.success >= self.min_success
-        ]
+        good = [s for s in self.steps if s.latency_ms["p99"] <= self.slo_p99_ms and s.success >= self.min_success]
         return max(good, key=lambda s: s.rate) if good else None
 
     def save(self, path: Path) -> Path:
@@ -380,9 +362,7 @@ class StepRun:
         return cls(**data)
 
 
-def step_rates(
-    start: float, factor: float, stop: float, increment: float = 0.0
-) -> list[float]:
+def step_rates(start: float, factor: float, stop: float, increment: float = 0.0) -> list[float]:
     """Rates from `start` up to `stop`: multiply by `factor`, or add `increment` when it is > 0."""
     if start <= 0 or stop < start or (increment <= 0 and factor <= 1):
         raise ValueError("need 0 < start <= stop and factor > 1 (or increment > 0)")

@@ -1,4 +1,4 @@
-"""Start a service (`python -m image_classifier`) as a subprocess on a free 127.0.0.1 port for benchmarks and load tests."""
+"""Run a service (`python -m image_classifier`) as a subprocess on a free 127.0.0.1 port, for benchmarks and load."""
 
 from __future__ import annotations
 
@@ -91,9 +91,7 @@ class LocalService:
         with httpx.Client(timeout=2.0) as client:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
-                    raise ServiceStartError(
-                        f"{self.package} exited with {self.proc.returncode}: {self.log_tail()}"
-                    )
+                    raise ServiceStartError(f"{self.package} exited with {self.proc.returncode}: {self.log_tail()}")
                 try:
                     if client.get(self.url + "/readyz").status_code == 200:
                         return self
@@ -101,9 +99,7 @@ class LocalService:
                     pass
                 time.sleep(0.2)
         self.stop()
-        raise ServiceStartError(
-            f"{self.package} not ready after {self.ready_timeout_s}s: {self.log_tail()}"
-        )
+        raise ServiceStartError(f"{self.package} not ready after {self.ready_timeout_s}s: {self.log_tail()}")
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
         """SIGTERM (the service drains), then SIGKILL after `timeout_s`; returns the exit code."""
@@ -134,12 +130,7 @@ class LocalService:
         if self.proc is None:
             return 0.0
         try:
-            fields = (
-                Path(f"/proc/{self.proc.pid}/stat")
-                .read_text()
-                .rsplit(")", 1)[1]
-                .split()
-            )
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             return 0.0
         ticks = os.sysconf("SC_CLK_TCK")

@@ -1,4 +1,4 @@
-"""Smoke tests for `invoke bench`, `invoke load`, `invoke capacity` and bench/gpu: they run and write parseable artefacts.
+"""Smoke tests for `invoke bench`, `invoke load`, `invoke capacity` and bench/gpu: they run and write parseable files.
 
 Timings are never asserted. The slow ones (a few services started, short attacks) carry the `bench` marker.
 """
@@ -11,6 +11,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,9 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 INVOKE = [sys.executable, "-m", "invoke"]
 
 
-def run(
-    argv: list[str], timeout: float, **kwargs: object
-) -> subprocess.CompletedProcess[str]:
+def run(argv: list[str], timeout: float, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     """Run from the repo root; show the output when it fails."""
     proc = subprocess.run(
         argv,
@@ -41,16 +40,12 @@ def run(
         timeout=timeout,
         check=False,
         **kwargs,
-    )  # type: ignore[call-overload]
-    assert proc.returncode == 0, (
-        f"{argv} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     )
-    return proc  # type: ignore[no-any-return]
+    assert proc.returncode == 0, f"{argv} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc
 
 
-def _step(
-    rate: float, p99: float, success: float = 1.0, cpu: float | None = None
-) -> LoadResult:
+def _step(rate: float, p99: float, success: float = 1.0, cpu: float | None = None) -> LoadResult:
     latency = {
         "min": 1.0,
         "mean": p99 / 2,
@@ -61,17 +56,31 @@ def _step(
         "max": p99 * 2,
     }
     return LoadResult(
-        rate=rate, duration="10s", requests=int(rate * 10), throughput=rate * success, success=success,
-        latency_ms=latency, status_codes={"200": int(rate * 10)}, errors=[], folder="", service_cpu_seconds=cpu,
-    )  # fmt: skip
+        rate=rate,
+        duration="10s",
+        requests=int(rate * 10),
+        throughput=rate * success,
+        success=success,
+        latency_ms=latency,
+        status_codes={"200": int(rate * 10)},
+        errors=[],
+        folder="",
+        service_cpu_seconds=cpu,
+    )
 
 
 def test_plan_from_steps_uses_node_groups_and_headroom(tmp_path: Path) -> None:
     run_ = StepRun(
-        service_url="http://127.0.0.1:1", slo_p99_ms=100, min_success=0.99, step_duration="10s",
-        steps=[_step(10, 20, cpu=5), _step(20, 40, cpu=10), _step(40, 90, cpu=5), _step(80, 400)], folder="",
-    )  # fmt: skip
-    assert run_.sustainable() is not None and run_.sustainable().rate == 40  # type: ignore[union-attr]
+        service_url="http://127.0.0.1:1",
+        slo_p99_ms=100,
+        min_success=0.99,
+        step_duration="10s",
+        steps=[_step(10, 20, cpu=5), _step(20, 40, cpu=10), _step(40, 90, cpu=5), _step(80, 400)],
+        folder="",
+    )
+    best = run_.sustainable()
+    assert best is not None
+    assert best.rate == 40
     cpu_group = next(g for g in load_nodegroups() if g.name == "cpu-general")
     spec = PodSpec(
         "text-classifier",
@@ -103,9 +112,7 @@ def test_plan_from_steps_uses_node_groups_and_headroom(tmp_path: Path) -> None:
 
 
 def test_plan_for_gpu_pods_lands_on_the_gpu_group() -> None:
-    run_ = StepRun(
-        "http://127.0.0.1:1", 100, 0.99, "5s", [_step(50, 30), _step(100, 80)], ""
-    )
+    run_ = StepRun("http://127.0.0.1:1", 100, 0.99, "5s", [_step(50, 30), _step(100, 80)], "")
     spec = PodSpec(
         "image-classifier",
         {"cpu": 2.0, "memory": 6 * 2**30, "nvidia.com/gpu": 1.0},
@@ -123,7 +130,8 @@ def test_plan_for_gpu_pods_lands_on_the_gpu_group() -> None:
         groups=groups,
     )
     gpu = next(g for g in groups if g.name == plan.nodegroup)
-    assert isinstance(gpu, NodeGroup) and gpu.allocatable["nvidia.com/gpu"] == 1
+    assert isinstance(gpu, NodeGroup)
+    assert gpu.allocatable["nvidia.com/gpu"] == 1
     assert (plan.replicas, plan.pods_per_node, plan.nodes) == (
         4,
         1,
@@ -135,7 +143,7 @@ def test_plan_for_gpu_pods_lands_on_the_gpu_group() -> None:
 def test_step_rates() -> None:
     assert step_rates(5, 2, 40) == [5, 10, 20, 40]
     assert step_rates(10, 0, 30, increment=10) == [10, 20, 30]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="factor > 1"):
         step_rates(5, 1, 40)
 
 
@@ -143,10 +151,9 @@ def test_gpu_wheel_list_matches_the_lock() -> None:
     """bench/gpu/wheels.txt is the exact list the GPU run installs: it must follow uv.lock."""
     pins = pinned_requirements()
     assert {"fastapi", "uvicorn", "pydantic-core", "starlette"} <= set(pins)
-    assert "torch" not in pins and "httpx" not in pins
-    assert (REPO / "bench" / "gpu" / "wheels.txt").read_text() == requirements_text(
-        pins
-    ), "run `invoke bench.wheels`"
+    assert "torch" not in pins
+    assert "httpx" not in pins
+    assert (REPO / "bench" / "gpu" / "wheels.txt").read_text() == requirements_text(pins), "run `invoke bench.wheels`"
 
 
 def _wheel(folder: Path, name: str, tag: str) -> Path:
@@ -188,10 +195,22 @@ def test_install_wheels_picks_the_matching_build(tmp_path: Path) -> None:
     assert check.stdout.strip() == f"{py}-{py}-manylinux2014_x86_64"
     (tmp_path / "req.txt").write_text("missingpkg==1.0\n")
     proc = subprocess.run(
-        [sys.executable, "bench/gpu/install_wheels.py", str(wheels), str(tmp_path / "s2"), "--requirements", str(tmp_path / "req.txt")],
-        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert proc.returncode != 0 and "missingpkg" in proc.stderr
+        [
+            sys.executable,
+            "bench/gpu/install_wheels.py",
+            str(wheels),
+            str(tmp_path / "s2"),
+            "--requirements",
+            str(tmp_path / "req.txt"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "missingpkg" in proc.stderr
 
 
 @pytest.mark.bench
@@ -217,29 +236,59 @@ def test_invoke_load_writes_report_hist_and_plot(tmp_path: Path) -> None:
     assert set(report["status_codes"]) == {"200"}, report
     assert "Latencies" in (folder / "report.txt").read_text()
     hist = (folder / "hist.txt").read_text()
-    assert "[10ms,  100ms]" in hist and "Bucket" in hist
+    assert "[10ms,  100ms]" in hist
+    assert "Bucket" in hist
     assert "<html" in (folder / "plot.html").read_text().lower()
-    targets = [
-        json.loads(line) for line in (folder / "targets.jsonl").read_text().splitlines()
-    ]
+    targets = [json.loads(line) for line in (folder / "targets.jsonl").read_text().splitlines()]
     assert all(t["url"].startswith("http://127.0.0.1:") for t in targets)
 
 
 @pytest.mark.bench
 def test_invoke_capacity_plans_from_a_step_run(tmp_path: Path) -> None:
     steps = tmp_path / "steps"
-    run([*INVOKE, "load", "--step", "--start-rate", "5", "--factor", "2", "--max-rate", "10", "--duration", "1s",
-         "--slo-p99", "5000", "--results", str(steps)], 300)  # fmt: skip
+    run(
+        [
+            *INVOKE,
+            "load",
+            "--step",
+            "--start-rate",
+            "5",
+            "--factor",
+            "2",
+            "--max-rate",
+            "10",
+            "--duration",
+            "1s",
+            "--slo-p99",
+            "5000",
+            "--results",
+            str(steps),
+        ],
+        300,
+    )
     saved = json.loads((steps / "steps.json").read_text())
     assert [s["rate"] for s in saved["steps"]] == [5, 10]
     assert all(s["service_cpu_seconds"] is not None for s in saved["steps"])
     out = tmp_path / "capacity"
-    run([*INVOKE, "capacity", "--steps", str(steps / "steps.json"), "--target-rps", "100", "--slo-p99", "5000",
-         "--results", str(out)], 120)  # fmt: skip
-    plan = json.loads((out / "plan.json").read_text())
-    assert (
-        plan["replicas"] >= 2 and plan["nodes"] >= 1 and plan["nodegroup"] == "gpu-t4"
+    run(
+        [
+            *INVOKE,
+            "capacity",
+            "--steps",
+            str(steps / "steps.json"),
+            "--target-rps",
+            "100",
+            "--slo-p99",
+            "5000",
+            "--results",
+            str(out),
+        ],
+        120,
     )
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["replicas"] >= 2
+    assert plan["nodes"] >= 1
+    assert plan["nodegroup"] == "gpu-t4"
     assert plan["hpa"]["rps_per_pod_target"] > 0
     assert (out / "latency-vs-rate.png").read_bytes().startswith(b"\x89PNG")
     assert "Capacity plan" in (out / "capacity.md").read_text()
@@ -256,15 +305,12 @@ def test_invoke_bench_quick_writes_json_and_summary(tmp_path: Path) -> None:
     assert kinds == {"model", "preprocess", "http"}
     assert benchmarks["machine_info"]["eks_inference"]["torch"]
     ratios = json.loads((tmp_path / "ratios.json").read_text())
-    assert ratios and {"serving_efficiency", "batching_gain", "overhead_ms"} <= set(
-        ratios[0]
-    )
+    assert ratios
+    assert {"serving_efficiency", "batching_gain", "overhead_ms"} <= set(ratios[0])
     summary = (tmp_path / "summary.md").read_text()
-    assert (
-        "## Serving ratios" in summary
-        and "serving efficiency" in summary
-        and "torch" in summary
-    )
+    assert "## Serving ratios" in summary
+    assert "serving efficiency" in summary
+    assert "torch" in summary
 
 
 @pytest.mark.bench

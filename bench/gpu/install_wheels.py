@@ -35,9 +35,7 @@ def install(folder: Path, target: Path, required: list[str]) -> dict[str, Path]:
     chosen = choose(sorted(folder.glob("*.whl")))
     missing = [r for r in required if canonicalize_name(r) not in chosen]
     if missing:
-        raise SystemExit(
-            f"no wheel for this interpreter ({sys.version.split()[0]}) in {folder}: {', '.join(missing)}"
-        )
+        raise SystemExit(f"no wheel for this interpreter ({sys.version.split()[0]}) in {folder}: {', '.join(missing)}")
     target.mkdir(parents=True, exist_ok=True)
     for wheel in chosen.values():
         with zipfile.ZipFile(wheel) as archive:
@@ -50,9 +48,7 @@ def install(folder: Path, target: Path, required: list[str]) -> dict[str, Path]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument(
-        "wheels", type=Path, help="Folder of .whl files (from `invoke bench.wheels`)."
-    )
+    parser.add_argument("wheels", type=Path, help="Folder of .whl files (from `invoke bench.wheels`).")
     parser.add_argument(
         "target",
         type=Path,
@@ -66,11 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     required = []
     if args.requirements and args.requirements.is_file():
-        required = [
-            line.split("==")[0].strip()
-            for line in args.requirements.read_text().splitlines()
-            if "==" in line
-        ]
+        required = [line.split("==")[0].strip() for line in args.requirements.read_text().splitlines() if "==" in line]
     for project, wheel in install(args.wheels, args.target, required).items():
         sys.stdout.write(f"installed {project}: {wheel.name}\n")
 

@@ -1,4 +1,4 @@
-"""invoke tasks for benchmarks and capacity: `bench`, `load`, `capacity` (root) and `bench.wheels`."""
+"""invoke tasks for benchmarks and capacity: `bench` (collection default), `bench.wheels`, root `load`, `capacity`."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ def _results_root(c: Context, kind: str) -> Path:
 
 @task(
     name="bench",
+    auto_shortflags=False,
     help={
         "device": "auto (cpu, plus cuda when present), cpu or cuda.",
         "full": "The full CPU matrix (batches up to 64, channels_last); slow on 2 cores.",
@@ -70,24 +71,29 @@ def bench(
         PytestBenchOptions,
         console,
         new_results_dir,
+        print_ratio_table,
         pytest_argv,
-        ratio_table,
         write_summary,
     )
 
-    folder = (
-        Path(results).resolve()
-        if results
-        else new_results_dir(_results_root(c, "bench"))
-    )
+    folder = Path(results).resolve() if results else new_results_dir(_results_root(c, "bench"))
     folder.mkdir(parents=True, exist_ok=True)
     if quick:
         models, batches, max_time, min_rounds = "demo", batches or "1,4", 0.05, 1
         concurrency, level_duration, batch_size = "1,4", 1.0, 4
     opts = PytestBenchOptions(
-        results_dir=folder, device=device, full=full, compile=compile, models=models, batches=batches,
-        max_time=max_time, min_rounds=min_rounds, save=save, compare=compare, select=select,
-    )  # fmt: skip
+        results_dir=folder,
+        device=device,
+        full=full,
+        compile=compile,
+        models=models,
+        batches=batches,
+        max_time=max_time,
+        min_rounds=min_rounds,
+        save=save,
+        compare=compare,
+        select=select,
+    )
     from ops.benchmodels import ensure_demo_bundle
 
     ensure_demo_bundle()
@@ -96,25 +102,23 @@ def bench(
     c.run(command, echo=True, pty=False)
     measured: list[dict[str, Any]] = []
     if ratios and not c.config.run.dry:
-        devices = (
-            ["cpu"]
-            if device == "cpu"
-            else (["cuda"] if device == "cuda" else _auto_devices())
-        )
+        devices = ["cpu"] if device == "cpu" else (["cuda"] if device == "cuda" else _auto_devices())
         for ratio_device in devices:
             for model in [m for m in ratio_models.split(",") if m]:
                 cfg = benchratios.RatioConfig(
-                    model=model, device=ratio_device, batch_size=batch_size,
-                    concurrency=tuple(int(x) for x in concurrency.split(",")), level_duration_s=level_duration,
-                    overhead_requests=10 if quick else 50, model_only_min_time_s=0.2 if quick else 2.0,
-                )  # fmt: skip
+                    model=model,
+                    device=ratio_device,
+                    batch_size=batch_size,
+                    concurrency=tuple(int(x) for x in concurrency.split(",")),
+                    level_duration_s=level_duration,
+                    overhead_requests=10 if quick else 50,
+                    model_only_min_time_s=0.2 if quick else 2.0,
+                )
                 commands.append(f"ops.benchratios.measure({cfg})")
                 result = benchratios.measure(cfg, folder, echo=console.print)
                 measured.append(result.to_dict())
-        console.print(ratio_table(measured))
-    summary = write_summary(
-        folder, measured, commands=commands, title="Benchmark summary"
-    )
+        print_ratio_table(measured)
+    summary = write_summary(folder, measured, commands=commands, title="Benchmark summary")
     console.print(f"summary: {summary}")
 
 
@@ -143,12 +147,13 @@ def _service_context(url: str, model: str, log_path: Path) -> Any:
 
 @task(
     name="load",
+    auto_shortflags=False,
     help={
         "url": "Base URL of the image service (or a kubectl port-forward); empty: start a local one on 127.0.0.1.",
         "rate": "Requests per second (constant rate).",
         "duration": "Attack duration, vegeta syntax (10s, 1m).",
         "hist_buckets": "Histogram bucket bounds, vegeta syntax: 0,10ms,50ms,1s.",
-        "model": "Bundle for the local service: demo or resnet50.",
+        "model": "Bundle for the local service: demo, resnet50, or a bundle directory path.",
         "step": "Step mode: raise the rate from --start-rate until the p99 SLO or the success ratio breaks.",
         "start_rate": "Step mode: first rate.",
         "max_rate": "Step mode: highest rate tried.",
@@ -185,19 +190,11 @@ def load(
     d = _defaults(c, "load")
     rate = rate or float(d.get("rate", 20))
     duration = duration or str(d.get("duration", "10s"))
-    hist_buckets = hist_buckets or str(
-        d.get("hist_buckets", load_mod.DEFAULT_HIST_BUCKETS)
-    )
-    folder = (
-        Path(results).resolve()
-        if results
-        else _results_root(c, "load") / load_mod.timestamp()
-    )
+    hist_buckets = hist_buckets or str(d.get("hist_buckets", load_mod.DEFAULT_HIST_BUCKETS))
+    folder = Path(results).resolve() if results else _results_root(c, "load") / load_mod.timestamp()
     folder.mkdir(parents=True, exist_ok=True)
     if c.config.run.dry:
-        console.print(
-            f"would attack {url or 'a local image service'} at {rate:g} rps for {duration} into {folder}"
-        )
+        console.print(f"would attack {url or 'a local image service'} at {rate:g} rps for {duration} into {folder}")
         return
     with _service_context(url, model, folder / "service.log") as service:
         target = url or service.url
@@ -208,25 +205,23 @@ def load(
             hist_buckets=hist_buckets,
         )
         with load_mod.LoadSession(
-            plan, folder=folder, echo=lambda line: console.print(f"[dim]$ {line}[/dim]")
+            plan, folder=folder, echo=lambda line: console.print(f"$ {line}", style="dim", markup=False, soft_wrap=True)
         ) as session:
             if service is not None:
                 session.cpu_probe = service.cpu_seconds
             if not step:
                 result = session.constant(rate, duration)
-                console.print((folder / "report.txt").read_text())
-                console.print(
-                    f"results: {folder} (report.txt, report.json, hist.txt, plot.html)"
-                )
+                console.print((folder / "report.txt").read_text(), markup=False, highlight=False, soft_wrap=True)
+                console.print(f"results: {folder} (report.txt, report.json, hist.txt, plot.html)")
                 if result.success < 1.0:
-                    console.print(
-                        f"[yellow]success ratio {result.success:.2%}[/yellow]"
-                    )
+                    console.print(f"[yellow]success ratio {result.success:.2%}[/yellow]")
                 return
             rates = load_mod.step_rates(
-                start_rate or float(d.get("start_rate", 5)), factor or float(d.get("factor", 2)),
-                max_rate or float(d.get("max_rate", 320)), increment,
-            )  # fmt: skip
+                start_rate or float(d.get("start_rate", 5)),
+                factor or float(d.get("factor", 2)),
+                max_rate or float(d.get("max_rate", 320)),
+                increment,
+            )
             slo = slo_p99 or float(d.get("slo_p99_ms", 250))
 
             def report(res: load_mod.LoadResult, ok: bool) -> None:
@@ -235,9 +230,7 @@ def load(
                     f"{res.rate:>8g} rps  p99 {res.latency_ms['p99']:9.2f} ms  success {res.success:.2%}  {mark}"
                 )
 
-            run = session.step(
-                rates, duration, slo_p99_ms=slo, min_success=min_success, on_step=report
-            )
+            run = session.step(rates, duration, slo_p99_ms=slo, min_success=min_success, on_step=report)
             run.meta = {
                 "machine": _machine_line(machine_info()),
                 "model": model,
@@ -245,9 +238,7 @@ def load(
             }
             run.save(folder / "steps.json")
             best = run.sustainable()
-            console.print(
-                f"highest sustainable rate per pod: {best.rate if best else 0:g} rps (p99 <= {slo:g} ms)"
-            )
+            console.print(f"highest sustainable rate per pod: {best.rate if best else 0:g} rps (p99 <= {slo:g} ms)")
             console.print(f"results: {folder / 'steps.json'}")
 
 
@@ -258,6 +249,7 @@ def _machine_line(info: dict[str, Any]) -> str:
 
 @task(
     name="capacity",
+    auto_shortflags=False,
     help={
         "target_rps": "Peak requests per second the service must carry.",
         "slo_p99": "p99 latency SLO in milliseconds.",
@@ -294,10 +286,7 @@ def capacity(
     slo_p99 = slo_p99 or float(d.get("slo_p99_ms", 250))
     headroom = headroom if headroom >= 0 else float(d.get("headroom", 0.3))
     steps_path = Path(steps).resolve() if steps else None
-    if run_step or (
-        steps_path is None
-        and find_latest(_results_root(c, "load"), "steps.json") is None
-    ):
+    if run_step or (steps_path is None and find_latest(_results_root(c, "load"), "steps.json") is None):
         folder = _results_root(c, "load") / timestamp()
         load(
             c,
@@ -316,14 +305,15 @@ def capacity(
         )
     run = StepRun.load(steps_path)
     plan = cap.plan_capacity(
-        run, service=service, target_rps=target_rps, slo_p99_ms=slo_p99, headroom=headroom,
-        min_replicas=min_replicas, steps_file=str(steps_path),
-    )  # fmt: skip
-    out = (
-        Path(results).resolve()
-        if results
-        else _results_root(c, "capacity") / timestamp()
+        run,
+        service=service,
+        target_rps=target_rps,
+        slo_p99_ms=slo_p99,
+        headroom=headroom,
+        min_replicas=min_replicas,
+        steps_file=str(steps_path),
     )
+    out = Path(results).resolve() if results else _results_root(c, "capacity") / timestamp()
     written = cap.write_report(plan, run, out)
     console.print(
         json.dumps(
@@ -337,11 +327,12 @@ def capacity(
 
 
 @task(
+    auto_shortflags=False,
     help={
         "dest": "Folder to fill with wheels (created).",
         "python_versions": "Comma list of CPython versions the GPU machine may run (binary wheels per version).",
         "vegeta": "Also copy the vegeta binary into <dest>/bin (the ratio runner prefers it over httpx).",
-    }
+    },
 )
 def wheels(
     c: Context,
@@ -357,9 +348,7 @@ def wheels(
     pins = gpuwheels.pinned_requirements()
     requirements = folder / "requirements.txt"
     requirements.write_text(gpuwheels.requirements_text(pins))
-    for argv in gpuwheels.download_commands(
-        requirements, folder, python_versions.split(",")
-    ):
+    for argv in gpuwheels.download_commands(requirements, folder, python_versions.split(",")):
         c.run(shlex.join(argv), echo=True, pty=False)
     if vegeta and not c.config.run.dry:
         from ops.load import vegeta_path
@@ -383,5 +372,7 @@ def wheels(
 
 
 ns = Collection("bench")
+# `invoke bench` runs the collection's default task (a root task may not share the collection's name).
+ns.add_task(bench, default=True)
 ns.add_task(wheels)
-ROOT_TASKS = [bench, load, capacity]
+ROOT_TASKS = [load, capacity]
