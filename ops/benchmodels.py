@@ -162,6 +162,8 @@ def machine_info() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda_available": cuda_available(),
+        # A shared machine's load changes every number here; the summary states it.
+        "load_average_1m": round(os.getloadavg()[0], 2),
     }
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

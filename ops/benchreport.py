@@ -151,7 +151,8 @@ def ratio_table(ratios: Sequence[dict[str, Any]]) -> Table:
 
 def print_ratio_table(ratios: Sequence[dict[str, Any]]) -> None:
     """Print the ratio table; logs and pipes get a wide page instead of rich's 80-column default."""
-    console.print(ratio_table(ratios), width=None if console.is_terminal else 220)
+    wide = console if console.is_terminal else Console(width=220)  # rich caps print(width=) at the console's width
+    wide.print(ratio_table(ratios))
 
 
 def _md_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -193,6 +194,7 @@ def render_summary(
         f"| CPU | {machine.get('cpu', '?')} x {machine.get('cpu_count', '?')} |",
         f"| torch | {machine.get('torch', '?')} (CUDA runtime {machine.get('torch_cuda') or '-'}) |",
         f"| python | {machine.get('python', '?')} |",
+        f"| load average (1 min) at start | {machine.get('load_average_1m', '?')} |",
         "",
     ]
     if ratios:
