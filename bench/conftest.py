@@ -97,7 +97,7 @@ NO_CUDA = pytest.mark.skipif(not cuda_available(), reason="CUDA is not available
 
 
 def _param(value: Any, device: str, id_: str) -> Any:
-    return pytest.param(value, id=id_, marks=[NO_CUDA] if device == "cuda" else [])
+    return pytest.param(value, id=id_, marks=[pytest.mark.gpu, NO_CUDA] if device == "cuda" else [])
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
