@@ -4,8 +4,8 @@
 # Usage: bench/gpu/run.sh RESULTS_DIR [--device cuda|cpu] [--wheels DIR] [--quick]
 #   RESULTS_DIR  everything is written here: machine.txt, run.log, benchmarks.json, ratios-*.json, summary.md
 #   --device     cuda (default) or cpu (to test this script on a machine without a GPU)
-#   --wheels     folder from `invoke bench.wheels` (bench/gpu/wheels.txt lists them exactly); unpacked into
-#                RESULTS_DIR/.site and put first on PYTHONPATH. bin/vegeta in it, if present, drives the load.
+#   --wheels     folder from `invoke bench.wheels` (bench/gpu/wheels.txt lists them exactly); unpacked into a
+#                temporary folder put first on PYTHONPATH. bin/vegeta in it, if present, drives the load.
 #   --quick      a smaller matrix (CI / CPU check: seconds per stage, not minutes)
 #
 # Needs on the machine: python3 with torch, torchvision, pillow, httpx, prometheus-client, pytest-benchmark.
@@ -38,8 +38,10 @@ stage() { echo; echo "=== [$((SECONDS - START))s] $*"; }
 export PYTHONPATH="$REPO/services:$REPO${PYTHONPATH:+:$PYTHONPATH}"
 if [[ -n $WHEELS ]]; then
   stage "installing wheels from $WHEELS"
-  "$PYTHON" bench/gpu/install_wheels.py "$WHEELS" "$RESULTS/.site" --requirements bench/gpu/wheels.txt
-  export PYTHONPATH="$RESULTS/.site:$PYTHONPATH"
+  SITE=$(mktemp -d "${TMPDIR:-/tmp}/eks-bench-site.XXXXXX")
+  trap 'rm -rf "$SITE"' EXIT
+  "$PYTHON" bench/gpu/install_wheels.py "$WHEELS" "$SITE" --requirements bench/gpu/wheels.txt
+  export PYTHONPATH="$SITE:$PYTHONPATH"
   [[ -x $WHEELS/bin/vegeta ]] && export VEGETA="$WHEELS/bin/vegeta"
 fi
 export PYTHONDONTWRITEBYTECODE=1
@@ -84,7 +86,7 @@ fi
 stage "pytest-benchmark ($DEVICE)"
 BENCH_CMD=("$PYTHON" -m pytest bench -q -p no:cacheprovider "--rootdir=$REPO" "--bench-device=$DEVICE"
   "--benchmark-json=$RESULTS/benchmarks.json" --benchmark-columns=median,iqr,ops,rounds --benchmark-sort=name
-  "--benchmark-storage=$RESULTS/.benchmarks" --benchmark-autosave "${BENCH_ARGS[@]}")
+  "--benchmark-storage=file://$RESULTS/saved" --benchmark-autosave "${BENCH_ARGS[@]}")
 echo "+ ${BENCH_CMD[*]}"
 "${BENCH_CMD[@]}"
 
