@@ -22,13 +22,13 @@ SEED = 20261128
 
 IMAGE_DEMO = {
     "architecture": "shufflenet_v2_x0_5",
-    "input_size": 64,
-    "resize_size": 72,
-    "train_per_class": 400,
-    "test_per_class": 100,
-    "epochs": 6,
-    "batch_size": 64,
-    "lr": 3e-3,
+    "input_size": 32,
+    "resize_size": 36,
+    "train_per_class": 300,
+    "test_per_class": 125,
+    "epochs": 4,
+    "batch_size": 32,
+    "lr": 2e-3,
 }
 TEXT_DATA = REPO / "services" / "text_classifier" / "data" / "moderation.jsonl"
 TEXT_DEMO = {"test_fraction": 0.2, "epochs": 300, "lr": 0.05, "weight_decay": 1e-4}
@@ -105,9 +105,7 @@ def build_image_demo(out: Path, progress: Progress = log.info) -> dict[str, Any]
             return (x.float() / 255 - mean) / std
 
         network = build_network(str(cfg["architecture"]), len(LABELS))
-        optimizer = torch.optim.AdamW(network.parameters(), lr=float(cfg["lr"]))
-        steps = int(cfg["epochs"]) * -(-len(train_x) // int(cfg["batch_size"]))
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=float(cfg["lr"]), total_steps=steps)
+        optimizer = torch.optim.Adam(network.parameters(), lr=float(cfg["lr"]))
         generator = torch.Generator().manual_seed(SEED)
         for epoch in range(int(cfg["epochs"])):
             network.train()
@@ -122,7 +120,6 @@ def build_image_demo(out: Path, progress: Progress = log.info) -> dict[str, Any]
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-                schedule.step()
                 total += loss.item() * len(idx)
             progress(f"{out.name}: epoch {epoch + 1}/{cfg['epochs']} loss {total / len(order):.4f}")
         network.eval()

@@ -44,8 +44,10 @@ class ServingSettings(BaseSettings):
 
     model_uri: str = Field(description="Bundle location: a directory, or an http(s):// URL of a .tar.gz bundle.")
     model_sha256: str | None = Field(default=None, description="Required for URL bundles: sha256 of the archive.")
-    model_cache_dir: Path = Field(default=Path("/tmp/model-cache"),  # noqa: S108 - /tmp is the pod's writable emptyDir
-        description="Where URL bundles are unpacked.")
+    model_cache_dir: Path = Field(
+        default=Path("/tmp/model-cache"),  # noqa: S108 - /tmp is the pod's writable emptyDir
+        description="Where URL bundles are unpacked.",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
 

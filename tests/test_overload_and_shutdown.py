@@ -1,0 +1,82 @@
+"""Overload and shutdown on real processes: a full queue answers 503 + Retry-After at once; SIGTERM loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+import httpx
+
+from image_classifier.demo import render_sample
+from testkit import Server, encode
+
+JPEG = {"content-type": "image/jpeg"}
+
+
+async def test_full_queue_rejects_fast_with_retry_after(
+    image_server_factory: Callable[..., AbstractContextManager[Server]],
+) -> None:
+    # One slow batch at a time (big batches that wait long to fill) and a queue of 4: most of 40 requests must bounce.
+    with image_server_factory(MAX_BATCH_SIZE="4", MAX_WAIT_MS="1500", QUEUE_CAPACITY="4") as server:
+        image = encode(render_sample("circle", 1))
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+
+            async def one() -> tuple[int, float, str | None]:
+                start = time.monotonic()
+                response = await client.post("/v1/predict", content=image, headers=JPEG)
+                return response.status_code, time.monotonic() - start, response.headers.get("retry-after")
+
+            results = await asyncio.gather(*(one() for _ in range(40)))
+            metrics = (await client.get("/metrics")).text
+    rejected = [r for r in results if r[0] == 503]
+    served = [r for r in results if r[0] == 200]
+    assert rejected, "expected some requests to be refused"
+    assert served, "the queued requests must still be served"
+    assert len(rejected) + len(served) == 40
+    assert all(retry == "1" for _, _, retry in rejected)
+    assert max(elapsed for _, elapsed, _ in rejected) < 1.0, "a refusal must not wait for the queue"
+    assert 'image_classifier_rejected_total{reason="queue_full"}' in metrics
+
+
+async def test_request_past_its_deadline_gets_504(
+    image_server_factory: Callable[..., AbstractContextManager[Server]],
+) -> None:
+    with image_server_factory(MAX_BATCH_SIZE="64", MAX_WAIT_MS="3000", REQUEST_TIMEOUT_S="0.5") as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            response = await client.post("/v1/predict", content=encode(render_sample("cross", 2)), headers=JPEG)
+            assert response.status_code == 504
+            assert response.json()["error"]["code"] == "deadline_exceeded"
+            assert (await client.get("/readyz")).status_code == 200
+
+
+async def test_sigterm_finishes_accepted_requests_refuses_new_ones_and_exits_0(
+    image_server_factory: Callable[..., AbstractContextManager[Server]],
+) -> None:
+    # Batches wait up to 2.5 s to fill, so requests are in flight when SIGTERM arrives.
+    with image_server_factory(MAX_BATCH_SIZE="32", MAX_WAIT_MS="2500", DRAIN_TIMEOUT_S="20") as server:
+        labels = ["circle", "square", "triangle", "cross"] * 2
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            inflight = [
+                asyncio.ensure_future(
+                    client.post("/v1/predict", content=encode(render_sample(lbl, 300 + i)), headers=JPEG)
+                )
+                for i, lbl in enumerate(labels)
+            ]
+            await asyncio.sleep(0.8)
+            server.process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            ready = await client.get("/readyz")
+            refused = await client.post("/v1/predict", content=encode(render_sample("circle", 1)), headers=JPEG)
+            finished = await asyncio.gather(*inflight)
+        exit_code = await asyncio.to_thread(server.process.wait, 30)
+    assert ready.status_code == 503
+    assert ready.json() == {"status": "draining"}
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "draining"
+    assert [r.status_code for r in finished] == [200] * len(labels), [r.text for r in finished]
+    assert [r.json()["predictions"][0]["label"] for r in finished] == labels
+    assert exit_code == 0
+    assert "drained after" in server.log()
