@@ -438,6 +438,11 @@ def cpu_index_reachable(url: str, timeout_s: float = 5.0) -> bool:
         return False
 
 
+def base_requirements_path() -> Path:
+    """Where the requirements of the base being built go: one path for both bases, so they can share layers."""
+    return GENERATED_DIR / "base" / "requirements.txt"
+
+
 def write_requirements(base: Base) -> tuple[str, Path]:
     """Write the base's requirement file into the build context; returns (torch wheel source note, path)."""
     v = load_versions()
@@ -445,7 +450,7 @@ def write_requirements(base: Base) -> tuple[str, Path]:
     ensure_wheelhouse(export)
     blocks = split_requirements(export)
     GENERATED_DIR.mkdir(parents=True, exist_ok=True)
-    target = GENERATED_DIR / f"base-{base}" / "requirements.txt"
+    target = base_requirements_path()
     target.parent.mkdir(parents=True, exist_ok=True)
     source = f"pypi {v['pytorch']['wheel_variant']} wheels (locked in uv.lock, hash-checked)"
     text = render_requirements(blocks, base_packages())
@@ -548,20 +553,15 @@ def base_dockerfile(base: Base) -> Path:
 
 def base_ref(base: Base, offline: bool) -> str:
     """Full reference of the base image for the current inputs (without building it)."""
-    ref, _, _ = _base_plan(base, offline, write=False)
+    ref, _, _ = _base_plan(base, offline)
     return ref
 
 
-def _base_plan(base: Base, offline: bool, write: bool = True) -> tuple[str, dict[str, str], str]:
+def _base_plan(base: Base, offline: bool) -> tuple[str, dict[str, str], str]:
+    """The base's reference, build args and wheel-source note; writes its requirement file for the build."""
     os_ref = os_image(offline)
-    if write:
-        source, req = write_requirements(base)
-    else:
-        req = GENERATED_DIR / f"base-{base}" / "requirements.txt"
-        source = ""
-        if not req.is_file():
-            source, req = write_requirements(base)
-    args = base_build_args(base, os_ref, source or _source_from_file(req))
+    source, req = write_requirements(base)
+    args = base_build_args(base, os_ref, source)
     key = fingerprint(
         base_dockerfile(base).read_bytes(),
         (REPO_ROOT / "base-images" / "scripts" / "check_torch.py").read_bytes(),
@@ -571,9 +571,6 @@ def _base_plan(base: Base, offline: bool, write: bool = True) -> tuple[str, dict
     )
     return f"{base_repository(base)}:{base_version_tag()}-{key}", args, source
 
-
-def _source_from_file(req: Path) -> str:
-    return "pytorch-cpu-index" if "+cpu" in req.read_text() else "pypi"
 
 
 def build_base(base: Base, *, offline: bool, force: bool = False) -> BuildRecord:

@@ -23,6 +23,7 @@ from ops import images
 
 REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 180.0
+BUILD_TIMEOUT_S = 3600
 # The debootstrapped OS base works everywhere (Debian mirror only); set EKS_INFERENCE_IMAGES_OFFLINE=0 on a machine
 # that can pull debian:<release>-slim to test the upstream path instead.
 OFFLINE = os.environ.get("EKS_INFERENCE_IMAGES_OFFLINE", "1") != "0"
@@ -33,6 +34,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.containers)
+            # A cold run builds the torch base (several GB of wheels) inside the first test's fixtures.
+            item.add_marker(pytest.mark.timeout(BUILD_TIMEOUT_S))
 
 
 @pytest.fixture(scope="session")
