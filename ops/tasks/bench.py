@@ -94,14 +94,17 @@ def bench(
         compare=compare,
         select=select,
     )
-    from ops.benchmodels import ensure_demo_bundle
-
-    ensure_demo_bundle()
     command = shlex.join(pytest_argv(opts))
     commands = [command]
+    if c.config.run.dry:
+        c.run(command, echo=True, pty=False)
+        return
+    from ops.benchmodels import ensure_demo_bundle
+
+    ensure_demo_bundle()  # built once here, not inside a benchmark fixture
     c.run(command, echo=True, pty=False)
     measured: list[dict[str, Any]] = []
-    if ratios and not c.config.run.dry:
+    if ratios:
         devices = ["cpu"] if device == "cpu" else (["cuda"] if device == "cuda" else _auto_devices())
         for ratio_device in devices:
             for model in [m for m in ratio_models.split(",") if m]:
@@ -192,10 +195,10 @@ def load(
     duration = duration or str(d.get("duration", "10s"))
     hist_buckets = hist_buckets or str(d.get("hist_buckets", load_mod.DEFAULT_HIST_BUCKETS))
     folder = Path(results).resolve() if results else _results_root(c, "load") / load_mod.timestamp()
-    folder.mkdir(parents=True, exist_ok=True)
     if c.config.run.dry:
         console.print(f"would attack {url or 'a local image service'} at {rate:g} rps for {duration} into {folder}")
         return
+    folder.mkdir(parents=True, exist_ok=True)
     with _service_context(url, model, folder / "service.log") as service:
         target = url or service.url
         plan = load_mod.LoadPlan(
