@@ -26,7 +26,7 @@ IMAGE_DEMO = {
     "resize_size": 36,
     "train_per_class": 300,
     "test_per_class": 125,
-    "epochs": 4,
+    "epochs": 6,
     "batch_size": 32,
     "lr": 2e-3,
 }
