@@ -323,8 +323,15 @@ def _quantity(value: Any) -> float:
     """A Kubernetes quantity as a float (CPU in cores, memory in bytes)."""
     text = str(value)
     suffixes = {
-        "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
-        "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+        "m": 1e-3,
+        "k": 1e3,
+        "M": 1e6,
+        "G": 1e9,
+        "T": 1e12,
+        "Ki": 2**10,
+        "Mi": 2**20,
+        "Gi": 2**30,
+        "Ti": 2**40,
     }
     for suffix in sorted(suffixes, key=len, reverse=True):
         if text.endswith(suffix):
@@ -360,9 +367,7 @@ def fits_nodegroup(spec: Obj, group: Mapping[str, Any]) -> bool:
     if any(labels.get(k) != str(v) for k, v in spec.get("nodeSelector", {}).items()):
         return False
     required = (
-        spec.get("affinity", {})
-        .get("nodeAffinity", {})
-        .get("requiredDuringSchedulingIgnoredDuringExecution", {})
+        spec.get("affinity", {}).get("nodeAffinity", {}).get("requiredDuringSchedulingIgnoredDuringExecution", {})
     )
     terms = required.get("nodeSelectorTerms", [])
     if terms and not any(
@@ -393,7 +398,7 @@ def placement(objects: list[Obj], groups: list[dict[str, Any]] | None = None) ->
 
 def schema_version() -> str:
     """Kubernetes version whose schemas validate the overlays: [eks].kubernetes_minor, or the closest older."""
-    import kubernetes_validate.utils as kv  # type: ignore[import-untyped]
+    import kubernetes_validate.utils as kv
 
     wanted = versions()["eks"]["kubernetes_minor"]
     shipped = [v for v in kv.all_versions() if _minor_tuple(v) <= _minor_tuple(wanted)]
@@ -413,8 +418,8 @@ def schema_errors(objects: Iterable[Obj], kubernetes_version: str | None = None)
     Only core kinds are rendered by default. A CRD kind has no bundled schema, so it fails here
     until its schema is handled explicitly.
     """
-    import kubernetes_validate  # type: ignore[import-untyped]
-    import kubernetes_validate.utils as kv  # type: ignore[import-untyped]
+    import kubernetes_validate
+    import kubernetes_validate.utils as kv
 
     version = kubernetes_version or schema_version()
     errors: list[str] = []
@@ -522,8 +527,9 @@ def check_security_context(overlay: str, objects: list[Obj]) -> list[str]:
 
 def _tmp_is_emptydir(obj: Obj, spec: Obj, container: Obj) -> list[str]:
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    # The container's /tmp path is inspected, nothing is written to the host's /tmp.
     for mount in container.get("volumeMounts", []):
-        if mount["mountPath"] == "/tmp" and "emptyDir" in volumes.get(mount["name"], {}):
+        if mount["mountPath"] == "/tmp" and "emptyDir" in volumes.get(mount["name"], {}):  # noqa: S108
             return []
     return [f"{ref(obj)} container {container['name']}: /tmp must be an emptyDir mount (read-only root fs)"]
 
@@ -556,7 +562,9 @@ def check_gpu_isolation(overlay: str, objects: list[Obj]) -> list[str]:
     )
     for obj, spec in workloads(objects):
         requests_gpu = any(
-            GPU_RESOURCE in c.get("resources", {}).get(kind, {}) for c in containers(spec) for kind in ("requests", "limits")
+            GPU_RESOURCE in c.get("resources", {}).get(kind, {})
+            for c in containers(spec)
+            for kind in ("requests", "limits")
         )
         is_gpu_service = obj["kind"] == "Deployment" and obj["metadata"]["name"] == GPU_SERVICE
         if requests_gpu and not (is_gpu_service and is_eks(overlay)):
@@ -736,8 +744,10 @@ def check_service_shape(overlay: str, objects: list[Obj]) -> list[str]:
             continue
         dep = deps[0]
         spec = dep["spec"]["template"]["spec"]
-        for where, labels in (("metadata", dep["metadata"].get("labels", {})),
-                              ("pod template", dep["spec"]["template"]["metadata"].get("labels", {}))):
+        for where, labels in (
+            ("metadata", dep["metadata"].get("labels", {})),
+            ("pod template", dep["spec"]["template"]["metadata"].get("labels", {})),
+        ):
             for key in ("app.kubernetes.io/name", "app.kubernetes.io/part-of", "app.kubernetes.io/managed-by"):
                 if key not in labels:
                     out.append(f"{ref(dep)}: {where} lacks label {key}")
@@ -814,11 +824,7 @@ class OverlayReport:
     @property
     def ok(self) -> bool:
         """Rendered without warnings, schema-valid and policy-clean."""
-        return (
-            self.render_error is None
-            and not self.schema_errors
-            and not any(self.policy_violations.values())
-        )
+        return self.render_error is None and not self.schema_errors and not any(self.policy_violations.values())
 
 
 def validate_overlay(overlay: str, components: Iterable[str] = ()) -> OverlayReport:
@@ -864,8 +870,11 @@ def _workload_label(objects: list[Obj], obj: Obj, spec: Obj) -> str:
         parts.append("one pod per node")
     if obj["metadata"]["name"] == "cluster-autoscaler":
         parts.append("scales every node group's ASG")
-    gpus = [c["resources"]["limits"][GPU_RESOURCE] for c in containers(spec)
-            if GPU_RESOURCE in c.get("resources", {}).get("limits", {})]
+    gpus = [
+        c["resources"]["limits"][GPU_RESOURCE]
+        for c in containers(spec)
+        if GPU_RESOURCE in c.get("resources", {}).get("limits", {})
+    ]
     if gpus:
         parts.append(f"{gpus[0]}x {GPU_RESOURCE} each")
     return "<br/>".join(parts)
@@ -882,8 +891,7 @@ def mermaid(overlay: str = DIAGRAM_OVERLAY, objects: list[Obj] | None = None) ->
         taints = ", ".join(f"{t['key']}={t['value']}:{t['effect']}" for t in g.get("taints") or []) or "no taints"
         selector = "workload-class=" + str(g.get("labels", {}).get("workload-class", "?"))
         title = (
-            f"node group {g['name']}: {g['instanceType']}, {g['minSize']}-{g['maxSize']} nodes<br/>"
-            f"{selector}; {taints}"
+            f"node group {g['name']}: {g['instanceType']}, {g['minSize']}-{g['maxSize']} nodes<br/>{selector}; {taints}"
         )
         lines.append(f'  subgraph {_node_id(g["name"])}["{title}"]')
         for workload, fits in where.items():
@@ -929,9 +937,7 @@ def asg_node_template_tags(cluster_name: str = "<cluster-name>") -> dict[str, di
         group = {"k8s.io/cluster-autoscaler/enabled": "true", f"k8s.io/cluster-autoscaler/{cluster_name}": "owned"}
         group.update({f"{prefix}/label/{k}": str(v) for k, v in g.get("labels", {}).items()})
         group.update({f"{prefix}/taint/{t['key']}": f"{t['value']}:{t['effect']}" for t in g.get("taints") or []})
-        group.update(
-            {f"{prefix}/resources/{r}": str(v) for r, v in g.get("allocatable", {}).items() if "/" in r}
-        )
+        group.update({f"{prefix}/resources/{r}": str(v) for r, v in g.get("allocatable", {}).items() if "/" in r})
         tags[g["name"]] = group
     return tags
 
@@ -987,8 +993,7 @@ def write_doc_sections(doc: Path = DOC_PATH) -> list[str]:
 def inventory(objects: Iterable[Obj]) -> list[str]:
     """kind/name (namespace) of every object, in render order."""
     return [
-        f"{ref(o)}" + (f" ({o['metadata']['namespace']})" if o["metadata"].get("namespace") else "")
-        for o in objects
+        f"{ref(o)}" + (f" ({o['metadata']['namespace']})" if o["metadata"].get("namespace") else "") for o in objects
     ]
 
 

@@ -31,9 +31,7 @@ def render(
         if component:
             import yaml
 
-            text = yaml.safe_dump_all(
-                m.render_with_components(overlay, component), sort_keys=False
-            )
+            text = yaml.safe_dump_all(m.render_with_components(overlay, component), sort_keys=False)
         else:
             text = m.render_text(overlay)
     except m.ManifestError as exc:
@@ -52,38 +50,26 @@ def render(
         "optional": "Also validate eks-prod with each optional component (default on).",
     },
 )
-def validate(
-    c: Context, overlay: list[str] | None = None, optional: bool = True
-) -> None:
+def validate(c: Context, overlay: list[str] | None = None, optional: bool = True) -> None:
     """Render every overlay (no warnings allowed), validate schemas offline (strict), run the policies."""
     names = overlay or list(m.OVERLAYS)
     reports = [m.validate_overlay(name) for name in names]
     if optional and not overlay:
-        reports += [
-            m.validate_overlay("eks-prod", [comp]) for comp in m.OPTIONAL_COMPONENTS
-        ]
+        reports += [m.validate_overlay("eks-prod", [comp]) for comp in m.OPTIONAL_COMPONENTS]
     m.print_reports(reports, console)
     stale = m.stale_doc_sections() if not overlay else []
     for name in stale:
-        console.print(
-            f"[red]{m.DOC_PATH.name}: section {name} is stale; run `invoke manifests.diagram --write`[/]"
-        )
+        console.print(f"[red]{m.DOC_PATH.name}: section {name} is stale; run `invoke manifests.diagram --write`[/]")
     if stale or not all(r.ok for r in reports):
         raise Exit(code=1)
 
 
-@task(
-    help={
-        "write": f"Rewrite the generated sections (diagram, ASG tags) of {m.DOC_PATH.relative_to(m.REPO_ROOT)}."
-    }
-)
+@task(help={"write": f"Rewrite the generated sections (diagram, ASG tags) of {m.DOC_PATH.relative_to(m.REPO_ROOT)}."})
 def diagram(c: Context, write: bool = False) -> None:
     """Mermaid diagram of the node groups and the workloads each can run, drawn from the eks-prod overlay."""
     if write:
         changed = m.write_doc_sections()
-        console.print(
-            f"{m.DOC_PATH.relative_to(m.REPO_ROOT)}: {', '.join(changed) or 'already current'}"
-        )
+        console.print(f"{m.DOC_PATH.relative_to(m.REPO_ROOT)}: {', '.join(changed) or 'already current'}")
     else:
         print(m.mermaid(), end="")
 

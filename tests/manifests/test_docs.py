@@ -36,7 +36,8 @@ def test_diagram_puts_each_workload_in_its_node_group(rendered: dict[str, list[d
     for workload in ("Deployment image-classifier", "DaemonSet nvidia-device-plugin", "DaemonSet dcgm-exporter"):
         assert workload in blocks["gpu_t4"]
         assert workload not in blocks["cpu_general"]
-    assert "HPA 3-12 pods" in blocks["cpu_general"] and "HPA 2-4 pods" in blocks["gpu_t4"]
+    assert "HPA 3-12 pods" in blocks["cpu_general"]
+    assert "HPA 2-4 pods" in blocks["gpu_t4"]
 
 
 def test_gpu_group_scale_from_zero_tags() -> None:
@@ -49,7 +50,8 @@ def test_gpu_group_scale_from_zero_tags() -> None:
     # The autoscaler discovers exactly the tags its auto-discovery flag names.
     (ca,) = m.find(m.render("eks-prod"), "Deployment", "cluster-autoscaler")
     flags = ca["spec"]["template"]["spec"]["containers"][0]["command"]
-    assert "--node-group-auto-discovery=asg:tag=k8s.io/cluster-autoscaler/enabled,k8s.io/cluster-autoscaler/$(CLUSTER_NAME)" in flags
+    discovery = "asg:tag=k8s.io/cluster-autoscaler/enabled,k8s.io/cluster-autoscaler/$(CLUSTER_NAME)"
+    assert f"--node-group-auto-discovery={discovery}" in flags
 
 
 def test_cluster_name_reaches_the_autoscaler(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -60,4 +62,5 @@ def test_cluster_name_reaches_the_autoscaler(rendered: dict[str, list[dict[str, 
         (cm,) = m.find(rendered[overlay], "ConfigMap", cm_name)
         assert cm["data"]["CLUSTER_NAME"] == cluster
         (sa,) = m.find(rendered[overlay], "ServiceAccount", "cluster-autoscaler")
-        assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith(f"role/{cluster}-cluster-autoscaler")
+        role = sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+        assert role.endswith(f"role/{cluster}-cluster-autoscaler")

@@ -7,17 +7,24 @@ import re
 from typing import Any
 
 import pytest
-from serving.metrics import ServiceMetrics  # type: ignore[import-untyped]
 
 from ops import manifests as m
+from serving.metrics import ServiceMetrics
 
 Obj = dict[str, Any]
 NAMESPACE = "eks_inference"
 # Metrics the Datadog Agent's `dcgm` check submits from the exporter's default counters
 # (DataDog/integrations-core dcgm/metadata.csv).
 DCGM_METRICS = {
-    "dcgm.gpu_utilization", "dcgm.fb_used", "dcgm.fb_free", "dcgm.mem.copy_utilization",
-    "dcgm.power_usage", "dcgm.temperature", "dcgm.sm_clock", "dcgm.mem.clock", "dcgm.xid_errors",
+    "dcgm.gpu_utilization",
+    "dcgm.fb_used",
+    "dcgm.fb_free",
+    "dcgm.mem.copy_utilization",
+    "dcgm.power_usage",
+    "dcgm.temperature",
+    "dcgm.sm_clock",
+    "dcgm.mem.clock",
+    "dcgm.xid_errors",
 }
 REQUIRED_PANELS = {
     "GPU utilization": "dcgm.gpu_utilization",
@@ -63,7 +70,8 @@ def queries(widgets: list[Obj]) -> list[str]:
 def test_dashboard_is_a_datadog_dashboard_definition() -> None:
     d = dashboard()
     assert d["layout_type"] in ("ordered", "free")
-    assert d["title"] and d["widgets"]
+    assert d["title"]
+    assert d["widgets"]
     assert {v["name"] for v in d["template_variables"]} == {"kube_cluster_name", "kube_namespace"}
 
 

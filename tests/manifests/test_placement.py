@@ -78,7 +78,12 @@ def test_node_affinity_operators(expression: Obj, expected: bool) -> None:
     cpu = next(g for g in m.nodegroups() if g["role"] == "cpu")
     spec = {
         "containers": [],
-        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-            "nodeSelectorTerms": [{"matchExpressions": [expression]}]}}},
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [{"matchExpressions": [expression]}]
+                }
+            }
+        },
     }
     assert m.fits_nodegroup(spec, cpu) is expected

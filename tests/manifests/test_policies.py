@@ -101,11 +101,14 @@ def test_tmp_must_be_an_emptydir(fresh: Callable[[str], list[Obj]]) -> None:
     assert any("/tmp" in v for v in _violations("security-context", "local", objects))
 
 
-@pytest.mark.parametrize("image", [
-    "111122223333.dkr.ecr.us-east-1.amazonaws.com/eks-inference/image-classifier:latest",
-    "111122223333.dkr.ecr.us-east-1.amazonaws.com/eks-inference/image-classifier",
-    "eks-inference/image-classifier:dev",
-])
+@pytest.mark.parametrize(
+    "image",
+    [
+        "111122223333.dkr.ecr.us-east-1.amazonaws.com/eks-inference/image-classifier:latest",
+        "111122223333.dkr.ecr.us-east-1.amazonaws.com/eks-inference/image-classifier",
+        "eks-inference/image-classifier:dev",
+    ],
+)
 def test_latest_untagged_or_local_images_outside_local(fresh: Callable[[str], list[Obj]], image: str) -> None:
     objects = fresh("eks-prod")
     _container(objects, "Deployment", "image-classifier")["image"] = image
@@ -133,11 +136,14 @@ def test_cpu_workload_requesting_a_gpu(fresh: Callable[[str], list[Obj]]) -> Non
     ]
 
 
-@pytest.mark.parametrize("toleration", [
-    {"key": "nvidia.com/gpu", "operator": "Exists"},
-    {"operator": "Exists"},  # tolerates every taint
-    {"key": "nvidia.com/gpu", "operator": "Equal", "value": "true", "effect": "NoSchedule"},
-])
+@pytest.mark.parametrize(
+    "toleration",
+    [
+        {"key": "nvidia.com/gpu", "operator": "Exists"},
+        {"operator": "Exists"},  # tolerates every taint
+        {"key": "nvidia.com/gpu", "operator": "Equal", "value": "true", "effect": "NoSchedule"},
+    ],
+)
 def test_cpu_workload_tolerating_the_gpu_taint(fresh: Callable[[str], list[Obj]], toleration: Obj) -> None:
     objects = fresh("eks-prod")
     _pod(objects, "Deployment", "text-classifier")["tolerations"] = [toleration]
@@ -159,7 +165,8 @@ def test_gpu_service_without_gpu_in_eks(fresh: Callable[[str], list[Obj]]) -> No
 def test_gpu_affinity_must_list_the_supported_accelerators(fresh: Callable[[str], list[Obj]]) -> None:
     objects = fresh("eks-prod")
     terms = _pod(objects, "Deployment", "image-classifier")["affinity"]["nodeAffinity"][
-        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]["nodeSelectorTerms"]
     terms[0]["matchExpressions"][0]["values"].append("nvidia-tesla-k80")  # not built for (sm_37)
     _violations("gpu-isolation", "eks-prod", objects)
 
@@ -184,17 +191,21 @@ def test_cpu_workload_without_pool_affinity_could_land_on_gpu_nodes(fresh: Calla
 def test_gpu_affinity_nothing_matches(fresh: Callable[[str], list[Obj]]) -> None:
     objects = fresh("eks-prod")
     terms = _pod(objects, "Deployment", "image-classifier")["affinity"]["nodeAffinity"][
-        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]["nodeSelectorTerms"]
     terms[0]["matchExpressions"][0]["values"] = ["nvidia-a100"]
     assert "Deployment/image-classifier: fits no node group in nodegroups.yaml" in _violations(
         "node-pools", "eks-prod", objects
     )
 
 
-@pytest.mark.parametrize(("name", "image"), [
-    ("cluster-autoscaler", "registry.k8s.io/autoscaling/cluster-autoscaler:v1.33.2"),
-    ("dcgm-exporter", "nvcr.io/nvidia/k8s/dcgm-exporter:3.3.9-3.6.1-ubuntu22.04"),
-])
+@pytest.mark.parametrize(
+    ("name", "image"),
+    [
+        ("cluster-autoscaler", "registry.k8s.io/autoscaling/cluster-autoscaler:v1.33.2"),
+        ("dcgm-exporter", "nvcr.io/nvidia/k8s/dcgm-exporter:3.3.9-3.6.1-ubuntu22.04"),
+    ],
+)
 def test_addon_version_drift(fresh: Callable[[str], list[Obj]], name: str, image: str) -> None:
     objects = fresh("eks-staging")
     kind = "Deployment" if name == "cluster-autoscaler" else "DaemonSet"
@@ -210,8 +221,11 @@ def test_missing_addon_in_eks(fresh: Callable[[str], list[Obj]]) -> None:
 
 
 def test_multi_replica_deployment_without_pdb(fresh: Callable[[str], list[Obj]]) -> None:
-    objects = [o for o in fresh("eks-prod") if not (o["kind"] == "PodDisruptionBudget"
-                                                    and o["metadata"]["name"] == "text-classifier")]
+    objects = [
+        o
+        for o in fresh("eks-prod")
+        if not (o["kind"] == "PodDisruptionBudget" and o["metadata"]["name"] == "text-classifier")
+    ]
     assert _violations("disruption", "eks-prod", objects) == [
         "Deployment/text-classifier: runs up to 12 replicas but no PodDisruptionBudget selects it"
     ]
@@ -293,7 +307,7 @@ def test_zone_spread_that_blocks_scheduling(fresh: Callable[[str], list[Obj]]) -
 
 
 def test_local_with_an_hpa(fresh: Callable[[str], list[Obj]], rendered: dict[str, list[Obj]]) -> None:
-    objects = fresh("local") + [m.hpa_for(rendered["eks-prod"], "text-classifier") or {}]
+    objects = [*fresh("local"), m.hpa_for(rendered["eks-prod"], "text-classifier") or {}]
     assert "Deployment/text-classifier: local has no HPA or PDB" in _violations("service-shape", "local", objects)
 
 
@@ -323,7 +337,7 @@ def test_only_the_gpu_workload_requests_gpus(overlay: str, rendered: dict[str, l
         m.ref(obj)
         for obj, spec in m.workloads(rendered[overlay])
         for c in m.containers(spec)
-        if "nvidia.com/gpu" in c["resources"].get("limits", {}) or "nvidia.com/gpu" in c["resources"].get("requests", {})
+        if "nvidia.com/gpu" in {**c["resources"].get("limits", {}), **c["resources"].get("requests", {})}
     }
     assert requesting == (set() if overlay == "local" else {"Deployment/image-classifier"})
 

@@ -124,6 +124,9 @@ def test_the_venv_kubectl_renders_identically() -> None:
     for overlay in m.OVERLAYS:
         proc = subprocess.run(
             [str(kubectl), "kustomize", str(m.OVERLAYS_DIR / overlay)],
-            capture_output=True, text=True, check=True, timeout=120,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
         )
         assert proc.stdout == m.render_text(overlay), overlay

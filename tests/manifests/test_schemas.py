@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import kubernetes_validate.utils as kv  # type: ignore[import-untyped]
+import kubernetes_validate.utils as kv
 import pytest
 
 from ops import manifests as m
@@ -30,7 +30,8 @@ def test_an_unknown_field_fails_strict_validation(fresh: Callable[[str], list[Ob
     (dep,) = m.find(objects, "Deployment", "image-classifier")
     dep["spec"]["template"]["spec"]["containers"][0]["resource"] = {"limits": {"cpu": "1"}}  # typo of resources
     errors = m.schema_errors([dep])
-    assert len(errors) == 1 and "resource" in errors[0]
+    assert len(errors) == 1
+    assert "resource" in errors[0]
 
 
 def test_a_wrong_type_fails(fresh: Callable[[str], list[Obj]]) -> None:
@@ -47,4 +48,5 @@ def test_a_kind_without_a_bundled_schema_fails_explicitly() -> None:
         "spec": {"scaleTargetRef": {"name": "image-classifier"}},
     }
     (error,) = m.schema_errors([scaled_object])
-    assert "ScaledObject/image-classifier" in error and "CRD" in error
+    assert "ScaledObject/image-classifier" in error
+    assert "CRD" in error

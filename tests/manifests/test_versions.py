@@ -24,7 +24,9 @@ def test_addon_images_match_the_matrix(overlay: str, rendered: dict[str, list[Ob
     assert _image(objects, "DaemonSet", "nvidia-device-plugin") == (
         f"nvcr.io/nvidia/k8s-device-plugin:{addons['nvidia_device_plugin']}"
     )
-    assert _image(objects, "DaemonSet", "dcgm-exporter") == f"nvcr.io/nvidia/k8s/dcgm-exporter:{addons['dcgm_exporter']}"
+    assert _image(objects, "DaemonSet", "dcgm-exporter") == (
+        f"nvcr.io/nvidia/k8s/dcgm-exporter:{addons['dcgm_exporter']}"
+    )
     assert _image(objects, "Deployment", "cluster-autoscaler") == (
         f"registry.k8s.io/autoscaling/cluster-autoscaler:{addons['cluster_autoscaler']}"
     )
