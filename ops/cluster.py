@@ -63,9 +63,7 @@ def load_nodegroups(path: Path = NODEGROUPS_PATH) -> dict[str, NodeGroup]:
             capacity={k: str(v) for k, v in g["capacity"].items()},
             allocatable={k: str(v) for k, v in g["allocatable"].items()},
             labels={k: str(v) for k, v in g["labels"].items()},
-            taints=tuple(
-                {k: str(v) for k, v in t.items()} for t in g.get("taints") or ()
-            ),
+            taints=tuple({k: str(v) for k, v in t.items()} for t in g.get("taints") or ()),
         )
     return groups
 
@@ -95,14 +93,6 @@ def node_manifest(group: NodeGroup, index: int) -> dict[str, Any]:
         "status": {
             "capacity": dict(group.capacity),
             "allocatable": dict(group.allocatable),
-            "nodeInfo": {
-                "architecture": "amd64",
-                "operatingSystem": "linux",
-                "kubeletVersion": tools.load_manifest().tools["kube-apiserver"].version,
-                "kubeProxyVersion": "fake",
-                "containerRuntimeVersion": "kwok",
-                "osImage": f"simulated {group.instance_type}",
-            },
         },
     }
 
@@ -113,12 +103,8 @@ class SimCluster:
 
     name: str = "eks-sim"
     workdir: Path = field(default_factory=lambda: tools.cache_root() / "kwok")
-    kubeconfig: Path | None = (
-        None  # None: kwokctl's default ($KUBECONFIG or ~/.kube/config)
-    )
-    node_counts: dict[str, int] = field(
-        default_factory=lambda: {"cpu-general": 3, "gpu-t4": 3}
-    )
+    kubeconfig: Path | None = None  # None: kwokctl's default ($KUBECONFIG or ~/.kube/config)
+    node_counts: dict[str, int] = field(default_factory=lambda: {"cpu-general": 3, "gpu-t4": 3})
 
     @property
     def context(self) -> str:
@@ -133,9 +119,7 @@ class SimCluster:
             env["KUBECONFIG"] = str(self.kubeconfig)
         return env
 
-    def kubectl(
-        self, *args: str, input_text: str | None = None, check: bool = True
-    ) -> str:
+    def kubectl(self, *args: str, input_text: str | None = None, check: bool = True) -> str:
         """Run the pinned kubectl against this cluster's context."""
         cmd = [str(tools.ensure("kubectl")), "--context", self.context, *args]
         proc = subprocess.run(
@@ -153,10 +137,7 @@ class SimCluster:
 
     def stage_config(self) -> Path:
         """kwok stages from the kwok module itself (node heartbeat + pods become Ready/Running)."""
-        module = (
-            Path(tools.go_env()["GOMODCACHE"])
-            / f"sigs.k8s.io/kwok@{tools.load_manifest().tools['kwok'].version}"
-        )
+        module = Path(tools.go_env()["GOMODCACHE"]) / f"sigs.k8s.io/kwok@{tools.load_manifest().tools['kwok'].version}"
         stage_dirs = [
             module / "kustomize/stage/node/fast",
             module / "kustomize/stage/node/heartbeat-with-lease",
@@ -164,15 +145,9 @@ class SimCluster:
         ]
         docs = []
         for d in stage_dirs:
-            docs += [
-                p.read_text()
-                for p in sorted(d.glob("*.yaml"))
-                if p.name != "kustomization.yaml"
-            ]
+            docs += [p.read_text() for p in sorted(d.glob("*.yaml")) if p.name != "kustomization.yaml"]
         if not docs:
-            raise FileNotFoundError(
-                f"no kwok stage files under {module}; run `invoke tools.install -n kwok`"
-            )
+            raise FileNotFoundError(f"no kwok stage files under {module}; run `invoke tools.install -n kwok`")
         out = self.workdir / f"stages-{self.name}.yaml"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text("\n---\n".join(doc.strip() for doc in docs) + "\n")
@@ -215,11 +190,7 @@ class SimCluster:
 
     def nodes(self) -> list[dict[str, Any]]:
         groups = load_nodegroups()
-        return [
-            node_manifest(groups[g], i)
-            for g, count in self.node_counts.items()
-            for i in range(count)
-        ]
+        return [node_manifest(groups[g], i) for g, count in self.node_counts.items() for i in range(count)]
 
     def create_nodes(self) -> None:
         manifest = {"apiVersion": "v1", "kind": "List", "items": self.nodes()}
@@ -249,11 +220,7 @@ class SimCluster:
         for n in data["items"]:
             labels = n["metadata"].get("labels", {})
             ready = next(
-                (
-                    c["status"]
-                    for c in n["status"].get("conditions", [])
-                    if c["type"] == "Ready"
-                ),
+                (c["status"] for c in n["status"].get("conditions", []) if c["type"] == "Ready"),
                 "?",
             )
             rows.append(
@@ -267,9 +234,7 @@ class SimCluster:
         return rows
 
 
-def wait_until(
-    predicate: Any, timeout_s: float, interval_s: float = 0.5, what: str = "condition"
-) -> Any:
+def wait_until(predicate: Any, timeout_s: float, interval_s: float = 0.5, what: str = "condition") -> Any:
     """Poll predicate() until it returns something truthy; TimeoutError names `what`."""
     deadline = time.monotonic() + timeout_s
     while True:

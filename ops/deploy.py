@@ -57,9 +57,7 @@ class DeployResult:
 
 def overlay_dir(env: str) -> Path:
     if env not in OVERLAYS:
-        raise DeployRefused(
-            f"unknown env {env!r}; expected one of {', '.join(OVERLAYS)}"
-        )
+        raise DeployRefused(f"unknown env {env!r}; expected one of {', '.join(OVERLAYS)}")
     return REPO_ROOT / OVERLAYS[env]
 
 
@@ -70,9 +68,7 @@ def render(env: str) -> str:
         capture_output=True, text=True, check=False, timeout=120,
     )  # fmt: skip
     if proc.returncode != 0:
-        raise RuntimeError(
-            f"kustomize build {OVERLAYS[env]} failed: {proc.stderr.strip()}"
-        )
+        raise RuntimeError(f"kustomize build {OVERLAYS[env]} failed: {proc.stderr.strip()}")
     return proc.stdout
 
 
@@ -92,9 +88,7 @@ def workloads(rendered: str) -> list[Workload]:
     for doc in yaml.safe_load_all(rendered):
         if doc and doc.get("kind") in ROLLOUT_KINDS:
             meta = doc["metadata"]
-            out.append(
-                Workload(doc["kind"], meta["name"], meta.get("namespace", "default"))
-            )
+            out.append(Workload(doc["kind"], meta["name"], meta.get("namespace", "default")))
     return out
 
 
@@ -146,9 +140,7 @@ class Kubectl:
             check=False,
         )
         if proc.returncode not in ok_codes:
-            raise RuntimeError(
-                f"kubectl {' '.join(args)} failed (exit {proc.returncode}): {proc.stderr.strip()}"
-            )
+            raise RuntimeError(f"kubectl {' '.join(args)} failed (exit {proc.returncode}): {proc.stderr.strip()}")
         return proc
 
     def current_context(self) -> str:
@@ -181,9 +173,7 @@ def deploy(
     ctx = context or kubectl.current_context()
     kubectl.context = ctx
     check_context(env, ctx, parse_allowed(allowed_contexts.get(env, "")))
-    result = DeployResult(
-        env=env, context=ctx, dry_run=dry_run, workloads=workloads(rendered)
-    )
+    result = DeployResult(env=env, context=ctx, dry_run=dry_run, workloads=workloads(rendered))
     common = ["--server-side", f"--field-manager={FIELD_MANAGER}", "--force-conflicts"]
     first, rest = split_first(rendered)
     if dry_run:
@@ -194,17 +184,11 @@ def deploy(
         pending: list[dict[str, Any]] = []
         for doc in yaml.safe_load_all(rest):
             ns = (doc or {}).get("metadata", {}).get("namespace")
-            (pending if ns and f"namespace/{ns}" not in existing else diffable).append(
-                doc
-            )
+            (pending if ns and f"namespace/{ns}" not in existing else diffable).append(doc)
         diffs = []
         for part in (first, yaml.safe_dump_all(diffable)):
             if part.strip():
-                diffs.append(
-                    kubectl.run(
-                        "diff", *common, "-f", "-", input_text=part, ok_codes=(0, 1)
-                    ).stdout
-                )
+                diffs.append(kubectl.run("diff", *common, "-f", "-", input_text=part, ok_codes=(0, 1)).stdout)
         diffs += [
             f"+ {d['kind']}/{d['metadata']['name']} -n {d['metadata']['namespace']} (new; namespace not created yet)\n"
             for d in pending
@@ -233,15 +217,11 @@ def _ask(question: str) -> bool:
     from rich.prompt import Confirm
 
     if not os.isatty(0):
-        raise DeployRefused(
-            "prod deploy needs confirmation: run interactively or pass --yes"
-        )
+        raise DeployRefused("prod deploy needs confirmation: run interactively or pass --yes")
     return Confirm.ask(question, default=False)
 
 
-def status_rows(
-    kubectl: Kubectl, items: Sequence[Workload]
-) -> list[tuple[str, str, str, str]]:
+def status_rows(kubectl: Kubectl, items: Sequence[Workload]) -> list[tuple[str, str, str, str]]:
     rows = []
     for w in items:
         ready_path = (
@@ -250,9 +230,7 @@ def status_rows(
             else "{.status.readyReplicas}/{.status.replicas}"
         )
         jsonpath = f"jsonpath={ready_path} {{.spec.template.spec.containers[0].image}}"
-        out = kubectl.run(
-            "get", f"{w.kind.lower()}/{w.name}", "-n", w.namespace, "-o", jsonpath
-        ).stdout
+        out = kubectl.run("get", f"{w.kind.lower()}/{w.name}", "-n", w.namespace, "-o", jsonpath).stdout
         ready, _, image = out.partition(" ")
         rows.append((f"{w.kind}/{w.name}", w.namespace, ready, image))
     return rows

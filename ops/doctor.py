@@ -96,10 +96,7 @@ def gpu_checks() -> list[Check]:
             timeout=120,
             check=False,
         )
-        out = (
-            proc.stdout.strip()
-            or (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        )
+        out = proc.stdout.strip() or (proc.stderr.strip().splitlines() or ["no output"])[-1]
         checks.append(Check("torch CUDA", "available True" in out, out, False))
     except subprocess.TimeoutExpired:
         checks.append(Check("torch CUDA", False, "torch import timed out", False))
@@ -121,9 +118,7 @@ def run(require_docker: bool = True) -> bool:
             f"{mark}{st.name}[/]",
             st.pinned,
             st.found or "-",
-            st.source
-            if ok or st.source.startswith("cache")
-            else ("unavailable" if not st.required else st.source),
+            st.source if ok or st.source.startswith("cache") else ("unavailable" if not st.required else st.source),
             "yes" if st.required else "optional",
             "; ".join(st.notes) if not ok else "",
         )
@@ -134,16 +129,10 @@ def run(require_docker: bool = True) -> bool:
     for check in [docker_check(require_docker), *gpu_checks()]:
         if check.required and not check.ok:
             healthy = False
-        status = (
-            "[green]ok[/]"
-            if check.ok
-            else ("[red]missing[/]" if check.required else "[yellow]absent[/]")
-        )
+        status = "[green]ok[/]" if check.ok else ("[red]missing[/]" if check.required else "[yellow]absent[/]")
         other.add_row(check.name, status, check.detail)
     console.print(other)
     console.print(
-        "[green]doctor: all required tools present[/]"
-        if healthy
-        else "[red]doctor: something required is missing[/]"
+        "[green]doctor: all required tools present[/]" if healthy else "[red]doctor: something required is missing[/]"
     )
     return healthy

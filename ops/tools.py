@@ -76,9 +76,7 @@ class WrapperSpec:
     ldflags: tuple[str, ...]
 
     def fingerprint(self) -> str:
-        blob = json.dumps(
-            [self.require, self.replace, self.replace_version], sort_keys=True
-        )
+        blob = json.dumps([self.require, self.replace, self.replace_version], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -160,11 +158,7 @@ def load_manifest(path: Path = MANIFEST_PATH) -> Manifest:
             )
             if b
             else None,
-            download=DownloadSpec(
-                url=d["url"], sha256=d["sha256"], member=d.get("member")
-            )
-            if d
-            else None,
+            download=DownloadSpec(url=d["url"], sha256=d["sha256"], member=d.get("member")) if d else None,
         )
     return Manifest(
         tools=tools,
@@ -228,11 +222,7 @@ def go_env(manifest: Manifest | None = None) -> dict[str, str]:
     env.setdefault("GOCACHE", str(cache_root() / "go" / "build"))
     env["GOTOOLCHAIN"] = m.go_toolchain
     # -modcacherw: the module cache stays deletable with rm -rf; -trimpath: reproducible binaries.
-    env["GOFLAGS"] = " ".join(
-        f
-        for f in (env.get("GOFLAGS", ""), "-buildvcs=false", "-modcacherw", "-trimpath")
-        if f
-    )
+    env["GOFLAGS"] = " ".join(f for f in (env.get("GOFLAGS", ""), "-buildvcs=false", "-modcacherw", "-trimpath") if f)
     env["CGO_ENABLED"] = env.get("CGO_ENABLED", "0")
     return env
 
@@ -268,24 +258,18 @@ def download(spec: ToolSpec, dest: Path) -> None:
         raise ChecksumError("no upstream binary download is published")
     dl = spec.download
     if not dl.verified:
-        raise ChecksumError(
-            f"sha256 is {dl.sha256!r} in tools.toml; refusing to run an unverified download"
-        )
+        raise ChecksumError(f"sha256 is {dl.sha256!r} in tools.toml; refusing to run an unverified download")
     import httpx  # imported here: only this path needs it
 
     digest = hashlib.sha256()
     buf = io.BytesIO()
-    with httpx.stream(
-        "GET", dl.url, follow_redirects=True, timeout=DOWNLOAD_TIMEOUT_S
-    ) as resp:
+    with httpx.stream("GET", dl.url, follow_redirects=True, timeout=DOWNLOAD_TIMEOUT_S) as resp:
         resp.raise_for_status()
         for chunk in resp.iter_bytes():
             digest.update(chunk)
             buf.write(chunk)
     if digest.hexdigest() != dl.sha256:
-        raise ChecksumError(
-            f"sha256 mismatch for {dl.url}: got {digest.hexdigest()}, pinned {dl.sha256}"
-        )
+        raise ChecksumError(f"sha256 mismatch for {dl.url}: got {digest.hexdigest()}, pinned {dl.sha256}")
     payload = buf.getvalue()
     if dl.member:
         with tarfile.open(fileobj=io.BytesIO(payload), mode="r:gz") as tar:
@@ -398,9 +382,7 @@ def _prepare_wrapper(
     return wdir
 
 
-def build(
-    spec: ToolSpec, dest: Path, manifest: Manifest, progress: Progress | None = None
-) -> None:
+def build(spec: ToolSpec, dest: Path, manifest: Manifest, progress: Progress | None = None) -> None:
     """Build the tool from source through the Go module proxy into dest."""
     if spec.build is None:
         raise ToolError("no Go build recipe")
@@ -412,11 +394,7 @@ def build(
         if b.wrapper:
             wrapper = manifest.wrappers[b.wrapper]
             siblings = sorted(
-                {
-                    t.build.package
-                    for t in manifest.tools.values()
-                    if t.build and t.build.wrapper == b.wrapper
-                }
+                {t.build.package for t in manifest.tools.values() if t.build and t.build.wrapper == b.wrapper}
             )
             wdir = prepare_wrapper(wrapper, siblings, env, progress)
             flags = _ldflags([*wrapper.ldflags, *b.ldflags])
@@ -462,9 +440,7 @@ def _write_stamp(spec: ToolSpec, source: str, seconds: float) -> None:
     (tool_dir(spec) / UNAVAILABLE_NAME).unlink(missing_ok=True)
 
 
-def obtain(
-    name: str, manifest: Manifest | None = None, progress: Progress | None = None
-) -> ToolStatus:
+def obtain(name: str, manifest: Manifest | None = None, progress: Progress | None = None) -> ToolStatus:
     """Cache -> verified download -> Go build; returns the status with notes on every path tried."""
     with locked(f"tool-{name}"):
         return _obtain(name, manifest or load_manifest(), progress)
@@ -489,14 +465,12 @@ def _obtain(name: str, m: Manifest, progress: Progress | None) -> ToolStatus:
         except (ChecksumError, ToolError, OSError) as exc:
             status.notes.append(f"{source}: {_first_lines(str(exc))}")
             continue
-        except Exception as exc:  # noqa: BLE001 - an HTTP failure must fall through to the build path
+        except Exception as exc:  # an HTTP failure must fall through to the build path
             status.notes.append(f"{source}: {type(exc).__name__}: {exc}")
             continue
         found = found_version(spec, dest)
         if not versions_match(spec.version, found):
-            status.notes.append(
-                f"{source}: binary reports version {found!r}, pinned {spec.version}"
-            )
+            status.notes.append(f"{source}: binary reports version {found!r}, pinned {spec.version}")
             dest.unlink(missing_ok=True)
             continue
         status.seconds = time.monotonic() - started
@@ -523,11 +497,7 @@ def _now() -> str:
 
 def _first_lines(text: str, limit: int = 6) -> str:
     lines = [ln for ln in text.splitlines() if ln.strip()]
-    picked = [
-        ln
-        for ln in lines
-        if "403" in ln or "not available" in ln or "error" in ln.lower()
-    ] or lines
+    picked = [ln for ln in lines if "403" in ln or "not available" in ln or "error" in ln.lower()] or lines
     return " | ".join(picked[:limit])
 
 
@@ -546,9 +516,7 @@ def ensure(name: str) -> Path:
     with _progress() as progress:
         status = obtain(name, m, progress)
     if status.path is None:
-        raise ToolError(
-            f"{name} {status.pinned} could not be obtained: " + "; ".join(status.notes)
-        )
+        raise ToolError(f"{name} {status.pinned} could not be obtained: " + "; ".join(status.notes))
     return status.path
 
 
@@ -576,14 +544,10 @@ def install(names: Iterable[str] | None = None) -> list[ToolStatus]:
             status = obtain(name, m, progress)
             results.append(status)
             if status.path is not None:
-                progress.console.log(
-                    f"{name} {status.found}: {status.source} ({status.seconds:.1f}s)"
-                )
+                progress.console.log(f"{name} {status.found}: {status.source} ({status.seconds:.1f}s)")
             else:
                 level = "red" if status.required else "yellow"
-                progress.console.log(
-                    f"[{level}]{name} {status.pinned}: {status.source}[/] - {'; '.join(status.notes)}"
-                )
+                progress.console.log(f"[{level}]{name} {status.pinned}: {status.source}[/] - {'; '.join(status.notes)}")
             progress.advance(overall)
     return results
 

@@ -36,14 +36,10 @@ def test_every_tool_is_pinned_at_an_exact_version() -> None:
     assert set(manifest.tools) == expected
     for spec in manifest.tools.values():
         assert re.fullmatch(r"v\d+\.\d+\.\d+", spec.version), spec
-        assert spec.build is not None, (
-            f"{spec.name}: every tool needs the build-from-source path"
-        )
+        assert spec.build is not None, f"{spec.name}: every tool needs the build-from-source path"
         if spec.download is not None:
             assert spec.download.url.startswith("https://"), spec.name
-            assert spec.download.verified or spec.download.sha256 == tools.UNVERIFIED, (
-                spec.name
-            )
+            assert spec.download.verified or spec.download.sha256 == tools.UNVERIFIED, spec.name
 
 
 def test_kubernetes_versions_follow_the_compatibility_matrix() -> None:
@@ -52,16 +48,9 @@ def test_kubernetes_versions_follow_the_compatibility_matrix() -> None:
     for name in KUBE_TOOLS:
         assert manifest.tools[name].version.startswith(f"v{minor}."), name
     wrapper = manifest.wrappers["kubernetes"]
-    assert (
-        wrapper.require["k8s.io/kubernetes"] == manifest.tools["kube-apiserver"].version
-    )
-    assert wrapper.replace_version == "v0." + manifest.tools[
-        "kube-apiserver"
-    ].version.removeprefix("v1.")
-    assert (
-        manifest.tools["cluster-autoscaler"].version
-        == VERSIONS["addons"]["cluster_autoscaler"]
-    )
+    assert wrapper.require["k8s.io/kubernetes"] == manifest.tools["kube-apiserver"].version
+    assert wrapper.replace_version == "v0." + manifest.tools["kube-apiserver"].version.removeprefix("v1.")
+    assert manifest.tools["cluster-autoscaler"].version == VERSIONS["addons"]["cluster_autoscaler"]
     assert manifest.tools["cluster-autoscaler"].version.startswith(f"v{minor}.")
 
 
@@ -121,9 +110,7 @@ def fake_binary(version: str) -> bytes:
     return f"#!/bin/sh\necho 'faketool version {version}'\n".encode()
 
 
-def write_manifest(
-    path: Path, url: str, sha256: str, member: str | None = None, build: str = ""
-) -> tools.Manifest:
+def write_manifest(path: Path, url: str, sha256: str, member: str | None = None, build: str = "") -> tools.Manifest:
     member_line = f', member = "{member}"' if member else ""
     path.write_text(
         f"""
@@ -142,13 +129,9 @@ download = {{ url = "{url}", sha256 = "{sha256}"{member_line} }}
 # --- path 2: verified download -------------------------------------------------------------------------
 
 
-def test_unverified_download_is_refused_without_fetching(
-    upstream: _Upstream, cache_home: Path, tmp_path: Path
-) -> None:
+def test_unverified_download_is_refused_without_fetching(upstream: _Upstream, cache_home: Path, tmp_path: Path) -> None:
     (upstream.root / "faketool").write_bytes(fake_binary("v1.2.3"))
-    manifest = write_manifest(
-        tmp_path / "tools.toml", upstream.url("faketool"), tools.UNVERIFIED
-    )
+    manifest = write_manifest(tmp_path / "tools.toml", upstream.url("faketool"), tools.UNVERIFIED)
     status = tools.obtain("faketool", manifest)
     assert status.path is None
     assert upstream.requests == []
@@ -168,10 +151,7 @@ def test_verified_download_installs_then_the_cache_answers(
     )
     first = tools.obtain("faketool", manifest)
     assert (first.source, first.found) == ("download", "v1.2.3")
-    assert (
-        first.path
-        == cache_home / "eks-inference" / "tools" / "faketool" / "v1.2.3" / "faketool"
-    )
+    assert first.path == cache_home / "eks-inference" / "tools" / "faketool" / "v1.2.3" / "faketool"
     stamp = json.loads((first.path.parent / tools.STAMP_NAME).read_text())
     assert stamp["sha256"] == hashlib.sha256(payload).hexdigest()
     second = tools.obtain("faketool", manifest)
@@ -179,22 +159,17 @@ def test_verified_download_installs_then_the_cache_answers(
     assert len(upstream.requests) == 1
 
 
-def test_checksum_mismatch_installs_nothing(
-    upstream: _Upstream, cache_home: Path, tmp_path: Path
-) -> None:
+def test_checksum_mismatch_installs_nothing(upstream: _Upstream, cache_home: Path, tmp_path: Path) -> None:
     (upstream.root / "faketool").write_bytes(fake_binary("v1.2.3"))
-    manifest = write_manifest(
-        tmp_path / "tools.toml", upstream.url("faketool"), "0" * 64
-    )
+    manifest = write_manifest(tmp_path / "tools.toml", upstream.url("faketool"), "0" * 64)
     status = tools.obtain("faketool", manifest)
-    assert status.path is None and status.source == "missing"
+    assert status.path is None
+    assert status.source == "missing"
     assert any("sha256 mismatch" in note for note in status.notes)
     assert not tools.binary_path(manifest.tools["faketool"]).exists()
 
 
-def test_download_unpacks_the_pinned_member_of_a_tarball(
-    upstream: _Upstream, cache_home: Path, tmp_path: Path
-) -> None:
+def test_download_unpacks_the_pinned_member_of_a_tarball(upstream: _Upstream, cache_home: Path, tmp_path: Path) -> None:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         data = fake_binary("v1.2.3")
@@ -212,9 +187,7 @@ def test_download_unpacks_the_pinned_member_of_a_tarball(
     assert (status.source, status.found) == ("download", "v1.2.3")
 
 
-def test_a_binary_reporting_another_version_is_rejected(
-    upstream: _Upstream, cache_home: Path, tmp_path: Path
-) -> None:
+def test_a_binary_reporting_another_version_is_rejected(upstream: _Upstream, cache_home: Path, tmp_path: Path) -> None:
     payload = fake_binary("v9.9.9")
     (upstream.root / "faketool").write_bytes(payload)
     manifest = write_manifest(
@@ -234,14 +207,15 @@ def make_module_proxy(root: Path, module: str, version: str) -> None:
     """A GOPROXY=file:// tree serving one module with a main package that prints main.version."""
     files = {
         "go.mod": f"module {module}\n\ngo 1.22\n",
-        "main.go": 'package main\n\nimport "fmt"\n\nvar version = "dev"\n\nfunc main() { fmt.Println("faketool version", version) }\n',
+        "main.go": (
+            'package main\n\nimport "fmt"\n\nvar version = "dev"\n\n'
+            'func main() { fmt.Println("faketool version", version) }\n'
+        ),
     }
     vdir = root / module / "@v"
     vdir.mkdir(parents=True)
     (vdir / "list").write_text(version + "\n")
-    (vdir / f"{version}.info").write_text(
-        json.dumps({"Version": version, "Time": "2026-01-01T00:00:00Z"})
-    )
+    (vdir / f"{version}.info").write_text(json.dumps({"Version": version, "Time": "2026-01-01T00:00:00Z"}))
     (vdir / f"{version}.mod").write_text(files["go.mod"])
     with zipfile.ZipFile(vdir / f"{version}.zip", "w") as zf:
         for name, text in files.items():
@@ -259,14 +233,13 @@ def test_falls_through_to_a_go_build_when_the_download_is_unverified(
     monkeypatch.setenv("GOPROXY", (tmp_path / "goproxy").as_uri())
     monkeypatch.setenv("GOSUMDB", "off")
     build = f'build = {{ module = "{module}", package = "{module}", ldflags = ["-X main.version=v1.2.3"] }}'
-    manifest = write_manifest(
-        tmp_path / "tools.toml", upstream.url("faketool"), tools.UNVERIFIED, build=build
-    )
+    manifest = write_manifest(tmp_path / "tools.toml", upstream.url("faketool"), tools.UNVERIFIED, build=build)
     started = time.monotonic()
     status = tools.obtain("faketool", manifest)
     assert (status.source, status.found) == ("build", "v1.2.3"), status.notes
     assert upstream.requests == []  # the unverified download was never attempted
-    assert status.path is not None and status.path.read_bytes()[:4] == b"\x7fELF"
+    assert status.path is not None
+    assert status.path.read_bytes()[:4] == b"\x7fELF"
     assert time.monotonic() - started < 300
 
 
@@ -277,9 +250,7 @@ def test_a_module_the_proxy_refuses_is_reported_unavailable(
     (tmp_path / "goproxy").mkdir()
     monkeypatch.setenv("GOPROXY", (tmp_path / "goproxy").as_uri())
     monkeypatch.setenv("GOSUMDB", "off")
-    build = (
-        'build = { module = "example.test/absent", package = "example.test/absent" }'
-    )
+    build = 'build = { module = "example.test/absent", package = "example.test/absent" }'
     manifest = write_manifest(
         tmp_path / "tools.toml",
         "https://127.0.0.1:9/none",
@@ -289,11 +260,7 @@ def test_a_module_the_proxy_refuses_is_reported_unavailable(
     status = tools.obtain("faketool", manifest)
     assert status.path is None
     assert any(note.startswith("build:") for note in status.notes)
-    recorded = json.loads(
-        (
-            tools.tool_dir(manifest.tools["faketool"]) / tools.UNAVAILABLE_NAME
-        ).read_text()
-    )
+    recorded = json.loads((tools.tool_dir(manifest.tools["faketool"]) / tools.UNAVAILABLE_NAME).read_text())
     assert recorded["notes"] == status.notes
 
 
@@ -302,20 +269,12 @@ def test_a_module_the_proxy_refuses_is_reported_unavailable(
 
 def test_required_tools_are_installed_at_their_pinned_versions() -> None:
     by_name = {st.name: st for st in tools.statuses()}
-    missing = {
-        n: (st.found, st.source)
-        for n, st in by_name.items()
-        if st.required and not st.ok
-    }
+    missing = {n: (st.found, st.source) for n, st in by_name.items() if st.required and not st.ok}
     assert not missing, f"run `invoke tools.install`: {missing}"
-    assert tools.ensure("vegeta") == tools.binary_path(
-        tools.load_manifest().tools["vegeta"]
-    )
+    assert tools.ensure("vegeta") == tools.binary_path(tools.load_manifest().tools["vegeta"])
 
 
-def test_doctor_is_green_here_and_red_with_an_empty_cache(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_doctor_is_green_here_and_red_with_an_empty_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert doctor.run(require_docker=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert not doctor.run(require_docker=False)

@@ -11,9 +11,7 @@ from ops import cluster as cluster_mod
 from ops import deploy as deploy_mod
 
 
-def _sim(
-    c: Context, name: str | None, kubeconfig: str | None
-) -> cluster_mod.SimCluster:
+def _sim(c: Context, name: str | None, kubeconfig: str | None) -> cluster_mod.SimCluster:
     conf = c.config.get("cluster", {}).get("sim", {})
     return cluster_mod.SimCluster(
         name=name or conf.get("name", "eks-sim"),
@@ -49,9 +47,7 @@ def sim_up(c: Context, name: str | None = None, kubeconfig: str | None = None) -
         "kubeconfig": "Kubeconfig file holding its context.",
     }
 )
-def sim_down(
-    c: Context, name: str | None = None, kubeconfig: str | None = None
-) -> None:
+def sim_down(c: Context, name: str | None = None, kubeconfig: str | None = None) -> None:
     """Stop and delete the simulated cluster."""
     _sim(c, name, kubeconfig).down()
 

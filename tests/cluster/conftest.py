@@ -37,8 +37,5 @@ def node_roles(sim: SimCluster) -> dict[str, str]:
     """node name -> role (cpu|gpu), from nodegroups.yaml via the nodes the simulator created."""
     groups = load_nodegroups()
     return {
-        n["metadata"]["name"]: groups[
-            n["metadata"]["labels"]["eks.amazonaws.com/nodegroup"]
-        ].role
-        for n in sim.nodes()
+        n["metadata"]["name"]: groups[n["metadata"]["labels"]["eks.amazonaws.com/nodegroup"]].role for n in sim.nodes()
     }

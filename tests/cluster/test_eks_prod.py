@@ -30,9 +30,7 @@ class Api:
     """The kubernetes client, answering plain JSON dicts (the API's own field names)."""
 
     def __init__(self, sim: SimCluster) -> None:
-        api_client = config.new_client_from_config(
-            config_file=str(sim.kubeconfig), context=sim.context
-        )
+        api_client = config.new_client_from_config(config_file=str(sim.kubeconfig), context=sim.context)
         self.core = client.CoreV1Api(api_client)
         self.apps = client.AppsV1Api(api_client)
         self.policy = client.PolicyV1Api(api_client)
@@ -41,65 +39,37 @@ class Api:
     def _json(response: Any) -> Obj:
         return dict(json.loads(response.data))
 
-    def pods(
-        self, name: str, namespace: str = NAMESPACE, include_terminating: bool = False
-    ) -> list[Obj]:
+    def pods(self, name: str, namespace: str = NAMESPACE, include_terminating: bool = False) -> list[Obj]:
         resp = self.core.list_namespaced_pod(
             namespace,
             label_selector=f"app.kubernetes.io/name={name}",
             _preload_content=False,
         )
         pods = list(self._json(resp)["items"])
-        return (
-            pods
-            if include_terminating
-            else [p for p in pods if "deletionTimestamp" not in p["metadata"]]
-        )
+        return pods if include_terminating else [p for p in pods if "deletionTimestamp" not in p["metadata"]]
 
     def all_pods(self) -> list[Obj]:
-        return list(
-            self._json(self.core.list_pod_for_all_namespaces(_preload_content=False))[
-                "items"
-            ]
-        )
+        return list(self._json(self.core.list_pod_for_all_namespaces(_preload_content=False))["items"])
 
     def deployment(self, name: str) -> Obj:
-        return self._json(
-            self.apps.read_namespaced_deployment(
-                name, NAMESPACE, _preload_content=False
-            )
-        )
+        return self._json(self.apps.read_namespaced_deployment(name, NAMESPACE, _preload_content=False))
 
     def deployment_names(self) -> list[str]:
-        items = self._json(
-            self.apps.list_deployment_for_all_namespaces(_preload_content=False)
-        )["items"]
+        items = self._json(self.apps.list_deployment_for_all_namespaces(_preload_content=False))["items"]
         return sorted(d["metadata"]["name"] for d in items)
 
     def daemonset(self, name: str) -> Obj:
-        return self._json(
-            self.apps.read_namespaced_daemon_set(
-                name, "kube-system", _preload_content=False
-            )
-        )
+        return self._json(self.apps.read_namespaced_daemon_set(name, "kube-system", _preload_content=False))
 
     def pdb(self, name: str) -> Obj:
-        return self._json(
-            self.policy.read_namespaced_pod_disruption_budget(
-                name, NAMESPACE, _preload_content=False
-            )
-        )
+        return self._json(self.policy.read_namespaced_pod_disruption_budget(name, NAMESPACE, _preload_content=False))
 
     def scale(self, name: str, replicas: int) -> None:
-        self.apps.patch_namespaced_deployment_scale(
-            name, NAMESPACE, {"spec": {"replicas": replicas}}
-        )
+        self.apps.patch_namespaced_deployment_scale(name, NAMESPACE, {"spec": {"replicas": replicas}})
 
     def evict(self, pod: Obj) -> None:
         name = pod["metadata"]["name"]
-        body = client.V1Eviction(
-            metadata=client.V1ObjectMeta(name=name, namespace=NAMESPACE)
-        )
+        body = client.V1Eviction(metadata=client.V1ObjectMeta(name=name, namespace=NAMESPACE))
         self.core.create_namespaced_pod_eviction(name, NAMESPACE, body)
 
 
@@ -171,7 +141,8 @@ def wait_available(api: Api, name: str, replicas: int, timeout_s: float = 120) -
 
 
 def test_dry_run_shows_the_change_and_changes_nothing(prod: ProdDeploy) -> None:
-    assert GPU_SERVICE in prod.dry_run.diff and CPU_SERVICE in prod.dry_run.diff
+    assert GPU_SERVICE in prod.dry_run.diff
+    assert CPU_SERVICE in prod.dry_run.diff
     assert GPU_SERVICE not in prod.deployments_after_dry_run
     assert CPU_SERVICE not in prod.deployments_after_dry_run
 
@@ -190,25 +161,22 @@ def test_prod_deploy_rolls_out_every_workload(prod: ProdDeploy) -> None:
     ):
         assert name in rows, rows
         ready, _, desired = rows[name][2].partition("/")
-        assert ready == desired and int(desired) > 0, rows[name]
+        assert ready == desired, rows[name]
+        assert int(desired) > 0, rows[name]
     assert rows[f"Deployment/{GPU_SERVICE}"][1] == NAMESPACE
 
 
 # --- placement ---------------------------------------------------------------------------------------
 
 
-def test_gpu_service_pods_run_only_on_gpu_nodes(
-    prod: ProdDeploy, api: Api, node_roles: dict[str, str]
-) -> None:
+def test_gpu_service_pods_run_only_on_gpu_nodes(prod: ProdDeploy, api: Api, node_roles: dict[str, str]) -> None:
     pods = api.pods(GPU_SERVICE)
     assert len(pods) == 2
     assert {node_roles[p["spec"]["nodeName"]] for p in pods} == {"gpu"}
     assert {p["status"]["phase"] for p in pods} == {"Running"}
 
 
-def test_cpu_service_pods_run_only_on_cpu_nodes(
-    prod: ProdDeploy, api: Api, node_roles: dict[str, str]
-) -> None:
+def test_cpu_service_pods_run_only_on_cpu_nodes(prod: ProdDeploy, api: Api, node_roles: dict[str, str]) -> None:
     pods = api.pods(CPU_SERVICE)
     assert len(pods) == 3
     assert {node_roles[p["spec"]["nodeName"]] for p in pods} == {"cpu"}
@@ -221,26 +189,15 @@ def test_gpu_daemonsets_run_on_every_gpu_node_and_nowhere_else(
 ) -> None:
     gpu_nodes = {n for n, role in node_roles.items() if role == "gpu"}
     wait_until(
-        lambda: (
-            {p["spec"].get("nodeName") for p in api.pods(daemonset, "kube-system")}
-            == gpu_nodes
-        ),
+        lambda: {p["spec"].get("nodeName") for p in api.pods(daemonset, "kube-system")} == gpu_nodes,
         timeout_s=60,
         what=f"{daemonset} pods on exactly the GPU nodes",
     )
-    assert api.daemonset(daemonset)["status"]["desiredNumberScheduled"] == len(
-        gpu_nodes
-    )
+    assert api.daemonset(daemonset)["status"]["desiredNumberScheduled"] == len(gpu_nodes)
 
 
-def test_no_cpu_workload_tolerates_the_gpu_taint(
-    prod: ProdDeploy, api: Api, node_roles: dict[str, str]
-) -> None:
-    rendered = [
-        d
-        for d in yaml.safe_load_all(deploy.render("prod"))
-        if d and d["kind"] in deploy.ROLLOUT_KINDS
-    ]
+def test_no_cpu_workload_tolerates_the_gpu_taint(prod: ProdDeploy, api: Api, node_roles: dict[str, str]) -> None:
+    rendered = [d for d in yaml.safe_load_all(deploy.render("prod")) if d and d["kind"] in deploy.ROLLOUT_KINDS]
     cpu_workloads = []
     for obj in rendered:
         spec = obj["spec"]["template"]["spec"]
@@ -256,18 +213,14 @@ def test_no_cpu_workload_tolerates_the_gpu_taint(
             continue
         cpu_workloads.append(obj["metadata"]["name"])
         bad = [t for t in spec.get("tolerations") or [] if tolerates(t, GPU_TAINT)]
-        assert not bad, (
-            f"{obj['kind']}/{obj['metadata']['name']} tolerates the GPU taint: {bad}"
-        )
+        assert not bad, f"{obj['kind']}/{obj['metadata']['name']} tolerates the GPU taint: {bad}"
     assert CPU_SERVICE in cpu_workloads
     # The scheduler agrees: on GPU nodes run only the GPU service and the GPU add-ons.
     for pod in api.all_pods():
         node = pod["spec"].get("nodeName")
         if node and node_roles.get(node) == "gpu":
             name = pod["metadata"].get("labels", {}).get("app.kubernetes.io/name")
-            assert name in (GPU_SERVICE, *GPU_ADDONS), (
-                f"{pod['metadata']['name']} landed on GPU node {node}"
-            )
+            assert name in (GPU_SERVICE, *GPU_ADDONS), f"{pod['metadata']['name']} landed on GPU node {node}"
 
 
 # --- capacity ----------------------------------------------------------------------------------------
@@ -277,9 +230,7 @@ def test_scaling_the_gpu_service_past_gpu_capacity_leaves_pods_pending(
     prod: ProdDeploy, api: Api, node_roles: dict[str, str]
 ) -> None:
     gpu_nodes = sum(1 for role in node_roles.values() if role == "gpu")
-    api.scale(
-        GPU_SERVICE, gpu_nodes + 1
-    )  # 4 = also the HPA's maxReplicas, so the HPA leaves it alone
+    api.scale(GPU_SERVICE, gpu_nodes + 1)  # 4 = also the HPA's maxReplicas, so the HPA leaves it alone
     try:
 
         def unschedulable() -> list[str]:
@@ -309,9 +260,7 @@ def max_unavailable(deployment: Obj) -> int:
     value = deployment["spec"]["strategy"]["rollingUpdate"].get("maxUnavailable", "25%")
     replicas = int(deployment["spec"]["replicas"])
     if isinstance(value, str) and value.endswith("%"):
-        return int(
-            replicas * int(value[:-1]) / 100
-        )  # Kubernetes rounds maxUnavailable down
+        return int(replicas * int(value[:-1]) / 100)  # Kubernetes rounds maxUnavailable down
     return int(value)
 
 
@@ -332,9 +281,7 @@ class AvailabilityWatch:
             field_selector=f"metadata.name={self.name}",
             timeout_seconds=180,
         ):
-            self.seen.append(
-                event["raw_object"].get("status", {}).get("availableReplicas", 0)
-            )
+            self.seen.append(event["raw_object"].get("status", {}).get("availableReplicas", 0))
             if self.stop.is_set():
                 w.stop()
 
@@ -355,22 +302,12 @@ class AvailabilityWatch:
 
 
 @pytest.mark.parametrize("name", [GPU_SERVICE, CPU_SERVICE])
-def test_changing_the_image_tag_rolls_out_within_max_unavailable(
-    prod: ProdDeploy, api: Api, name: str
-) -> None:
+def test_changing_the_image_tag_rolls_out_within_max_unavailable(prod: ProdDeploy, api: Api, name: str) -> None:
     before = api.deployment(name)
     replicas, budget = int(before["spec"]["replicas"]), max_unavailable(before)
     container = before["spec"]["template"]["spec"]["containers"][0]
     new_image = container["image"].rsplit(":", 1)[0] + ":0.1.1-rollout-test"
-    patch = {
-        "spec": {
-            "template": {
-                "spec": {
-                    "containers": [{"name": container["name"], "image": new_image}]
-                }
-            }
-        }
-    }
+    patch = {"spec": {"template": {"spec": {"containers": [{"name": container["name"], "image": new_image}]}}}}
     with AvailabilityWatch(api, name) as observed:
         api.apps.patch_namespaced_deployment(name, NAMESPACE, patch)
         wait_available(api, name, replicas, timeout_s=180)
@@ -407,13 +344,9 @@ def test_the_pdb_blocks_an_eviction_that_would_break_it(
 
     def one_disruption_allowed() -> bool:
         status = api.pdb(GPU_SERVICE).get("status", {})
-        return (
-            status.get("currentHealthy") == 2 and status.get("disruptionsAllowed") == 1
-        )
+        return status.get("currentHealthy") == 2 and status.get("disruptionsAllowed") == 1
 
-    wait_until(
-        one_disruption_allowed, 60, what="the PDB to allow exactly one disruption"
-    )
+    wait_until(one_disruption_allowed, 60, what="the PDB to allow exactly one disruption")
     first, second = sorted(api.pods(GPU_SERVICE), key=lambda p: p["metadata"]["name"])
     api.evict(first)  # allowed: 2 healthy, minAvailable 1
     with pytest.raises(ApiException) as refused:
