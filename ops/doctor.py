@@ -120,7 +120,7 @@ def run(require_docker: bool = True) -> bool:
             st.found or "-",
             st.source if ok or st.source.startswith("cache") else ("unavailable" if not st.required else st.source),
             "yes" if st.required else "optional",
-            "; ".join(st.notes) if not ok else "",
+            tools.summarize(st.notes) if not ok else "",
         )
     console.print(table)
     other = Table(title="environment")

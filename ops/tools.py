@@ -501,6 +501,21 @@ def _first_lines(text: str, limit: int = 6) -> str:
     return " | ".join(picked[:limit])
 
 
+def summarize(notes: list[str]) -> str:
+    """One short line per path tried, for tables (`doctor`, `tools.list`)."""
+    short = []
+    for note in notes:
+        path, _, detail = note.partition(": ")
+        if "403" in detail or "not available" in detail:
+            detail = "Go module proxy: 403, module not available"
+        elif "unverified" in detail:
+            detail = "sha256 unverified, refused"
+        elif path == "checked":
+            continue
+        short.append(f"{path}: {detail[:80]}" if detail else path[:80])
+    return "; ".join(short)
+
+
 def _proxy_refused(notes: list[str]) -> bool:
     return any("403" in n or "not available" in n for n in notes)
 

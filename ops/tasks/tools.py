@@ -39,7 +39,7 @@ def list_(c: Context) -> None:
             st.name,
             st.pinned,
             st.source,
-            str(st.path) if st.path else "; ".join(st.notes) or "-",
+            str(st.path) if st.path else tools_mod.summarize(st.notes) or "-",
         )
     tools_mod.console.print(table)
 
