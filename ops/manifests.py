@@ -534,6 +534,11 @@ def _tmp_is_emptydir(obj: Obj, spec: Obj, container: Obj) -> list[str]:
     return [f"{ref(obj)} container {container['name']}: /tmp must be an emptyDir mount (read-only root fs)"]
 
 
+def service_base(name: str, overlay: str) -> str:
+    """Which image build (`invoke images.build` base) a service runs in an overlay: cuda or cpu."""
+    return "cuda" if name == GPU_SERVICE and is_eks(overlay) else "cpu"
+
+
 @policy("image-tags")
 def check_image_tags(overlay: str, objects: list[Obj]) -> list[str]:
     """Every image has a tag or digest; outside `local` never `latest`, and services come from ECR."""
@@ -549,6 +554,9 @@ def check_image_tags(overlay: str, objects: list[Obj]) -> list[str]:
                 r"^\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com/eks-inference/" + re.escape(c["name"]) + ":", image
             ):
                 out.append(f"{ref(obj)} container {c['name']}: image {image} is not the ECR eks-inference image")
+            base = service_base(c["name"], overlay)
+            if c["name"] in SERVICES and not str(tag).endswith(f"-{base}"):
+                out.append(f"{ref(obj)} container {c['name']}: tag {tag} should be the -{base} build")
     return out
 
 
@@ -776,8 +784,8 @@ def check_service_shape(overlay: str, objects: list[Obj]) -> list[str]:
                 out.append(f"{ref(dep)}: local runs one replica")
             if hpa_for(objects, name) or pdbs_for(objects, dep):
                 out.append(f"{ref(dep)}: local has no HPA or PDB")
-            if c["image"] != f"eks-inference/{name}:dev":
-                out.append(f"{ref(dep)}: local image should be eks-inference/{name}:dev, is {c['image']}")
+            if c["image"] != f"eks-inference/{name}:dev-cpu":
+                out.append(f"{ref(dep)}: local image should be eks-inference/{name}:dev-cpu, is {c['image']}")
         elif hpa_for(objects, name) is None:
             out.append(f"{ref(dep)}: EKS overlays scale it with an HPA")
     return out

@@ -106,7 +106,8 @@ def test_tmp_must_be_an_emptydir(fresh: Callable[[str], list[Obj]]) -> None:
     [
         "111122223333.dkr.ecr.us-east-1.amazonaws.com/eks-inference/image-classifier:latest",
         "111122223333.dkr.ecr.us-east-1.amazonaws.com/eks-inference/image-classifier",
-        "eks-inference/image-classifier:dev",
+        "eks-inference/image-classifier:dev-cpu",
+        "111122223333.dkr.ecr.us-east-1.amazonaws.com/eks-inference/image-classifier:0.1.0-cpu",  # not the CUDA build
     ],
 )
 def test_latest_untagged_or_local_images_outside_local(fresh: Callable[[str], list[Obj]], image: str) -> None:

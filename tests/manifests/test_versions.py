@@ -42,12 +42,15 @@ def test_service_images_are_pinned_release_tags(overlay: str, rendered: dict[str
     for name in m.SERVICES:
         image = _image(rendered[overlay], "Deployment", name)
         assert image.startswith(f"111122223333.dkr.ecr.us-east-1.amazonaws.com/eks-inference/{name}:")
-        assert m.image_tag(image) not in (None, "latest", "dev")
+        tag = m.image_tag(image)
+        assert tag is not None
+        assert tag.startswith(("0.", "1.", "2."))
+        assert tag.endswith("-cuda" if name == "image-classifier" else "-cpu")
 
 
 def test_local_uses_the_tilt_image_names(rendered: dict[str, list[Obj]]) -> None:
     for name in m.SERVICES:
-        assert _image(rendered["local"], "Deployment", name) == f"eks-inference/{name}:dev"
+        assert _image(rendered["local"], "Deployment", name) == f"eks-inference/{name}:dev-cpu"
 
 
 @pytest.mark.parametrize("overlay", m.EKS_OVERLAYS)
