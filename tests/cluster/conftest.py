@@ -1,4 +1,4 @@
-"""Session fixtures: a real simulated EKS control plane (kwokctl --runtime binary) and the prod overlay on it."""
+"""Session fixtures: a real simulated EKS control plane (kwokctl --runtime binary) and its node roles."""
 
 from __future__ import annotations
 
@@ -7,12 +7,6 @@ from collections.abc import Iterator
 import pytest
 
 from ops.cluster import SimCluster, load_nodegroups
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/cluster/" in str(item.fspath):
-            item.add_marker(pytest.mark.cluster)
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,8 @@ from kubernetes.client.exceptions import ApiException
 from ops import deploy
 from ops.cluster import SimCluster, wait_until
 
+pytestmark = pytest.mark.cluster
+
 NAMESPACE = "inference"
 GPU_SERVICE = "image-classifier"
 CPU_SERVICE = "text-classifier"

@@ -8,6 +8,8 @@ import yaml
 from ops import deploy
 from ops.cluster import SimCluster
 
+pytestmark = pytest.mark.cluster
+
 
 @pytest.mark.parametrize("env", sorted(deploy.OVERLAYS))
 def test_overlay_renders_and_passes_a_server_side_dry_run(sim: SimCluster, env: str) -> None:
