@@ -605,10 +605,10 @@ def build_service(name: str, base: Base, *, offline: bool, models_dir: Path | No
     write_service_requirements(spec)
     ref = f"{spec.repository}:{service_tag(base)}"
     args = {"BASE_IMAGE": base_record.image, "WHEELHOUSE_URL": wheelhouse_url()}
-    before = image_id(ref) if image_exists(ref) else None
+    known = set(run(["docker", "images", "--all", "--quiet", "--no-trunc"], capture=True, quiet=True).split())
     with serve_wheelhouse():
         seconds = docker_build(spec.dockerfile, [ref, f"{spec.repository}:dev-{base}"], args)
-    cached = before == image_id(ref)  # every layer came from the cache: not a build time worth recording
+    cached = image_id(ref) in known  # every layer came from the cache: not a build time worth recording
     record = BuildRecord(
         ref, f"service-{name}-{base}", seconds, cached, image_size(ref), [f"FROM {base_record.image}"]
     )

@@ -144,12 +144,13 @@ def _run_service(image: str, name: str, env: dict[str, str] | None = None) -> It
         .with_kwargs(
             network_mode="host",
             read_only=True,
-            tmpfs={"/tmp": "rw,nosuid,nodev,size=512m"},
             cpu_quota=100_000,
             cpu_period=100_000,
             mem_limit="3g",
         )
     )
+    # The pod's emptyDir; the dict holds docker's tmpfs mount options.
+    container.tmpfs["/tmp"] = "rw,nosuid,nodev,size=512m"
     for key, value in (env or {}).items():
         container = container.with_env(key, value)
     started = time.monotonic()
