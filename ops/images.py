@@ -530,9 +530,11 @@ def serve_wheelhouse(directory: Path = WHEELHOUSE_DIR, port: int | None = None) 
 # docker build
 
 
-def docker_build(dockerfile: Path, tags: list[str], build_args: dict[str, str]) -> float:
+def docker_build(dockerfile: Path, tags: list[str], build_args: dict[str, str], *, no_cache: bool = False) -> float:
     """Legacy-builder `docker build` from the repo root (whitelisted by .dockerignore); returns seconds."""
     cmd = ["nice", "-n", "19", "docker", "build", "--network", "host", "-f", str(dockerfile.relative_to(REPO_ROOT))]
+    if no_cache:
+        cmd.append("--no-cache")
     for tag in tags:
         cmd += ["-t", tag]
     for k, val in build_args.items():
@@ -593,7 +595,9 @@ def service_tag(base: Base) -> str:
     return f"{git_tag()}-{base}"
 
 
-def build_service(name: str, base: Base, *, offline: bool, models_dir: Path | None = None) -> BuildRecord:
+def build_service(
+    name: str, base: Base, *, offline: bool, models_dir: Path | None = None, no_cache: bool = False
+) -> BuildRecord:
     """Build one service image FROM its base; dependencies first, then the bundle, then the code."""
     spec = SERVICES[name]
     base_record = build_base(base, offline=offline)
@@ -607,7 +611,7 @@ def build_service(name: str, base: Base, *, offline: bool, models_dir: Path | No
     args = {"BASE_IMAGE": base_record.image, "WHEELHOUSE_URL": wheelhouse_url()}
     known = set(run(["docker", "images", "--all", "--quiet", "--no-trunc"], capture=True, quiet=True).split())
     with serve_wheelhouse():
-        seconds = docker_build(spec.dockerfile, [ref, f"{spec.repository}:dev-{base}"], args)
+        seconds = docker_build(spec.dockerfile, [ref, f"{spec.repository}:dev-{base}"], args, no_cache=no_cache)
     cached = image_id(ref) in known  # every layer came from the cache: not a build time worth recording
     record = BuildRecord(
         ref, f"service-{name}-{base}", seconds, cached, image_size(ref), [f"FROM {base_record.image}"]
@@ -617,13 +621,15 @@ def build_service(name: str, base: Base, *, offline: bool, models_dir: Path | No
     return record
 
 
-def build(services: Iterable[str], bases: Iterable[Base], *, offline: bool) -> list[BuildRecord]:
+def build(
+    services: Iterable[str], bases: Iterable[Base], *, offline: bool, no_cache: bool = False
+) -> list[BuildRecord]:
     """Build each base, then each service on each base."""
     records: list[BuildRecord] = []
     for base in bases:
         records.append(build_base(base, offline=offline))
         for name in services:
-            records.append(build_service(name, base, offline=offline))
+            records.append(build_service(name, base, offline=offline, no_cache=no_cache))
     return records
 
 

@@ -38,6 +38,7 @@ def base(c: Context, offline: bool | None = None, force: bool = False) -> None:
         "base": "Base flavour (repeatable): cpu or cuda; default cpu.",
         "offline": "Use the debootstrapped OS base instead of the upstream image (default from invoke.yaml).",
         "bases_only": "Build only the torch base images, no service images.",
+        "no_cache": "Rebuild the service layers without the layer cache (bases are still reused when unchanged).",
     },
 )
 def build(
@@ -46,6 +47,7 @@ def build(
     base: list[str] | None = None,
     offline: bool | None = None,
     bases_only: bool = False,
+    no_cache: bool = False,
 ) -> None:
     """Build the torch base(s) and service image(s) with tags from versions.toml and the git commit."""
     services = service or list(images_mod.SERVICES)
@@ -59,12 +61,13 @@ def build(
             [] if bases_only else services,
             [cast(images_mod.Base, b) for b in bases],
             offline=_offline(c, offline),
+            no_cache=no_cache,
         )
     except images_mod.ImageError as exc:
         raise Exit(str(exc), code=1) from exc
     for r in records:
-        how = "cached" if r.cached else f"{r.seconds:6.0f}s"
-        images_mod.console.print(f"{r.image:80} {r.size_bytes / 1e9:6.2f} GB  {how}")
+        how = "cached" if r.cached else f"{r.seconds:6.1f}s"
+        images_mod.console.print(f"{r.image:72} {r.size_bytes / 1e9:6.2f} GB  {how}")
 
 
 @task()
