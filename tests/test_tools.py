@@ -54,6 +54,15 @@ def test_kubernetes_versions_follow_the_compatibility_matrix() -> None:
     assert manifest.tools["cluster-autoscaler"].version.startswith(f"v{minor}.")
 
 
+def test_the_kubernetes_wrapper_replaces_exactly_the_staging_modules() -> None:
+    """The replace list must track k8s.io/kubernetes' own go.mod (read from the module cache tools.install filled)."""
+    manifest = tools.load_manifest()
+    version = manifest.wrappers["kubernetes"].require["k8s.io/kubernetes"]
+    gomod = Path(tools.go_env()["GOMODCACHE"]) / "cache/download/k8s.io/kubernetes/@v" / f"{version}.mod"
+    staging = {line.split()[0] for line in gomod.read_text().splitlines() if "=> ./staging/" in line}
+    assert staging == set(manifest.wrappers["kubernetes"].replace)
+
+
 def test_only_tilt_and_cluster_autoscaler_are_optional() -> None:
     manifest = tools.load_manifest()
     assert {n for n, s in manifest.tools.items() if not s.required} == OPTIONAL
