@@ -52,7 +52,7 @@ class ServingSettings(BaseSettings):
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
 
     max_batch_size: int = Field(default=16, ge=1, le=1024, description="1 turns dynamic batching off.")
-    max_wait_ms: float = Field(default=5.0, ge=0, le=1000)
+    max_wait_ms: float = Field(default=5.0, ge=0, le=10_000)
     queue_capacity: int = Field(default=256, ge=1)
     request_timeout_s: float = Field(default=10.0, gt=0)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)

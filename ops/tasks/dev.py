@@ -1,0 +1,35 @@
+"""invoke tasks for the development loop: lint and the full test suite."""
+
+from __future__ import annotations
+
+from invoke import Collection, Context, task
+
+
+@task
+def lint(c: Context) -> None:
+    """ruff and mypy over the whole repository, plus hadolint over every Dockerfile."""
+    c.run("ruff check .", echo=True, pty=False)
+    c.run("ruff format --check .", echo=True, pty=False)
+    c.run("mypy", echo=True, pty=False)
+    c.run("invoke images.lint", echo=True, pty=False)
+
+
+@task(
+    help={
+        "k": "Only tests matching this pytest -k expression.",
+        "marker": "Only tests with this pytest marker expression, e.g. 'not containers and not cluster'.",
+        "skip_lint": "Skip ruff/mypy/hadolint.",
+    }
+)
+def test(c: Context, k: str = "", marker: str = "", skip_lint: bool = False) -> None:
+    """Everything CI runs: the pinned toolchain (cached), demo bundles, lint, then pytest (needs a docker engine)."""
+    c.run("invoke tools.install", echo=True, pty=False)
+    c.run("invoke models.build", echo=True, pty=False)
+    if not skip_lint:
+        lint(c)
+    args = [f"-k {k!r}" if k else "", f"-m {marker!r}" if marker else ""]
+    c.run(" ".join(["pytest", *filter(None, args)]), echo=True, pty=False)
+
+
+ns = Collection("dev")
+ROOT_TASKS = [test, lint]
