@@ -8,6 +8,7 @@ import logging
 import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +21,20 @@ DEFAULT_OUT = REPO / "models"
 IMAGE_BUNDLE, TEXT_BUNDLE = "image-demo", "text-demo"
 SEED = 20261128
 
-IMAGE_DEMO = {
-    "architecture": "shufflenet_v2_x0_5",
-    "input_size": 32,
-    "resize_size": 36,
-    "train_per_class": 300,
-    "test_per_class": 125,
-    "epochs": 6,
-    "batch_size": 32,
-    "lr": 2e-3,
-}
+
+@dataclass(frozen=True)
+class ImageDemoConfig:
+    architecture: str = "shufflenet_v2_x0_5"
+    input_size: int = 32
+    resize_size: int = 36
+    train_per_class: int = 300
+    test_per_class: int = 125
+    epochs: int = 6
+    batch_size: int = 32
+    lr: float = 2e-3
+
+
+IMAGE_DEMO = ImageDemoConfig()
 TEXT_DATA = REPO / "services" / "text_classifier" / "data" / "moderation.jsonl"
 TEXT_DEMO = {"test_fraction": 0.2, "epochs": 300, "lr": 0.05, "weight_decay": 1e-4}
 
@@ -88,31 +93,34 @@ def build_image_demo(out: Path, progress: Progress = log.info) -> dict[str, Any]
 
     cfg = IMAGE_DEMO
     fingerprint = _fingerprint(
-        cfg, SEED, torch.__version__, _source("services/image_classifier/demo.py", "services/image_classifier/model.py")
+        asdict(cfg),
+        SEED,
+        torch.__version__,
+        _source("services/image_classifier/demo.py", "services/image_classifier/model.py"),
     )
     if _up_to_date(out, fingerprint):
         progress(f"{out.name}: up to date")
         return json.loads((out / "build-info.json").read_text())
-    spec = ImageSpec(int(cfg["input_size"]), int(cfg["resize_size"]), IMAGENET_MEAN, IMAGENET_STD)
+    spec = ImageSpec(cfg.input_size, cfg.resize_size, IMAGENET_MEAN, IMAGENET_STD)
     with deterministic(SEED):
-        progress(f"{out.name}: rendering {cfg['train_per_class']}+{cfg['test_per_class']} images per class")
-        train_x, train_y = _image_tensors(int(cfg["train_per_class"]), 0, spec)
-        test_x, test_y = _image_tensors(int(cfg["test_per_class"]), 1_000_000, spec)
+        progress(f"{out.name}: rendering {cfg.train_per_class}+{cfg.test_per_class} images per class")
+        train_x, train_y = _image_tensors(cfg.train_per_class, 0, spec)
+        test_x, test_y = _image_tensors(cfg.test_per_class, 1_000_000, spec)
         mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
         std = torch.tensor(spec.std).view(1, 3, 1, 1)
 
         def normalize(x: torch.Tensor) -> torch.Tensor:
             return (x.float() / 255 - mean) / std
 
-        network = build_network(str(cfg["architecture"]), len(LABELS))
-        optimizer = torch.optim.Adam(network.parameters(), lr=float(cfg["lr"]))
+        network = build_network(cfg.architecture, len(LABELS))
+        optimizer = torch.optim.Adam(network.parameters(), lr=cfg.lr)
         generator = torch.Generator().manual_seed(SEED)
-        for epoch in range(int(cfg["epochs"])):
+        for epoch in range(cfg.epochs):
             network.train()
             order = torch.randperm(len(train_x), generator=generator)
             total = 0.0
-            for start in range(0, len(order), int(cfg["batch_size"])):
-                idx = order[start : start + int(cfg["batch_size"])]
+            for start in range(0, len(order), cfg.batch_size):
+                idx = order[start : start + cfg.batch_size]
                 x = normalize(train_x[idx])
                 if torch.rand(1, generator=generator).item() < 0.5:
                     x = x.flip(3)
@@ -121,7 +129,7 @@ def build_image_demo(out: Path, progress: Progress = log.info) -> dict[str, Any]
                 loss.backward()
                 optimizer.step()
                 total += loss.item() * len(idx)
-            progress(f"{out.name}: epoch {epoch + 1}/{cfg['epochs']} loss {total / len(order):.4f}")
+            progress(f"{out.name}: epoch {epoch + 1}/{cfg.epochs} loss {total / len(order):.4f}")
         network.eval()
         with torch.inference_mode():
             predicted = torch.cat(
@@ -134,7 +142,7 @@ def build_image_demo(out: Path, progress: Progress = log.info) -> dict[str, Any]
     config = {
         "name": IMAGE_BUNDLE,
         "version": f"demo-{fingerprint[:8]}",
-        "architecture": cfg["architecture"],
+        "architecture": cfg.architecture,
         "labels": list(LABELS),
         "input_size": spec.input_size,
         "resize_size": spec.resize_size,

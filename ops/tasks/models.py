@@ -17,7 +17,12 @@ def build(c: Context, out: str = "") -> None:
     from ops.models import DEFAULT_OUT, build_all
 
     with console.status("building demo bundles") as status:
-        paths = build_all(Path(out) if out else DEFAULT_OUT, progress=lambda m: status.update(m) or console.log(m))
+
+        def progress(message: str) -> None:
+            status.update(message)
+            console.log(message)
+
+        paths = build_all(Path(out) if out else DEFAULT_OUT, progress=progress)
     for name, path in paths.items():
         info = json.loads((path / "build-info.json").read_text())
         console.print(f"[green]{name}[/] {path}  accuracy {info['accuracy']:.3f}  sha256 {info['weights_sha256'][:12]}")

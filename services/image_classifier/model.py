@@ -48,8 +48,8 @@ class ImageSpec:
         return cls(
             input_size=input_size,
             resize_size=int(extra.get("resize_size", round(input_size * 256 / 224))),
-            mean=tuple(extra.get("mean", IMAGENET_MEAN)),  # type: ignore[arg-type]
-            std=tuple(extra.get("std", IMAGENET_STD)),  # type: ignore[arg-type]
+            mean=tuple(extra.get("mean", IMAGENET_MEAN)),
+            std=tuple(extra.get("std", IMAGENET_STD)),
         )
 
 
@@ -96,8 +96,7 @@ def decode_image(
             if draft_size and image.format == "JPEG":
                 image.draft("RGB", (draft_size, draft_size))  # let libjpeg decode at reduced scale
             image.load()
-            image = ImageOps.exif_transpose(image)
-            return image.convert("RGB")
+            return ImageOps.exif_transpose(image).convert("RGB")
     except InvalidImage:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

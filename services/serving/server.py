@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -81,3 +83,11 @@ def serve_with_reload(factory: str, settings: ServingSettings, reload_dirs: list
         reload_dirs=reload_dirs,
         log_config=logging_config(settings.log_level, settings.log_format),
     )
+
+
+def main(settings: ServingSettings, factory: str, create_app: Callable[[], FastAPI]) -> None:
+    """What `python -m <service>` runs: reload mode for development, else the draining server."""
+    if settings.reload:
+        serve_with_reload(factory, settings, [str(Path(__file__).resolve().parent.parent)])
+    else:
+        serve(create_app(), settings)
