@@ -9,10 +9,9 @@ from invoke import Collection, Context, Exit, task
 from ops import images as images_mod
 
 
-def _offline(c: Context, offline: bool | None) -> bool:
-    if offline is not None:
-        return offline
-    return bool(c.config.get("images", {}).get("offline", False))
+def _offline(c: Context, offline: bool) -> bool:
+    """The flag, or images.offline from invoke.yaml / INVOKE_IMAGES_OFFLINE."""
+    return offline or bool(c.config.get("images", {}).get("offline", False))
 
 
 @task(
@@ -22,7 +21,7 @@ def _offline(c: Context, offline: bool | None) -> bool:
         "force": "Rebuild even when the image (or the cached debootstrap rootfs) is present.",
     }
 )
-def base(c: Context, offline: bool | None = None, force: bool = False) -> None:
+def base(c: Context, offline: bool = False, force: bool = False) -> None:
     """Make the OS base image present: upstream pull, or offline debootstrap (cached per release) and import."""
     try:
         ref = images_mod.ensure_os_base(_offline(c, offline), force=force)
@@ -45,7 +44,7 @@ def build(
     c: Context,
     service: list[str] | None = None,
     base: list[str] | None = None,
-    offline: bool | None = None,
+    offline: bool = False,
     bases_only: bool = False,
     no_cache: bool = False,
 ) -> None:
@@ -88,7 +87,7 @@ def lint(c: Context) -> None:
         "offline": "Report on the images built from the debootstrapped OS base (default from invoke.yaml)."
     }
 )
-def tags(c: Context, offline: bool | None = None) -> None:
+def tags(c: Context, offline: bool = False) -> None:
     """Print the image references a build would produce now (bases and services)."""
     off = _offline(c, offline)
     for b in images_mod.BASES:
