@@ -109,7 +109,7 @@ def run(require_docker: bool = True) -> bool:
     for col in ("tool", "pinned", "found", "source", "required", "notes"):
         table.add_column(col)
     healthy = True
-    for st in tools.statuses():
+    for st in tools.statuses(verify=True):
         ok = st.ok
         if st.required and not ok:
             healthy = False

@@ -567,9 +567,12 @@ def install(names: Iterable[str] | None = None) -> list[ToolStatus]:
     return results
 
 
-def statuses() -> list[ToolStatus]:
-    """Status of every pinned tool without installing anything (for `doctor` and `tools.list`)."""
-    m = load_manifest()
+def statuses(manifest: Manifest | None = None, verify: bool = False) -> list[ToolStatus]:
+    """Status of every pinned tool without installing anything (for `doctor` and `tools.list`).
+
+    verify=True also re-hashes each cached binary against the sha256 recorded when it was installed.
+    """
+    m = manifest or load_manifest()
     out: list[ToolStatus] = []
     for spec in m.tools.values():
         st = ToolStatus(name=spec.name, pinned=spec.version, required=spec.required)
@@ -578,6 +581,10 @@ def statuses() -> list[ToolStatus]:
             st.path = binary_path(spec)
             st.source = f"cache ({stamp.get('source', '?')})"
             st.found = found_version(spec, st.path)
+            if verify and hashlib.sha256(st.path.read_bytes()).hexdigest() != stamp.get("sha256"):
+                st.source = "cache (corrupt)"
+                st.found = None
+                st.notes.append("cached binary no longer matches its recorded sha256; run tools.install --force")
         else:
             st.source = "not installed"
             failed = tool_dir(spec) / UNAVAILABLE_NAME

@@ -287,3 +287,17 @@ def test_doctor_is_green_here_and_red_with_an_empty_cache(monkeypatch: pytest.Mo
     assert doctor.run(require_docker=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert not doctor.run(require_docker=False)
+
+
+def test_doctor_catches_a_cached_binary_that_changed(upstream: _Upstream, cache_home: Path, tmp_path: Path) -> None:
+    payload = fake_binary("v1.2.3")
+    (upstream.root / "faketool").write_bytes(payload)
+    path = tmp_path / "tools.toml"
+    manifest = write_manifest(path, upstream.url("faketool"), hashlib.sha256(payload).hexdigest())
+    installed = tools.obtain("faketool", manifest).path
+    assert installed is not None
+    assert [st.source for st in tools.statuses(manifest, verify=True)] == ["cache (download)"]
+    installed.write_bytes(payload + b"# tampered\n")
+    (status,) = tools.statuses(manifest, verify=True)
+    assert status.source == "cache (corrupt)"
+    assert not status.ok
