@@ -59,7 +59,7 @@ def sim_down(c: Context, name: str | None = None, kubeconfig: str | None = None)
         "dry_run": "Show a server-side diff and change nothing.",
         "yes": "Skip the prod confirmation prompt.",
         "context": "Kube context to use (default: the current context); must be allowed for the env.",
-        "timeout": "Seconds to wait for each rollout (default deploy.timeout).",
+        "timeout": "Seconds to wait for each rollout (0: deploy.timeout from invoke.yaml).",
     },
 )
 def deploy(
@@ -68,7 +68,7 @@ def deploy(
     dry_run: bool = False,
     yes: bool = False,
     context: str | None = None,
-    timeout: int | None = None,
+    timeout: int = 0,
 ) -> None:
     """Render the overlay with the pinned kustomize, check the context, apply server-side, wait for rollouts."""
     conf = c.config.get("deploy", {})
