@@ -149,8 +149,9 @@ def test_base_dockerfile_args_match_matrix(base: images.Base, versions: dict[str
     expected = {
         k: v
         for k, v in images.base_build_args(base, versions["os"]["upstream_image"], "pypi").items()
-        if k not in ("TORCH_WHEEL_SOURCE",)
+        if k not in ("TORCH_WHEEL_SOURCE", "WHEELHOUSE_URL")
     }
+    assert defaults["WHEELHOUSE_URL"] == images.wheelhouse_url(images.DEFAULT_WHEELHOUSE_PORT)
     for name, value in expected.items():
         assert defaults.get(name) == value, f"{base}/Dockerfile ARG {name}={defaults.get(name)!r}, matrix: {value!r}"
 
