@@ -291,6 +291,16 @@ def _write_executable(dest: Path, payload: bytes) -> None:
 # --- path 3: Go build --------------------------------------------------------------------------------
 
 
+def go_binary() -> str:
+    """The go command: $GO, else the one on PATH, else the standard /usr/local/go install."""
+    found = os.environ.get("GO") or shutil.which("go")
+    if found:
+        return found
+    if Path("/usr/local/go/bin/go").is_file():
+        return "/usr/local/go/bin/go"
+    raise ToolError("no Go toolchain: install Go >= 1.26 (https://go.dev/doc/install) or set GO=/path/to/go")
+
+
 def _run_go(
     args: list[str],
     cwd: Path,
@@ -299,7 +309,7 @@ def _run_go(
     label: str,
 ) -> None:
     """Run a Go command at nice 19, streaming `-v` package lines into the progress bar."""
-    cmd = ["nice", "-n", "19", "go", *args]
+    cmd = ["nice", "-n", "19", go_binary(), *args]
     task = progress.add_task(f"{label}: go {args[0]}", total=None) if progress else None
     lines: list[str] = []
     proc = subprocess.Popen(
