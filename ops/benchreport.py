@@ -33,6 +33,7 @@ class PytestBenchOptions:
     save: str = ""
     compare: str = ""
     select: str = ""
+    http_batching: str = "on,off"
     python: str = sys.executable
 
 
@@ -56,6 +57,8 @@ def pytest_argv(opts: PytestBenchOptions) -> list[str]:
         f"--bench-device={opts.device}",
         f"--bench-models={opts.models}",
     ]
+    if opts.http_batching != "on,off":
+        argv.append(f"--bench-http-batching={opts.http_batching}")
     if opts.full:
         argv.append("--bench-full")
     if opts.compile:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -236,7 +237,14 @@ def test_invoke_load_writes_report_hist_and_plot(tmp_path: Path) -> None:
     assert set(report["status_codes"]) == {"200"}, report
     assert "Latencies" in (folder / "report.txt").read_text()
     hist = (folder / "hist.txt").read_text()
-    assert "[10ms,  100ms]" in hist
+    rows = [re.match(r"\[(\S+),\s+(\S+)\]\s+(\d+)", line) for line in hist.splitlines()[1:]]
+    assert [(m.group(1), m.group(2)) for m in rows if m] == [
+        ("0s", "10ms"),
+        ("10ms", "100ms"),
+        ("100ms", "1s"),
+        ("1s", "+Inf"),
+    ]
+    assert sum(int(m.group(3)) for m in rows if m) == 40
     assert "Bucket" in hist
     assert "<html" in (folder / "plot.html").read_text().lower()
     targets = [json.loads(line) for line in (folder / "targets.jsonl").read_text().splitlines()]

@@ -73,7 +73,8 @@ stage "demo bundle"
 "$PYTHON" -c "from ops.benchmodels import ensure_demo_bundle, ensure_resnet50_bundle; print(ensure_demo_bundle()); print(ensure_resnet50_bundle())"
 
 if [[ $QUICK == 1 ]]; then
-  BENCH_ARGS=(--bench-models=demo --bench-batches=1,4 --benchmark-max-time=0.05 --benchmark-min-rounds=1)
+  BENCH_ARGS=(--bench-models=demo --bench-batches=1,4 --benchmark-max-time=0.05 --benchmark-min-rounds=1
+    --bench-http-batching=off)
   RATIO_ARGS=(--models demo --batch-size 4 --concurrency 1,4 --level-duration 1 --overhead-requests 10)
 elif [[ $DEVICE == cuda ]]; then
   BENCH_ARGS=(--bench-models=resnet50,demo --benchmark-max-time=0.3 --benchmark-min-rounds=5)

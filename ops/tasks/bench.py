@@ -41,7 +41,7 @@ def _results_root(c: Context, kind: str) -> Path:
         "batch_size": "Service MAX_BATCH_SIZE and model-only batch size for the ratios.",
         "concurrency": "Closed-loop client levels for the ratios, e.g. 1,4,16,32.",
         "level_duration": "Seconds per closed-loop level.",
-        "quick": "CI smoke: demo model, batch 1 and 4, one round, 1 s levels (checks that it runs, not how fast).",
+        "quick": "CI smoke: demo model, batch 1 and 4, one round, HTTP batching-off only, 1 s load levels.",
         "results": "Results folder (default results/bench/<timestamp>).",
     },
 )
@@ -93,6 +93,7 @@ def bench(
         save=save,
         compare=compare,
         select=select,
+        http_batching="off" if quick else "on,off",  # quick: one service start for the HTTP benchmark, not two
     )
     command = shlex.join(pytest_argv(opts))
     commands = [command]
