@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -9,6 +14,8 @@ from ops import deploy
 from ops.cluster import SimCluster
 
 pytestmark = pytest.mark.cluster
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("env", sorted(deploy.OVERLAYS))
@@ -49,3 +56,33 @@ def test_a_context_outside_the_allow_list_is_refused(sim: SimCluster) -> None:
 def test_unknown_env_is_refused() -> None:
     with pytest.raises(deploy.DeployRefused, match="unknown env"):
         deploy.deploy("qa", {"qa": "*"}, context="anything")
+
+
+def _invoke_deploy(sim: SimCluster, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    assert sim.kubeconfig is not None
+    full_env = {**os.environ, "KUBECONFIG": str(sim.kubeconfig), "COLUMNS": "250", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", "deploy", *args],
+        cwd=REPO_ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+def test_the_invoke_task_guards_prod_and_takes_the_allow_list_from_the_environment(sim: SimCluster) -> None:
+    args = ("--env", "prod", "--context", sim.context, "--dry-run")
+    refused = _invoke_deploy(sim, *args)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "not allowed for env 'prod'" in refused.stderr
+    allowed = _invoke_deploy(sim, *args, env={"INVOKE_DEPLOY_CONTEXTS_PROD": sim.context})
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+    assert f"kubectl --context {sim.context} diff --server-side" in allowed.stdout
+    unconfirmed = _invoke_deploy(
+        sim, "--env", "prod", "--context", sim.context, env={"INVOKE_DEPLOY_CONTEXTS_PROD": sim.context}
+    )
+    assert unconfirmed.returncode == 2
+    assert "needs confirmation" in unconfirmed.stderr
