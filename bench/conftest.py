@@ -29,7 +29,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--bench-full",
         action="store_true",
-        help="The full CPU matrix (bigger batches, bf16, layouts).",
+        help="The full CPU matrix (batches up to 64, channels_last).",
     )
     group.addoption(
         "--bench-compile",
@@ -40,6 +40,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--bench-models",
         default=",".join(MODELS),
         help="Comma list of models: resnet50,demo.",
+    )
+    group.addoption(
+        "--bench-http-batching",
+        default="on,off",
+        help="HTTP benchmarks: which services to start, batching on and/or off (each is one service start).",
     )
     group.addoption(
         "--bench-batches",
