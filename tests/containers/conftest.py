@@ -61,9 +61,7 @@ def build_records() -> dict[str, images.BuildRecord]:
 
 
 @pytest.fixture(scope="session")
-def cpu_images(
-    docker_engine: None, demo_models: Path, build_records: dict[str, images.BuildRecord]
-) -> dict[str, str]:
+def cpu_images(docker_engine: None, demo_models: Path, build_records: dict[str, images.BuildRecord]) -> dict[str, str]:
     """The CPU base and both services on it (an unchanged base is reused by its inputs fingerprint)."""
     refs: dict[str, str] = {}
     base = images.build_base("cpu", offline=OFFLINE)
@@ -77,9 +75,7 @@ def cpu_images(
 
 
 @pytest.fixture(scope="session")
-def cuda_images(
-    docker_engine: None, demo_models: Path, build_records: dict[str, images.BuildRecord]
-) -> dict[str, str]:
+def cuda_images(docker_engine: None, demo_models: Path, build_records: dict[str, images.BuildRecord]) -> dict[str, str]:
     """The CUDA base (its build runs the arch check) and the image classifier on it."""
     base = images.build_base("cuda", offline=OFFLINE)
     build_records["base-cuda"] = base

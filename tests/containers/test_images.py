@@ -216,9 +216,10 @@ def test_cuda_base_check_really_runs(cuda_images: dict[str, str]) -> None:
 
 def test_cuda_image_classifier_falls_back_to_cpu(cuda_images: dict[str, str], run_service: RunService) -> None:
     """The GPU image on a host without a GPU: DEVICE=auto picks the CPU and it still serves."""
-    with run_service(cuda_images["image-classifier"], "image-classifier") as svc, httpx.Client(
-        base_url=svc.url, timeout=30.0
-    ) as client:
+    with (
+        run_service(cuda_images["image-classifier"], "image-classifier") as svc,
+        httpx.Client(base_url=svc.url, timeout=30.0) as client,
+    ):
         cold_starts["image-classifier-cuda-on-cpu"] = round(svc.ready_after_s, 2)
         resp = client.post("/v1/predict", content=png_bytes("square", 900_200), headers=PNG)
         assert resp.status_code == 200, resp.text
