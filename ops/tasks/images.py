@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import cast
 
 from invoke import Collection, Context, Exit, task
+from rich.table import Table
 
 from ops import images as images_mod
 
@@ -64,9 +65,11 @@ def build(
         )
     except images_mod.ImageError as exc:
         raise Exit(str(exc), code=1) from exc
+    table = Table("size", "build", title="images")
+    table.add_column("image", overflow="fold")
     for r in records:
-        how = "cached" if r.cached else f"{r.seconds:6.1f}s"
-        images_mod.console.print(f"{r.image:72} {r.size_bytes / 1e9:6.2f} GB  {how}")
+        table.add_row(f"{r.size_bytes / 1e9:.2f} GB", "cached" if r.cached else f"{r.seconds:.1f} s", r.image)
+    images_mod.console.print(table)
 
 
 @task()
