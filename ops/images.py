@@ -222,9 +222,7 @@ def debian_mirror(release: str) -> str:
     sources = sorted(Path("/etc/apt/sources.list.d").glob("*.sources"))
     for path in sources:
         for stanza in path.read_text().split("\n\n"):
-            fields = {
-                k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in stanza.splitlines()) if k and v
-            }
+            fields = {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in stanza.splitlines()) if k and v}
             if release in fields.get("Suites", "").split() and "URIs" in fields:
                 return fields["URIs"].split()[0]
     legacy = Path("/etc/apt/sources.list")
@@ -288,8 +286,15 @@ def debootstrap(release: str, tarball: Path) -> None:
         started = time.monotonic()
         run(
             [
-                "nice", "-n", "19", "debootstrap", "--variant=minbase",
-                f"--include={','.join(DEBOOTSTRAP_INCLUDE)}", release, str(rootfs), mirror,
+                "nice",
+                "-n",
+                "19",
+                "debootstrap",
+                "--variant=minbase",
+                f"--include={','.join(DEBOOTSTRAP_INCLUDE)}",
+                release,
+                str(rootfs),
+                mirror,
             ]
         )
         # Drop what a container never uses: apt lists/caches, docs, man pages, locales but C.
@@ -315,8 +320,14 @@ def export_requirements() -> str:
     """The runtime dependencies of the project, pinned with hashes, straight from uv.lock."""
     return run(
         [
-            "uv", "export", "--frozen", "--no-default-groups", "--no-emit-project",
-            "--format", "requirements.txt", "--quiet",
+            "uv",
+            "export",
+            "--frozen",
+            "--no-default-groups",
+            "--no-emit-project",
+            "--format",
+            "requirements.txt",
+            "--quiet",
         ],
         capture=True,
         quiet=True,
@@ -418,9 +429,20 @@ def ensure_wheelhouse(export_text: str, *, extra_pip_args: Iterable[str] = ()) -
         started = time.monotonic()
         run(
             [
-                str(REPO_ROOT / ".venv" / "bin" / "python"), "-m", "pip", "download", "--no-deps",
-                "--only-binary=:all:", "--require-hashes", "--progress-bar", "off", "-r", req,
-                "-d", str(WHEELHOUSE_DIR), *extra_pip_args,
+                str(REPO_ROOT / ".venv" / "bin" / "python"),
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--require-hashes",
+                "--progress-bar",
+                "off",
+                "-r",
+                req,
+                "-d",
+                str(WHEELHOUSE_DIR),
+                *extra_pip_args,
             ]
         )
         console.print(f"wheelhouse downloaded in {time.monotonic() - started:.0f}s")
@@ -598,7 +620,6 @@ def _base_plan(base: Base, offline: bool) -> tuple[str, dict[str, str], str]:
     return f"{base_repository(base)}:{base_version_tag()}-{key}", args, source
 
 
-
 def build_base(base: Base, *, offline: bool, force: bool = False) -> BuildRecord:
     """Build the torch base (cpu or cuda) unless an image with the same inputs fingerprint exists."""
     ensure_os_base(offline)
@@ -637,9 +658,7 @@ def build_service(
     with serve_wheelhouse():
         seconds = docker_build(spec.dockerfile, [ref, f"{spec.repository}:dev-{base}"], args, no_cache=no_cache)
     cached = image_id(ref) in known  # every layer came from the cache: not a build time worth recording
-    record = BuildRecord(
-        ref, f"service-{name}-{base}", seconds, cached, image_size(ref), [f"FROM {base_record.image}"]
-    )
+    record = BuildRecord(ref, f"service-{name}-{base}", seconds, cached, image_size(ref), [f"FROM {base_record.image}"])
     if not cached:
         record_build(record)
     return record

@@ -80,16 +80,10 @@ def lint(c: Context) -> None:
         images_mod.console.print(line)
     if findings:
         raise Exit(f"hadolint: {len(findings)} finding(s)", code=1)
-    images_mod.console.print(
-        f"hadolint clean: {len(images_mod.dockerfiles())} Dockerfiles"
-    )
+    images_mod.console.print(f"hadolint clean: {len(images_mod.dockerfiles())} Dockerfiles")
 
 
-@task(
-    help={
-        "offline": "Report on the images built from the debootstrapped OS base (default from invoke.yaml)."
-    }
-)
+@task(help={"offline": "Report on the images built from the debootstrapped OS base (default from invoke.yaml)."})
 def tags(c: Context, offline: bool = False) -> None:
     """Print the image references a build would produce now (bases and services)."""
     off = _offline(c, offline)
