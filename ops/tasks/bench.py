@@ -197,7 +197,8 @@ def load(
     hist_buckets = hist_buckets or str(d.get("hist_buckets", load_mod.DEFAULT_HIST_BUCKETS))
     folder = Path(results).resolve() if results else _results_root(c, "load") / load_mod.timestamp()
     if c.config.run.dry:
-        console.print(f"would attack {url or 'a local image service'} at {rate:g} rps for {duration} into {folder}")
+        what = "step up the rate" if step else f"attack at {rate:g} rps"
+        console.print(f"would {what} for {duration} per run against {url or 'a local image service'} into {folder}")
         return
     folder.mkdir(parents=True, exist_ok=True)
     with _service_context(url, model, folder / "service.log") as service:
@@ -301,6 +302,8 @@ def capacity(
             results=str(folder),
         )
         steps_path = folder / "steps.json"
+        if c.config.run.dry:
+            return
     steps_path = steps_path or find_latest(_results_root(c, "load"), "steps.json")
     if steps_path is None or not steps_path.is_file():
         raise Exit(
