@@ -727,3 +727,24 @@ def record_build(record: BuildRecord) -> None:
     builds = report.get("builds", {})
     builds[record.kind] = asdict(record)
     update_report("builds", builds)
+
+
+def stale_tags(offline: bool) -> list[str]:
+    """Project image tags that no current build would produce (older commits, older base fingerprints)."""
+    keep = {f"{base_repository(b)}:{base_version_tag()}" for b in BASES}
+    keep |= {base_ref(b, offline) for b in BASES if image_exists(base_ref(b, offline))}
+    for spec in SERVICES.values():
+        keep |= {f"{spec.repository}:{service_tag(b)}" for b in BASES} | {f"{spec.repository}:dev-{b}" for b in BASES}
+    repos = [base_repository(b) for b in BASES] + [s.repository for s in SERVICES.values()]
+    listed = run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}", *repos[:1]], capture=True, quiet=True)
+    for repo in repos[1:]:
+        listed += run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}", repo], capture=True, quiet=True)
+    return sorted({ref for ref in listed.split() if ref not in keep and not ref.endswith(":<none>")})
+
+
+def prune(offline: bool) -> list[str]:
+    """Untag stale project images (docker frees layers nothing else uses); returns what was removed."""
+    stale = stale_tags(offline)
+    if stale:
+        run(["docker", "rmi", *stale], capture=True)
+    return stale

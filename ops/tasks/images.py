@@ -93,9 +93,17 @@ def tags(c: Context, offline: bool = False) -> None:
             print(f"{spec.repository}:{images_mod.service_tag(b)}  ({name})")
 
 
+@task(help={"offline": "Keep the bases built from the debootstrapped OS base (default from invoke.yaml)."})
+def prune(c: Context, offline: bool = False) -> None:
+    """Untag project images no current build would produce (older commits and base fingerprints)."""
+    for ref in images_mod.prune(_offline(c, offline)):
+        images_mod.console.print(f"untagged {ref}")
+
+
 ns = Collection("images")
 ns.add_task(base)
 ns.add_task(build)
 ns.add_task(lint)
 ns.add_task(tags)
+ns.add_task(prune)
 ROOT_TASKS: list = []
