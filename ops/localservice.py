@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import IO, Self
 
 import httpx
 
@@ -44,10 +44,12 @@ class LocalService:
         log_path: Path | None = None,
         ready_timeout_s: float = 180.0,
         python: str = sys.executable,
+        port: int | None = None,
+        inherit_output: bool = False,
     ) -> None:
         self.package = package
         self.prefix = package.upper() + "_"
-        self.port = free_port()
+        self.port = port or free_port()
         self.settings = {
             "HOST": "127.0.0.1",
             "PORT": str(self.port),
@@ -57,6 +59,7 @@ class LocalService:
         self.log_path = log_path
         self.ready_timeout_s = ready_timeout_s
         self.python = python
+        self.inherit_output = inherit_output  # log to our terminal (invoke serve) instead of a file or nowhere
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_file: object | None = None
 
@@ -78,7 +81,9 @@ class LocalService:
 
     def start(self) -> Self:
         """Start the process and wait until /readyz answers 200."""
-        log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        log: IO[bytes] | int | None = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        if self.inherit_output:
+            log = None
         self._log_file = log
         self.proc = subprocess.Popen(
             [self.python, "-m", self.package],

@@ -38,9 +38,7 @@ def bundles() -> dict[str, Path]:
 @pytest.fixture
 def image_server_factory(bundles: dict[str, Path], tmp_path: Path) -> Callable[..., AbstractContextManager[Server]]:
     def start(**env: str) -> AbstractContextManager[Server]:
-        return run_server(
-            "image_classifier", "IMAGE_CLASSIFIER_", {"MODEL_URI": str(bundles["image-demo"]), **env}, tmp_path
-        )
+        return run_server("image_classifier", {"MODEL_URI": str(bundles["image-demo"]), **env}, tmp_path)
 
     return start
 
@@ -49,14 +47,14 @@ def image_server_factory(bundles: dict[str, Path], tmp_path: Path) -> Callable[.
 def image_service(bundles: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One image classifier shared by a module's tests; loopback may be fetched from (for the URL tests)."""
     env = {"MODEL_URI": str(bundles["image-demo"]), "FETCH_ALLOWED_HOSTS": "127.0.0.1", "MAX_BATCH_SIZE": "8"}
-    with run_server("image_classifier", "IMAGE_CLASSIFIER_", env, tmp_path_factory.mktemp("image")) as server:
+    with run_server("image_classifier", env, tmp_path_factory.mktemp("image")) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def text_service(bundles: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     env = {"MODEL_URI": str(bundles["text-demo"]), "MAX_BATCH_SIZE": "8"}
-    with run_server("text_classifier", "TEXT_CLASSIFIER_", env, tmp_path_factory.mktemp("text")) as server:
+    with run_server("text_classifier", env, tmp_path_factory.mktemp("text")) as server:
         yield server
 
 

@@ -6,9 +6,10 @@ import ipaddress
 
 import pytest
 
+from ops.localservice import free_port
 from serving.errors import FetchFailed, PayloadTooLarge, UrlForbidden
 from serving.fetch import SafeFetcher, is_forbidden_address
-from testkit import Origin, free_port
+from testkit import Origin
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ def serve(c: Context, only: str = "") -> None:
     if not chosen:
         raise SystemExit(f"unknown service {only!r}; choose from {[s.name for s in SERVICES]}")
     with running(chosen) as ready:
-        for name, (service, seconds) in ready.items():
+        for name, (service, seconds) in ready.items():  # the services log to this terminal
             console.print(f"[green]{name}[/] ready in {seconds:.1f}s at {service.url}  (docs: {service.url}/docs)")
         console.print("Ctrl-C stops them (they drain first).")
         try:

@@ -84,6 +84,8 @@ def write_bundle(path: Path, config: dict[str, Any], tensors: dict[str, torch.Te
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     save_file(contiguous, str(path / WEIGHTS_FILE), metadata={"name": config["name"], "version": config["version"]})
     (path / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    for name in (CONFIG_FILE, WEIGHTS_FILE):  # readable by the (non-root) service user of an image
+        (path / name).chmod(0o644)
     return read_bundle(path)
 
 
