@@ -184,6 +184,8 @@ def render_summary(
         machine = (bench_json.get("machine_info") or {}).get("eks_inference") or {}
     if not machine and ratios:
         machine = ratios[0]["machine"]
+    loads = [(bench_json or {}).get("load_average_1m")] + [r["machine"].get("load_average_1m") for r in ratios]
+    load_average = ", ".join(str(x) for x in loads if x is not None) or "?"
     lines = [
         f"# {title or 'Benchmark summary'}",
         "",
@@ -197,7 +199,7 @@ def render_summary(
         f"| CPU | {machine.get('cpu', '?')} x {machine.get('cpu_count', '?')} |",
         f"| torch | {machine.get('torch', '?')} (CUDA runtime {machine.get('torch_cuda') or '-'}) |",
         f"| python | {machine.get('python', '?')} |",
-        f"| load average (1 min) at start | {machine.get('load_average_1m', '?')} |",
+        f"| load average (1 min) | {load_average} |",
         "",
     ]
     if ratios:
