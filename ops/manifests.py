@@ -26,6 +26,7 @@ NODEGROUPS_PATH = MANIFESTS_DIR / "nodegroups.yaml"
 VERSIONS_PATH = REPO_ROOT / "base-images" / "versions.toml"
 TOOLS_PATH = REPO_ROOT / "tools.toml"
 DOC_PATH = REPO_ROOT / "docs" / "manifests.md"
+README_PATH = REPO_ROOT / "README.md"
 DASHBOARD_PATH = COMPONENTS_DIR / "monitoring" / "dashboards" / "eks-inference.json"
 
 OVERLAYS = ("local", "eks-staging", "eks-prod")
@@ -968,11 +969,19 @@ def generated_sections(overlay: str = DIAGRAM_OVERLAY) -> dict[str, str]:
     }
 
 
+def _sections_of(doc: Path) -> dict[str, str]:
+    """The generated sections a document carries: the README has the diagram only, other docs all of them."""
+    sections = generated_sections()
+    if doc.resolve() == README_PATH.resolve():
+        return {"placement-diagram": sections["placement-diagram"]}
+    return sections
+
+
 def stale_doc_sections(doc: Path = DOC_PATH) -> list[str]:
-    """Names of the generated sections of docs/manifests.md that differ from what the repo now renders."""
+    """Names of the generated sections of `doc` that differ from what the repo now renders."""
     text = doc.read_text()
     stale = []
-    for name, body in generated_sections().items():
+    for name, body in _sections_of(doc).items():
         begin, end = _markers(name)
         if f"{begin}\n{body}{end}" not in text:
             stale.append(name)
@@ -980,10 +989,10 @@ def stale_doc_sections(doc: Path = DOC_PATH) -> list[str]:
 
 
 def write_doc_sections(doc: Path = DOC_PATH) -> list[str]:
-    """Rewrite the generated sections of docs/manifests.md; returns the names that changed."""
+    """Rewrite the generated sections of `doc`; returns the names that changed."""
     text = doc.read_text()
     changed = []
-    for name, body in generated_sections().items():
+    for name, body in _sections_of(doc).items():
         begin, end = _markers(name)
         pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
         if not pattern.search(text):
@@ -1042,3 +1051,6 @@ def print_reports(reports: list[OverlayReport], console: Any | None = None) -> N
         for name, violations in r.policy_violations.items():
             for v in violations:
                 console.print(f"[red]{r.overlay}: {name}[/] {v}", highlight=False)
+
+
+GENERATED_DOCS = (DOC_PATH, README_PATH)

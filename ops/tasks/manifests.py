@@ -57,19 +57,20 @@ def validate(c: Context, overlay: list[str] | None = None, optional: bool = True
     if optional and not overlay:
         reports += [m.validate_overlay("eks-prod", [comp]) for comp in m.OPTIONAL_COMPONENTS]
     m.print_reports(reports, console)
-    stale = m.stale_doc_sections() if not overlay else []
-    for name in stale:
-        console.print(f"[red]{m.DOC_PATH.name}: section {name} is stale; run `invoke manifests.diagram --write`[/]")
+    stale = [(doc, name) for doc in m.GENERATED_DOCS for name in m.stale_doc_sections(doc)] if not overlay else []
+    for doc, name in stale:
+        console.print(f"[red]{doc.name}: section {name} is stale; run `invoke manifests.diagram --write`[/]")
     if stale or not all(r.ok for r in reports):
         raise Exit(code=1)
 
 
-@task(help={"write": f"Rewrite the generated sections (diagram, ASG tags) of {m.DOC_PATH.relative_to(m.REPO_ROOT)}."})
+@task(help={"write": "Rewrite the generated sections (diagram, ASG tags) of docs/manifests.md and README.md."})
 def diagram(c: Context, write: bool = False) -> None:
     """Mermaid diagram of the node groups and the workloads each can run, drawn from the eks-prod overlay."""
     if write:
-        changed = m.write_doc_sections()
-        console.print(f"{m.DOC_PATH.relative_to(m.REPO_ROOT)}: {', '.join(changed) or 'already current'}")
+        for doc in m.GENERATED_DOCS:
+            changed = m.write_doc_sections(doc)
+            console.print(f"{doc.relative_to(m.REPO_ROOT)}: {', '.join(changed) or 'already current'}")
     else:
         print(m.mermaid(), end="")
 

@@ -11,6 +11,7 @@ from ops import manifests as m
 
 def test_generated_sections_are_current() -> None:
     assert m.stale_doc_sections() == [], "run `invoke manifests.diagram --write`"
+    assert m.stale_doc_sections(m.README_PATH) == [], "run `invoke manifests.diagram --write`"
 
 
 def test_a_stale_diagram_is_detected_and_rewritten(tmp_path: Path) -> None:
