@@ -119,6 +119,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         )
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect (not skip) the HTTP cases whose batching mode --bench-http-batching leaves out."""
+    wanted = {f"batching-{mode.strip()}" for mode in config.getoption("--bench-http-batching").split(",")}
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        mode = callspec.params.get("service") if callspec is not None else None
+        (drop if mode is not None and mode not in wanted else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:
     """Every saved JSON states device, torch version and host facts (the load average goes elsewhere: it differs
     between runs, and pytest-benchmark --benchmark-compare warns on any machine_info difference)."""

@@ -23,9 +23,6 @@ def service(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[str, LocalService]]:
     """The demo image service on a free loopback port; started once per (device, batching) and stopped after."""
-    wanted = {f"batching-{mode.strip()}" for mode in request.config.getoption("--bench-http-batching").split(",")}
-    if request.param not in wanted:
-        pytest.skip(f"{request.param} not selected (--bench-http-batching)")
     log = Path(tmp_path_factory.mktemp("service")) / "service.log"
     settings = {
         "MODEL_URI": str(bundle_for("demo")),
