@@ -69,8 +69,12 @@ if [[ $DEVICE == cuda ]]; then
   "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'CUDA requested but torch sees no GPU')"
 fi
 
-stage "demo bundle"
-"$PYTHON" -c "from ops.benchmodels import ensure_demo_bundle, ensure_resnet50_bundle; print(ensure_demo_bundle()); print(ensure_resnet50_bundle())"
+stage "bundles"
+if [[ $QUICK == 1 ]]; then  # the quick matrix uses the demo model only
+  "$PYTHON" -c "from ops.benchmodels import ensure_demo_bundle; print(ensure_demo_bundle())"
+else
+  "$PYTHON" -c "from ops.benchmodels import ensure_demo_bundle, ensure_resnet50_bundle; print(ensure_demo_bundle()); print(ensure_resnet50_bundle())"
+fi
 
 if [[ $QUICK == 1 ]]; then
   BENCH_ARGS=(--bench-models=demo --bench-batches=1,4 --benchmark-max-time=0.05 --benchmark-min-rounds=1
