@@ -67,6 +67,13 @@ def _source(*relative: str) -> bytes:
     return b"".join((REPO / r).read_bytes() for r in relative)
 
 
+def _record_build(out: Path, fingerprint: str, accuracy: float, counts: dict[str, int], sha256: str) -> dict[str, Any]:
+    """build-info.json: what makes the next build a no-op, and the figures the tests check."""
+    info = {"fingerprint": fingerprint, "accuracy": accuracy, **counts, "weights_sha256": sha256}
+    (out / "build-info.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
 def _up_to_date(out: Path, fingerprint: str) -> bool:
     info = out / "build-info.json"
     return info.is_file() and json.loads(info.read_text()).get("fingerprint") == fingerprint
@@ -150,14 +157,7 @@ def build_image_demo(out: Path, progress: Progress = log.info) -> dict[str, Any]
         "std": list(spec.std),
     }
     bundle = write_bundle(out, config, network.state_dict())
-    info = {
-        "fingerprint": fingerprint,
-        "accuracy": accuracy,
-        "test_images": len(test_y),
-        "weights_sha256": bundle.sha256,
-    }
-    (out / "build-info.json").write_text(json.dumps(info, indent=2) + "\n")
-    return info
+    return _record_build(out, fingerprint, accuracy, {"test_images": len(test_y)}, bundle.sha256)
 
 
 # -- text demo ----------------------------------------------------------------------------------------------------
@@ -225,14 +225,7 @@ def build_text_demo(out: Path, progress: Progress = log.info) -> dict[str, Any]:
         "max_tokens": max_tokens,
     }
     bundle = write_bundle(out, config, {"head.weight": head.weight, "head.bias": head.bias})
-    info = {
-        "fingerprint": fingerprint,
-        "accuracy": accuracy,
-        "test_texts": len(test_idx),
-        "weights_sha256": bundle.sha256,
-    }
-    (out / "build-info.json").write_text(json.dumps(info, indent=2) + "\n")
-    return info
+    return _record_build(out, fingerprint, accuracy, {"test_texts": len(test_idx)}, bundle.sha256)
 
 
 def build_all(out: Path = DEFAULT_OUT, progress: Progress = log.info) -> dict[str, Path]:
