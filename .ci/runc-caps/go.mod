@@ -1,0 +1,3 @@
+module eks-inference/ci/runc-caps
+
+go 1.22
