@@ -307,9 +307,18 @@ def test_zone_spread_that_blocks_scheduling(fresh: Callable[[str], list[Obj]]) -
     _violations("service-shape", "eks-prod", objects)
 
 
-def test_local_with_an_hpa(fresh: Callable[[str], list[Obj]], rendered: dict[str, list[Obj]]) -> None:
-    objects = [*fresh("local"), m.hpa_for(rendered["eks-prod"], "text-classifier") or {}]
-    assert "Deployment/text-classifier: local has no HPA or PDB" in _violations("service-shape", "local", objects)
+def test_local_without_an_hpa(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = [o for o in fresh("local") if o["kind"] != "HorizontalPodAutoscaler"]
+    assert "Deployment/text-classifier: local scales it with an HPA too (metrics-server runs in kind)" in _violations(
+        "service-shape", "local", objects
+    )
+
+
+def test_local_with_a_pdb(fresh: Callable[[str], list[Obj]], rendered: dict[str, list[Obj]]) -> None:
+    objects = [*fresh("local"), *m.find(rendered["eks-prod"], "PodDisruptionBudget", "text-classifier")]
+    assert "Deployment/text-classifier: local has no PDB (one node cannot honour it during a drain)" in _violations(
+        "service-shape", "local", objects
+    )
 
 
 def test_hpa_that_scales_down_as_fast_as_up(fresh: Callable[[str], list[Obj]]) -> None:
@@ -340,7 +349,7 @@ def test_only_the_gpu_workload_requests_gpus(overlay: str, rendered: dict[str, l
         for c in m.containers(spec)
         if "nvidia.com/gpu" in {**c["resources"].get("limits", {}), **c["resources"].get("requests", {})}
     }
-    assert requesting == (set() if overlay == "local" else {"Deployment/image-classifier"})
+    assert requesting == (set() if overlay in m.LOCAL_OVERLAYS else {"Deployment/image-classifier"})
 
 
 @pytest.mark.parametrize("overlay", ALL)
