@@ -72,6 +72,22 @@ def render(env: str) -> str:
     return proc.stdout
 
 
+def set_images(rendered: str, overrides: Mapping[str, str]) -> str:
+    """Point containers whose image repository is a key of `overrides` at its value (e.g. a just-built tag).
+
+    Only `invoke up` uses this, for images that exist on the kind node and nowhere else; every other field is
+    applied exactly as rendered.
+    """
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    for doc in docs:
+        spec = doc.get("spec", {}).get("template", {}).get("spec", {})
+        for c in [*spec.get("initContainers", []), *spec.get("containers", [])]:
+            repo = c.get("image", "").rsplit(":", 1)[0]
+            if repo in overrides:
+                c["image"] = overrides[repo]
+    return yaml.safe_dump_all(docs, sort_keys=False)
+
+
 def split_first(rendered: str) -> tuple[str, str]:
     """(namespaces/CRDs, everything else): a server-side dry run of an object needs its namespace to exist."""
     first: list[dict[str, Any]] = []
@@ -166,9 +182,12 @@ def deploy(
     yes: bool = False,
     timeout_s: int = 300,
     confirm: Callable[[str], bool] | None = None,
+    image_overrides: Mapping[str, str] | None = None,
 ) -> DeployResult:
     """Render, guard, then apply server-side (or diff server-side with dry_run) and wait for rollouts."""
     rendered = render(env)
+    if image_overrides:
+        rendered = set_images(rendered, image_overrides)
     kubectl = Kubectl(context, kubeconfig)
     ctx = context or kubectl.current_context()
     kubectl.context = ctx

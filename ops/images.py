@@ -576,9 +576,16 @@ def serve_wheelhouse(directory: Path = WHEELHOUSE_DIR, port: int | None = None) 
 # docker build
 
 
-def docker_build(dockerfile: Path, tags: list[str], build_args: dict[str, str], *, no_cache: bool = False) -> float:
-    """Legacy-builder `docker build` from the repo root (whitelisted by .dockerignore); returns seconds."""
-    cmd = ["nice", "-n", "19", "docker", "build", "--network", "host", "-f", str(dockerfile.relative_to(REPO_ROOT))]
+def docker_build(
+    dockerfile: Path,
+    tags: list[str],
+    build_args: dict[str, str],
+    *,
+    no_cache: bool = False,
+    context: Path = REPO_ROOT,
+) -> float:
+    """Legacy-builder `docker build` (context: the repo root, whitelisted by .dockerignore); returns seconds."""
+    cmd = ["nice", "-n", "19", "docker", "build", "--network", "host", "-f", str(dockerfile.relative_to(context))]
     if no_cache:
         cmd.append("--no-cache")
     for tag in tags:
@@ -587,11 +594,11 @@ def docker_build(dockerfile: Path, tags: list[str], build_args: dict[str, str], 
         cmd += ["--build-arg", f"{k}={val}"]
     cmd.append(".")
     started = time.monotonic()
-    console.print(f"[dim]$ (cd {REPO_ROOT}) {' '.join(cmd)}[/dim]")
+    console.print(f"[dim]$ (cd {context}) {' '.join(cmd)}[/dim]")
     env = {**os.environ, "DOCKER_BUILDKIT": "0"}
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, check=False)
+    proc = subprocess.run(cmd, cwd=context, env=env, check=False)
     if proc.returncode != 0:
-        raise ImageError(f"docker build failed ({proc.returncode}) for {dockerfile.relative_to(REPO_ROOT)}")
+        raise ImageError(f"docker build failed ({proc.returncode}) for {dockerfile}")
     return time.monotonic() - started
 
 
@@ -664,6 +671,16 @@ def build_service(
     return record
 
 
+def prepare_service_builds(offline: bool) -> str:
+    """What a `docker build` of the service Dockerfiles needs from outside (Tilt's docker_build is such a build):
+    the CPU base (built when missing), the requirement files under build/images and a filled wheelhouse.
+    Returns the base reference to pass as BASE_IMAGE."""
+    record = build_base("cpu", offline=offline)
+    for spec in SERVICES.values():
+        write_service_requirements(spec)
+    return record.image
+
+
 def build(
     services: Iterable[str], bases: Iterable[Base], *, offline: bool, no_cache: bool = False
 ) -> list[BuildRecord]:
@@ -681,7 +698,13 @@ def build(
 
 
 def dockerfiles() -> list[Path]:
-    return sorted([*REPO_ROOT.glob("base-images/*/Dockerfile"), *REPO_ROOT.glob("services/*/Dockerfile")])
+    return sorted(
+        [
+            *REPO_ROOT.glob("base-images/*/Dockerfile"),
+            *REPO_ROOT.glob("services/*/Dockerfile"),
+            REPO_ROOT / "kind" / "node-image" / "Dockerfile",
+        ]
+    )
 
 
 def hadolint_binary() -> Path:

@@ -21,7 +21,9 @@ from ops import doctor, tools
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VERSIONS = tomllib.loads((REPO_ROOT / "base-images" / "versions.toml").read_text())
-KUBE_TOOLS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+KUBE_TOOLS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubelet", "kubeadm", "kube-proxy")
+# Built for the offline kind node image (kind/node-image) beside the Kubernetes binaries.
+NODE_IMAGE_TOOLS = ("coredns", "metrics-server", "crictl")
 OPTIONAL = {"tilt", "cluster-autoscaler"}
 
 
@@ -31,7 +33,8 @@ OPTIONAL = {"tilt", "cluster-autoscaler"}
 def test_every_tool_is_pinned_at_an_exact_version() -> None:
     manifest = tools.load_manifest()
     expected = {
-        *KUBE_TOOLS, "kustomize", "etcd", "kwok", "kwokctl", "kind", "vegeta", "tilt", "cluster-autoscaler",
+        *KUBE_TOOLS, *NODE_IMAGE_TOOLS, "kustomize", "etcd", "kwok", "kwokctl", "kind", "vegeta", "tilt",
+        "cluster-autoscaler",
     }  # fmt: skip
     assert set(manifest.tools) == expected
     for spec in manifest.tools.values():

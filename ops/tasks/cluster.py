@@ -9,6 +9,7 @@ from rich.table import Table
 
 from ops import cluster as cluster_mod
 from ops import deploy as deploy_mod
+from ops.tasks.local import node_image
 
 
 def _sim(c: Context, name: str | None, kubeconfig: str | None) -> cluster_mod.SimCluster:
@@ -88,4 +89,5 @@ def deploy(
 ns = Collection("cluster")
 ns.add_task(sim_up)
 ns.add_task(sim_down)
+ns.add_task(node_image)
 ROOT_TASKS = [deploy]

@@ -1,0 +1,3 @@
+module eks-inference/kind/pause
+
+go 1.22

@@ -1,0 +1,150 @@
+"""invoke tasks for the local kind cluster: `up`, `down` and `cluster.node-image`. Logic lives in ops.k8s."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from pathlib import Path
+from typing import cast
+
+from invoke import Collection, Context, Exit, task
+from rich.table import Table
+
+from ops import images, tools
+from ops.deploy import DeployRefused
+from ops.k8s import kind as kind_mod
+from ops.k8s import nodeimage
+
+console = tools.console
+
+
+def _kind(kubeconfig: str | None) -> kind_mod.Kind:
+    return kind_mod.Kind(kubeconfig=Path(kubeconfig) if kubeconfig else None)
+
+
+def _mode(c: Context, offline: bool, upstream: bool) -> kind_mod.NodeImageMode:
+    if offline and upstream:
+        raise Exit("--offline and --upstream exclude each other", code=2)
+    if offline:
+        return "offline"
+    if upstream:
+        return "upstream"
+    return cast(kind_mod.NodeImageMode, c.config.get("cluster", {}).get("kind", {}).get("node_image", "auto"))
+
+
+@task(
+    help={
+        "ci": "Run `tilt ci` instead of `tilt up`: build, deploy, wait until every resource is ready, then exit.",
+        "no_tilt": "Do not use Tilt even if it is installed: build, kind load, deploy --env local, port-forward.",
+        "detach": "Without Tilt: return after the rollout instead of holding the port-forwards until Ctrl-C.",
+        "offline": "Use the offline node image (kind/node-image) even if a registry answers.",
+        "upstream": "Use kind's node image (base-images/versions.toml [kind]) even if no registry answers.",
+        "kubeconfig": "Kubeconfig file for the kind context (default: $KUBECONFIG or ~/.kube/config).",
+    }
+)
+def up(
+    c: Context,
+    ci: bool = False,
+    no_tilt: bool = False,
+    detach: bool = False,
+    offline: bool = False,
+    upstream: bool = False,
+    kubeconfig: str | None = None,
+) -> None:
+    """The main job: a kind cluster with both services; `tilt up` when Tilt is installed, else the same without it."""
+    mode = _mode(c, offline, upstream)
+    conf = c.config.get("cluster", {}).get("kind", {})
+    if c.config.run.dry:
+        console.print(f"would create or reuse kind cluster {kind_mod.cluster_name()} (node image: {mode})")
+        console.print("would run tilt ci/up" if kind_mod.tilt_binary() and not no_tilt else "would build, load, deploy")
+        return
+    kind = _kind(kubeconfig)
+    try:
+        result = kind_mod.up(
+            kind,
+            allowed_contexts=dict(c.config.get("deploy", {}).get("contexts", {})),
+            mode=mode,
+            use_tilt=not no_tilt,
+            ci=ci,
+            extra=kind_mod.load_extra(conf.get("extra_config") or None),
+            offline_images=bool(c.config.get("images", {}).get("offline")) or None,
+            timeout_s=int(c.config.get("deploy", {}).get("timeout", 300)),
+        )
+    except (kind_mod.KindError, nodeimage.NodeImageError, images.ImageError, tools.ToolError, DeployRefused) as exc:
+        raise Exit(f"up failed: {exc}", code=1) from exc
+    _print_steps(result)
+    if result.images and not detach:
+        _hold_port_forwards(kind)
+    elif result.images:
+        for s in kind_mod.local_services():
+            console.print(
+                f"{s.name}: kubectl --context {kind.context} -n {kind_mod.NAMESPACE} port-forward "
+                f"--address 127.0.0.1 svc/{s.name} {s.local_port}:{kind_mod.SERVICE_PORT}"
+            )
+
+
+def _print_steps(result: kind_mod.UpResult) -> None:
+    table = Table(title=f"invoke up ({result.context})")
+    table.add_column("step")
+    table.add_column("seconds", justify="right")
+    for name, seconds in result.steps:
+        table.add_row(name, f"{seconds:.1f}")
+    console.print(table)
+
+
+def _hold_port_forwards(kind: kind_mod.Kind) -> None:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with kind_mod.forwarded(kind) as urls:
+        table = Table(title="services (Ctrl-C to stop forwarding; the cluster keeps running)")
+        for col in ("service", "predict", "docs", "metrics"):
+            table.add_column(col)
+        for name, url in urls.items():
+            table.add_row(name, f"{url}/v1/predict", f"{url}/docs", f"{url}/metrics")
+        console.print(table)
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
+
+
+@task(help={"kubeconfig": "Kubeconfig file holding the kind context (default: $KUBECONFIG or ~/.kube/config)."})
+def down(c: Context, kubeconfig: str | None = None) -> None:
+    """Delete the kind cluster and what kind leaves behind (its docker network, the kube context)."""
+    if c.config.run.dry:
+        console.print(f"would delete kind cluster {kind_mod.cluster_name()} and the idle `kind` network")
+        return
+    try:
+        left = kind_mod.down(_kind(kubeconfig))
+    except (kind_mod.KindError, images.ImageError) as exc:
+        raise Exit(f"down failed: {exc}", code=1) from exc
+    if left:
+        raise Exit(f"down left behind: {', '.join(left)}", code=1)
+    console.print("[green]kind cluster deleted; nothing left behind[/green]")
+
+
+@task(name="node-image", help={"force": "Rebuild even when the image for the current inputs exists."})
+def node_image(c: Context, force: bool = False) -> None:
+    """Build the offline kind node image (Debian + containerd + the pinned Kubernetes build); cached by content."""
+    if c.config.run.dry:
+        p = nodeimage.current_plan()
+        console.print(f"node image {p.tag}")
+        if p.missing_tools:
+            console.print(f"would first install: {', '.join(p.missing_tools)}")
+        for ref, comp in p.images.items():
+            console.print(f"  {ref}  <- {comp.tool or 'kind/node-image/' + comp.name}")
+        return
+    try:
+        report = nodeimage.build(force=force)
+    except (nodeimage.NodeImageError, images.ImageError, tools.ToolError) as exc:
+        raise Exit(f"node image failed: {exc}", code=1) from exc
+    table = Table(title=f"{report.tag} ({'built' if report.built else 'cached'})")
+    table.add_column("step")
+    table.add_column("seconds", justify="right")
+    for name, seconds in report.steps:
+        table.add_row(name, f"{seconds:.1f}")
+    console.print(table)
+
+
+# `cluster.node-image` joins the cluster collection (ops/tasks/cluster.py); `up` and `down` are root tasks.
+ns = Collection("local")
+ROOT_TASKS = [up, down]
