@@ -102,14 +102,19 @@ class ImageServer:
 
 def write_targets(path: Path, predict_url: str, image_urls: Sequence[str]) -> Path:
     """Write a vegeta JSON-format targets file: one POST per image, body {"image_url": ...}."""
+    bodies = [(json.dumps({"image_url": u}).encode(), "application/json") for u in image_urls]
+    return write_body_targets(path, predict_url, bodies)
+
+
+def write_body_targets(path: Path, url: str, bodies: Sequence[tuple[bytes, str]]) -> Path:
+    """Write a vegeta JSON-format targets file: one POST per (body, content type), sent round-robin."""
     lines = []
-    for image_url in image_urls:
-        body = json.dumps({"image_url": image_url}).encode()
+    for body, content_type in bodies:
         target = {
             "method": "POST",
-            "url": predict_url,
+            "url": url,
             "body": base64.b64encode(body).decode(),
-            "header": {"Content-Type": ["application/json"]},
+            "header": {"Content-Type": [content_type]},
         }
         lines.append(json.dumps(target))
     path.write_text("\n".join(lines) + "\n")
@@ -183,6 +188,7 @@ def attack(
     max_workers: int = DEFAULT_MAX_WORKERS,
     title: str = "",
     echo: Callable[[str], None] | None = None,
+    extra_args: Sequence[str] = (),
 ) -> LoadResult:
     """One constant-rate attack; writes results.bin, report.txt, report.json, hist.txt and plot.html into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -197,6 +203,7 @@ def attack(
         f"-timeout={timeout}",
         f"-max-workers={max_workers}",
         f"-output={results}",
+        *extra_args,
     ]
     reports = {
         "report.txt": [str(vegeta), "report", "-type=text", str(results)],
@@ -242,6 +249,9 @@ class LoadPlan:
     hist_buckets: str = DEFAULT_HIST_BUCKETS
     timeout: str = DEFAULT_ATTACK_TIMEOUT
     max_workers: int = DEFAULT_MAX_WORKERS
+    # Send the sample images as raw JPEG bodies instead of {"image_url": ...}: for a service that cannot reach
+    # this machine's loopback image server (a pod in a cluster, behind a port-forward or a NodePort).
+    raw: bool = False
 
 
 class LoadSession:
@@ -265,9 +275,15 @@ class LoadSession:
         self.cpu_probe: Callable[[], float] | None = None
 
     def __enter__(self) -> Self:
+        predict = self.plan.service_url.rstrip("/") + "/v1/predict"
+        if self.plan.raw:
+            folder = self.folder / "images"
+            bodies = [((folder / name).read_bytes(), "image/jpeg") for name in self.image_names]
+            write_body_targets(self.targets, predict, bodies)
+            return self
         self.image_server.__enter__()
         urls = [f"{self.image_server.url}/{name}" for name in self.image_names]
-        write_targets(self.targets, self.plan.service_url.rstrip("/") + "/v1/predict", urls)
+        write_targets(self.targets, predict, urls)
         return self
 
     def __exit__(
@@ -276,7 +292,8 @@ class LoadSession:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.image_server.__exit__(exc_type, exc, tb)
+        if not self.plan.raw:
+            self.image_server.__exit__(exc_type, exc, tb)
 
     def constant(self, rate: float, duration: str, *, sub: str = "") -> LoadResult:
         """One constant-rate attack into the run folder (or a sub-folder of it)."""

@@ -166,6 +166,7 @@ def _service_context(url: str, model: str, log_path: Path) -> Any:
         "slo_p99": "Step mode: p99 SLO in milliseconds.",
         "min_success": "Step mode: lowest acceptable success ratio.",
         "images": "Distinct images served by the loopback image server.",
+        "raw": "Send the images as raw JPEG bodies (for a service in a cluster, which cannot reach this machine).",
         "results": "Results folder (default results/load/<timestamp>).",
     },
 )
@@ -185,6 +186,7 @@ def load(
     min_success: float = 0.99,
     images: int = 8,
     results: str = "",
+    raw: bool = False,
 ) -> None:
     """vegeta load test against /v1/predict with {"image_url": ...} bodies from a loopback image server."""
     from ops import load as load_mod
@@ -208,6 +210,7 @@ def load(
             results_root=folder.parent,
             image_count=images,
             hist_buckets=hist_buckets,
+            raw=raw,
         )
         with load_mod.LoadSession(
             plan, folder=folder, echo=lambda line: console.print(f"$ {line}", style="dim", markup=False, soft_wrap=True)

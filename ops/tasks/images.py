@@ -100,10 +100,31 @@ def prune(c: Context, offline: bool = False) -> None:
         images_mod.console.print(f"untagged {ref}")
 
 
+@task(name="dev-serve", help={"offline": "Build the OS base offline (default from invoke.yaml images.offline)."})
+def dev_serve(c: Context, offline: bool = False) -> None:
+    """For Tilt's docker_build of the services: build the CPU base if missing (tagged as the Dockerfiles' default
+    BASE_IMAGE), write the requirement files, then serve the wheelhouse on 127.0.0.1 until stopped."""
+    import threading
+
+    if c.config.run.dry:
+        print(f"would build the CPU base if missing and serve the wheelhouse at {images_mod.wheelhouse_url()}")
+        return
+    try:
+        ref = images_mod.prepare_service_builds(_offline(c, offline))
+        with images_mod.serve_wheelhouse() as url:
+            images_mod.console.print(f"base {ref}; wheelhouse at {url} (Ctrl-C to stop)")
+            threading.Event().wait()
+    except images_mod.ImageError as exc:
+        raise Exit(str(exc), code=1) from exc
+    except KeyboardInterrupt:
+        pass
+
+
 ns = Collection("images")
 ns.add_task(base)
 ns.add_task(build)
 ns.add_task(lint)
 ns.add_task(tags)
 ns.add_task(prune)
+ns.add_task(dev_serve)
 ROOT_TASKS: list = []

@@ -31,5 +31,33 @@ def serve(c: Context, only: str = "") -> None:
             console.print("stopping")
 
 
+@task(
+    help={
+        "image_url": "Base URL of the image classifier (default: 127.0.0.1:8080, as `invoke serve`, `up` and Tilt).",
+        "text_url": "Base URL of the text classifier (default: 127.0.0.1:8081).",
+    }
+)
+def smoke(c: Context, image_url: str = "", text_url: str = "") -> None:
+    """One demo prediction per running service (a triangle image, a contact-info text); exit 1 if one fails."""
+    import httpx
+    from invoke import Exit
+
+    from ops.serve import SERVICES
+    from ops.serve import smoke as run_smoke
+
+    urls = {s.name: f"http://127.0.0.1:{s.port}" for s in SERVICES}
+    urls["image-classifier"] = image_url or urls["image-classifier"]
+    urls["text-classifier"] = text_url or urls["text-classifier"]
+    if c.config.run.dry:
+        console.print(f"would POST one demo input to each of {urls}")
+        return
+    try:
+        rows = run_smoke(urls)
+    except httpx.HTTPError as exc:
+        raise Exit(f"smoke failed: {exc}", code=1) from exc
+    for name, what, label, score in rows:
+        console.print(f"[green]{name}[/]: {what} -> {label} {score:.4f}")
+
+
 ns = Collection("serve")
-ROOT_TASKS = [serve]
+ROOT_TASKS = [serve, smoke]
