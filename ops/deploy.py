@@ -139,13 +139,15 @@ class Kubectl:
         input_text: str | None = None,
         ok_codes: tuple[int, ...] = (0,),
         timeout: float = 300,
+        quiet: bool = False,
     ) -> subprocess.CompletedProcess[str]:
         cmd = [
             self.binary,
             *(["--context", self.context] if self.context else []),
             *args,
         ]
-        console.log("[bold]$ kubectl " + " ".join(cmd[1:]))
+        if not quiet:
+            console.log("[bold]$ kubectl " + " ".join(cmd[1:]))
         proc = subprocess.run(
             cmd,
             input=input_text,

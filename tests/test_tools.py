@@ -21,7 +21,9 @@ from ops import doctor, tools
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VERSIONS = tomllib.loads((REPO_ROOT / "base-images" / "versions.toml").read_text())
-KUBE_TOOLS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubelet", "kubeadm", "kube-proxy")
+KUBE_TOOLS = (
+    "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubelet", "kubeadm", "kube-proxy",
+)  # fmt: skip
 # Built for the offline kind node image (kind/node-image) beside the Kubernetes binaries.
 NODE_IMAGE_TOOLS = ("coredns", "metrics-server", "crictl")
 OPTIONAL = {"tilt", "cluster-autoscaler"}

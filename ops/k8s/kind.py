@@ -35,7 +35,8 @@ METRICS_SERVER = REPO_ROOT / "kind" / "addons" / "metrics-server.yaml"
 KIND_NETWORK = "kind"
 CLUSTER_LABEL = "io.x-k8s.kind.cluster"
 NAMESPACE = "inference"
-SERVICE_PORT = 8080
+# The Services listen on 80 (targetPort: the containers' named port http, 8080).
+SERVICE_PORT = 80
 # A registry that answers `GET /v2/` (401 without credentials) can serve kind's node image.
 REGISTRY_PROBE = "https://registry-1.docker.io/v2/"
 
@@ -176,6 +177,19 @@ class Kind:
         if _network_exists(KIND_NETWORK) and not _network_containers(KIND_NETWORK):
             images.run(["docker", "network", "rm", KIND_NETWORK], quiet=True)
 
+    def restart_apiserver(self, timeout_s: float = 180) -> None:
+        """Stop the kube-apiserver container of the control-plane node; the kubelet starts it again."""
+        node = f"{self.name}-control-plane"
+        stop = "crictl stop $(crictl ps -q --name kube-apiserver)"
+        images.run(["docker", "exec", node, "sh", "-c", stop], capture=True, quiet=True)
+        kubectl = deploy.Kubectl(self.context, self.kubeconfig)
+        deadline = time.monotonic() + timeout_s
+        time.sleep(5)
+        while kubectl.run("get", "--raw", "/readyz", ok_codes=(0, 1), quiet=True).returncode != 0:
+            if time.monotonic() > deadline:
+                raise KindError(f"kube-apiserver did not come back within {timeout_s:.0f}s")
+            time.sleep(2)
+
     def node_containers(self) -> list[str]:
         out = images.run(
             ["docker", "ps", "-a", "--filter", f"label={CLUSTER_LABEL}={self.name}", "--format", "{{.Names}}"],
@@ -265,17 +279,34 @@ def ensure_cluster(
         result.created = True
     kubectl = deploy.Kubectl(kind.context, kind.kubeconfig)
     with result.step("metrics-server"):
-        kubectl.run(
-            "apply",
-            "--server-side",
-            "--field-manager=eks-inference-up",
-            "-f",
-            "-",
-            input_text=metrics_server_manifest(),
-        )
-        kubectl.run(
-            "-n", "kube-system", "rollout", "status", "deployment/metrics-server", "--timeout=300s", timeout=330
-        )
+        install_metrics_server(kubectl, kind)
+
+
+def install_metrics_server(kubectl: deploy.Kubectl, kind: Kind | None = None, timeout_s: float = 90) -> None:
+    """Apply metrics-server, wait for its rollout, then until the apiserver serves the Metrics API through it.
+
+    Seen here with kube-apiserver v1.35.4: an APIService registered after the apiserver started can stay
+    unserved (every request for the group answers 404, while the APIService reports Available and metrics-server
+    answers when asked directly); re-registering it does not help, an apiserver that starts with the APIService
+    already present serves it. So when the API is not served in time, the kube-apiserver static pod of the kind
+    node is restarted once (the kubelet starts it again), and only then is it an error.
+    """
+    kubectl.run(
+        "apply", "--server-side", "--field-manager=eks-inference-up", "-f", "-", input_text=metrics_server_manifest()
+    )
+    kubectl.run("-n", "kube-system", "rollout", "status", "deployment/metrics-server", "--timeout=300s", timeout=330)
+    for attempt in (1, 2):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            probe = kubectl.run("get", "--raw", "/apis/metrics.k8s.io/v1beta1/nodes", ok_codes=(0, 1), quiet=True)
+            if probe.returncode == 0 and '"NodeMetricsList"' in probe.stdout:
+                return
+            time.sleep(3)
+        if attempt == 1 and kind is not None:
+            console.print("[yellow]the Metrics API is not served yet: restarting kube-apiserver[/yellow]")
+            kind.restart_apiserver()
+            kubectl.run("wait", "--for=condition=Available", "apiservice/v1beta1.metrics.k8s.io", "--timeout=120s")
+    raise KindError(f"the apiserver does not serve the Metrics API {timeout_s:.0f}s after metrics-server started")
 
 
 def build_and_load(kind: Kind, result: UpResult, services: Sequence[str], *, offline: bool) -> dict[str, str]:
@@ -407,7 +438,9 @@ def _ensure_bundles() -> None:
 
 def _run_tilt(tilt: str, kind: Kind, *, ci: bool) -> None:
     """`tilt ci` (exits with the result) or `tilt up` (until Ctrl-C), against the kind context only."""
-    env = {**kind.env, "TILT_DISABLE_ANALYTICS": "1"}
+    # Analytics off (the Tiltfile turns them off too, but only once it has loaded); the legacy builder, as
+    # images.build uses, since Tilt would otherwise build through BuildKit where the daemon offers it.
+    env = {**kind.env, "TILT_DISABLE_ANALYTICS": "1", "DOCKER_BUILDKIT": "0"}
     cmd = (
         [tilt, "ci", "--context", kind.context]
         if ci

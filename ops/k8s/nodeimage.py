@@ -84,8 +84,9 @@ def metrics_server_ref(manifest: tools.Manifest | None = None) -> str:
 def kubeadm_patch(manifest: tools.Manifest | None = None) -> dict[str, Any]:
     """ClusterConfiguration fields that point kubeadm at the etcd and coredns versions this image ships."""
     m = manifest or tools.load_manifest()
+    # No apiVersion: kind matches a patch to its generated document by kind alone then, whichever kubeadm API
+    # version it writes (v1beta3 for kind v0.32 and Kubernetes 1.35); both versions have these two fields.
     return {
-        "apiVersion": KUBEADM_API,
         "kind": "ClusterConfiguration",
         "etcd": {"local": {"imageTag": m.tools["etcd"].version.removeprefix("v") + "-0"}},
         "dns": {"imageTag": m.tools["coredns"].version},
@@ -102,7 +103,7 @@ def component_for(ref: str) -> Component:
 
 def kubeadm_images(kubeadm: Path, version: str, patch: dict[str, Any]) -> list[str]:
     """The images `kubeadm init` will use for `version` with `patch`, asked of kubeadm itself (offline)."""
-    config = {**patch, "kubernetesVersion": version}
+    config = {"apiVersion": KUBEADM_API, **patch, "kubernetesVersion": version}
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as handle:
         yaml.safe_dump(config, handle)
         handle.flush()
