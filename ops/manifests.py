@@ -951,8 +951,8 @@ def _port_matches(rule_port: Obj, port: int | str, named: Mapping[str, int], pro
     number = named.get(str(port), port) if isinstance(port, str) else port
     if isinstance(wanted, str):
         return wanted == port or named.get(wanted) == number
-    end = rule_port.get("endPort", wanted)
-    return isinstance(number, int) and wanted <= number <= end
+    end = int(rule_port.get("endPort") or wanted)
+    return isinstance(number, int) and int(wanted) <= number <= end
 
 
 def _policies_selecting(objects: list[Obj], namespace: str, labels: Mapping[str, str], kind: str) -> list[Obj]:
@@ -1156,9 +1156,10 @@ def _datadog_metric_is_collected(objects: list[Obj], hpa: Obj, dm: Obj) -> list[
     if not match:
         return [f"{ref(dm)}: cannot read a <namespace>.<metric>{{...}} from query {query!r}"]
     prefix, metric = match.groups()
-    (dep,) = find(objects, "Deployment", hpa["spec"]["scaleTargetRef"]["name"]) or [None]
-    if dep is None:
+    deps = find(objects, "Deployment", hpa["spec"]["scaleTargetRef"]["name"])
+    if not deps:
         return [f"{ref(hpa)}: scales a Deployment that is not rendered"]
+    dep = deps[0]
     annotations = dep["spec"]["template"]["metadata"].get("annotations", {})
     for key, value in annotations.items():
         if key.startswith("ad.datadoghq.com/") and key.endswith(".checks") and '"openmetrics"' in value:
