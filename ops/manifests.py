@@ -1296,30 +1296,56 @@ def mermaid(overlay: str = DIAGRAM_OVERLAY, objects: list[Obj] | None = None) ->
     return "\n".join(lines) + "\n"
 
 
-def asg_node_template_tags(cluster_name: str = "<cluster-name>") -> dict[str, dict[str, str]]:
-    """Per node group, the ASG tags the Cluster Autoscaler needs to scale it up from zero nodes.
+# Labels EKS and the kubelet set on every node themselves; a managed node group may not set them.
+NODE_SET_LABELS = ("eks.amazonaws.com/nodegroup", "node.kubernetes.io/instance-type")
 
-    With no node to look at, the autoscaler builds a template node from these tags: labels (so the
-    pending pod's node affinity matches), taints (so it knows the toleration is needed) and extended
-    resources such as nvidia.com/gpu, which neither the launch template nor the EKS API tell it about.
+
+def scale_from_zero_template(group: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """What the Cluster Autoscaler (AWS provider) puts on its template node for `group` at zero nodes, and from where.
+
+    Read from cluster-autoscaler 1.35's cloudprovider/aws (aws_manager.go buildNodeFromTemplate): CPU,
+    memory and the NVIDIA GPU count come from its built-in EC2 instance-type table; labels and taints of
+    an EKS managed node group from the EKS DescribeNodegroup API (the ASG carries `eks:nodegroup-name`
+    and `eks:cluster-name`, which mark it as managed); `node-template/*` ASG tags only override or add.
     """
-    prefix = "k8s.io/cluster-autoscaler/node-template"
-    tags: dict[str, dict[str, str]] = {}
-    for g in nodegroups():
-        group = {"k8s.io/cluster-autoscaler/enabled": "true", f"k8s.io/cluster-autoscaler/{cluster_name}": "owned"}
-        group.update({f"{prefix}/label/{k}": str(v) for k, v in g.get("labels", {}).items()})
-        group.update({f"{prefix}/taint/{t['key']}": f"{t['value']}:{t['effect']}" for t in g.get("taints") or []})
-        group.update({f"{prefix}/resources/{r}": str(v) for r, v in g.get("allocatable", {}).items() if "/" in r})
-        tags[g["name"]] = group
-    return tags
+    instance = group["instanceType"]
+    capacity = group.get("capacity", {})
+    labels = {k: v for k, v in group.get("labels", {}).items() if k not in NODE_SET_LABELS}
+    taints = group.get("taints") or []
+    table = f"its EC2 instance-type table ({instance})"
+    return [
+        ("cpu, memory", f"{capacity.get('cpu')} vCPU, {capacity.get('memory')}", table),
+        (GPU_RESOURCE, str(capacity.get(GPU_RESOURCE, 0)), table),
+        (
+            "labels",
+            ", ".join(f"`{k}={v}`" for k, v in labels.items()),
+            "EKS DescribeNodegroup: the managed node group's labels (infra/ sets them)",
+        ),
+        (
+            "taints",
+            ", ".join(f"`{t['key']}={t['value']}:{t['effect']}`" for t in taints) or "none",
+            "EKS DescribeNodegroup: the managed node group's taints",
+        ),
+        (
+            "instance type, zone, arch, os labels",
+            f"`node.kubernetes.io/instance-type={instance}`, ...",
+            "derived from the ASG and its launch template",
+        ),
+        (
+            "discovery",
+            "`k8s.io/cluster-autoscaler/enabled`, `k8s.io/cluster-autoscaler/<cluster-name>`",
+            "ASG tags EKS puts on every managed node group",
+        ),
+    ]
 
 
-def asg_tags_markdown() -> str:
-    """The ASG node-template tags as a Markdown table per node group."""
+def scale_from_zero_markdown() -> str:
+    """The scale-from-zero template of every node group as Markdown tables."""
     lines = []
-    for group, tags in asg_node_template_tags().items():
-        lines += [f"**{group}**", "", "| ASG tag key | value |", "|---|---|"]
-        lines += [f"| `{k}` | `{v}` |" for k, v in tags.items()]
+    for g in nodegroups():
+        lines += [f"**{g['name']}** ({g['minSize']}-{g['maxSize']} nodes)", ""]
+        lines += ["| template node | value | the autoscaler reads it from |", "|---|---|---|"]
+        lines += [f"| {what} | {value} | {source} |" for what, value, source in scale_from_zero_template(g)]
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
@@ -1328,7 +1354,7 @@ def generated_sections(overlay: str = DIAGRAM_OVERLAY) -> dict[str, str]:
     """Name -> generated Markdown of each generated section of docs/manifests.md."""
     return {
         "placement-diagram": f"```mermaid\n{mermaid(overlay)}```\n",
-        "asg-node-template-tags": asg_tags_markdown(),
+        "scale-from-zero": scale_from_zero_markdown(),
     }
 
 
