@@ -26,9 +26,14 @@ from ops.cluster import SimCluster, load_nodegroups, node_manifest, wait_until
 BINARY_ENV = "EKS_INFERENCE_CLUSTER_AUTOSCALER"
 NAMESPACE = "ca-test"
 GROUP_LABEL = "eks.amazonaws.com/nodegroup"
+# Groups template nodes for the kwok provider. An annotation only templates carry: grouping by the node
+# group label would also count the pre-created node into cpu-general's target size (an "upcoming" node
+# that never comes, which the autoscaler then waits for instead of scaling up).
+GROUP_ANNOTATION = "eks-inference.io/kwok-node-group"
 # kwok provider annotations on template nodes (cloudprovider/kwok/kwok_constants.go).
 MIN_COUNT = "cluster-autoscaler.kwok.nodegroup/min-count"
 MAX_COUNT = "cluster-autoscaler.kwok.nodegroup/max-count"
+DESIRED_COUNT = "cluster-autoscaler.kwok.nodegroup/desired-count"
 
 
 def autoscaler_binary() -> str | None:
@@ -53,19 +58,28 @@ def provider_config() -> dict[str, Any]:
     return {
         "apiVersion": "v1alpha1",
         "readNodesFrom": "configmap",
-        "nodegroups": {"fromNodeLabelKey": GROUP_LABEL},
+        "nodegroups": {"fromNodeAnnotationKey": GROUP_ANNOTATION},
         "nodes": {"skipTaint": True, "gpuConfig": {"gpuLabelKey": m.ACCELERATOR_LABEL, "availableGPUTypes": gpu_types}},
         "configmap": {"name": "kwok-provider-templates", "key": "templates"},
     }
 
 
 def template_nodes() -> dict[str, Any]:
-    """One template Node per node group of nodegroups.yaml, with its min and max size."""
+    """One template Node per node group of nodegroups.yaml (labels, taints, capacity, maxSize).
+
+    Every group starts at zero autoscaler-managed nodes with a minimum of zero: the kwok provider cannot
+    adopt nodes it did not create, so cpu-general's minimum (2) stands as the pre-created node instead.
+    """
     items = []
     for group in load_nodegroups().values():
         node = node_manifest(group, 0)
         node["metadata"]["name"] = f"{group.name}-template"
-        node["metadata"]["annotations"] = {MIN_COUNT: str(group.min_size), MAX_COUNT: str(group.max_size)}
+        node["metadata"]["annotations"] = {
+            GROUP_ANNOTATION: group.name,
+            MIN_COUNT: "0",
+            DESIRED_COUNT: "0",
+            MAX_COUNT: str(group.max_size),
+        }
         items.append(node)
     return {"apiVersion": "v1", "kind": "List", "items": items}
 
@@ -126,7 +140,14 @@ def autoscaler(ca_sim: SimCluster, tmp_path_factory: pytest.TempPathFactory) -> 
         "--max-node-provision-time=2m",
         "--v=2",
     ]
-    env = {**os.environ, "POD_NAMESPACE": "kube-system", "KWOK_PROVIDER_MODE": "local"}
+    # The kwok provider's own client reads $KUBECONFIG and its current context (KWOK_PROVIDER_MODE=local).
+    ca_sim.kubectl("config", "use-context", ca_sim.context)
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(ca_sim.kubeconfig),
+        "POD_NAMESPACE": "kube-system",
+        "KWOK_PROVIDER_MODE": "local",
+    }
     with log.open("w") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
         try:
@@ -202,9 +223,12 @@ def test_a_pending_gpu_pod_scales_the_gpu_group_up_from_zero(ca_sim: SimCluster,
 
 
 def test_nodes_are_removed_after_their_pods_are_gone(ca_sim: SimCluster, autoscaler: Path) -> None:
-    cpu_nodes = nodes_of(ca_sim, "cpu-general")
     ca_sim.kubectl("delete", "pods", "-n", NAMESPACE, "-l", "test=ca", "--wait=true")
     wait_until(lambda: nodes_of(ca_sim, "gpu-t4") == [], 180, interval_s=3, what="gpu-t4 back at zero nodes")
-    # cpu-general keeps the node it added: the group (its kwok-managed nodes) is below minSize 2.
-    assert nodes_of(ca_sim, "cpu-general") == cpu_nodes
-    assert load_nodegroups()["cpu-general"].min_size == 2
+    # The CPU node it added goes too; the pre-created one (not the autoscaler's) stays.
+    wait_until(
+        lambda: nodes_of(ca_sim, "cpu-general") == ["cpu-general-0"],
+        180,
+        interval_s=3,
+        what="cpu-general back to its pre-created node",
+    )
