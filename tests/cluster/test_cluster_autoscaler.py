@@ -46,7 +46,7 @@ pytestmark = [
         autoscaler_binary() is None,
         reason=(
             "no cluster-autoscaler built with -tags kwok on PATH or in $EKS_INFERENCE_CLUSTER_AUTOSCALER "
-            "(no registry serves one; see docs/manifests.md)"
+            "(no registry serves one; docs/manifests.md, 'The Cluster Autoscaler on AWS')"
         ),
     ),
 ]
