@@ -34,7 +34,10 @@ console = Console(stderr=True)
 
 @dataclass(frozen=True)
 class NodeGroup:
-    """One production managed node group from manifests/nodegroups.yaml."""
+    """One production managed node group from manifests/nodegroups.yaml (the typed reader of that file).
+
+    The simulator makes fake nodes from it and the CDK app (ops.infra) creates the real node groups.
+    """
 
     name: str
     role: str
@@ -46,6 +49,14 @@ class NodeGroup:
     allocatable: dict[str, str]
     labels: dict[str, str]
     taints: tuple[dict[str, str], ...]
+    # EKS managed node group AMI type (AL2023_x86_64_STANDARD | AL2023_x86_64_NVIDIA) and root volume size.
+    ami_type: str = "AL2023_x86_64_STANDARD"
+    disk_size_gib: int = 20
+
+    @property
+    def gpus_per_node(self) -> int:
+        """nvidia.com/gpu each node offers (0 for CPU groups)."""
+        return int(self.allocatable.get("nvidia.com/gpu", "0"))
 
 
 def load_nodegroups(path: Path = NODEGROUPS_PATH) -> dict[str, NodeGroup]:
@@ -64,6 +75,8 @@ def load_nodegroups(path: Path = NODEGROUPS_PATH) -> dict[str, NodeGroup]:
             allocatable={k: str(v) for k, v in g["allocatable"].items()},
             labels={k: str(v) for k, v in g["labels"].items()},
             taints=tuple({k: str(v) for k, v in t.items()} for t in g.get("taints") or ()),
+            ami_type=str(g.get("amiType", "AL2023_x86_64_STANDARD")),
+            disk_size_gib=int(g.get("diskSizeGiB", 20)),
         )
     return groups
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import subprocess
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,9 @@ OVERLAYS = {
     "prod": "overlays/eks-prod",
 }
 FIELD_MANAGER = "eks-inference-deploy"
+# Takes spec.replicas over from FIELD_MANAGER on clusters deployed before the manifests left replicas to
+# the HPA (Kubernetes' documented server-side apply handover), so that field is kept, not reset to 1.
+REPLICAS_HANDOVER_MANAGER = "eks-inference-replicas-handover"
 ROLLOUT_KINDS = ("Deployment", "DaemonSet", "StatefulSet")
 # Kinds applied first so that the objects depending on them are accepted.
 FIRST_KINDS = ("Namespace", "CustomResourceDefinition")
@@ -106,6 +111,86 @@ def workloads(rendered: str) -> list[Workload]:
             meta = doc["metadata"]
             out.append(Workload(doc["kind"], meta["name"], meta.get("namespace", "default")))
     return out
+
+
+@dataclass(frozen=True)
+class HpaTarget:
+    """A Deployment an HPA in the rendered overlay scales, and the HPA's floor."""
+
+    namespace: str
+    deployment: str
+    min_replicas: int
+
+
+def hpa_targets(rendered: str) -> list[HpaTarget]:
+    """Every Deployment an HPA of the render scales (the manifests leave their spec.replicas to the HPA)."""
+    out = []
+    for doc in yaml.safe_load_all(rendered):
+        if doc and doc.get("kind") == "HorizontalPodAutoscaler":
+            target = doc["spec"]["scaleTargetRef"]
+            if target["kind"] == "Deployment":
+                namespace = doc["metadata"].get("namespace", "default")
+                out.append(HpaTarget(namespace, target["name"], int(doc["spec"].get("minReplicas", 1))))
+    return out
+
+
+def owns_replicas(live: Mapping[str, Any], manager: str = FIELD_MANAGER) -> bool:
+    """Whether `manager` holds spec.replicas of a live object through server-side apply."""
+    for entry in live.get("metadata", {}).get("managedFields") or []:
+        applied = entry.get("manager") == manager and entry.get("operation") == "Apply"
+        if applied and "f:replicas" in (entry.get("fieldsV1") or {}).get("f:spec", {}):
+            return True
+    return False
+
+
+def hand_over_replicas(kubectl: Kubectl, targets: Sequence[HpaTarget]) -> list[str]:
+    """Before an apply without spec.replicas: keep the live count where an earlier deploy applied one.
+
+    Dropping a field from the applied configuration deletes it when no other manager holds it, and a
+    Deployment without replicas defaults to 1: the first deploy of HPA-owned manifests would scale every
+    service to one pod. A second manager applying the live value keeps the field; the HPA moves it on.
+    """
+    handed = []
+    for target in targets:
+        proc = kubectl.run(
+            "get", f"deployment/{target.deployment}", "-n", target.namespace, "-o", "json",
+            "--show-managed-fields", ok_codes=(0, 1),
+        )  # fmt: skip
+        if proc.returncode != 0:
+            continue  # not created yet: nothing to keep
+        live = json.loads(proc.stdout)
+        if not owns_replicas(live):
+            continue
+        doc = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": target.deployment, "namespace": target.namespace},
+            "spec": {"replicas": int(live["spec"]["replicas"])},
+        }
+        kubectl.run(
+            "apply", "--server-side", f"--field-manager={REPLICAS_HANDOVER_MANAGER}", "-f", "-",
+            input_text=json.dumps(doc),
+        )  # fmt: skip
+        handed.append(f"{target.namespace}/{target.deployment}")
+    return handed
+
+
+def wait_for_hpa_floor(kubectl: Kubectl, targets: Sequence[HpaTarget], timeout_s: float = 120) -> None:
+    """A new HPA-scaled Deployment starts at 1 replica until its HPA raises it to minReplicas; wait for that."""
+    deadline = time.monotonic() + timeout_s
+    for target in targets:
+        while True:
+            out = kubectl.run(
+                "get", f"deployment/{target.deployment}", "-n", target.namespace, "-o", "jsonpath={.spec.replicas}"
+            ).stdout  # fmt: skip
+            if out.strip() and int(out) >= target.min_replicas:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{target.namespace}/{target.deployment} has {out or 0} replicas after {timeout_s:g} s; "
+                    f"its HPA should have raised it to minReplicas {target.min_replicas} (is the HPA controller up?)"
+                )
+            time.sleep(1)
 
 
 def parse_allowed(value: str | Sequence[str]) -> list[str]:
@@ -221,9 +306,14 @@ def deploy(
         ask = confirm or _ask
         if not ask(f"Apply {OVERLAYS[env]} to context {ctx!r}?"):
             raise DeployRefused("prod deploy not confirmed")
+    targets = hpa_targets(rendered)
+    handed = hand_over_replicas(kubectl, targets)
+    if handed:
+        console.print(f"kept the live replica count of {', '.join(handed)} (now the HPA's to change)")
     for part in (first, rest):
         if part.strip():
             kubectl.run("apply", *common, "-f", "-", input_text=part)
+    wait_for_hpa_floor(kubectl, targets, timeout_s)
     for w in result.workloads:
         kubectl.run(
             "rollout", "status", f"{w.kind.lower()}/{w.name}", "-n", w.namespace, f"--timeout={timeout_s}s",

@@ -71,7 +71,53 @@ NO_PROBES = {
 
 WORKLOAD_KINDS = ("Deployment", "DaemonSet", "StatefulSet", "Job", "CronJob", "ReplicaSet")
 
+# The namespace the EKS overlays put the services in, and the guardrails there.
+SERVICE_NAMESPACE = "inference"
+SERVING_PRIORITY_CLASS = "eks-inference-serving"
+# Priority classes Kubernetes reserves for itself start here; ours must stay below.
+SYSTEM_PRIORITY_FLOOR = 1_000_000_000
+# GPU node agents run on every GPU node whatever else wants the room.
+NODE_AGENT_PRIORITY_CLASS = "system-node-critical"
+DNS_PORT = 53
+
+# What an overlay declares about the platform it runs on: annotations on its Namespace. The platform
+# (not this repository) installs the metrics adapters, so the overlay says which ones it has.
+EXTERNAL_METRICS_PROVIDER_ANNOTATION = "eks-inference.io/external-metrics-provider"
+CUSTOM_METRICS_PROVIDER_ANNOTATION = "eks-inference.io/custom-metrics-provider"
+# HPA metric type -> (annotation naming its provider, providers this repository knows how to feed).
+METRIC_PROVIDERS = {
+    "External": (EXTERNAL_METRICS_PROVIDER_ANNOTATION, ("datadog-cluster-agent",)),
+    "Pods": (CUSTOM_METRICS_PROVIDER_ANNOTATION, ("prometheus-adapter", "datadog-cluster-agent")),
+    "Object": (CUSTOM_METRICS_PROVIDER_ANNOTATION, ("prometheus-adapter", "datadog-cluster-agent")),
+}
+DATADOG_METRIC_PREFIX = "datadogmetric@"
+
 Obj = dict[str, Any]
+
+# Schemas of the custom resources an overlay may render (kubernetes-validate ships core kinds only).
+# DatadogMetric: the Datadog Cluster Agent's CRD (datadoghq.com/v1alpha1, the fields of DatadogMetricSpec).
+CRD_SCHEMAS: dict[tuple[str, str], Obj] = {}
+CRD_SCHEMAS[("datadoghq.com/v1alpha1", "DatadogMetric")] = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "datadoghq.com/v1alpha1"},
+        "kind": {"const": "DatadogMetric"},
+        "metadata": {"type": "object", "required": ["name"]},
+        "spec": {
+            "type": "object",
+            "required": ["query"],
+            "additionalProperties": False,
+            "properties": {
+                "query": {"type": "string", "minLength": 1},
+                "externalMetricName": {"type": "string"},
+                "maxAge": {"type": "string"},
+                "timeWindow": {"type": "string"},
+            },
+        },
+    },
+}
 
 
 class ManifestError(RuntimeError):
@@ -416,15 +462,22 @@ def _minor_tuple(version: str) -> tuple[int, int]:
 def schema_errors(objects: Iterable[Obj], kubernetes_version: str | None = None) -> list[str]:
     """Strict (no unknown fields) schema validation of every object; an object with no schema is an error.
 
-    Only core kinds are rendered by default. A CRD kind has no bundled schema, so it fails here
-    until its schema is handled explicitly.
+    kubernetes-validate bundles core kinds only. A CRD kind is checked against its schema in
+    CRD_SCHEMAS; any other kind without a schema fails here until its schema is handled explicitly.
     """
+    import jsonschema
     import kubernetes_validate
     import kubernetes_validate.utils as kv
 
     version = kubernetes_version or schema_version()
     errors: list[str] = []
     for obj in objects:
+        crd_schema = CRD_SCHEMAS.get((str(obj.get("apiVersion")), str(obj.get("kind"))))
+        if crd_schema is not None:
+            for error in jsonschema.Draft202012Validator(crd_schema).iter_errors(obj):
+                where = ".".join(str(p) for p in error.path) or "(root)"
+                errors.append(f"{ref(obj)}: {where}: {error.message}")
+            continue
         try:
             kubernetes_validate.validate(obj, version, strict=True)
         except kv.ValidationError as exc:
@@ -672,23 +725,38 @@ def check_addon_versions(overlay: str, objects: list[Obj]) -> list[str]:
     return out
 
 
+@policy("hpa-owns-replicas")
+def check_hpa_owns_replicas(overlay: str, objects: list[Obj]) -> list[str]:
+    """A Deployment scaled by an HPA leaves spec.replicas out, so that no deploy resets what the HPA chose.
+
+    `invoke deploy` applies server-side with --force-conflicts: a `replicas` in the manifest takes the
+    field back from the HPA's field manager on every deploy, dropping a scaled-up service to that value.
+    """
+    out = []
+    for dep in find(objects, "Deployment"):
+        hpa = hpa_for(objects, dep["metadata"]["name"])
+        if hpa is not None and "replicas" in dep["spec"]:
+            out.append(
+                f"{ref(dep)}: sets replicas {dep['spec']['replicas']} but {ref(hpa)} owns the replica count; "
+                "remove it (and any `replicas:` entry in the overlay)"
+            )
+    return out
+
+
 @policy("disruption")
 def check_disruption(overlay: str, objects: list[Obj]) -> list[str]:
-    """Multi-replica Deployments have a PDB; HPA minReplicas >= PDB minAvailable + 1; replicas == HPA min."""
+    """Multi-replica Deployments have a PDB; HPA minReplicas >= PDB minAvailable + 1."""
     out = []
     for dep in find(objects, "Deployment"):
         name = dep["metadata"]["name"]
         hpa = hpa_for(objects, name)
-        replicas = int(dep["spec"].get("replicas", 1))
-        most = int(hpa["spec"]["maxReplicas"]) if hpa else replicas
+        most = int(hpa["spec"]["maxReplicas"]) if hpa else int(dep["spec"].get("replicas", 1))
         pdbs = pdbs_for(objects, dep)
         # A one-node kind cluster cannot honour a PDB during a drain (the local overlays delete them).
         if most > 1 and not pdbs and is_eks(overlay):
             out.append(f"{ref(dep)}: runs up to {most} replicas but no PodDisruptionBudget selects it")
         if hpa:
             least = int(hpa["spec"].get("minReplicas", 1))
-            if replicas != least:
-                out.append(f"{ref(dep)}: replicas {replicas} should equal the HPA minReplicas {least}")
             for pdb in pdbs:
                 min_available = pdb["spec"].get("minAvailable")
                 if min_available is None:
@@ -706,21 +774,80 @@ def check_disruption(overlay: str, objects: list[Obj]) -> list[str]:
     return out
 
 
+def _scaled_value(value: Any, replicas: int, round_up: bool) -> int:
+    """An IntOrString rollout bound resolved against `replicas` (Kubernetes rounds surge up, unavailable down)."""
+    text = str(value)
+    if text.endswith("%"):
+        exact = replicas * float(text[:-1]) / 100
+        return math.ceil(exact) if round_up else math.floor(exact)
+    return int(text)
+
+
+def rollout_bounds(dep: Obj, replicas: int) -> tuple[int, int]:
+    """(maxSurge, maxUnavailable) of a Deployment's RollingUpdate at `replicas` pods, as the controller sees them."""
+    strategy = dep["spec"].get("strategy", {})
+    if strategy.get("type") == "Recreate":
+        return 0, replicas
+    rolling = strategy.get("rollingUpdate", {})
+    surge = _scaled_value(rolling.get("maxSurge", "25%"), replicas, round_up=True)
+    unavailable = _scaled_value(rolling.get("maxUnavailable", "25%"), replicas, round_up=False)
+    if surge == 0 and unavailable == 0:
+        unavailable = 1  # the API server refuses both zero; the controller would need one to progress
+    return surge, unavailable
+
+
+def pod_gpus(spec: Obj) -> int:
+    """nvidia.com/gpu one pod asks for (limits; a GPU request must equal its limit)."""
+    return sum(int(_quantity(c.get("resources", {}).get("limits", {}).get(GPU_RESOURCE, 0))) for c in containers(spec))
+
+
+def gpu_capacity() -> int:
+    """GPUs the GPU node groups can hold at their maxSize."""
+    return sum(
+        int(g["maxSize"]) * int(_quantity(g.get("allocatable", {}).get(GPU_RESOURCE, 0)))
+        for g in nodegroups()
+        if g["role"] == "gpu"
+    )
+
+
+def gpu_peak(objects: list[Obj]) -> int:
+    """GPUs the GPU Deployments hold at once at their HPA maximum, mid-rollout (surge pods included)."""
+    peak = 0
+    for dep in find(objects, "Deployment"):
+        gpus = pod_gpus(dep["spec"]["template"]["spec"])
+        if not gpus:
+            continue
+        hpa = hpa_for(objects, dep["metadata"]["name"])
+        most = int(hpa["spec"]["maxReplicas"]) if hpa else int(dep["spec"].get("replicas", 1))
+        surge, _ = rollout_bounds(dep, most)
+        peak += (most + surge) * gpus
+    return peak
+
+
 @policy("gpu-capacity")
 def check_gpu_capacity(overlay: str, objects: list[Obj]) -> list[str]:
-    """EKS: the GPU HPA cannot ask for more GPUs than the GPU node groups can ever hold."""
+    """EKS: GPU Deployments at their HPA maximum, plus their rollout surge, fit the GPU node groups' maxSize.
+
+    With maxSurge 1 and maxUnavailable 0 a rollout at maxReplicas starts one more GPU pod before it stops
+    an old one; without a GPU for it the rollout stalls exactly when a hotfix is needed.
+    """
     if not is_eks(overlay):
         return []
     hpa = hpa_for(objects, GPU_SERVICE)
     if hpa is None:
         return [f"no HPA for Deployment/{GPU_SERVICE}"]
-    total = sum(
-        int(g["maxSize"]) * int(_quantity(g.get("allocatable", {}).get(GPU_RESOURCE, 0)))
-        for g in nodegroups()
-        if g["role"] == "gpu"
-    )
+    out = []
+    total = gpu_capacity()
     most = int(hpa["spec"]["maxReplicas"])
-    return [] if most <= total else [f"{ref(hpa)}: maxReplicas {most} > {total} GPUs in the GPU node groups"]
+    if most > total:
+        out.append(f"{ref(hpa)}: maxReplicas {most} > {total} GPUs in the GPU node groups")
+    peak = gpu_peak(objects)
+    if most <= total < peak:
+        out.append(
+            f"a rollout at the HPA maximum needs {peak} GPUs (maxReplicas + maxSurge) but the GPU node groups "
+            f"hold {total}: raise the GPU node group maxSize, lower maxReplicas, or roll with maxSurge 0"
+        )
+    return out
 
 
 @policy("termination")
@@ -814,6 +941,242 @@ def check_hpa_behavior(overlay: str, objects: list[Obj]) -> list[str]:
         if up is None or down is None or not up < down:
             out.append(f"{ref(hpa)}: behavior must scale up faster (window {up}) than down (window {down})")
     return out
+
+
+def _namespace_annotations(objects: list[Obj], namespace: str) -> dict[str, str]:
+    ns = next((o for o in find(objects, "Namespace", namespace)), None)
+    return dict((ns or {}).get("metadata", {}).get("annotations") or {})
+
+
+def _port_matches(rule_port: Obj, port: int | str, named: Mapping[str, int], protocol: str = "TCP") -> bool:
+    if rule_port.get("protocol", "TCP") != protocol:
+        return False
+    wanted = rule_port.get("port")
+    if wanted is None:
+        return True
+    number = named.get(str(port), port) if isinstance(port, str) else port
+    if isinstance(wanted, str):
+        return wanted == port or named.get(wanted) == number
+    end = int(rule_port.get("endPort") or wanted)
+    return isinstance(number, int) and int(wanted) <= number <= end
+
+
+def _policies_selecting(objects: list[Obj], namespace: str, labels: Mapping[str, str], kind: str) -> list[Obj]:
+    """NetworkPolicies in `namespace` whose podSelector selects `labels` and that govern `kind` (Ingress|Egress)."""
+    out = []
+    for np_ in find(objects, "NetworkPolicy"):
+        if np_["metadata"].get("namespace") != namespace:
+            continue
+        spec = np_["spec"]
+        selector = spec.get("podSelector", {})
+        if selector and not selects(selector, labels):
+            continue
+        types = spec.get("policyTypes") or (["Ingress", "Egress"] if "egress" in spec else ["Ingress"])
+        if kind in types:
+            out.append(np_)
+    return out
+
+
+def ingress_allowed(
+    objects: list[Obj], namespace: str, labels: Mapping[str, str], port: int | str, named: Mapping[str, int]
+) -> bool:
+    """Whether some NetworkPolicy lets traffic from anywhere reach `port` of pods with `labels`."""  # fmt: skip
+    for np_ in _policies_selecting(objects, namespace, labels, "Ingress"):
+        for rule in np_["spec"].get("ingress") or []:
+            if rule.get("from"):
+                continue  # restricted to some peers; the service port must be open to its clients
+            if not rule.get("ports") or any(_port_matches(p, port, named) for p in rule["ports"]):
+                return True
+    return False
+
+
+def dns_egress_allowed(objects: list[Obj], namespace: str, labels: Mapping[str, str]) -> bool:
+    """Whether pods with `labels` may reach port 53 over both UDP and TCP."""
+    for protocol in ("UDP", "TCP"):
+        ok = any(
+            not rule.get("ports") or any(_port_matches(p, DNS_PORT, {}, protocol) for p in rule["ports"])
+            for np_ in _policies_selecting(objects, namespace, labels, "Egress")
+            for rule in np_["spec"].get("egress") or []
+        )
+        if not ok:
+            return False
+    return True
+
+
+@policy("network-policy")
+def check_network_policy(overlay: str, objects: list[Obj]) -> list[str]:
+    """EKS: default-deny in the services' namespace, then their Service ports, their metrics port and DNS egress."""
+    if not is_eks(overlay):
+        return []
+    out = []
+    default_deny = [
+        np_
+        for np_ in find(objects, "NetworkPolicy")
+        if np_["metadata"].get("namespace") == SERVICE_NAMESPACE
+        and not np_["spec"].get("podSelector")
+        and set(np_["spec"].get("policyTypes", [])) == {"Ingress", "Egress"}
+        and not np_["spec"].get("ingress")
+        and not np_["spec"].get("egress")
+    ]
+    if not default_deny:
+        out.append(f"namespace {SERVICE_NAMESPACE}: no default-deny NetworkPolicy (podSelector {{}}, Ingress+Egress)")
+    for dep in find(objects, "Deployment"):
+        if dep["metadata"].get("namespace") != SERVICE_NAMESPACE:
+            continue
+        template = dep["spec"]["template"]
+        labels = template["metadata"].get("labels", {})
+        named = {
+            p["name"]: p["containerPort"]
+            for c in template["spec"]["containers"]
+            for p in c.get("ports", [])
+            if "name" in p
+        }
+        for svc in find(objects, "Service"):
+            if svc["metadata"].get("namespace") != SERVICE_NAMESPACE or not selects(
+                {"matchLabels": svc["spec"].get("selector", {})}, labels
+            ):
+                continue
+            for port in svc["spec"].get("ports", []):
+                target = port.get("targetPort", port["port"])
+                if not ingress_allowed(objects, SERVICE_NAMESPACE, labels, target, named):
+                    out.append(f"{ref(dep)}: no NetworkPolicy admits {ref(svc)} port {port['port']} (target {target})")
+        for key, value in template["metadata"].get("annotations", {}).items():
+            if key.startswith("ad.datadoghq.com/") and key.endswith(".checks"):
+                for port_text in re.findall(r"%%host%%:(\d+)", value):
+                    if not ingress_allowed(objects, SERVICE_NAMESPACE, labels, int(port_text), named):
+                        out.append(f"{ref(dep)}: no NetworkPolicy admits the metrics scrape on port {port_text}")
+        if not dns_egress_allowed(objects, SERVICE_NAMESPACE, labels):
+            out.append(f"{ref(dep)}: no NetworkPolicy allows DNS egress (port {DNS_PORT}, UDP and TCP)")
+    return out
+
+
+@policy("priority-and-quota")
+def check_priority_and_quota(overlay: str, objects: list[Obj]) -> list[str]:
+    """EKS: services run at their own PriorityClass; a ResourceQuota caps requests.nvidia.com/gpu at GPU capacity."""
+    if not is_eks(overlay):
+        return []
+    out = []
+    classes = {o["metadata"]["name"]: o for o in find(objects, "PriorityClass")}
+    serving = classes.get(SERVING_PRIORITY_CLASS)
+    if serving is None:
+        out.append(f"PriorityClass/{SERVING_PRIORITY_CLASS} is missing")
+    elif serving.get("globalDefault") or int(serving["value"]) >= SYSTEM_PRIORITY_FLOOR:
+        out.append(
+            f"{ref(serving)}: must not be the global default nor reach the system range ({SYSTEM_PRIORITY_FLOOR})"
+        )
+    for name in SERVICES:
+        for dep in find(objects, "Deployment", name):
+            got = dep["spec"]["template"]["spec"].get("priorityClassName")
+            if got != SERVING_PRIORITY_CLASS:
+                out.append(f"{ref(dep)}: priorityClassName should be {SERVING_PRIORITY_CLASS}, is {got}")
+    key = f"requests.{GPU_RESOURCE}"
+    quotas = [
+        q
+        for q in find(objects, "ResourceQuota")
+        if q["metadata"].get("namespace") == SERVICE_NAMESPACE and key in q["spec"].get("hard", {})
+    ]
+    if not quotas:
+        out.append(f"namespace {SERVICE_NAMESPACE}: no ResourceQuota on {key}")
+    total, peak = gpu_capacity(), gpu_peak(objects)
+    for q in quotas:
+        hard = int(_quantity(q["spec"]["hard"][key]))
+        if hard < peak:
+            out.append(f"{ref(q)}: {key} {hard} < {peak} GPUs a rollout at the HPA maximum holds; it would stall")
+        if hard > total:
+            out.append(f"{ref(q)}: {key} {hard} > {total} GPUs the GPU node groups can hold")
+    return out
+
+
+@policy("node-agents")
+def check_node_agents(overlay: str, objects: list[Obj]) -> list[str]:
+    """GPU node agents are node-critical; Go agents set GOMEMLIMIT below their memory limit."""
+    out = []
+    for obj, spec in workloads(objects):
+        if ref(obj) not in GPU_NODE_AGENTS:
+            continue
+        if spec.get("priorityClassName") != NODE_AGENT_PRIORITY_CLASS:
+            out.append(f"{ref(obj)}: priorityClassName should be {NODE_AGENT_PRIORITY_CLASS}")
+        if obj["metadata"]["name"] != "dcgm-exporter":
+            continue
+        for c in spec["containers"]:
+            limit = _quantity(c.get("resources", {}).get("limits", {}).get("memory", 0))
+            env = container_env(objects, spec, c)
+            soft = env.get("GOMEMLIMIT")
+            if soft is None:
+                out.append(f"{ref(obj)} container {c['name']}: no GOMEMLIMIT (the Go heap grows into the OOM killer)")
+                continue
+            # Go writes MiB/GiB; the native DCGM library needs room above the Go heap.
+            soft_bytes = _quantity(soft.replace("iB", "i").replace("B", ""))
+            if not soft_bytes < 0.85 * limit:
+                out.append(
+                    f"{ref(obj)} container {c['name']}: GOMEMLIMIT {soft} must leave >= 15% of the {limit / 2**20:g}Mi "
+                    "limit to native (libdcgm) memory"
+                )
+    return out
+
+
+@policy("metrics-providers")
+def check_metrics_providers(overlay: str, objects: list[Obj]) -> list[str]:
+    """An HPA on External/Pods/Object metrics needs the overlay to declare their provider; DatadogMetrics must exist.
+
+    Without a provider the HPA cannot read the metric; an HPA with a metric it cannot read never scales
+    down, so GPU nodes would stay at their high-water mark.
+    """
+    out = []
+    datadog_metrics = {
+        f"{o['metadata'].get('namespace', '')}:{o['metadata']['name']}": o for o in find(objects, "DatadogMetric")
+    }
+    for hpa in find(objects, "HorizontalPodAutoscaler"):
+        namespace = hpa["metadata"].get("namespace", "")
+        declared = _namespace_annotations(objects, namespace)
+        for metric in hpa["spec"].get("metrics", []):
+            kind = metric.get("type")
+            if kind not in METRIC_PROVIDERS:
+                continue
+            annotation, known = METRIC_PROVIDERS[kind]
+            provider = declared.get(annotation)
+            name = metric[kind[0].lower() + kind[1:]]["metric"]["name"]
+            if provider is None:
+                out.append(
+                    f"{ref(hpa)}: reads {kind} metric {name} but Namespace/{namespace} declares no {annotation} "
+                    "(the adapter the platform installs); without one the HPA can never scale down"
+                )
+            elif provider not in known:
+                out.append(f"{ref(hpa)}: {annotation}={provider} is not one of {list(known)}")
+            if kind == "External" and name.startswith(DATADOG_METRIC_PREFIX):
+                if provider is not None and provider != "datadog-cluster-agent":
+                    out.append(f"{ref(hpa)}: {name} is served by the Datadog Cluster Agent, not {provider}")
+                wanted = name.removeprefix(DATADOG_METRIC_PREFIX)
+                dm = datadog_metrics.get(wanted)
+                if dm is None:
+                    out.append(f"{ref(hpa)}: reads {name} but no DatadogMetric {wanted} is rendered")
+                else:
+                    out.extend(_datadog_metric_is_collected(objects, hpa, dm))
+    return out
+
+
+def _datadog_metric_is_collected(objects: list[Obj], hpa: Obj, dm: Obj) -> list[str]:
+    """The scaled Deployment's pods carry the Datadog openmetrics check that sends the queried metric."""
+    query = dm["spec"]["query"]
+    match = re.search(r"([a-z_]+)\.([a-z0-9_]+)\{", query)
+    if not match:
+        return [f"{ref(dm)}: cannot read a <namespace>.<metric>{{...}} from query {query!r}"]
+    prefix, metric = match.groups()
+    deps = find(objects, "Deployment", hpa["spec"]["scaleTargetRef"]["name"])
+    if not deps:
+        return [f"{ref(hpa)}: scales a Deployment that is not rendered"]
+    dep = deps[0]
+    annotations = dep["spec"]["template"]["metadata"].get("annotations", {})
+    for key, value in annotations.items():
+        if key.startswith("ad.datadoghq.com/") and key.endswith(".checks") and '"openmetrics"' in value:
+            instances = yaml.safe_load(value)["openmetrics"]["instances"]
+            for inst in instances:
+                if inst.get("namespace") == prefix and any(re.fullmatch(p, metric) for p in inst.get("metrics", [])):
+                    return []
+    return [
+        f"{ref(dm)}: queries {prefix}.{metric}, but no Datadog openmetrics check on {ref(dep)} collects it "
+        "(enable the monitoring component)"
+    ]
 
 
 def policy_violations(overlay: str, objects: list[Obj]) -> dict[str, list[str]]:
@@ -939,30 +1302,56 @@ def mermaid(overlay: str = DIAGRAM_OVERLAY, objects: list[Obj] | None = None) ->
     return "\n".join(lines) + "\n"
 
 
-def asg_node_template_tags(cluster_name: str = "<cluster-name>") -> dict[str, dict[str, str]]:
-    """Per node group, the ASG tags the Cluster Autoscaler needs to scale it up from zero nodes.
+# Labels EKS and the kubelet set on every node themselves; a managed node group may not set them.
+NODE_SET_LABELS = ("eks.amazonaws.com/nodegroup", "node.kubernetes.io/instance-type")
 
-    With no node to look at, the autoscaler builds a template node from these tags: labels (so the
-    pending pod's node affinity matches), taints (so it knows the toleration is needed) and extended
-    resources such as nvidia.com/gpu, which neither the launch template nor the EKS API tell it about.
+
+def scale_from_zero_template(group: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """What the Cluster Autoscaler (AWS provider) puts on its template node for `group` at zero nodes, and from where.
+
+    Read from cluster-autoscaler 1.35's cloudprovider/aws (aws_manager.go buildNodeFromTemplate): CPU,
+    memory and the NVIDIA GPU count come from its built-in EC2 instance-type table; labels and taints of
+    an EKS managed node group from the EKS DescribeNodegroup API (the ASG carries `eks:nodegroup-name`
+    and `eks:cluster-name`, which mark it as managed); `node-template/*` ASG tags only override or add.
     """
-    prefix = "k8s.io/cluster-autoscaler/node-template"
-    tags: dict[str, dict[str, str]] = {}
-    for g in nodegroups():
-        group = {"k8s.io/cluster-autoscaler/enabled": "true", f"k8s.io/cluster-autoscaler/{cluster_name}": "owned"}
-        group.update({f"{prefix}/label/{k}": str(v) for k, v in g.get("labels", {}).items()})
-        group.update({f"{prefix}/taint/{t['key']}": f"{t['value']}:{t['effect']}" for t in g.get("taints") or []})
-        group.update({f"{prefix}/resources/{r}": str(v) for r, v in g.get("allocatable", {}).items() if "/" in r})
-        tags[g["name"]] = group
-    return tags
+    instance = group["instanceType"]
+    capacity = group.get("capacity", {})
+    labels = {k: v for k, v in group.get("labels", {}).items() if k not in NODE_SET_LABELS}
+    taints = group.get("taints") or []
+    table = f"its EC2 instance-type table ({instance})"
+    return [
+        ("cpu, memory", f"{capacity.get('cpu')} vCPU, {capacity.get('memory')}", table),
+        (GPU_RESOURCE, str(capacity.get(GPU_RESOURCE, 0)), table),
+        (
+            "labels",
+            ", ".join(f"`{k}={v}`" for k, v in labels.items()),
+            "EKS DescribeNodegroup: the managed node group's labels (infra/ sets them)",
+        ),
+        (
+            "taints",
+            ", ".join(f"`{t['key']}={t['value']}:{t['effect']}`" for t in taints) or "none",
+            "EKS DescribeNodegroup: the managed node group's taints",
+        ),
+        (
+            "instance type, zone, arch, os labels",
+            f"`node.kubernetes.io/instance-type={instance}`, ...",
+            "derived from the ASG and its launch template",
+        ),
+        (
+            "discovery",
+            "`k8s.io/cluster-autoscaler/enabled`, `k8s.io/cluster-autoscaler/<cluster-name>`",
+            "ASG tags EKS puts on every managed node group",
+        ),
+    ]
 
 
-def asg_tags_markdown() -> str:
-    """The ASG node-template tags as a Markdown table per node group."""
+def scale_from_zero_markdown() -> str:
+    """The scale-from-zero template of every node group as Markdown tables."""
     lines = []
-    for group, tags in asg_node_template_tags().items():
-        lines += [f"**{group}**", "", "| ASG tag key | value |", "|---|---|"]
-        lines += [f"| `{k}` | `{v}` |" for k, v in tags.items()]
+    for g in nodegroups():
+        lines += [f"**{g['name']}** ({g['minSize']}-{g['maxSize']} nodes)", ""]
+        lines += ["| template node | value | the autoscaler reads it from |", "|---|---|---|"]
+        lines += [f"| {what} | {value} | {source} |" for what, value, source in scale_from_zero_template(g)]
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
@@ -971,7 +1360,7 @@ def generated_sections(overlay: str = DIAGRAM_OVERLAY) -> dict[str, str]:
     """Name -> generated Markdown of each generated section of docs/manifests.md."""
     return {
         "placement-diagram": f"```mermaid\n{mermaid(overlay)}```\n",
-        "asg-node-template-tags": asg_tags_markdown(),
+        "scale-from-zero": scale_from_zero_markdown(),
     }
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Self
 
 import pytest
@@ -15,7 +17,7 @@ from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
 from ops import deploy
-from ops.cluster import SimCluster, wait_until
+from ops.cluster import SimCluster, load_nodegroups, node_manifest, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -357,3 +359,169 @@ def test_the_pdb_blocks_an_eviction_that_would_break_it(
     assert "disruption budget" in str(refused.value.body)
     survivors = [p["metadata"]["name"] for p in api.pods(GPU_SERVICE)]
     assert second["metadata"]["name"] in survivors
+
+
+# --- autoscaling that survives deploys ----------------------------------------------------------------
+
+# The field manager the HPA controller's scale-subresource updates run under.
+HPA_MANAGER = "kube-controller-manager"
+
+
+def scale_as_the_hpa(api: Api, name: str, replicas: int) -> None:
+    """What the HPA does: an update of the scale subresource, under the controller manager's field manager."""
+    api.apps.patch_namespaced_deployment_scale(
+        name, NAMESPACE, {"spec": {"replicas": replicas}}, field_manager=HPA_MANAGER
+    )
+
+
+def replicas_managers(sim: SimCluster, name: str) -> set[str]:
+    """Field managers that hold spec.replicas of a Deployment."""
+    live = json.loads(sim.kubectl("get", f"deployment/{name}", "-n", NAMESPACE, "-o", "json", "--show-managed-fields"))
+    fields = live["metadata"].get("managedFields", [])
+    return {f["manager"] for f in fields if "f:replicas" in (f.get("fieldsV1") or {}).get("f:spec", {})}
+
+
+@pytest.fixture
+def redeploy(sim: SimCluster) -> Callable[[str], deploy.DeployResult]:
+    """`invoke deploy` again (the production code path), against the simulated cluster."""
+
+    def run(env: str = "prod") -> deploy.DeployResult:
+        return deploy.deploy(env, {env: sim.context}, context=sim.context, kubeconfig=sim.kubeconfig, yes=True)
+
+    return run
+
+
+@pytest.fixture
+def hpa_floors_restored(api: Api) -> Iterator[None]:
+    yield
+    for name, floor in ((GPU_SERVICE, 2), (CPU_SERVICE, 3)):
+        scale_as_the_hpa(api, name, floor)
+        wait_available(api, name, floor, timeout_s=180)
+
+
+def test_a_deploy_keeps_the_replica_count_the_hpa_chose(
+    prod: ProdDeploy,
+    sim: SimCluster,
+    api: Api,
+    redeploy: Callable[[str], deploy.DeployResult],
+    hpa_floors_restored: None,
+    gpu_nodes_at_max_size: Callable[[int], None],
+) -> None:
+    """The issue's first bug: a deploy at peak dropped every autoscaled Deployment to its minimum."""
+    # One GPU node more than pods, as the autoscaler would provide: the deploy may roll the GPU service
+    # (an earlier test changed its image), and its surge pod needs a GPU.
+    gpu_nodes_at_max_size(4)
+    scale_as_the_hpa(api, GPU_SERVICE, 3)
+    scale_as_the_hpa(api, CPU_SERVICE, 5)
+    wait_available(api, GPU_SERVICE, 3)
+    wait_available(api, CPU_SERVICE, 5)
+    redeploy("prod")
+    for name, replicas in ((GPU_SERVICE, 3), (CPU_SERVICE, 5)):
+        assert api.deployment(name)["spec"]["replicas"] == replicas
+        # The deploy holds no claim on the field (the scale subresource's own updates are not always
+        # recorded as ownership when nobody owned the field before, so only the deploy's side is asserted).
+        assert deploy.FIELD_MANAGER not in replicas_managers(sim, name)
+        wait_available(api, name, replicas)
+
+
+def test_replicas_in_the_manifest_undo_the_hpa_and_the_next_deploy_hands_over(
+    prod: ProdDeploy,
+    sim: SimCluster,
+    api: Api,
+    redeploy: Callable[[str], deploy.DeployResult],
+    hpa_floors_restored: None,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """The old overlays (`replicas:` = HPA min) reproduce the bug; the first deploy after them keeps the count."""
+    old = tmp_path / "eks-prod-with-replicas"
+    old.mkdir()
+    (old / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": [os.path.relpath(deploy.REPO_ROOT / deploy.OVERLAYS["prod"], old)],
+                "replicas": [{"name": GPU_SERVICE, "count": 2}, {"name": CPU_SERVICE, "count": 3}],
+            }
+        )
+    )
+    monkeypatch.setitem(deploy.OVERLAYS, "prod-old", str(old))
+    scale_as_the_hpa(api, CPU_SERVICE, 5)
+    wait_available(api, CPU_SERVICE, 5)
+    redeploy("prod-old")
+    assert api.deployment(CPU_SERVICE)["spec"]["replicas"] == 3  # the apply took replicas back from the HPA
+    assert deploy.FIELD_MANAGER in replicas_managers(sim, CPU_SERVICE)
+    # The first deploy of the HPA-owned manifests: without the handover the field would be deleted (-> 1 pod).
+    redeploy("prod")
+    assert api.deployment(CPU_SERVICE)["spec"]["replicas"] == 3
+    assert deploy.FIELD_MANAGER not in replicas_managers(sim, CPU_SERVICE)
+    assert deploy.REPLICAS_HANDOVER_MANAGER in replicas_managers(sim, CPU_SERVICE)
+    # From then on the HPA's count survives deploys.
+    scale_as_the_hpa(api, CPU_SERVICE, 5)
+    redeploy("prod")
+    assert api.deployment(CPU_SERVICE)["spec"]["replicas"] == 5
+
+
+@pytest.fixture
+def gpu_nodes_at_max_size(sim: SimCluster, api: Api) -> Iterator[Callable[[int], None]]:
+    """Grows the simulated gpu-t4 group node by node (what the Cluster Autoscaler does), removed afterwards."""
+    group = load_nodegroups()["gpu-t4"]
+    present = sim.node_counts["gpu-t4"]
+    added: list[str] = []
+
+    def grow_to(count: int) -> None:
+        assert count <= group.max_size
+        nodes = [node_manifest(group, i) for i in range(present + len(added), count)]
+        sim.kubectl("apply", "-f", "-", input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": nodes}))
+        added.extend(n["metadata"]["name"] for n in nodes)
+        sim.kubectl("wait", "--for=condition=Ready", "--timeout=60s", *(f"node/{n}" for n in added))
+
+    try:
+        yield grow_to
+    finally:
+        scale_as_the_hpa(api, GPU_SERVICE, 2)
+        wait_until(lambda: len(api.pods(GPU_SERVICE)) == 2, 120, what="the GPU service back at 2 pods")
+        if added:
+            sim.kubectl("delete", "node", *added, "--wait=true")
+        wait_available(api, GPU_SERVICE, 2, timeout_s=240)
+
+
+def test_a_gpu_rollout_at_max_replicas_completes(
+    prod: ProdDeploy, api: Api, gpu_nodes_at_max_size: Callable[[int], None]
+) -> None:
+    """The issue's second bug: at maxReplicas the surge pod needs one more GPU node than the group could hold."""
+    hpa = api._json(
+        client.AutoscalingV2Api(api.apps.api_client).read_namespaced_horizontal_pod_autoscaler(
+            GPU_SERVICE, NAMESPACE, _preload_content=False
+        )
+    )
+    most = int(hpa["spec"]["maxReplicas"])
+    max_size = load_nodegroups()["gpu-t4"].max_size
+    assert max_size == most + 1
+    # The old bounds (maxSize == maxReplicas): the surge pod cannot be placed and the rollout stalls.
+    gpu_nodes_at_max_size(most)
+    scale_as_the_hpa(api, GPU_SERVICE, most)
+    wait_available(api, GPU_SERVICE, most, timeout_s=180)
+    container = api.deployment(GPU_SERVICE)["spec"]["template"]["spec"]["containers"][0]
+    new_image = container["image"].rsplit(":", 1)[0] + ":0.1.2-hotfix"
+    patch = {"spec": {"template": {"spec": {"containers": [{"name": container["name"], "image": new_image}]}}}}
+    with AvailabilityWatch(api, GPU_SERVICE) as observed:
+        api.apps.patch_namespaced_deployment(GPU_SERVICE, NAMESPACE, patch)
+
+        def surge_pending() -> list[str]:
+            return [
+                cond.get("message", "")
+                for pod in api.pods(GPU_SERVICE)
+                if pod["spec"]["containers"][0]["image"] == new_image
+                for cond in pod["status"].get("conditions", [])
+                if cond["type"] == "PodScheduled" and cond.get("reason") == "Unschedulable"
+            ]
+
+        (message,) = wait_until(surge_pending, 60, what="the surge pod to be Unschedulable")
+        assert "Insufficient nvidia.com/gpu" in message
+        # The group at its new maxSize (what the Cluster Autoscaler would add): the rollout finishes.
+        gpu_nodes_at_max_size(max_size)
+        wait_available(api, GPU_SERVICE, most, timeout_s=240)
+    pods = api.pods(GPU_SERVICE)
+    assert {p["spec"]["containers"][0]["image"] for p in pods} == {new_image}
+    assert len(pods) == most
+    assert min(observed.seen) >= most  # maxUnavailable 0: never below the serving count

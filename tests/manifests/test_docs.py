@@ -41,18 +41,20 @@ def test_diagram_puts_each_workload_in_its_node_group(rendered: dict[str, list[d
     assert "HPA 2-4 pods" in blocks["gpu_t4"]
 
 
-def test_gpu_group_scale_from_zero_tags() -> None:
-    tags = m.asg_node_template_tags("eks-inference-prod")["gpu-t4"]
-    prefix = "k8s.io/cluster-autoscaler/node-template"
-    assert tags[f"{prefix}/resources/nvidia.com/gpu"] == "1"
-    assert tags[f"{prefix}/label/k8s.amazonaws.com/accelerator"] == "nvidia-tesla-t4"
-    assert tags[f"{prefix}/taint/nvidia.com/gpu"] == "true:NoSchedule"
-    assert tags["k8s.io/cluster-autoscaler/eks-inference-prod"] == "owned"
-    # The autoscaler discovers exactly the tags its auto-discovery flag names.
+def test_gpu_group_scale_from_zero_template() -> None:
+    """At zero nodes the autoscaler needs no node-template ASG tags for a plain GPU group (issue 12, item 8)."""
+    gpu = next(g for g in m.nodegroups() if g["name"] == "gpu-t4")
+    rows = {what: (value, source) for what, value, source in m.scale_from_zero_template(gpu)}
+    assert rows["nvidia.com/gpu"] == ("1", "its EC2 instance-type table (g4dn.xlarge)")
+    assert "`k8s.amazonaws.com/accelerator=nvidia-tesla-t4`" in rows["labels"][0]
+    assert "DescribeNodegroup" in rows["labels"][1]
+    assert rows["taints"][0] == "`nvidia.com/gpu=true:NoSchedule`"
     (ca,) = m.find(m.render("eks-prod"), "Deployment", "cluster-autoscaler")
     flags = ca["spec"]["template"]["spec"]["containers"][0]["command"]
     discovery = "asg:tag=k8s.io/cluster-autoscaler/enabled,k8s.io/cluster-autoscaler/$(CLUSTER_NAME)"
     assert f"--node-group-auto-discovery={discovery}" in flags
+    # One multi-zone group per instance type: nothing for --balance-similar-node-groups to balance.
+    assert "--balance-similar-node-groups" not in flags
 
 
 def test_cluster_name_reaches_the_autoscaler(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -62,6 +64,6 @@ def test_cluster_name_reaches_the_autoscaler(rendered: dict[str, list[dict[str, 
         cm_name = next(e for e in c["env"] if e["name"] == "CLUSTER_NAME")["valueFrom"]["configMapKeyRef"]["name"]
         (cm,) = m.find(rendered[overlay], "ConfigMap", cm_name)
         assert cm["data"]["CLUSTER_NAME"] == cluster
+        # Pod Identity (infra/), not IRSA: an IRSA annotation would shadow the Pod Identity credentials.
         (sa,) = m.find(rendered[overlay], "ServiceAccount", "cluster-autoscaler")
-        role = sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
-        assert role.endswith(f"role/{cluster}-cluster-autoscaler")
+        assert "eks.amazonaws.com/role-arn" not in sa["metadata"].get("annotations", {})

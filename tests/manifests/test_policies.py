@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from ops import manifests as m
 
@@ -255,20 +258,80 @@ def test_pdb_selecting_other_pods_does_not_count(fresh: Callable[[str], list[Obj
     _violations("disruption", "eks-prod", objects)
 
 
-def test_replicas_below_the_hpa_floor(fresh: Callable[[str], list[Obj]]) -> None:
-    objects = fresh("eks-prod")
-    (dep,) = m.find(objects, "Deployment", "text-classifier")
-    dep["spec"]["replicas"] = 1
-    _violations("disruption", "eks-prod", objects)
+@pytest.mark.parametrize("overlay", m.EKS_OVERLAYS)
+@pytest.mark.parametrize("name", sorted(m.SERVICES))
+def test_replicas_on_an_hpa_managed_deployment(fresh: Callable[[str], list[Obj]], overlay: str, name: str) -> None:
+    objects = fresh(overlay)
+    (dep,) = m.find(objects, "Deployment", name)
+    dep["spec"]["replicas"] = 3
+    assert _violations("hpa-owns-replicas", overlay, objects) == [
+        f"Deployment/{name}: sets replicas 3 but HorizontalPodAutoscaler/{name} owns the replica count; "
+        "remove it (and any `replicas:` entry in the overlay)"
+    ]
+
+
+def test_an_overlay_replicas_entry_is_caught_after_rendering(tmp_path: Path) -> None:
+    """The mistake the issue found: an overlay's `replicas:` list re-adds the field the HPA owns."""
+    overlay = tmp_path / "with-replicas"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": [os.path.relpath(m.OVERLAYS_DIR / "eks-prod", overlay)],
+                "replicas": [{"name": "text-classifier", "count": 3}],
+            }
+        )
+    )
+    objects = m.render(overlay)
+    assert _violations("hpa-owns-replicas", "eks-prod", objects) == [
+        "Deployment/text-classifier: sets replicas 3 but HorizontalPodAutoscaler/text-classifier owns the replica "
+        "count; remove it (and any `replicas:` entry in the overlay)"
+    ]
+
+
+def test_local_keeps_its_fixed_replica_count(rendered: dict[str, list[Obj]]) -> None:
+    for name in m.SERVICES:
+        (dep,) = m.find(rendered["local"], "Deployment", name)
+        assert dep["spec"]["replicas"] == 1
+    assert m.check_hpa_owns_replicas("local", rendered["local"]) == []
 
 
 def test_gpu_hpa_beyond_the_gpu_node_group(fresh: Callable[[str], list[Obj]]) -> None:
     objects = fresh("eks-prod")
     (hpa,) = m.find(objects, "HorizontalPodAutoscaler", "image-classifier")
-    hpa["spec"]["maxReplicas"] = 5
+    hpa["spec"]["maxReplicas"] = 6
     assert _violations("gpu-capacity", "eks-prod", objects) == [
-        "HorizontalPodAutoscaler/image-classifier: maxReplicas 5 > 4 GPUs in the GPU node groups"
+        "HorizontalPodAutoscaler/image-classifier: maxReplicas 6 > 5 GPUs in the GPU node groups"
     ]
+
+
+def test_a_rollout_at_the_hpa_maximum_needs_a_gpu_for_its_surge(fresh: Callable[[str], list[Obj]]) -> None:
+    """The issue's stall: maxReplicas equal to the GPU capacity with maxSurge 1 and maxUnavailable 0."""
+    objects = fresh("eks-prod")
+    (hpa,) = m.find(objects, "HorizontalPodAutoscaler", "image-classifier")
+    hpa["spec"]["maxReplicas"] = 5  # == gpu-t4 maxSize 5 x 1 GPU
+    assert _violations("gpu-capacity", "eks-prod", objects) == [
+        "a rollout at the HPA maximum needs 6 GPUs (maxReplicas + maxSurge) but the GPU node groups hold 5: "
+        "raise the GPU node group maxSize, lower maxReplicas, or roll with maxSurge 0"
+    ]
+    # Rolling with maxSurge 0 (one pod down at a time) always progresses at any size.
+    (dep,) = m.find(objects, "Deployment", "image-classifier")
+    dep["spec"]["strategy"]["rollingUpdate"] = {"maxSurge": 0, "maxUnavailable": 1}
+    assert m.check_gpu_capacity("eks-prod", objects) == []
+
+
+@pytest.mark.parametrize(
+    ("rolling", "replicas", "expected"),
+    [
+        ({"maxSurge": 1, "maxUnavailable": 0}, 4, (1, 0)),
+        ({"maxSurge": "25%", "maxUnavailable": "25%"}, 3, (1, 0)),  # surge rounds up, unavailable down
+        ({}, 12, (3, 3)),  # the API defaults
+        ({"maxSurge": 0, "maxUnavailable": 0}, 4, (0, 1)),
+    ],
+)
+def test_rollout_bounds_resolve_like_the_controller(rolling: Obj, replicas: int, expected: tuple[int, int]) -> None:
+    dep = {"spec": {"strategy": {"type": "RollingUpdate", "rollingUpdate": rolling}}}
+    assert m.rollout_bounds(dep, replicas) == expected
 
 
 @pytest.mark.parametrize("grace", [25, 20])

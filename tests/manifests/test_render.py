@@ -44,8 +44,11 @@ def test_optional_components_render_on_top_of_eks_prod(
 def test_gpu_queue_component_adds_the_queue_metric_and_keeps_cpu(rendered: dict[str, list[dict[str, Any]]]) -> None:
     hpa = m.hpa_for(rendered["eks-prod+gpu-queue-autoscaling"], "image-classifier")
     assert hpa is not None
-    metrics = {(x["type"], (x.get("resource") or x["pods"]["metric"])["name"]) for x in hpa["spec"]["metrics"]}
-    assert metrics == {("Resource", "cpu"), ("Pods", "image_classifier_queue_depth")}
+    metrics = {(x["type"], (x.get("resource") or x["external"]["metric"])["name"]) for x in hpa["spec"]["metrics"]}
+    assert metrics == {("Resource", "cpu"), ("External", "datadogmetric@inference:image-classifier-queue-depth")}
+    (dm,) = m.find(rendered["eks-prod+gpu-queue-autoscaling"], "DatadogMetric", "image-classifier-queue-depth")
+    assert dm["metadata"]["namespace"] == "inference"
+    assert dm["spec"]["query"].startswith("sum:eks_inference.image_classifier_queue_depth{")
     # Bounds still come from the overlay.
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 4)
 
@@ -107,7 +110,7 @@ def test_addons_keep_kube_system_and_services_get_the_overlay_namespace(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
     for obj in rendered["eks-prod"]:
-        if obj["kind"] in ("Namespace", "ClusterRole", "ClusterRoleBinding"):
+        if obj["kind"] in ("Namespace", "ClusterRole", "ClusterRoleBinding", "PriorityClass"):
             assert "namespace" not in obj["metadata"]
             continue
         labels = obj["metadata"].get("labels", {})

@@ -32,7 +32,7 @@ def test_render_with_an_optional_component_to_a_file(tmp_path: Path) -> None:
     docs = [d for d in yaml.safe_load_all(out.read_text()) if d]
     hpa = m.hpa_for(docs, "image-classifier")
     assert hpa is not None
-    assert any(x["type"] == "Pods" for x in hpa["spec"]["metrics"])
+    assert any(x["type"] == "External" for x in hpa["spec"]["metrics"])
 
 
 def test_render_of_an_unknown_overlay_fails() -> None:

@@ -1,0 +1,102 @@
+"""What each AWS environment is, read from the files the manifests already use (one source for each fact)."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ops.cluster import NodeGroup, load_nodegroups
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+OVERLAYS_DIR = REPO_ROOT / "overlays"
+VERSIONS_PATH = REPO_ROOT / "base-images" / "versions.toml"
+# env name (as `invoke deploy --env` spells it) -> the overlay that runs on that cluster.
+ENV_OVERLAYS = {"staging": "eks-staging", "prod": "eks-prod"}
+# The images the overlays pull; one ECR repository each, shared by every environment of the account.
+SERVICES = ("image-classifier", "text-classifier")
+# The Cluster Autoscaler's Kubernetes identity (manifests/components/cluster-autoscaler).
+AUTOSCALER_NAMESPACE = "kube-system"
+AUTOSCALER_SERVICE_ACCOUNT = "cluster-autoscaler"
+# The account-wide stack (ECR), deployed with every environment.
+REGISTRY_STACK = "eks-inference-registry"
+
+
+class InfraError(RuntimeError):
+    """The overlays and the infrastructure disagree, or an environment is unknown."""
+
+
+@dataclass(frozen=True)
+class Environment:
+    """One EKS environment: names and ids the overlay expects, plus the shape of its network."""
+
+    name: str
+    overlay: str
+    account: str
+    region: str
+    cluster_name: str
+    autoscaler_role_name: str
+    ecr_repositories: tuple[str, ...]
+    # NAT gateways: one per zone in prod (a zone outage keeps egress), one in staging (cost).
+    nat_gateways: int
+
+    @property
+    def stack_name(self) -> str:
+        return f"{self.cluster_name}-cluster"
+
+
+@cache
+def versions() -> dict[str, Any]:
+    """base-images/versions.toml: Kubernetes minor, GPU AMI release."""
+    with VERSIONS_PATH.open("rb") as fh:
+        return tomllib.load(fh)
+
+
+def nodegroups() -> list[NodeGroup]:
+    """The managed node groups of manifests/nodegroups.yaml, in file order."""
+    return list(load_nodegroups().values())
+
+
+def _overlay_doc(overlay: str, filename: str) -> dict[str, Any]:
+    path = OVERLAYS_DIR / overlay / filename
+    if not path.is_file():
+        raise InfraError(f"{path} is missing: the infrastructure reads its names from the overlay")
+    return dict(yaml.safe_load(path.read_text()))
+
+
+def environment(name: str) -> Environment:
+    """The environment `name` (staging | prod), with the names its overlay already uses.
+
+    Cluster name and region: the Cluster Autoscaler settings patch. Account and ECR repositories: the
+    overlay's images table (<account>.dkr.ecr.<region>.amazonaws.com/<repository>).
+    """
+    if name not in ENV_OVERLAYS:
+        raise InfraError(f"unknown env {name!r}; expected one of {', '.join(ENV_OVERLAYS)}")
+    overlay = ENV_OVERLAYS[name]
+    settings = _overlay_doc(overlay, "cluster_autoscaler_settings_patch.yaml")["data"]
+    kustomization = _overlay_doc(overlay, "kustomization.yaml")
+    accounts, repositories = set(), []
+    for image in kustomization.get("images", []):
+        registry, _, repository = image["newName"].partition("/")
+        account, _, host = registry.partition(".")
+        if host != f"dkr.ecr.{settings['AWS_REGION']}.amazonaws.com":
+            raise InfraError(f"{overlay}: image {image['newName']} is not in ECR of {settings['AWS_REGION']}")
+        accounts.add(account)
+        repositories.append(repository)
+    if len(accounts) != 1:
+        raise InfraError(f"{overlay}: images come from {len(accounts)} accounts, expected one")
+    (account,) = accounts
+    return Environment(
+        name=name,
+        overlay=overlay,
+        account=account,
+        region=str(settings["AWS_REGION"]),
+        cluster_name=str(settings["CLUSTER_NAME"]),
+        autoscaler_role_name=f"{settings['CLUSTER_NAME']}-cluster-autoscaler",
+        ecr_repositories=tuple(sorted(repositories)),
+        nat_gateways=3 if name == "prod" else 1,
+    )

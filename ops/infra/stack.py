@@ -1,0 +1,284 @@
+"""The CDK stacks: ECR repositories (per account) and, per environment, the EKS cluster with its node groups."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import aws_cdk as cdk
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_ecr as ecr
+from aws_cdk import aws_eks_v2 as eks
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from ops.cluster import NodeGroup
+from ops.infra import settings
+from ops.infra.settings import Environment
+
+# aws-cdk-lib's enum member per Kubernetes minor (settings.versions()["eks"]["kubernetes_minor"]).
+KUBERNETES_VERSIONS = {"1.34": eks.KubernetesVersion.V1_34, "1.35": eks.KubernetesVersion.V1_35}
+AMI_TYPES = {
+    "AL2023_x86_64_STANDARD": eks.NodegroupAmiType.AL2023_X86_64_STANDARD,
+    "AL2023_x86_64_NVIDIA": eks.NodegroupAmiType.AL2023_X86_64_NVIDIA,
+}
+TAINT_EFFECTS = {
+    "NoSchedule": eks.TaintEffect.NO_SCHEDULE,
+    "PreferNoSchedule": eks.TaintEffect.PREFER_NO_SCHEDULE,
+    "NoExecute": eks.TaintEffect.NO_EXECUTE,
+}
+# Labels the kubelet (or EKS) sets itself; a managed node group refuses them in its `labels`.
+KUBELET_OWNED_LABELS = ("eks.amazonaws.com/nodegroup", "node.kubernetes.io/instance-type")
+# Who may reach the public API endpoint (the private one serves the VPC). Documentation range by default:
+# set infra.public_access_cidrs in invoke.yaml (INVOKE_INFRA_PUBLIC_ACCESS_CIDRS) to your CI/VPN egress.
+DEFAULT_PUBLIC_ACCESS_CIDRS = ("203.0.113.0/24",)
+LOG_RETENTION = logs.RetentionDays.ONE_YEAR
+# The Cluster Autoscaler's AWS permissions (kubernetes/autoscaler cloudprovider/aws/README.md):
+# read-only discovery everywhere, scaling only on ASGs tagged as this cluster's.
+AUTOSCALER_READ_ACTIONS = (
+    "autoscaling:DescribeAutoScalingGroups",
+    "autoscaling:DescribeAutoScalingInstances",
+    "autoscaling:DescribeLaunchConfigurations",
+    "autoscaling:DescribeScalingActivities",
+    "autoscaling:DescribeTags",
+    "ec2:DescribeImages",
+    "ec2:DescribeInstanceTypes",
+    "ec2:DescribeLaunchTemplateVersions",
+    "ec2:GetInstanceTypesFromInstanceRequirements",
+)
+AUTOSCALER_WRITE_ACTIONS = ("autoscaling:SetDesiredCapacity", "autoscaling:TerminateInstanceInAutoScalingGroup")
+# Managed add-ons. vpc-cni enforces the NetworkPolicies of manifests/components/network-policies.
+VPC_CNI_CONFIGURATION = {"enableNetworkPolicy": "true"}
+
+
+def discovery_tags(cluster_name: str) -> dict[str, str]:
+    """The Cluster Autoscaler's auto-discovery tags (--node-group-auto-discovery=asg:tag=...)."""
+    return {"k8s.io/cluster-autoscaler/enabled": "true", f"k8s.io/cluster-autoscaler/{cluster_name}": "owned"}
+
+
+def nodegroup_labels(group: NodeGroup) -> dict[str, str]:
+    """Labels the node group puts on its nodes: nodegroups.yaml's, minus those EKS and the kubelet set."""
+    return {k: v for k, v in group.labels.items() if k not in KUBELET_OWNED_LABELS}
+
+
+class RegistryStack(cdk.Stack):
+    """The ECR repositories the overlays pull from: immutable tags, scan on push, KMS, retained on delete."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, repositories: tuple[str, ...], **kwargs: Any) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        key = kms.Key(self, "EcrKey", enable_key_rotation=True, description="eks-inference ECR repositories")
+        self.repositories: dict[str, ecr.Repository] = {}
+        for name in repositories:
+            self.repositories[name] = ecr.Repository(
+                self,
+                "Repo-" + name.replace("/", "-"),
+                repository_name=name,
+                image_tag_mutability=ecr.TagMutability.IMMUTABLE,
+                image_scan_on_push=True,
+                encryption=ecr.RepositoryEncryption.KMS,
+                encryption_key=key,
+                removal_policy=cdk.RemovalPolicy.RETAIN,
+                lifecycle_rules=[
+                    ecr.LifecycleRule(
+                        description="Keep the last 100 release images",
+                        max_image_count=100,
+                    )
+                ],
+            )
+
+
+class ClusterStack(cdk.Stack):
+    """One environment: VPC, EKS cluster, managed add-ons, the node groups of nodegroups.yaml, the autoscaler's role."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        environment: Environment,
+        public_access_cidrs: tuple[str, ...] = DEFAULT_PUBLIC_ACCESS_CIDRS,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        self.eks_environment = environment
+        groups = settings.nodegroups()
+        eks_versions = settings.versions()["eks"]
+        zones = sorted({z for g in groups for z in g.zones})
+
+        log_key = kms.Key(self, "LogKey", enable_key_rotation=True, description="VPC flow logs")
+        log_key.grant_encrypt_decrypt(iam.ServicePrincipal(f"logs.{self.region}.amazonaws.com"))
+        flow_log_group = logs.LogGroup(self, "FlowLogs", retention=LOG_RETENTION, encryption_key=log_key)
+        self.vpc = ec2.Vpc(
+            self,
+            "Vpc",
+            ip_addresses=ec2.IpAddresses.cidr("10.40.0.0/16"),
+            availability_zones=zones,
+            nat_gateways=environment.nat_gateways,
+            # CDK's default-SG restriction is a Lambda custom resource; nothing here uses the default SG.
+            restrict_default_security_group=False,
+            subnet_configuration=[
+                ec2.SubnetConfiguration(name="public", subnet_type=ec2.SubnetType.PUBLIC, cidr_mask=24),
+                ec2.SubnetConfiguration(name="nodes", subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS, cidr_mask=19),
+            ],
+            flow_logs={
+                "all": ec2.FlowLogOptions(
+                    destination=ec2.FlowLogDestination.to_cloud_watch_logs(flow_log_group),
+                    traffic_type=ec2.FlowLogTrafficType.ALL,
+                )
+            },
+        )
+        # Where the AWS Load Balancer Controller may put load balancers.
+        for subnet in self.vpc.public_subnets:
+            cdk.Tags.of(subnet).add("kubernetes.io/role/elb", "1")
+        for subnet in self.vpc.private_subnets:
+            cdk.Tags.of(subnet).add("kubernetes.io/role/internal-elb", "1")
+
+        secrets_key = kms.Key(self, "SecretsKey", enable_key_rotation=True, description="EKS secrets envelope")
+        self.cluster = eks.Cluster(
+            self,
+            "Cluster",
+            cluster_name=environment.cluster_name,
+            version=KUBERNETES_VERSIONS[eks_versions["kubernetes_minor"]],
+            vpc=self.vpc,
+            vpc_subnets=[ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)],
+            # Node groups come from nodegroups.yaml below, never a default one.
+            default_capacity=0,
+            default_capacity_type=eks.DefaultCapacityType.NODEGROUP,
+            # Managed add-ons below instead of the unmanaged bootstrap copies.
+            bootstrap_self_managed_addons=False,
+            endpoint_access=eks.EndpointAccess.PUBLIC_AND_PRIVATE.only_from(*public_access_cidrs),
+            cluster_logging=[
+                eks.ClusterLoggingTypes.API,
+                eks.ClusterLoggingTypes.AUDIT,
+                eks.ClusterLoggingTypes.AUTHENTICATOR,
+                eks.ClusterLoggingTypes.CONTROLLER_MANAGER,
+                eks.ClusterLoggingTypes.SCHEDULER,
+            ],
+            secrets_encryption_key=secrets_key,
+            tags={"app.kubernetes.io/part-of": "eks-inference", "environment": environment.name},
+        )
+
+        # jsii's Python typing misses that Cluster implements ICluster.
+        cluster_ref = cast(eks.ICluster, self.cluster)
+        # Networking add-ons first: a node without a CNI never becomes Ready.
+        network_addons = [
+            eks.Addon(
+                self,
+                "VpcCni",
+                cluster=cluster_ref,
+                addon_name="vpc-cni",
+                configuration_values=VPC_CNI_CONFIGURATION,
+            ),
+            eks.Addon(self, "KubeProxy", cluster=cluster_ref, addon_name="kube-proxy"),
+            eks.Addon(self, "PodIdentityAgent", cluster=cluster_ref, addon_name="eks-pod-identity-agent"),
+        ]
+
+        self.nodegroups: dict[str, eks.Nodegroup] = {}
+        for group in groups:
+            nodegroup = self.cluster.add_nodegroup_capacity(
+                "Nodegroup-" + group.name,
+                nodegroup_name=group.name,
+                instance_types=[ec2.InstanceType(group.instance_type)],
+                ami_type=AMI_TYPES[group.ami_type],
+                # The GPU AMI is pinned: driver and CUDA compatibility are checked against it (versions.toml).
+                release_version=eks_versions["gpu_ami_release_version"] if group.gpus_per_node else None,
+                capacity_type=eks.CapacityType.ON_DEMAND,
+                min_size=group.min_size,
+                max_size=group.max_size,
+                desired_size=group.min_size,
+                disk_size=group.disk_size_gib,
+                labels=nodegroup_labels(group),
+                taints=[
+                    eks.TaintSpec(key=t["key"], value=t["value"], effect=TAINT_EFFECTS[t["effect"]])
+                    for t in group.taints
+                ],
+                # EKS tags the node group's ASG with the same discovery tags itself; stating them here
+                # keeps the contract with the autoscaler's --node-group-auto-discovery visible.
+                tags={**discovery_tags(environment.cluster_name), "eks-inference/role": group.role},
+                subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS),
+                max_unavailable=1,
+            )
+            for addon in network_addons:
+                nodegroup.node.add_dependency(addon)
+            self.nodegroups[group.name] = nodegroup
+        # CoreDNS needs a node to run on: after the CPU group (minSize > 0).
+        coredns = eks.Addon(self, "CoreDns", cluster=cluster_ref, addon_name="coredns")
+        for group in groups:
+            if group.min_size > 0:
+                coredns.node.add_dependency(self.nodegroups[group.name])
+
+        self.autoscaler_role = self._autoscaler_role(environment)
+
+        cdk.CfnOutput(self, "ClusterName", value=self.cluster.cluster_name)
+        cdk.CfnOutput(self, "AutoscalerRoleArn", value=self.autoscaler_role.role_arn)
+
+    def _autoscaler_role(self, environment: Environment) -> iam.Role:
+        """The Cluster Autoscaler's IAM role, bound to kube-system/cluster-autoscaler with EKS Pod Identity."""
+        role = iam.Role(
+            self,
+            "AutoscalerRole",
+            role_name=environment.autoscaler_role_name,
+            description="Cluster Autoscaler of " + environment.cluster_name,
+            assumed_by=iam.ServicePrincipal("pods.eks.amazonaws.com"),
+        )
+        # Pod Identity assumes the role with session tags.
+        role.assume_role_policy.add_statements(  # type: ignore[union-attr]
+            iam.PolicyStatement(
+                actions=["sts:TagSession"],
+                principals=[iam.ServicePrincipal("pods.eks.amazonaws.com")],
+            )
+        )
+        tags = discovery_tags(environment.cluster_name)
+        policy = iam.ManagedPolicy(
+            self,
+            "AutoscalerPolicy",
+            description="Cluster Autoscaler: discover node groups, scale only this cluster's",
+            statements=[
+                iam.PolicyStatement(
+                    sid="Discover",
+                    actions=list(AUTOSCALER_READ_ACTIONS),
+                    resources=["*"],  # Describe* actions support no resource-level permissions
+                ),
+                iam.PolicyStatement(
+                    sid="ReadManagedNodegroups",
+                    actions=["eks:DescribeNodegroup"],
+                    resources=[
+                        cdk.Arn.format(
+                            cdk.ArnComponents(
+                                service="eks",
+                                resource="nodegroup",
+                                resource_name=f"{environment.cluster_name}/*",
+                            ),
+                            self,
+                        )
+                    ],
+                ),
+                iam.PolicyStatement(
+                    sid="ScaleOwnNodegroups",
+                    actions=list(AUTOSCALER_WRITE_ACTIONS),
+                    resources=[
+                        cdk.Arn.format(
+                            cdk.ArnComponents(
+                                service="autoscaling",
+                                resource="autoScalingGroup",
+                                resource_name="*",
+                                arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
+                            ),
+                            self,
+                        )
+                    ],
+                    conditions={"StringEquals": {f"aws:ResourceTag/{k}": v for k, v in tags.items()}},
+                ),
+            ],
+        )
+        role.add_managed_policy(policy)
+        eks.CfnPodIdentityAssociation(
+            self,
+            "AutoscalerPodIdentity",
+            cluster_name=self.cluster.cluster_name,
+            namespace=settings.AUTOSCALER_NAMESPACE,
+            service_account=settings.AUTOSCALER_SERVICE_ACCOUNT,
+            role_arn=role.role_arn,
+        ).node.add_dependency(self.node.find_child("PodIdentityAgent"))
+        return role

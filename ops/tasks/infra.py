@@ -1,0 +1,91 @@
+"""invoke tasks for the AWS infrastructure (CDK): synth, check, deploy (logic in ops.infra)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+from invoke import Collection, Context, Exit, task
+from rich.console import Console
+
+from ops.infra import deploy as deploy_mod
+from ops.infra import settings
+
+console = Console()
+ENVS = ", ".join(settings.ENV_OVERLAYS)
+
+
+def _conf(c: Context) -> dict:
+    return dict(c.config.get("infra", {}))
+
+
+def _outdir(c: Context) -> Path:
+    return settings.REPO_ROOT / str(_conf(c).get("out", "cdk.out"))
+
+
+def _templates(c: Context, env: list[str]) -> list[Path]:
+    names = [settings.REGISTRY_STACK, *(settings.environment(e).stack_name for e in env)]
+    return [_outdir(c) / f"{name}.template.json" for name in names]
+
+
+def _synth(c: Context, env: list[str]) -> None:
+    argv = [sys.executable, "-m", "ops.infra.synth", "--out", str(_outdir(c))]
+    for e in env:
+        argv += ["--env", e]
+    for cidr in deploy_mod.parse_allowed(str(_conf(c).get("public_access_cidrs", ""))):
+        argv += ["--public-access-cidr", cidr]
+    with c.cd(str(settings.REPO_ROOT)):
+        c.run(shlex.join(argv), echo=True)
+
+
+@task(
+    iterable=["env"],
+    help={"env": f"Environment to synthesize ({ENVS}; repeatable). Default: all of them."},
+)
+def synth(c: Context, env: list[str] | None = None) -> None:
+    """Write the CloudFormation templates to cdk.out/ offline (no AWS credentials, no network)."""
+    _synth(c, env or list(settings.ENV_OVERLAYS))
+
+
+@task(
+    iterable=["env"],
+    help={"env": f"Environment to check ({ENVS}; repeatable). Default: all of them."},
+)
+def check(c: Context, env: list[str] | None = None) -> None:
+    """Synthesize, then run cfn-lint and checkov over the templates offline; fails on any finding not accepted."""
+    names = env or list(settings.ENV_OVERLAYS)
+    _synth(c, names)
+    c.run(shlex.join([sys.executable, "-m", "ops.infra.checks", *map(str, _templates(c, names))]), echo=True)
+
+
+@task(
+    help={
+        "env": f"Environment to deploy ({ENVS}).",
+        "yes": "Skip the prod confirmation prompt.",
+    },
+)
+def deploy(c: Context, env: str, yes: bool = False) -> None:
+    """Synthesize, check the AWS account (infra.accounts in invoke.yaml), confirm for prod, then `cdk deploy`."""
+    if env not in settings.ENV_OVERLAYS:
+        raise Exit(f"infra deploy refused: unknown env {env!r}; expected one of {ENVS}", code=2)
+    _synth(c, [env])
+    command = deploy_mod.deploy_command(env, _outdir(c), str(_conf(c).get("cdk_cli", deploy_mod.DEFAULT_CDK_CLI)))
+    if c.config.run.dry:
+        # The guard calls AWS STS; a dry run only shows the plan.
+        console.print(f"(dry run: the AWS account guard for {env!r} would run here)")
+    else:
+        try:
+            account = deploy_mod.guard(env, dict(_conf(c).get("accounts", {})), yes=yes)
+        except deploy_mod.InfraDeployRefused as exc:
+            raise Exit(f"infra deploy refused: {exc}", code=2) from exc
+        console.print(f"AWS account {account} allowed for {env}")
+    with c.cd(str(settings.REPO_ROOT)):
+        c.run(shlex.join(command), echo=True, pty=sys.stdin.isatty())
+
+
+ns = Collection("infra")
+ns.add_task(synth)
+ns.add_task(check)
+ns.add_task(deploy)
+ROOT_TASKS: list = []
