@@ -289,11 +289,14 @@ def test_an_overlay_replicas_entry_is_caught_after_rendering(tmp_path: Path) -> 
     ]
 
 
-def test_local_keeps_its_fixed_replica_count(rendered: dict[str, list[Obj]]) -> None:
-    for name in m.SERVICES:
-        (dep,) = m.find(rendered["local"], "Deployment", name)
-        assert dep["spec"]["replicas"] == 1
-    assert m.check_hpa_owns_replicas("local", rendered["local"]) == []
+def test_local_leaves_replicas_to_its_hpas(rendered: dict[str, list[Obj]]) -> None:
+    """kind keeps the production HPAs (metrics-server runs there), so local sets no replicas either."""
+    for overlay in m.LOCAL_OVERLAYS:
+        for name in m.SERVICES:
+            (dep,) = m.find(rendered[overlay], "Deployment", name)
+            assert "replicas" not in dep["spec"]
+            assert m.hpa_for(rendered[overlay], name)["spec"]["minReplicas"] == 1
+        assert m.check_hpa_owns_replicas(overlay, rendered[overlay]) == []
 
 
 def test_gpu_hpa_beyond_the_gpu_node_group(fresh: Callable[[str], list[Obj]]) -> None:
