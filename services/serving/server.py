@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -60,6 +61,10 @@ class DrainingServer(uvicorn.Server):
 def serve(app: FastAPI, settings: ServingSettings, **uvicorn_kwargs: Any) -> None:
     """Run `app` until SIGTERM, then drain and exit 0."""
     configure_logging(settings.log_level, settings.log_format)
+    # The event loop thread gives the GIL up at every socket call and then waits for a thread running Python code
+    # (preprocessing, the batch worker) to hand it back: up to the switch interval, 5 ms by default, each time.
+    # Under load that convoy starves the loop, so even refusals queue for seconds; 1 ms keeps it responsive.
+    sys.setswitchinterval(settings.gil_switch_interval_s)
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -64,6 +64,9 @@ class ServingSettings(BaseSettings):
         default=0, ge=0, description="Requests decoding at once (threads); 0 = the torch thread count."
     )
     retry_after_s: int = Field(default=1, ge=1, description="Retry-After of every 503.")
+    gil_switch_interval_s: float = Field(
+        default=0.001, gt=0, le=0.1, description="sys.setswitchinterval: how soon the event loop gets the GIL back."
+    )
     request_timeout_s: float = Field(
         default=10.0, gt=0, description="Deadline of a whole request from arrival: body, fetch, decode, queue, compute."
     )
