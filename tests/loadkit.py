@@ -19,11 +19,12 @@ from urllib.parse import urlsplit
 
 @dataclass(frozen=True)
 class Call:
-    """One request to send: path, content type, body."""
+    """One request to send: path, content type, body (and method)."""
 
     path: str
     content_type: str
     body: bytes
+    method: str = "POST"
 
     @classmethod
     def json(cls, path: str, document: object) -> Call:
@@ -66,8 +67,8 @@ class Http11Client:
         reader, writer = connection or await asyncio.open_connection(self.host, self.port)
         try:
             head = (
-                f"POST {call.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: {call.content_type}\r\n"
-                f"Content-Length: {len(call.body)}\r\n\r\n"
+                f"{call.method} {call.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                f"Content-Type: {call.content_type}\r\nContent-Length: {len(call.body)}\r\n\r\n"
             )
             writer.write(head.encode() + call.body)
             status = int((await reader.readline()).split()[1])

@@ -76,6 +76,7 @@ async def test_sigterm_finishes_accepted_requests_refuses_new_ones_and_exits_0(
     assert ready.json() == {"status": "draining"}
     assert refused.status_code == 503
     assert refused.json()["error"]["code"] == "draining"
+    assert refused.headers["retry-after"] == "1"
     assert [r.status_code for r in finished] == [200] * len(labels), [r.text for r in finished]
     # Label accuracy is tested elsewhere; here every accepted request must come back as a full prediction.
     assert all(r.json()["predictions"][0]["label"] in labels for r in finished)
