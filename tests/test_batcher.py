@@ -182,3 +182,26 @@ async def test_when_every_item_fails_alone_the_model_is_at_fault() -> None:
     finally:
         batcher.stop()
     assert all(isinstance(r, RuntimeError) for r in results), results
+
+
+async def test_reservations_count_against_the_queue_before_any_item_is_queued() -> None:
+    gate = threading.Event()
+    batcher = make(Recorder(gate=gate), max_batch_size=1, max_wait_ms=0.0, capacity=2)
+    try:
+        first, second = batcher.reserve(), batcher.reserve()
+        start = time.monotonic()
+        with pytest.raises(QueueFull):
+            batcher.reserve()  # two requests are still decoding: a third is refused before it does any work
+        with pytest.raises(QueueFull):
+            await batcher.submit(9, far())
+        assert time.monotonic() - start < 0.1
+        first.release()
+        first.release()  # at most once
+        gate.set()
+        out, _ = await batcher.submit(3, far(), second)  # the promised slot becomes the item's
+        assert out == 6
+        with batcher.reserve(), batcher.reserve():
+            pass  # both slots are free again: nothing leaked
+    finally:
+        gate.set()
+        batcher.stop()

@@ -100,12 +100,13 @@ def register_routes(app: FastAPI) -> None:
     async def predict(request: Request, runtime: RuntimeDep) -> dict[str, Any]:
         start = time.perf_counter()
         deadline = runtime.deadline_of(request)
-        data = await image_bytes(request, runtime, deadline)
-        fetched = time.perf_counter()
-        await ensure_client_waits(request)
-        item, preprocess_s = await runtime.preprocess(data, deadline)
-        await ensure_client_waits(request)
-        predictions, timings = await runtime.infer(item, deadline)
+        with runtime.reserve() as slot:  # accept or refuse before reading, fetching or decoding anything
+            data = await image_bytes(request, runtime, deadline)
+            fetched = time.perf_counter()
+            await ensure_client_waits(request)
+            item, preprocess_s = await runtime.preprocess(data, deadline)
+            await ensure_client_waits(request)
+            predictions, timings = await runtime.infer(item, deadline, slot)
         model = runtime.model
         return {
             "predictions": predictions,

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving.batcher import BatchTimings, MicroBatcher
+from serving.batcher import BatchTimings, MicroBatcher, Reservation
 from serving.errors import (
     ClientClosedRequest,
     DeadlineExceeded,
@@ -93,10 +93,18 @@ class Runtime:
         self.metrics.preprocess_seconds.observe(elapsed)
         return item, elapsed
 
-    async def infer(self, item: Any, deadline: float) -> tuple[Any, BatchTimings]:
+    def reserve(self) -> Reservation:
+        """A batch queue slot for one item, taken before any work (QueueFull, 503, at once when there is none)."""
         if self.batcher is None or not self.ready:
             raise NotReady("the model is not loaded yet")
-        return await self.batcher.submit(item, deadline)
+        return self.batcher.reserve()
+
+    async def infer(
+        self, item: Any, deadline: float, reservation: Reservation | None = None
+    ) -> tuple[Any, BatchTimings]:
+        if self.batcher is None or not self.ready:
+            raise NotReady("the model is not loaded yet")
+        return await self.batcher.submit(item, deadline, reservation)
 
 
 def remaining(deadline: float, where: str) -> float:

@@ -71,6 +71,7 @@ class MicroBatcher(Generic[In, Out]):
         self._queue: deque[_Item[In, Out]] = deque()
         self._cond = threading.Condition()
         self._stopping = False
+        self._reserved = 0  # slots promised to requests still reading, fetching or decoding their item
         self._busy = False
         self._thread: threading.Thread | None = None
 
@@ -96,16 +97,36 @@ class MicroBatcher(Generic[In, Out]):
             return not self._queue and not self._busy
 
     # -- producer side (event loop) --------------------------------------------------------------------------
-    async def submit(self, payload: In, deadline: float) -> tuple[Out, BatchTimings]:
+    def _refuse_if_full(self) -> None:
+        if len(self._queue) + self._reserved >= self.capacity:
+            self._metrics.rejected.labels("queue_full").inc()
+            raise QueueFull(
+                f"the inference queue is full ({self.capacity} items); retry later",
+                headers={"Retry-After": self._retry_after},
+            )
+
+    def reserve(self) -> Reservation:
+        """Promise a request a queue slot before it reads, fetches or decodes anything: QueueFull at once if none is
+        left, so a refusal never waits for work. Release the reservation, or pass it to `submit`."""
+        with self._cond:
+            self._refuse_if_full()
+            self._reserved += 1
+        return Reservation(self)
+
+    def _release(self) -> None:
+        with self._cond:
+            self._reserved -= 1
+
+    async def submit(
+        self, payload: In, deadline: float, reservation: Reservation | None = None
+    ) -> tuple[Out, BatchTimings]:
         loop = asyncio.get_running_loop()
         item: _Item[In, Out] = _Item(payload, deadline, loop.create_future(), loop)
         with self._cond:
-            if len(self._queue) >= self.capacity:
-                self._metrics.rejected.labels("queue_full").inc()
-                raise QueueFull(
-                    f"the inference queue is full ({self.capacity} items); retry later",
-                    headers={"Retry-After": self._retry_after},
-                )
+            if reservation is not None and reservation.take():
+                self._reserved -= 1  # the promised slot becomes this item's
+            else:
+                self._refuse_if_full()
             self._queue.append(item)
             self._metrics.queue_depth.set(len(self._queue))
             self._cond.notify()
@@ -216,6 +237,29 @@ class MicroBatcher(Generic[In, Out]):
                         "the model could not process this input", detail=f"{type(failure).__name__}: {failure}"
                     ),
                 )
+
+
+class Reservation:
+    """A queue slot promised to one request (see `MicroBatcher.reserve`); released at most once."""
+
+    def __init__(self, batcher: MicroBatcher[Any, Any]) -> None:
+        self._batcher: MicroBatcher[Any, Any] | None = batcher
+
+    def take(self) -> bool:
+        """Claim the slot for an item (True), or False when it was already taken or released."""
+        held, self._batcher = self._batcher is not None, None
+        return held
+
+    def release(self) -> None:
+        batcher, self._batcher = self._batcher, None
+        if batcher is not None:
+            batcher._release()
+
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def _resolve(item: _Item[Any, Any], *, result: Any = None, exc: BaseException | None = None) -> None:
