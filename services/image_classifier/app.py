@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, model_validator
 from image_classifier.model import ImageClassifier
 from image_classifier.settings import Settings
 from serving.app import (
+    PREDICT_ERRORS,
     Runtime,
     RuntimeDep,
     content_type,
@@ -34,6 +35,10 @@ RAW_IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/webp"})
 
 class PredictRequest(BaseModel):
     """JSON body: exactly one of `image_url` (what production sends) or `image_b64`."""
+
+    model_config = {
+        "json_schema_extra": {"oneOf": [{"required": ["image_url"]}, {"required": ["image_b64"]}]},
+    }
 
     image_url: str | None = Field(default=None, max_length=4096, examples=["https://images.example.com/cat.jpg"])
     image_b64: str | None = Field(default=None, description="Base64 (standard alphabet) of a JPEG/PNG/WebP image.")
@@ -91,6 +96,7 @@ def register_routes(app: FastAPI) -> None:
     @app.post(
         "/v1/predict",
         response_model=PredictResponse,
+        responses=PREDICT_ERRORS,
         tags=["model"],
         summary="Classify one image given as {image_url}, {image_b64}, or a raw image body.",
         openapi_extra=json_request_body(

@@ -201,6 +201,34 @@ def parse_json_body(request: Request, body: bytes, model: type[RequestModel]) ->
         raise InvalidRequest(f"{where}: {first['msg']}") from None
 
 
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: `{"error": {"code": ..., "message": ...}}`."""
+
+    error: ErrorDetail
+
+
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
+PREDICT_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "Invalid request, image or URL (`invalid_request`, `invalid_image`)."},
+    403: {"model": ErrorBody, "description": "The image URL is not allowed or cannot be reached (`url_forbidden`)."},
+    408: {"model": ErrorBody, "description": "The body did not arrive before the deadline (`request_timeout`)."},
+    413: {"model": ErrorBody, "description": "Body or fetched image too large (`payload_too_large`)."},
+    415: {"model": ErrorBody, "description": "Content type not accepted (`unsupported_media_type`)."},
+    422: {"model": ErrorBody, "description": "The model failed on this input alone (`unprocessable_input`)."},
+    503: {
+        "model": ErrorBody,
+        "description": "Refused before any work: `overloaded`, `queue_full`, `draining` or `not_ready`.",
+        "headers": _RETRY_AFTER,
+    },
+    504: {"model": ErrorBody, "description": "The request's deadline passed (`deadline_exceeded`)."},
+}
+
+
 def json_request_body(model: type[BaseModel], **extra_types: dict[str, Any]) -> dict[str, Any]:
     """OpenAPI `requestBody` for handlers that parse the body themselves (to keep errors in one format)."""
     return {
@@ -371,7 +399,12 @@ def create_service_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["probes"], summary="Readiness: 200 once loaded and warm; 503 before, and while draining.")
+    @app.get(
+        "/readyz",
+        tags=["probes"],
+        summary="Readiness: 200 once loaded and warm; 503 before, and while draining.",
+        responses={503: {"description": "`loading` or `draining`."}},
+    )
     async def readyz(runtime: RuntimeDep) -> JSONResponse:
         if runtime.draining:
             return JSONResponse({"status": "draining"}, 503)
@@ -379,7 +412,13 @@ def create_service_app(
             return JSONResponse({"status": "loading"}, 503)
         return JSONResponse({"status": "ready"})
 
-    @app.get("/metrics", tags=["probes"], summary="Prometheus metrics.")
+    @app.get(
+        "/metrics",
+        tags=["probes"],
+        summary="Prometheus metrics (text exposition format).",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+    )
     async def metrics(runtime: RuntimeDep) -> Response:
         return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

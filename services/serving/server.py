@@ -90,8 +90,26 @@ def serve_with_reload(factory: str, settings: ServingSettings, reload_dirs: list
     )
 
 
-def main(settings: ServingSettings, factory: str, create_app: Callable[[], FastAPI]) -> None:
+def usage(settings: ServingSettings, prog: str) -> str:
+    """`--help`: the service is configured by environment variables only; list them with their current values."""
+    prefix = str(settings.model_config.get("env_prefix", ""))
+    lines = [f"usage: python -m {prog}", "", f"Serves until SIGTERM. Settings come from {prefix}* variables:", ""]
+    for name, spec in type(settings).model_fields.items():
+        about = f" - {spec.description}" if spec.description else ""
+        lines.append(f"  {prefix}{name.upper()}={getattr(settings, name)!s}{about}")
+    return "\n".join(lines) + "\n"
+
+
+def main(
+    settings: ServingSettings, factory: str, create_app: Callable[[], FastAPI], argv: list[str] | None = None
+) -> None:
     """What `python -m <service>` runs: reload mode for development, else the draining server."""
+    args = sys.argv[1:] if argv is None else argv
+    prog = factory.split(".")[0]
+    if args:
+        known = {"-h", "--help"}
+        sys.stdout.write(usage(settings, prog))
+        raise SystemExit(0 if set(args) <= known else 2)
     if settings.reload:
         serve_with_reload(factory, settings, [str(Path(__file__).resolve().parent.parent)])
     else:

@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from pydantic import BaseModel, Field, model_validator
 
 from serving.app import (
+    PREDICT_ERRORS,
     RuntimeDep,
     create_service_app,
     ensure_client_waits,
@@ -28,6 +29,8 @@ SERVICE = "text_classifier"
 
 class PredictRequest(BaseModel):
     """Exactly one of `text` or `texts`."""
+
+    model_config = {"json_schema_extra": {"oneOf": [{"required": ["text"]}, {"required": ["texts"]}]}}
 
     text: str | None = Field(default=None, examples=["is this still available?"])
     texts: list[str] | None = Field(default=None, examples=[["hello there", "WIN FREE CRYPTO NOW"]])
@@ -81,6 +84,7 @@ def register_routes(app: FastAPI) -> None:
     @app.post(
         "/v1/predict",
         response_model=PredictResponse,
+        responses={k: v for k, v in PREDICT_ERRORS.items() if k != 403},  # no URLs here
         tags=["model"],
         summary="Classify one text ({text}) or several ({texts}); one prediction per text, in order.",
         openapi_extra=json_request_body(PredictRequest),
