@@ -25,7 +25,9 @@ class DrainingServer(uvicorn.Server):
 
     While draining, the listener stays open: /readyz answers 503 (so the endpoint is removed), new predictions get
     503 `draining`, and accepted requests run to completion. When none is left, or after `drain_timeout_s`, the
-    normal uvicorn shutdown runs. A second signal skips the wait.
+    normal uvicorn shutdown runs. A second signal skips the wait for the drain, but still lets uvicorn's graceful
+    shutdown finish requests in flight (so nothing is cancelled mid-request, and nothing is logged as an error);
+    a third one exits at once.
     """
 
     def __init__(self, config: uvicorn.Config, app: FastAPI, drain_timeout_s: float) -> None:
@@ -33,13 +35,17 @@ class DrainingServer(uvicorn.Server):
         self._app = app
         self._drain_timeout_s = drain_timeout_s
         self._drain_started: float | None = None
+        self._signals = 0
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         runtime = getattr(self._app.state, "runtime", None)
+        self._signals += 1
         if self._drain_started is not None or runtime is None or sig not in (signal.SIGTERM, signal.SIGINT):
-            # Second signal, or nothing to drain yet: behave like uvicorn (exit now).
+            # A later signal, or nothing to drain yet: uvicorn's graceful shutdown now, and at once on the third.
+            if self._drain_started is not None and self._signals == 2:
+                log.info("second signal: not waiting for the drain any more; finishing requests in flight")
             self.should_exit = True
-            if self._drain_started is not None:
+            if self._signals >= 3:
                 self.force_exit = True
             return
         self._drain_started = time.monotonic()
