@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ops.localservice import free_port
 from serving.errors import FetchFailed, PayloadTooLarge, UrlForbidden
@@ -104,6 +106,10 @@ async def test_refused_and_unreachable_targets_look_the_same_to_the_client(origi
         "http://127.0.0.1:0/",
         "http://ex%41mple.com/",
         "http://\ud800.com/",
+        "http://127.0.0.1/\ud800",
+        "http://127.0.0.1/a\x07b",
+        "http://127.0.0.1/?q=\x00",
+        "http://127.0.0.1/" + "a" * 70_000,
     ],
 )
 async def test_malformed_urls_are_invalid_requests(url: str) -> None:
@@ -161,3 +167,15 @@ async def test_missing_file_is_a_fetch_failure_and_unreachable_hosts_are_refused
         await fetch(f"http://127.0.0.1:{free_port()}/x")
     with pytest.raises(UrlForbidden, match="resolve"):
         await fetch("http://no-such-host.invalid/x")
+
+
+@settings(max_examples=150)
+@given(prefix=st.sampled_from([":", "/", "?", "#", ":80", ":99999"]), tail=st.text(max_size=40))
+async def test_any_url_on_a_refused_host_is_a_clean_4xx(prefix: str, tail: str) -> None:
+    """Whatever follows the host, the answer is a typed 4xx and nothing is contacted (loopback is not allowed)."""
+    from serving.errors import ServingError
+
+    async with SafeFetcher(max_bytes=1024) as fetcher:
+        with pytest.raises(ServingError) as refused:
+            await fetcher.fetch(f"http://127.0.0.1{prefix}{tail}")
+    assert 400 <= refused.value.status_code < 500

@@ -141,7 +141,8 @@ def parse_target(url: str) -> Target:
         parts = urlsplit(url)
         host = parts.hostname
         port = parts.port
-    except ValueError:
+        httpx.URL(url)  # what httpx would refuse later (control characters, surrogates, length) is refused here
+    except (ValueError, UnicodeError, httpx.InvalidURL):
         raise InvalidRequest("image_url is not a valid URL") from None
     if parts.scheme not in DEFAULT_PORTS:
         raise UrlForbidden(f"scheme {parts.scheme!r} is not allowed; use http or https")
@@ -336,13 +337,16 @@ class SafeFetcher:
         timeout = httpx.Timeout(
             min(self.read_timeout_s, left), connect=min(self.connect_timeout_s, left), pool=min(1.0, left)
         )
-        request = client.build_request(
-            "GET",
-            url,
-            headers={"Host": host_header, "Accept": "image/*"},
-            extensions={"sni_hostname": target.host},
-            timeout=timeout,
-        )
+        try:
+            request = client.build_request(
+                "GET",
+                url,
+                headers={"Host": host_header, "Accept": "image/*"},
+                extensions={"sni_hostname": target.host},
+                timeout=timeout,
+            )
+        except (ValueError, UnicodeError, httpx.InvalidURL):
+            raise InvalidRequest("image_url is not a valid URL") from None
         try:
             response = await client.send(request, stream=True)
         except httpx.PoolTimeout:
