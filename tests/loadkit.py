@@ -11,10 +11,25 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
+
+# The CI versions are short. `CHAOS_SCALE` (e.g. 10) runs the long versions: more fuzz cases, longer attacks.
+# `CHAOS_REPORT_DIR` collects each test's figures as JSON, for a chaos report.
+SCALE = float(os.environ.get("CHAOS_SCALE", "1"))
+IDLE_REUSE_S = 2.0
+
+
+def record(name: str, figures: dict[str, object]) -> None:
+    """Write a test's figures to $CHAOS_REPORT_DIR/<name>.json when a report is being collected."""
+    folder = os.environ.get("CHAOS_REPORT_DIR")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / f"{name}.json").write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
 
 
 @dataclass(frozen=True)
@@ -33,12 +48,14 @@ class Call:
 
 @dataclass(frozen=True)
 class Shot:
-    """One request's outcome: status (0 = transport error or client timeout), seconds, Retry-After, error code."""
+    """One request's outcome: status (0 = transport error or client timeout), seconds, Retry-After, error code,
+    and for status 0 the exception's name (ConnectionRefusedError: never accepted; others: cut off or timed out)."""
 
     status: int
     seconds: float
     retry_after: str | None = None
     code: str | None = None
+    error: str | None = None
 
 
 class Http11Client:
@@ -48,18 +65,27 @@ class Http11Client:
         parts = urlsplit(base_url)
         assert parts.hostname == "127.0.0.1", "load tests target loopback only"
         self.host, self.port = parts.hostname, parts.port or 80
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
 
     async def warm(self, connections: int) -> None:
-        self.idle += [await asyncio.open_connection(self.host, self.port) for _ in range(connections)]
+        for _ in range(connections):
+            self.idle.append((*await asyncio.open_connection(self.host, self.port), time.monotonic()))
+
+    def _take_idle(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        while self.idle:
+            reader, writer, since = self.idle.pop()
+            if time.monotonic() - since < IDLE_REUSE_S:
+                return reader, writer
+            writer.close()  # the server may be closing it (uvicorn's keep-alive timeout is 5 s): do not race it
+        return None
 
     async def send(self, call: Call, timeout_s: float) -> Shot:
         start = time.monotonic()
-        connection = self.idle.pop() if self.idle else None
+        connection = self._take_idle()
         try:
             return await asyncio.wait_for(self._exchange(call, connection, start), timeout_s)
-        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
-            return Shot(0, time.monotonic() - start)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
+            return Shot(0, time.monotonic() - start, error=type(exc).__name__)
 
     async def _exchange(
         self, call: Call, connection: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None, start: float
@@ -84,7 +110,7 @@ class Http11Client:
         if headers.get("connection", "").lower() == "close":
             writer.close()
         else:
-            self.idle.append((reader, writer))
+            self.idle.append((reader, writer, time.monotonic()))
         code = None
         if status != 200 and headers.get("content-type", "").startswith("application/json"):
             with contextlib.suppress(ValueError, AttributeError):
@@ -92,19 +118,29 @@ class Http11Client:
         return Shot(status, seconds, headers.get("retry-after"), code)
 
     def close(self) -> None:
-        for _, writer in self.idle:
+        for _, writer, _ in self.idle:
             writer.close()
         self.idle.clear()
 
 
-async def open_loop(base_url: str, call: Call, rate: float, seconds: float, timeout_s: float = 30.0) -> list[Shot]:
-    """Send at a constant `rate` for `seconds`, whatever the answers (new requests do not wait for old ones)."""
+async def open_loop(
+    base_url: str,
+    call: Call,
+    rate: float,
+    seconds: float,
+    timeout_s: float = 30.0,
+    sent: list[float] | None = None,
+) -> list[Shot]:
+    """Send at a constant `rate` for `seconds`, whatever the answers (new requests do not wait for old ones).
+    `sent`, when given, receives each request's start time (time.monotonic()), in the order of the shots."""
     client = Http11Client(base_url)
     await client.warm(min(64, int(rate)))
     try:
         start = time.monotonic()
         tasks = []
         for i in range(int(rate * seconds)):
+            if sent is not None:
+                sent.append(time.monotonic())
             tasks.append(asyncio.ensure_future(client.send(call, timeout_s)))
             await asyncio.sleep(max(0.0, start + (i + 1) / rate - time.monotonic()))
         return list(await asyncio.gather(*tasks))

@@ -12,11 +12,11 @@ from collections import Counter
 from collections.abc import Callable
 
 from image_classifier.demo import render_sample
-from loadkit import Call, Http11Client, Shot
+from loadkit import SCALE, Call, Http11Client, Shot, record
 from testkit import Server, encode
 
 SEED = 20261130
-REQUESTS_PER_SERVICE = 1100
+REQUESTS_PER_SERVICE = int(1100 * SCALE)  # CHAOS_SCALE=5: the 10k-case long version (both services)
 CONCURRENCY = 8
 JPEG = encode(render_sample("triangle", 3))
 
@@ -180,7 +180,7 @@ def rss_kib(server: Server) -> int:
 
 async def fuzz(
     server: Server, make: Callable[[random.Random], Call], seed: int
-) -> tuple[Counter[int], list[tuple[Shot, Call]], int]:
+) -> tuple[Counter[int], list[tuple[Shot, Call]], int, int]:
     rng = random.Random(seed)
     cases = [make(rng) for _ in range(REQUESTS_PER_SERVICE)]
     client = Http11Client(server.url)
@@ -200,20 +200,42 @@ async def fuzz(
     rss_after_warmup = rss_kib(server)
     await asyncio.gather(*(worker(rest[i::CONCURRENCY]) for i in range(CONCURRENCY)))
     client.close()
-    return counts, bad, rss_kib(server) - rss_after_warmup
+    return counts, bad, rss_after_warmup, rss_kib(server)
 
 
 async def test_fuzzed_image_requests_never_get_a_5xx(image_service: Server) -> None:
-    counts, bad, growth = await fuzz(image_service, image_case, SEED)
+    counts, bad, rss_before, rss_after = await fuzz(image_service, image_case, SEED)
+    growth = rss_after - rss_before
     print(f"image: {sorted(counts.items())}, RSS growth {growth // 1024} MiB")
+    record(
+        "fuzz_image",
+        {
+            "statuses": dict(sorted(counts.items())),
+            "rss_growth_kib": growth,
+            "cases": REQUESTS_PER_SERVICE,
+            "rss_before_kib": rss_before,
+            "rss_after_kib": rss_after,
+        },
+    )
     assert not bad, [(s.status, s.code, c.method, c.path, c.content_type, c.body[:200]) for s, c in bad[:5]]
     assert sum(counts.values()) == REQUESTS_PER_SERVICE
     assert growth < 64 * 1024, f"RSS grew by {growth // 1024} MiB"
 
 
 async def test_fuzzed_text_requests_never_get_a_5xx(text_service: Server) -> None:
-    counts, bad, growth = await fuzz(text_service, text_case, SEED + 1)
+    counts, bad, rss_before, rss_after = await fuzz(text_service, text_case, SEED + 1)
+    growth = rss_after - rss_before
     print(f"text: {sorted(counts.items())}, RSS growth {growth // 1024} MiB")
+    record(
+        "fuzz_text",
+        {
+            "statuses": dict(sorted(counts.items())),
+            "rss_growth_kib": growth,
+            "cases": REQUESTS_PER_SERVICE,
+            "rss_before_kib": rss_before,
+            "rss_after_kib": rss_after,
+        },
+    )
     assert not bad, [(s.status, s.code, c.method, c.path, c.content_type, c.body[:200]) for s, c in bad[:5]]
     assert sum(counts.values()) == REQUESTS_PER_SERVICE
     assert growth < 64 * 1024, f"RSS grew by {growth // 1024} MiB"
