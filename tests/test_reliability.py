@@ -27,6 +27,7 @@ JPEG = encode(render_sample("square", 8))
 # CI machine the load generator and the image origin share the CPUs with the service, so the bound has headroom over
 # the 50 ms aimed for in production (which the long `chaos` run measures).
 REFUSAL_P99_S = 0.5
+REFUSAL_P50_S = 0.05  # the median has no such excuse: ~1-20 ms here, against ~250 ms when refusals waited for work
 
 
 # An image origin in a process of its own, so its threads do not share a GIL with the load generator: HTTP/1.0, one
@@ -77,7 +78,9 @@ def by_url(origin: str) -> Call:
     return Call.json("/v1/predict", {"image_url": f"http://{origin}/img.png"})
 
 
-RAW = Call("/v1/predict", "image/jpeg", JPEG)
+# A photo-sized PNG (no JPEG draft decoding to make it cheap): decoding costs real CPU, as in production, so a
+# service that decides to refuse only after decoding shows it in its refusal times.
+RAW = Call("/v1/predict", "image/png", encode(render_sample("square", 8, size=768), "PNG"))
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +118,10 @@ async def test_image_url_path_recovers_right_after_an_overload(
     assert '"level": "ERROR"' not in log
 
 
+def measured_text(seconds: list[float]) -> str:
+    return f"{sorted(seconds)[len(seconds) // 2]:.3f}/{p99(seconds):.3f}s" if seconds else "-"
+
+
 def metric(response: httpx.Response, status: str) -> float:
     """The count of /v1/predict answers with `status` in a /metrics response (0 when there are none)."""
     prefix = f'image_classifier_requests_total{{endpoint="/v1/predict",status="{status}"}} '
@@ -142,24 +149,25 @@ async def test_twice_the_saturation_rate_gets_only_200s_and_fast_503s(
     for _ in range(3):
         shots = await open_loop(url, send, rate=2 * rate, seconds=seconds)
         refused = [s.seconds for s in shots if s.status == 503]
-        print(f"{path}: saturation {rate:.1f}/s; at 2x {dict(statuses(shots))}, 503 p99 {p99(refused):.3f}s")
+        print(f"{path}: saturation {rate:.1f}/s; at 2x {dict(statuses(shots))}, 503 p50/p99 {measured_text(refused)}")
         check_overload(shots, timeout_s=10.0)  # every attempt: only 200/503, Retry-After, nothing past its deadline
-        measured.append(p99(refused))
-        if measured[-1] < REFUSAL_P99_S:
+        median = sorted(refused)[len(refused) // 2]
+        measured.append((round(median, 4), round(p99(refused), 4)))
+        if median < REFUSAL_P50_S and p99(refused) < REFUSAL_P99_S:
             record(
                 f"overload_{path}",
                 {
                     "saturation_per_s": round(rate, 1),
                     "statuses_at_2x": dict(statuses(shots)),
-                    "refusal_p50_s": round(sorted(refused)[len(refused) // 2], 4),
-                    "refusal_p99_s": round(measured[-1], 4),
+                    "refusal_p50_s": measured[-1][0],
+                    "refusal_p99_s": measured[-1][1],
                     "slowest_s": round(max(s.seconds for s in shots), 3),
                 },
             )
             return
     # A 2-core machine shared with other jobs stalls now and then for longer than the bound: one attempt in three
-    # must show what the service does when it gets its CPU (p50 here is ~1-5 ms).
-    raise AssertionError(f"503 p99 over {REFUSAL_P99_S}s in every attempt: {measured}")
+    # must show what the service does when it gets its CPU.
+    raise AssertionError(f"503 (p50, p99) over ({REFUSAL_P50_S}, {REFUSAL_P99_S}) s in every attempt: {measured}")
 
 
 async def test_a_client_that_gives_up_is_a_499_not_a_500(image_service_for_load: Server) -> None:
