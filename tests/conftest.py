@@ -44,9 +44,12 @@ def image_server_factory(bundles: dict[str, Path], tmp_path: Path) -> Callable[.
 
 
 @pytest.fixture(scope="module")
-def image_service(bundles: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One image classifier shared by a module's tests; loopback may be fetched from (for the URL tests)."""
-    env = {"MODEL_URI": str(bundles["image-demo"]), "FETCH_ALLOWED_HOSTS": "127.0.0.1", "MAX_BATCH_SIZE": "8"}
+def image_service(
+    bundles: dict[str, Path], origin: Origin, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """One image classifier shared by a module's tests; the loopback origin's port may be fetched from."""
+    allowed = origin.url.removeprefix("http://")  # 127.0.0.1:<port>: the allow-list is per host and port
+    env = {"MODEL_URI": str(bundles["image-demo"]), "FETCH_ALLOWED_HOSTS": allowed, "MAX_BATCH_SIZE": "8"}
     with run_server("image_classifier", env, tmp_path_factory.mktemp("image")) as server:
         yield server
 

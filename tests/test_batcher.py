@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import pytest
 
 from serving.batcher import MicroBatcher
-from serving.errors import DeadlineExceeded, QueueFull
+from serving.errors import DeadlineExceeded, QueueFull, UnprocessableInput
 from serving.metrics import ServiceMetrics
 
 
@@ -142,3 +142,66 @@ async def test_a_failing_batch_fails_its_items_and_the_worker_survives() -> None
     finally:
         batcher.stop()
     assert out == 5
+
+
+async def test_one_bad_item_fails_only_itself_with_a_4xx() -> None:
+    """The batch raises because of one item; its items are retried alone, so only the bad one fails (422)."""
+    batches: list[list[int]] = []
+
+    def poisoned(items: Sequence[int]) -> tuple[list[int], float, float]:
+        batches.append(list(items))
+        if 13 in items:
+            raise TypeError("cannot handle 13")
+        return [2 * i for i in items], 0.0, 0.0
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(
+        poisoned, max_batch_size=8, max_wait_ms=200, capacity=64, metrics=ServiceMetrics("iso")
+    )
+    batcher.start()
+    try:
+        results = await asyncio.gather(*(batcher.submit(i, far()) for i in (1, 2, 13, 4, 5)), return_exceptions=True)
+    finally:
+        batcher.stop()
+    assert [r[0] if isinstance(r, tuple) else r for r in results[:2] + results[3:]] == [2, 4, 8, 10]
+    assert isinstance(results[2], UnprocessableInput)
+    assert results[2].status_code == 422
+    assert "13" not in results[2].message  # the client gets a fixed message; the log gets the detail
+    assert batches[0] == [1, 2, 13, 4, 5], "the items must have shared a batch first"
+
+
+async def test_when_every_item_fails_alone_the_model_is_at_fault() -> None:
+    def broken(items: Sequence[int]) -> tuple[list[int], float, float]:
+        raise RuntimeError("model fault")
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(
+        broken, max_batch_size=4, max_wait_ms=100, capacity=8, metrics=ServiceMetrics("broken")
+    )
+    batcher.start()
+    try:
+        results = await asyncio.gather(*(batcher.submit(i, far()) for i in range(3)), return_exceptions=True)
+    finally:
+        batcher.stop()
+    assert all(isinstance(r, RuntimeError) for r in results), results
+
+
+async def test_reservations_count_against_the_queue_before_any_item_is_queued() -> None:
+    gate = threading.Event()
+    batcher = make(Recorder(gate=gate), max_batch_size=1, max_wait_ms=0.0, capacity=2)
+    try:
+        first, second = batcher.reserve(), batcher.reserve()
+        start = time.monotonic()
+        with pytest.raises(QueueFull):
+            batcher.reserve()  # two requests are still decoding: a third is refused before it does any work
+        with pytest.raises(QueueFull):
+            await batcher.submit(9, far())
+        assert time.monotonic() - start < 0.1
+        first.release()
+        first.release()  # at most once
+        gate.set()
+        out, _ = await batcher.submit(3, far(), second)  # the promised slot becomes the item's
+        assert out == 6
+        with batcher.reserve(), batcher.reserve():
+            pass  # both slots are free again: nothing leaked
+    finally:
+        gate.set()
+        batcher.stop()

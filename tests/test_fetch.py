@@ -5,11 +5,17 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ops.localservice import free_port
 from serving.errors import FetchFailed, PayloadTooLarge, UrlForbidden
 from serving.fetch import SafeFetcher, is_forbidden_address
 from testkit import Origin
+
+
+def port_of(origin: Origin) -> int:
+    return int(origin.url.rsplit(":", 1)[1])
 
 
 @pytest.mark.parametrize(
@@ -26,6 +32,11 @@ from testkit import Origin
         "fd00:ec2::254",
         "fe80::1",
         "::ffff:127.0.0.1",
+        "::127.0.0.1",  # IPv4-compatible (::/96)
+        "::a9fe:a9fe",
+        "64:ff9b::7f00:1",  # NAT64 of 127.0.0.1
+        "64:ff9b::a9fe:a9fe",  # NAT64 of the metadata address
+        "2002:7f00:1::",  # 6to4 of 127.0.0.1
         "224.0.0.1",
         "100.100.100.200",
     ],
@@ -34,13 +45,13 @@ def test_non_public_addresses_are_forbidden(address: str) -> None:
     assert is_forbidden_address(ipaddress.ip_address(address))
 
 
-@pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111"])
+@pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "64:ff9b::808:808"])
 def test_public_addresses_are_allowed(address: str) -> None:
     assert not is_forbidden_address(ipaddress.ip_address(address))
 
 
 async def fetch(url: str, **kwargs: object) -> bytes:
-    options: dict[str, object] = {"max_bytes": 1024, "allowed_hosts": frozenset({"127.0.0.1"}), **kwargs}
+    options: dict[str, object] = {"max_bytes": 1024, "allowed_hosts": frozenset({"127.0.0.1:*"}), **kwargs}
     async with SafeFetcher(**options) as fetcher:  # type: ignore[arg-type]
         return await fetcher.fetch(url)
 
@@ -54,6 +65,58 @@ async def test_loopback_is_refused_without_the_allow_list(origin: Origin) -> Non
     origin.files["/secret"] = b"s"
     with pytest.raises(UrlForbidden, match="non-public"):
         await fetch(f"{origin.url}/secret", allowed_hosts=frozenset())
+
+
+async def test_the_allow_list_is_per_host_and_port(origin: Origin) -> None:
+    origin.files["/ok.bin"] = b"fine"
+    port = port_of(origin)
+    assert await fetch(f"{origin.url}/ok.bin", allowed_hosts=frozenset({f"127.0.0.1:{port}"})) == b"fine"
+    # A bare host means its default port only; another port of an allowed host is refused before connecting.
+    for allowed in ({"127.0.0.1"}, {f"127.0.0.1:{port + 1 if port < 65535 else port - 1}"}):
+        hits = len(origin.hits)
+        with pytest.raises(UrlForbidden, match="non-public"):
+            await fetch(f"{origin.url}/ok.bin", allowed_hosts=frozenset(allowed))
+        assert len(origin.hits) == hits, "a refused target must not be contacted"
+
+
+async def test_refused_and_unreachable_targets_look_the_same_to_the_client(origin: Origin) -> None:
+    closed = free_port()
+    errors = []
+    for url, allowed in (
+        (f"{origin.url}/ok.bin", frozenset()),  # not allow-listed
+        (f"http://127.0.0.1:{closed}/x", frozenset({f"127.0.0.1:{closed}"})),  # allowed, nothing listening
+        ("http://no-such-host.invalid/x", frozenset()),  # unresolvable
+        ("http://[::127.0.0.1]/x", frozenset()),  # IPv4-compatible IPv6
+    ):
+        with pytest.raises(UrlForbidden) as refused:
+            await fetch(url, allowed_hosts=allowed)
+        errors.append((refused.value.status_code, refused.value.code, refused.value.message))
+    assert len(set(errors)) == 1, errors
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:99999/",
+        "http://127.0.0.1:abc/",
+        "http://127.0.0.1:-1/",
+        "http://[::1/",
+        "http://[zz]/",
+        "http://127.0.0.1:80:80/",
+        "http://127.0.0.1:0/",
+        "http://ex%41mple.com/",
+        "http://\ud800.com/",
+        "http://127.0.0.1/\ud800",
+        "http://127.0.0.1/a\x07b",
+        "http://127.0.0.1/?q=\x00",
+        "http://127.0.0.1/" + "a" * 70_000,
+    ],
+)
+async def test_malformed_urls_are_invalid_requests(url: str) -> None:
+    from serving.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest):
+        await fetch(url)
 
 
 async def test_localhost_name_resolves_to_a_forbidden_address(origin: Origin) -> None:
@@ -97,10 +160,22 @@ async def test_oversized_body_is_refused(origin: Origin) -> None:
         await fetch(f"{origin.url}/big.bin")
 
 
-async def test_missing_file_and_unreachable_host_are_fetch_failures(origin: Origin) -> None:
+async def test_missing_file_is_a_fetch_failure_and_unreachable_hosts_are_refused(origin: Origin) -> None:
     with pytest.raises(FetchFailed, match="404"):
         await fetch(f"{origin.url}/nope")
-    with pytest.raises(FetchFailed, match="connect"):
+    with pytest.raises(UrlForbidden, match="connect"):
         await fetch(f"http://127.0.0.1:{free_port()}/x")
-    with pytest.raises(FetchFailed, match="resolve"):
+    with pytest.raises(UrlForbidden, match="resolve"):
         await fetch("http://no-such-host.invalid/x")
+
+
+@settings(max_examples=150)
+@given(prefix=st.sampled_from([":", "/", "?", "#", ":80", ":99999"]), tail=st.text(max_size=40))
+async def test_any_url_on_a_refused_host_is_a_clean_4xx(prefix: str, tail: str) -> None:
+    """Whatever follows the host, the answer is a typed 4xx and nothing is contacted (loopback is not allowed)."""
+    from serving.errors import ServingError
+
+    async with SafeFetcher(max_bytes=1024) as fetcher:
+        with pytest.raises(ServingError) as refused:
+            await fetcher.fetch(f"http://127.0.0.1{prefix}{tail}")
+    assert 400 <= refused.value.status_code < 500

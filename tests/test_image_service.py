@@ -139,7 +139,29 @@ BAD_REQUESTS = {
     "private address url": ({"json": {"image_url": "http://10.0.0.1/cat.jpg"}}, 403, "url_forbidden"),
     "metadata url": ({"json": {"image_url": "http://169.254.169.254/latest/meta-data/"}}, 403, "url_forbidden"),
     "file url": ({"json": {"image_url": "file:///etc/passwd"}}, 403, "url_forbidden"),
-    "unresolvable host": ({"json": {"image_url": "http://no-such-host.invalid/cat.jpg"}}, 400, "fetch_failed"),
+    # Unreachable and refused targets get one answer, so the answers cannot map hosts or ports.
+    "unresolvable host": ({"json": {"image_url": "http://no-such-host.invalid/cat.jpg"}}, 403, "url_forbidden"),
+    "loopback, a port not allow-listed": ({"json": {"image_url": "http://127.0.0.1:1/x.jpg"}}, 403, "url_forbidden"),
+    "ipv4-compatible ipv6": ({"json": {"image_url": "http://[::127.0.0.1]/x.jpg"}}, 403, "url_forbidden"),
+    "port out of range": ({"json": {"image_url": "http://127.0.0.1:99999/x.jpg"}}, 400, "invalid_request"),
+    "port not a number": ({"json": {"image_url": "http://127.0.0.1:abc/x.jpg"}}, 400, "invalid_request"),
+    "negative port": ({"json": {"image_url": "http://127.0.0.1:-1/x.jpg"}}, 400, "invalid_request"),
+    "unclosed ipv6 bracket": ({"json": {"image_url": "http://[::1/x.jpg"}}, 400, "invalid_request"),
+    "bad ipv6 literal": ({"json": {"image_url": "http://[zz]/x.jpg"}}, 400, "invalid_request"),
+    "doubled port": ({"json": {"image_url": "http://127.0.0.1:80:80/x.jpg"}}, 400, "invalid_request"),
+    "lone surrogate in url": (
+        {"content": b'{"image_url": "http://\\ud800.example/x.jpg"}', "headers": {"content-type": "application/json"}},
+        400,
+        "invalid_request",
+    ),
+    "json nested 1000 deep": (
+        {
+            "content": b'{"image_url": ' + b"[" * 1000 + b"]" * 1000 + b"}",
+            "headers": {"content-type": "application/json"},
+        },
+        400,
+        "invalid_request",
+    ),
     "body too large": (
         {"content": b"\xff\xd8" + b"0" * (11 * 1024 * 1024), "headers": {"content-type": "image/jpeg"}},
         413,
@@ -157,11 +179,41 @@ def test_bad_input_gets_a_json_4xx_and_the_server_keeps_serving(image_service: S
         error = response.json()["error"]
         assert error["code"] == code
         assert "Traceback" not in error["message"]
+        assert " object at 0x" not in error["message"]
         assert client.get("/readyz").status_code == 200
         good = client.post(
             "/v1/predict", content=encode(render_sample("square", 9)), headers={"content-type": "image/jpeg"}
         )
     assert top_label(good) == "square"
+
+
+def test_hostile_urls_keep_the_connection_alive(image_service: Server) -> None:
+    """A 4xx for bad input must not reset the kept-alive connection (it used to, after a 500)."""
+    import http.client
+    import json
+
+    conn = http.client.HTTPConnection("127.0.0.1", image_service.port, timeout=30)
+    try:
+        ports = []
+        for url in ("http://127.0.0.1:99999/", "http://[::1/", "http://h:80:80/", "http://[zz]/"):
+            conn.request("POST", "/v1/predict", json.dumps({"image_url": url}), {"content-type": "application/json"})
+            response = conn.getresponse()
+            response.read()
+            assert response.status == 400
+            assert conn.sock is not None, "the server closed the connection"
+            ports.append(conn.sock.getsockname()[1])
+    finally:
+        conn.close()
+    assert len(set(ports)) == 1
+
+
+def test_gnu_wrapped_base64_is_accepted(image_service: Server) -> None:
+    encoded = base64.b64encode(encode(render_sample("cross", 11), "PNG")).decode()
+    wrapped = "\n".join(encoded[i : i + 76] for i in range(0, len(encoded), 76)) + "\n"  # `base64` (GNU) output
+    with image_service.client() as client:
+        response = client.post("/v1/predict", json={"image_b64": wrapped})
+    assert top_label(response) == "cross"
+    assert isinstance(response.json()["timings_ms"]["batch_size"], int)
 
 
 def test_redirect_to_a_private_address_is_refused(image_service: Server, origin: Origin) -> None:

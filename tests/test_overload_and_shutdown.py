@@ -76,8 +76,28 @@ async def test_sigterm_finishes_accepted_requests_refuses_new_ones_and_exits_0(
     assert ready.json() == {"status": "draining"}
     assert refused.status_code == 503
     assert refused.json()["error"]["code"] == "draining"
+    assert refused.headers["retry-after"] == "1"
     assert [r.status_code for r in finished] == [200] * len(labels), [r.text for r in finished]
     # Label accuracy is tested elsewhere; here every accepted request must come back as a full prediction.
     assert all(r.json()["predictions"][0]["label"] in labels for r in finished)
     assert exit_code == 0
     assert "drained after" in server.log()
+
+
+async def test_a_second_sigterm_stops_waiting_but_cancels_nothing(
+    image_server_factory: Callable[..., AbstractContextManager[Server]],
+) -> None:
+    with image_server_factory(MAX_BATCH_SIZE="32", MAX_WAIT_MS="2500", DRAIN_TIMEOUT_S="20") as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            inflight = asyncio.ensure_future(
+                client.post("/v1/predict", content=encode(render_sample("square", 5)), headers=JPEG)
+            )
+            await asyncio.sleep(0.8)
+            server.process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            server.process.send_signal(signal.SIGTERM)
+            finished = await inflight
+        exit_code = await asyncio.to_thread(server.process.wait, 30)
+    assert finished.status_code == 200, finished.text
+    assert exit_code == 0
+    assert '"level": "ERROR"' not in server.log()

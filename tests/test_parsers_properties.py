@@ -6,7 +6,7 @@ import base64
 import contextlib
 import json
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from starlette.requests import Request
@@ -14,11 +14,11 @@ from starlette.requests import Request
 from image_classifier.app import PredictRequest as ImageRequest
 from image_classifier.app import decode_b64
 from image_classifier.model import decode_image
-from serving.app import parse_json_body
+from serving.app import MAX_JSON_DEPTH, json_too_deep, parse_json_body
 from serving.errors import InvalidImage, InvalidRequest, ServingError, UnsupportedMediaType
 from testkit import encode
+from text_classifier.app import FORBIDDEN_CHARACTERS, check_texts
 from text_classifier.app import PredictRequest as TextRequest
-from text_classifier.app import check_texts
 from text_classifier.settings import Settings as TextSettings
 
 
@@ -110,3 +110,31 @@ def test_text_limits_hold_for_any_list(texts: list[str]) -> None:
         return
     assert 1 <= len(texts) <= settings_.max_texts
     assert all(t.strip() and len(t) <= settings_.max_text_chars for t in texts)
+
+
+@given(depth=st.integers(min_value=0, max_value=3000), opener=st.sampled_from(["[", '{"a":']))
+def test_any_nesting_depth_parses_or_is_an_invalid_request(depth: int, opener: str) -> None:
+    closer = "]" if opener == "[" else "}"
+    body = ('{"text": ' + opener * depth + "1" + closer * depth + "}").encode()
+    for model in (ImageRequest, TextRequest):
+        with contextlib.suppress(InvalidRequest):
+            parse_json_body(request_with("application/json"), body, model)
+    assert json_too_deep(body) == (depth + 1 > MAX_JSON_DEPTH)
+
+
+@given(text=st.text(max_size=40))
+def test_brackets_inside_strings_do_not_count_as_nesting(text: str) -> None:
+    body = json.dumps({"text": text + "[[[[{{{{" * 10}).encode()
+    assert not json_too_deep(body)
+
+
+@example(text="\ud800")
+@example(text="ok\x00")
+@given(text=st.text(alphabet=st.characters(exclude_categories=[]), max_size=60))  # surrogates included
+def test_texts_that_pass_the_checks_encode_as_utf8_and_have_no_control_characters(text: str) -> None:
+    try:
+        check_texts([text], TextSettings())
+    except InvalidRequest:
+        return
+    text.encode("utf-8")  # a lone surrogate would raise here (and fail the tokenizer's whole batch)
+    assert not FORBIDDEN_CHARACTERS.search(text)

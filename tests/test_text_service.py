@@ -57,6 +57,18 @@ BAD = {
         415,
     ),
     "body too large": ({"json": {"texts": ["y" * 1000] * 300}}, 413),
+    # Escaped in the JSON text (httpx could not encode a lone surrogate as UTF-8), as attackers send them.
+    "lone surrogate": ({"content": b'{"text": "\\ud800"}', "headers": {"content-type": "application/json"}}, 400),
+    "surrogate among texts": (
+        {"content": b'{"texts": ["fine", "bad \\udfff here"]}', "headers": {"content-type": "application/json"}},
+        400,
+    ),
+    "nul character": ({"json": {"text": "a\x00b"}}, 400),
+    "control character": ({"json": {"text": "bell\x07"}}, 400),
+    "json nested 1000 deep": (
+        {"content": b'{"text": ' + b"[" * 1000 + b"]" * 1000 + b"}", "headers": {"content-type": "application/json"}},
+        400,
+    ),
 }
 
 

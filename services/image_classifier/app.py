@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import time
 from contextlib import AsyncExitStack
 from typing import Any
@@ -14,10 +15,12 @@ from pydantic import BaseModel, Field, model_validator
 from image_classifier.model import ImageClassifier
 from image_classifier.settings import Settings
 from serving.app import (
+    PREDICT_ERRORS,
     Runtime,
     RuntimeDep,
     content_type,
     create_service_app,
+    ensure_client_waits,
     json_request_body,
     parse_json_body,
     read_body_capped,
@@ -32,6 +35,10 @@ RAW_IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/webp"})
 
 class PredictRequest(BaseModel):
     """JSON body: exactly one of `image_url` (what production sends) or `image_b64`."""
+
+    model_config = {
+        "json_schema_extra": {"oneOf": [{"required": ["image_url"]}, {"required": ["image_b64"]}]},
+    }
 
     image_url: str | None = Field(default=None, max_length=4096, examples=["https://images.example.com/cat.jpg"])
     image_b64: str | None = Field(default=None, description="Base64 (standard alphabet) of a JPEG/PNG/WebP image.")
@@ -51,20 +58,24 @@ class Prediction(BaseModel):
 class PredictResponse(BaseModel):
     predictions: list[Prediction]
     model: dict[str, str]
-    timings_ms: dict[str, float]
+    timings_ms: dict[str, float | int]  # batch_size is a count
+
+
+_LINE_BREAKS = re.compile(r"[\r\n]+")
 
 
 def decode_b64(data: str) -> bytes:
+    """Standard base64; line breaks (MIME and GNU `base64` wrap at 76 columns) are allowed, nothing else is."""
     try:
-        return base64.b64decode(data, validate=True)
+        return base64.b64decode(_LINE_BREAKS.sub("", data), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidRequest(f"image_b64 is not valid base64: {exc}") from exc
 
 
-async def image_bytes(request: Request, runtime: Runtime) -> bytes:
+async def image_bytes(request: Request, runtime: Runtime, deadline: float) -> bytes:
     """The image the client means, from whichever of the three request forms it used."""
     settings = runtime.settings
-    body = await read_body_capped(request, settings.max_body_bytes)
+    body = await read_body_capped(request, settings.max_body_bytes, deadline)
     if content_type(request) in RAW_IMAGE_TYPES:
         return body
     if content_type(request) != "application/json":
@@ -77,13 +88,15 @@ async def image_bytes(request: Request, runtime: Runtime) -> bytes:
         return decode_b64(parsed.image_b64)
     assert parsed.image_url is not None
     fetcher: SafeFetcher = runtime.resources["fetcher"]
-    return await fetcher.fetch(parsed.image_url)
+    await ensure_client_waits(request)
+    return await fetcher.fetch(parsed.image_url, deadline)
 
 
 def register_routes(app: FastAPI) -> None:
     @app.post(
         "/v1/predict",
         response_model=PredictResponse,
+        responses=PREDICT_ERRORS,
         tags=["model"],
         summary="Classify one image given as {image_url}, {image_b64}, or a raw image body.",
         openapi_extra=json_request_body(
@@ -92,11 +105,14 @@ def register_routes(app: FastAPI) -> None:
     )
     async def predict(request: Request, runtime: RuntimeDep) -> dict[str, Any]:
         start = time.perf_counter()
-        deadline = runtime.deadline()
-        data = await image_bytes(request, runtime)
-        fetched = time.perf_counter()
-        item, preprocess_s = await runtime.preprocess(data)
-        predictions, timings = await runtime.infer(item, deadline)
+        deadline = runtime.deadline_of(request)
+        with runtime.reserve() as slot:  # accept or refuse before reading, fetching or decoding anything
+            data = await image_bytes(request, runtime, deadline)
+            fetched = time.perf_counter()
+            await ensure_client_waits(request)
+            item, preprocess_s = await runtime.preprocess(data, deadline)
+            await ensure_client_waits(request)
+            predictions, timings = await runtime.infer(item, deadline, slot)
         model = runtime.model
         return {
             "predictions": predictions,
@@ -122,6 +138,8 @@ async def open_fetcher(runtime: Runtime, stack: AsyncExitStack) -> None:
         connect_timeout_s=settings.fetch_connect_timeout_s,
         read_timeout_s=settings.fetch_read_timeout_s,
         max_redirects=settings.fetch_max_redirects,
+        max_concurrency=settings.fetch_max_concurrency,
+        retry_after_s=settings.retry_after_s,
     )
     runtime.resources["fetcher"] = await stack.enter_async_context(fetcher)
 

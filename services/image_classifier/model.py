@@ -98,10 +98,13 @@ def decode_image(
             return ImageOps.exif_transpose(image).convert("RGB")
     except InvalidImage:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InvalidImage(f"not a decodable image: {exc}") from exc
+    # Fixed messages for the client: Pillow's own name internals such as `<_io.BytesIO object at 0x...>`.
+    except UnidentifiedImageError as exc:
+        raise InvalidImage("not a decodable image", detail=str(exc)) from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InvalidImage(f"image has more than {max_pixels} pixels", detail=str(exc)) from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:  # truncated or corrupt data
-        raise InvalidImage(f"corrupt or truncated image: {exc}") from exc
+        raise InvalidImage("corrupt or truncated image", detail=f"{type(exc).__name__}: {exc}") from exc
 
 
 class ImageClassifier(Model[bytes, torch.Tensor, list[dict[str, Any]]]):

@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from serving.fetch import parse_allowed_targets
 from serving.settings import ServingSettings
 
 
@@ -21,11 +22,17 @@ class Settings(ServingSettings):
     min_image_side: int = Field(default=8, ge=1, description="Images smaller than this on either side are refused.")
     allowed_formats: Annotated[frozenset[str], NoDecode] = frozenset({"JPEG", "PNG", "WEBP"})
     fetch_allowed_hosts: Annotated[frozenset[str], NoDecode] = Field(
-        default=frozenset(), description="Hosts exempt from the private-address check (comma-separated)."
+        default=frozenset(),
+        description="Targets exempt from the private-address check, comma-separated: `host` (its scheme's default "
+        "port only: 80 for http, 443 for https), `host:port`, `[ipv6]:port`, or `host:*` (any port; development "
+        "only). Example: `127.0.0.1:8081,images.internal`.",
     )
     fetch_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
-    fetch_connect_timeout_s: float = 2.0
-    fetch_read_timeout_s: float = 5.0
+    fetch_connect_timeout_s: float = Field(default=2.0, gt=0)
+    fetch_read_timeout_s: float = Field(default=5.0, gt=0, description="Longest wait for any one read.")
+    fetch_max_concurrency: int = Field(
+        default=32, ge=1, description="Image URLs fetched at once (also the connection pool size); more get 503."
+    )
     fetch_max_redirects: int = Field(default=3, ge=0, le=10)
 
     @field_validator("fetch_allowed_hosts", "allowed_formats", mode="before")
@@ -33,6 +40,12 @@ class Settings(ServingSettings):
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):
             return frozenset(part.strip().lower() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("fetch_allowed_hosts", mode="after")
+    @classmethod
+    def _valid_targets(cls, value: frozenset[str]) -> frozenset[str]:
+        parse_allowed_targets(value)  # a malformed entry stops the service at startup, not at the first fetch
         return value
 
     @field_validator("allowed_formats", mode="after")

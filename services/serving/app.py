@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -16,14 +17,20 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving.batcher import BatchTimings, MicroBatcher
+from serving.batcher import BatchTimings, MicroBatcher, Reservation
 from serving.errors import (
+    ClientClosedRequest,
+    DeadlineExceeded,
     Draining,
     InvalidRequest,
     NotReady,
+    Overloaded,
     PayloadTooLarge,
+    RequestTimeout,
+    ServingError,
     UnsupportedMediaType,
     error_body,
     install_error_handlers,
@@ -35,6 +42,8 @@ from serving.settings import ServingSettings
 log = logging.getLogger(__name__)
 
 PREDICT_PATH = "/v1/predict"
+DEADLINE_KEY = "serving.deadline"  # set in the ASGI scope on arrival: one deadline for every stage of a request
+MAX_JSON_DEPTH = 32
 KNOWN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v1/models", PREDICT_PATH, "/docs", "/openapi.json"})
 
 
@@ -51,6 +60,7 @@ class Runtime:
     draining: bool = False
     inflight: int = 0
     resources: dict[str, Any] = field(default_factory=dict)
+    preprocess_limiter: anyio.CapacityLimiter | None = None
 
     def begin_drain(self) -> None:
         if not self.draining:
@@ -65,17 +75,50 @@ class Runtime:
     def deadline(self) -> float:
         return time.monotonic() + self.settings.request_timeout_s
 
-    async def preprocess(self, raw: Any) -> Any:
+    def deadline_of(self, request: Request) -> float:
+        """The request's deadline, fixed when it arrived (see MetricsMiddleware)."""
+        deadline: float | None = request.scope.get(DEADLINE_KEY)
+        return deadline if deadline is not None else self.deadline()
+
+    async def preprocess(self, raw: Any, deadline: float) -> tuple[Any, float]:
+        """The model's preprocessing in a worker thread, at most `preprocess_threads` at once, within the deadline."""
         start = time.perf_counter()
-        item = await anyio.to_thread.run_sync(self.model.preprocess, raw)
+        try:
+            with anyio.fail_after(remaining(deadline, "before preprocessing")):
+                item = await anyio.to_thread.run_sync(self.model.preprocess, raw, limiter=self.preprocess_limiter)
+        except TimeoutError:
+            self.metrics.rejected.labels("deadline").inc()
+            raise DeadlineExceeded("the request's deadline passed while preprocessing") from None
         elapsed = time.perf_counter() - start
         self.metrics.preprocess_seconds.observe(elapsed)
         return item, elapsed
 
-    async def infer(self, item: Any, deadline: float) -> tuple[Any, BatchTimings]:
+    def reserve(self) -> Reservation:
+        """A batch queue slot for one item, taken before any work (QueueFull, 503, at once when there is none)."""
         if self.batcher is None or not self.ready:
             raise NotReady("the model is not loaded yet")
-        return await self.batcher.submit(item, deadline)
+        return self.batcher.reserve()
+
+    async def infer(
+        self, item: Any, deadline: float, reservation: Reservation | None = None
+    ) -> tuple[Any, BatchTimings]:
+        if self.batcher is None or not self.ready:
+            raise NotReady("the model is not loaded yet")
+        return await self.batcher.submit(item, deadline, reservation)
+
+
+def remaining(deadline: float, where: str) -> float:
+    """Seconds left before `deadline`; DeadlineExceeded (504) when none are."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise DeadlineExceeded(f"the request's deadline passed {where}")
+    return left
+
+
+async def ensure_client_waits(request: Request) -> None:
+    """Stop working for a client that has gone away (its answer would be thrown away): 499, not a fault."""
+    if await request.is_disconnected():
+        raise ClientClosedRequest("the client closed the connection before the answer")
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -86,16 +129,24 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-async def read_body_capped(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) anything above `limit` bytes without reading it all."""
+async def read_body_capped(request: Request, limit: int, deadline: float | None = None) -> bytes:
+    """The request body, refusing (413) anything above `limit` bytes without reading it all; a client that has not
+    sent it by `deadline` gets 408, one that went away 499."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body is larger than {limit} bytes")
     body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
-        if len(body) > limit:
-            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+    try:
+        with anyio.fail_after(left):
+            async for chunk in request.stream():
+                body.extend(chunk)
+                if len(body) > limit:
+                    raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    except ClientDisconnect:
+        raise ClientClosedRequest("the client closed the connection before sending its whole body") from None
+    except TimeoutError:
+        raise RequestTimeout("the request body did not arrive before the request's deadline") from None
     return bytes(body)
 
 
@@ -106,22 +157,76 @@ def content_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
+# A JSON string (skipped whole, possessively, so brackets inside strings do not count) or one bracket.
+_JSON_NESTING = re.compile(rb'"(?:[^"\\]++|\\.)*+"|[\[\]{}]')
+
+
+def json_too_deep(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when arrays/objects nest deeper than `limit` (checked before parsing: deep input makes parsers recurse)."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    depth = 0
+    for match in _JSON_NESTING.finditer(body):
+        token = match.group()
+        if token in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                return True
+        elif token in (b"]", b"}"):
+            depth -= 1
+    return False
+
+
 def parse_json_body(request: Request, body: bytes, model: type[RequestModel]) -> RequestModel:
     """Validate a JSON body against `model`: wrong type is a 415, any other problem a 400, never a 500."""
     if content_type(request) != "application/json":
         raise UnsupportedMediaType(f"content type {content_type(request) or '(none)'!r} is not accepted here")
+    if json_too_deep(body):
+        raise InvalidRequest(f"body nests arrays/objects deeper than {MAX_JSON_DEPTH} levels")
     try:
         document = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidRequest(f"body is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise InvalidRequest("body nests too deeply") from None
     if not isinstance(document, dict):
         raise InvalidRequest("body must be a JSON object")
     try:
         return model.model_validate(document)
+    except RecursionError:
+        raise InvalidRequest("body nests too deeply") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "body"
         raise InvalidRequest(f"{where}: {first['msg']}") from None
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: `{"error": {"code": ..., "message": ...}}`."""
+
+    error: ErrorDetail
+
+
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
+PREDICT_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "Invalid request, image or URL (`invalid_request`, `invalid_image`)."},
+    403: {"model": ErrorBody, "description": "The image URL is not allowed or cannot be reached (`url_forbidden`)."},
+    408: {"model": ErrorBody, "description": "The body did not arrive before the deadline (`request_timeout`)."},
+    413: {"model": ErrorBody, "description": "Body or fetched image too large (`payload_too_large`)."},
+    415: {"model": ErrorBody, "description": "Content type not accepted (`unsupported_media_type`)."},
+    422: {"model": ErrorBody, "description": "The model failed on this input alone (`unprocessable_input`)."},
+    503: {
+        "model": ErrorBody,
+        "description": "Refused before any work: `overloaded`, `queue_full`, `draining` or `not_ready`.",
+        "headers": _RETRY_AFTER,
+    },
+    504: {"model": ErrorBody, "description": "The request's deadline passed (`deadline_exceeded`)."},
+}
 
 
 def json_request_body(model: type[BaseModel], **extra_types: dict[str, Any]) -> dict[str, Any]:
@@ -180,13 +285,15 @@ class MetricsMiddleware:
 
         start = time.perf_counter()
         try:
-            if is_predict and runtime.draining:
-                runtime.metrics.rejected.labels("draining").inc()
-                exc = Draining("the server is shutting down; retry on another replica")
-                response = JSONResponse(error_body(exc.code, exc.message), 503, headers={"Connection": "close"})
+            refusal = self.refusal(runtime) if is_predict else None
+            if refusal is not None:
+                response = JSONResponse(
+                    error_body(refusal.code, refusal.message), refusal.status_code, headers=refusal.headers
+                )
                 await response(scope, receive, send_wrapper)
                 return
             if is_predict:
+                scope[DEADLINE_KEY] = time.monotonic() + runtime.settings.request_timeout_s
                 runtime.inflight += 1
                 runtime.metrics.inflight.inc()
             try:
@@ -198,6 +305,23 @@ class MetricsMiddleware:
         finally:
             runtime.metrics.requests.labels(endpoint, str(status["code"])).inc()
             runtime.metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - start)
+
+    @staticmethod
+    def refusal(runtime: Runtime) -> ServingError | None:
+        """Admission, before the body is read or anything fetched or decoded: refuse at once, or None to admit."""
+        retry = {"Retry-After": str(runtime.settings.retry_after_s)}
+        if runtime.draining:
+            runtime.metrics.rejected.labels("draining").inc()
+            return Draining(
+                "the server is shutting down; retry on another replica", headers={**retry, "Connection": "close"}
+            )
+        if runtime.inflight >= runtime.settings.max_inflight:
+            runtime.metrics.rejected.labels("overloaded").inc()
+            return Overloaded(
+                f"the server is at its limit of {runtime.settings.max_inflight} requests in flight; retry later",
+                headers=retry,
+            )
+        return None
 
 
 ResourceFactory = Callable[[Runtime, AsyncExitStack], Awaitable[None]]
@@ -220,6 +344,7 @@ def create_service_app(
         torch.set_num_threads(threads)
         model = model_factory(settings)
         runtime = Runtime(service=service, settings=settings, model=model, metrics=ServiceMetrics(service))
+        runtime.preprocess_limiter = anyio.CapacityLimiter(settings.preprocess_threads or threads)
         app.state.runtime = runtime
         async with AsyncExitStack() as stack:
             start = time.perf_counter()
@@ -236,6 +361,7 @@ def create_service_app(
                 max_wait_ms=settings.max_wait_ms,
                 capacity=settings.queue_capacity,
                 metrics=runtime.metrics,
+                retry_after_s=settings.retry_after_s,
             )
             batcher.start()
             stack.callback(batcher.stop)
@@ -273,7 +399,12 @@ def create_service_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["probes"], summary="Readiness: 200 once loaded and warm; 503 before, and while draining.")
+    @app.get(
+        "/readyz",
+        tags=["probes"],
+        summary="Readiness: 200 once loaded and warm; 503 before, and while draining.",
+        responses={503: {"description": "`loading` or `draining`."}},
+    )
     async def readyz(runtime: RuntimeDep) -> JSONResponse:
         if runtime.draining:
             return JSONResponse({"status": "draining"}, 503)
@@ -281,7 +412,13 @@ def create_service_app(
             return JSONResponse({"status": "loading"}, 503)
         return JSONResponse({"status": "ready"})
 
-    @app.get("/metrics", tags=["probes"], summary="Prometheus metrics.")
+    @app.get(
+        "/metrics",
+        tags=["probes"],
+        summary="Prometheus metrics (text exposition format).",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+    )
     async def metrics(runtime: RuntimeDep) -> Response:
         return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -305,6 +442,7 @@ def create_service_app(
                 "queue_capacity": s.queue_capacity,
             },
             "request_timeout_s": s.request_timeout_s,
+            "max_inflight": s.max_inflight,
             "torch": torch.__version__,
             **model.describe(),
         }

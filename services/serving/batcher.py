@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from serving.errors import DeadlineExceeded, QueueFull
+from serving.errors import DeadlineExceeded, QueueFull, ServingError, UnprocessableInput
 from serving.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class MicroBatcher(Generic[In, Out]):
 
     `submit` never blocks: a full queue raises QueueFull at once. Items whose deadline passed are dropped before
     compute and fail with DeadlineExceeded. A single worker thread runs the model, so the event loop stays free.
+    A batch that raises is retried one item at a time, so one bad item fails only itself (see `_execute`).
     """
 
     def __init__(
@@ -70,6 +71,7 @@ class MicroBatcher(Generic[In, Out]):
         self._queue: deque[_Item[In, Out]] = deque()
         self._cond = threading.Condition()
         self._stopping = False
+        self._reserved = 0  # slots promised to requests still reading, fetching or decoding their item
         self._busy = False
         self._thread: threading.Thread | None = None
 
@@ -95,16 +97,36 @@ class MicroBatcher(Generic[In, Out]):
             return not self._queue and not self._busy
 
     # -- producer side (event loop) --------------------------------------------------------------------------
-    async def submit(self, payload: In, deadline: float) -> tuple[Out, BatchTimings]:
+    def _refuse_if_full(self) -> None:
+        if len(self._queue) + self._reserved >= self.capacity:
+            self._metrics.rejected.labels("queue_full").inc()
+            raise QueueFull(
+                f"the inference queue is full ({self.capacity} items); retry later",
+                headers={"Retry-After": self._retry_after},
+            )
+
+    def reserve(self) -> Reservation:
+        """Promise a request a queue slot before it reads, fetches or decodes anything: QueueFull at once if none is
+        left, so a refusal never waits for work. Release the reservation, or pass it to `submit`."""
+        with self._cond:
+            self._refuse_if_full()
+            self._reserved += 1
+        return Reservation(self)
+
+    def _release(self) -> None:
+        with self._cond:
+            self._reserved -= 1
+
+    async def submit(
+        self, payload: In, deadline: float, reservation: Reservation | None = None
+    ) -> tuple[Out, BatchTimings]:
         loop = asyncio.get_running_loop()
         item: _Item[In, Out] = _Item(payload, deadline, loop.create_future(), loop)
         with self._cond:
-            if len(self._queue) >= self.capacity:
-                self._metrics.rejected.labels("queue_full").inc()
-                raise QueueFull(
-                    f"the inference queue is full ({self.capacity} items); retry later",
-                    headers={"Retry-After": self._retry_after},
-                )
+            if reservation is not None and reservation.take():
+                self._reserved -= 1  # the promised slot becomes this item's
+            else:
+                self._refuse_if_full()
             self._queue.append(item)
             self._metrics.queue_depth.set(len(self._queue))
             self._cond.notify()
@@ -162,11 +184,14 @@ class MicroBatcher(Generic[In, Out]):
             return
         self._metrics.batch_size.observe(len(live))
         try:
-            outputs, inference_s, postprocess_s = self._run_batch([i.payload for i in live])
+            outputs, inference_s, postprocess_s = self._run_checked(live)
         except Exception as exc:  # a model fault fails this batch, not the worker
-            log.exception("batch of %d failed", len(live))
-            for item in live:
-                _resolve(item, exc=exc)
+            if len(live) == 1:
+                log.exception("batch of 1 failed")
+                _resolve(live[0], exc=exc)
+            else:
+                log.warning("batch of %d failed (%r): retrying its items one by one", len(live), exc)
+                self._execute_one_by_one(live, now)
             return
         self._metrics.inference_seconds.observe(inference_s)
         self._metrics.postprocess_seconds.observe(postprocess_s)
@@ -174,6 +199,67 @@ class MicroBatcher(Generic[In, Out]):
             wait = now - item.enqueued
             self._metrics.queue_wait_seconds.observe(wait)
             _resolve(item, result=(output, BatchTimings(wait, inference_s, postprocess_s, len(live))))
+
+    def _run_checked(self, items: Sequence[_Item[In, Out]]) -> tuple[Sequence[Out], float, float]:
+        outputs, inference_s, postprocess_s = self._run_batch([i.payload for i in items])
+        if len(outputs) != len(items):
+            raise RuntimeError(f"the model returned {len(outputs)} outputs for {len(items)} inputs")
+        return outputs, inference_s, postprocess_s
+
+    def _execute_one_by_one(self, items: list[_Item[In, Out]], now: float) -> None:
+        """Isolate the bad items of a failed batch. Items that fail alone while others succeed are the input's fault
+        (422 `unprocessable_input`); when every item fails alone, the model is at fault and each keeps its error."""
+        failures: list[tuple[_Item[In, Out], Exception]] = []
+        succeeded = 0
+        for item in items:
+            if item.future.done():
+                continue
+            try:
+                (output,), inference_s, postprocess_s = self._run_checked([item])
+            except Exception as item_exc:
+                failures.append((item, item_exc))
+                continue
+            succeeded += 1
+            wait = now - item.enqueued
+            self._metrics.queue_wait_seconds.observe(wait)
+            _resolve(item, result=(output, BatchTimings(wait, inference_s, postprocess_s, 1)))
+        for item, failure in failures:
+            if isinstance(failure, ServingError) or not succeeded:
+                if not succeeded:
+                    log.error("every item of a failed batch also failed alone", exc_info=failure)
+                _resolve(item, exc=failure)
+            else:
+                self._metrics.rejected.labels("unprocessable").inc()
+                log.warning("an item failed alone while the rest of its batch succeeded: %r", failure)
+                _resolve(
+                    item,
+                    exc=UnprocessableInput(
+                        "the model could not process this input", detail=f"{type(failure).__name__}: {failure}"
+                    ),
+                )
+
+
+class Reservation:
+    """A queue slot promised to one request (see `MicroBatcher.reserve`); released at most once."""
+
+    def __init__(self, batcher: MicroBatcher[Any, Any]) -> None:
+        self._batcher: MicroBatcher[Any, Any] | None = batcher
+
+    def take(self) -> bool:
+        """Claim the slot for an item (True), or False when it was already taken or released."""
+        held, self._batcher = self._batcher is not None, None
+        return held
+
+    def release(self) -> None:
+        batcher, self._batcher = self._batcher, None
+        if batcher is not None:
+            batcher._release()
+
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def _resolve(item: _Item[Any, Any], *, result: Any = None, exc: BaseException | None = None) -> None:

@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 log = logging.getLogger(__name__)
 
@@ -18,9 +19,10 @@ class ServingError(Exception):
     status_code = 500
     code = "internal_error"
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None, detail: str | None = None) -> None:
+        super().__init__(detail or message)
+        self.message = message  # what the client sees
+        self.detail = detail or message  # what the log sees (may name addresses, ports, library errors)
         self.headers = headers or {}
 
 
@@ -40,8 +42,22 @@ class PayloadTooLarge(ServingError):
     status_code, code = 413, "payload_too_large"
 
 
+class UnprocessableInput(ServingError):
+    """The model failed on this input alone, while the other items of its batch succeeded."""
+
+    status_code, code = 422, "unprocessable_input"
+
+
 class UrlForbidden(ServingError):
+    """A target that is not allowed or cannot be reached. One public answer for every such case (not allowed,
+    non-public address, unresolvable, connection refused or timed out), so answers cannot map hosts or ports;
+    the reason goes to the log."""
+
     status_code, code = 403, "url_forbidden"
+    PUBLIC_MESSAGE = "the image URL is not allowed or cannot be reached"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(self.PUBLIC_MESSAGE, detail=detail)
 
 
 class FetchFailed(ServingError):
@@ -52,8 +68,26 @@ class QueueFull(ServingError):
     status_code, code = 503, "queue_full"
 
 
+class Overloaded(ServingError):
+    """Refused at admission, before any work: too many requests in flight (or image URLs being fetched)."""
+
+    status_code, code = 503, "overloaded"
+
+
 class Draining(ServingError):
     status_code, code = 503, "draining"
+
+
+class ClientClosedRequest(ServingError):
+    """The client went away before its answer (nginx's 499): counted as such, never logged as an error."""
+
+    status_code, code = 499, "client_closed_request"
+
+
+class RequestTimeout(ServingError):
+    """The client did not send its body before the request's deadline."""
+
+    status_code, code = 408, "request_timeout"
 
 
 class NotReady(ServingError):
@@ -78,8 +112,21 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServingError)
     async def _serving_error(_: Request, exc: ServingError) -> JSONResponse:
         if exc.status_code >= 500 and exc.status_code != 503:
-            log.warning("request failed: %s", exc.message)
+            log.warning("request failed: %s", exc.detail)
+        elif exc.detail != exc.message:
+            log.info("request refused (%s): %s", exc.code, exc.detail)
         return JSONResponse(error_body(exc.code, exc.message), exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(_: Request, exc: ClientDisconnect) -> JSONResponse:
+        gone = ClientClosedRequest("the client closed the connection before the answer")
+        return JSONResponse(error_body(gone.code, gone.message), gone.status_code)
+
+    @app.exception_handler(RecursionError)
+    async def _too_deep(_: Request, exc: RecursionError) -> JSONResponse:
+        # Input nested deeper than any parser or validator should follow is the client's problem, not a fault.
+        log.info("request refused: nested too deeply (%s)", exc)
+        return JSONResponse(error_body(InvalidRequest.code, "the request is nested too deeply"), 400)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

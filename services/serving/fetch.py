@@ -1,21 +1,41 @@
-"""SSRF-safe fetching of client-supplied URLs (compare TorchServe CVE-2023-43654).
+"""SSRF-safe fetching of client-supplied URLs (compare TorchServe CVE-2023-43654) that cannot wedge under overload.
 
-Only http(s); every address a host resolves to must be public unless the host is allow-listed; the connection is
-pinned to the checked address (no DNS rebinding); every redirect is checked again; size and time are capped.
+Safety: only http(s); every address a host resolves to must be public unless the host *and port* are allow-listed;
+the connection is pinned to the checked address (no DNS rebinding); every redirect is checked again; size is capped.
+Every refused or unreachable target gets the same public error, so answers cannot be used to map ports or hosts.
+
+Liveness: a fetch runs under the request's deadline (in total, not per read), and concurrent fetches are bounded by
+`max_concurrency`, which is also the connection pool's size, so a request never waits inside httpcore's pool. That
+matters: httpcore 1.0.x leaks a pool slot for good when a request that is waiting in the pool is cancelled or hits its
+pool timeout just as a new connection is assigned to it (encode/httpcore#1093, #550); enough of those and every
+later fetch fails with PoolTimeout until a restart. So the network I/O of a fetch runs in a task of its own that is
+never cancelled from outside (the caller stops *waiting* at its deadline; the task stops itself through timeouts
+derived from the same deadline), and should a PoolTimeout happen anyway the client is replaced and the fetch retried.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import socket
+import ssl
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
 import httpx
 
-from serving.errors import FetchFailed, PayloadTooLarge, UrlForbidden
+from serving.errors import (
+    DeadlineExceeded,
+    FetchFailed,
+    InvalidRequest,
+    Overloaded,
+    PayloadTooLarge,
+    UrlForbidden,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,71 +45,268 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 METADATA_ADDRESSES = frozenset(
     ipaddress.ip_address(a) for a in ("169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200")
 )
+# IPv6 ranges that carry an IPv4 address: the embedded address is what the packets may end up reaching.
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated (RFC 4291); never a legitimate image host
+NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052 well-known prefix, used by EKS IPv6 clusters
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+DEFAULT_PORTS = {"http": 80, "https": 443}
+ANY_PORT = -1
+SCHEME_DEFAULT_PORT = 0
 
 
 def is_forbidden_address(ip: IPAddress) -> bool:
-    """True for loopback, private, link-local, CGNAT, multicast, reserved, unspecified and metadata addresses."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    """True for loopback, private, link-local, CGNAT, multicast, reserved, unspecified and metadata addresses,
+    also when wrapped in IPv6 (IPv4-mapped, IPv4-compatible, NAT64, 6to4, Teredo)."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in IPV4_COMPATIBLE:
+            return True
+        embedded: list[ipaddress.IPv4Address] = []
+        if ip.ipv4_mapped is not None:
+            embedded.append(ip.ipv4_mapped)
+        if ip in NAT64:
+            embedded.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        if ip.sixtofour is not None:
+            embedded.append(ip.sixtofour)
+        if ip.teredo is not None:
+            embedded.extend(ip.teredo)
+        if any(is_forbidden_address(v4) for v4 in embedded):
+            return True
+        if ip.ipv4_mapped is not None:
+            return False
     return ip in METADATA_ADDRESSES or not ip.is_global or ip.is_multicast
+
+
+def _normal_host(host: str) -> str:
+    """Lower-case names; IP literals in their canonical form (so 127.000.0.1 and ::0:1 cannot dodge a match)."""
+    host = host.strip().strip("[]").lower().rstrip(".")
+    with contextlib.suppress(ValueError):
+        return str(ipaddress.ip_address(host))
+    return host
+
+
+def parse_allowed_targets(entries: Iterable[str]) -> frozenset[tuple[str, int]]:
+    """Parse allow-list entries into (host, port) pairs.
+
+    - `host` (a name or an IP literal): that host on its scheme's default port only (80 for http, 443 for https);
+    - `host:port`, `[v6]:port`: exactly that port;
+    - `host:*`, `[v6]:*`: any port of that host (meant for development and local benchmarks only).
+    A bare IPv6 literal may be written with or without brackets. Raises ValueError for malformed entries.
+    """
+    targets: set[tuple[str, int]] = set()
+    for raw in entries:
+        entry = raw.strip().lower()
+        if not entry:
+            continue
+        port_text: str | None = None
+        if entry.startswith("["):
+            host, bracket, rest = entry[1:].partition("]")
+            if not bracket or (rest and not rest.startswith(":")):
+                raise ValueError(f"allow-list entry {raw!r}: expected [ipv6] or [ipv6]:port")
+            port_text = rest[1:] if rest else None
+        elif entry.count(":") == 1:
+            host, port_text = entry.split(":")
+        else:
+            host = entry  # a name, an IPv4 literal, or a bare IPv6 literal
+        host = _normal_host(host)
+        if not host or any(c in host for c in "/@[]%\\ "):
+            raise ValueError(f"allow-list entry {raw!r}: no valid host")
+        if port_text is None:
+            port = SCHEME_DEFAULT_PORT
+        elif port_text == "*":
+            port = ANY_PORT
+        elif port_text.isdigit() and 0 < int(port_text) < 65536:
+            port = int(port_text)
+        else:
+            raise ValueError(f"allow-list entry {raw!r}: the port must be 1-65535 or *")
+        targets.add((host, port))
+    return frozenset(targets)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A parsed, policy-checked URL: what to connect to and what to say in the Host header."""
+
+    parts: SplitResult
+    host: str
+    port: int
+
+    @property
+    def is_default_port(self) -> bool:
+        return self.port == DEFAULT_PORTS[self.parts.scheme]
+
+
+def parse_target(url: str) -> Target:
+    """Parse a URL defensively: a malformed one is an InvalidRequest (400), a disallowed form a UrlForbidden."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        port = parts.port
+        httpx.URL(url)  # what httpx would refuse later (control characters, surrogates, length) is refused here
+    except (ValueError, UnicodeError, httpx.InvalidURL):
+        raise InvalidRequest("image_url is not a valid URL") from None
+    if parts.scheme not in DEFAULT_PORTS:
+        raise UrlForbidden(f"scheme {parts.scheme!r} is not allowed; use http or https")
+    if not host:
+        raise UrlForbidden("the URL has no host")
+    if parts.username is not None or parts.password is not None:
+        raise UrlForbidden("credentials in URLs are not allowed")
+    if any(c in host for c in "\\%\x00 "):
+        raise InvalidRequest("image_url has an invalid host")
+    try:
+        ascii_host = host if host.isascii() else host.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise InvalidRequest("image_url has an invalid host") from None
+    if port == 0:
+        raise InvalidRequest("image_url is not a valid URL")
+    return Target(parts, _normal_host(ascii_host), port if port is not None else DEFAULT_PORTS[parts.scheme])
+
+
+@dataclass
+class _ClientHolder:
+    """One httpx client and the fetches using it, so a replaced client is closed only when its last fetch ends."""
+
+    client: httpx.AsyncClient
+    users: int = 0
+    retired: bool = False
 
 
 @dataclass
 class SafeFetcher:
-    """Fetches a URL's body with SSRF protections; raises typed serving errors the API maps to 4xx."""
+    """Fetches a URL's body with SSRF protections; raises typed serving errors the API maps to 4xx (or 503/504)."""
 
     max_bytes: int
     allowed_hosts: frozenset[str] = field(default_factory=frozenset)
     connect_timeout_s: float = 2.0
     read_timeout_s: float = 5.0
     max_redirects: int = 3
-    _client: httpx.AsyncClient | None = None
+    max_concurrency: int = 32
+    retry_after_s: int = 1
+    client_resets: int = 0
+    _allowed: frozenset[tuple[str, int]] = frozenset()
+    _holder: _ClientHolder | None = None
+    _ssl: ssl.SSLContext | None = None
+    _inflight: int = 0
+    _tasks: set[asyncio.Task[bytes]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self._allowed = parse_allowed_targets(self.allowed_hosts)
 
     async def __aenter__(self) -> SafeFetcher:
-        self._client = httpx.AsyncClient(
-            follow_redirects=False,
-            timeout=httpx.Timeout(self.read_timeout_s, connect=self.connect_timeout_s),
-            trust_env=False,  # a proxy would defeat the address checks
-        )
+        self._ssl = ssl.create_default_context()  # built once: it is the slow part of making a client
+        self._holder = _ClientHolder(self._new_client())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._client is not None:
-            await self._client.aclose()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self.connect_timeout_s + self.read_timeout_s)
+        if self._holder is not None:
+            await self._holder.client.aclose()
 
-    async def fetch(self, url: str) -> bytes:
-        current = url
-        for _ in range(self.max_redirects + 1):
-            request = await self._pinned_request(current)
-            location, body = await self._send(request)
-            if location is None:
-                return body
-            current = urljoin(current, location)
-        raise FetchFailed(f"too many redirects (more than {self.max_redirects})")
-
-    async def _pinned_request(self, url: str) -> httpx.Request:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https"):
-            raise UrlForbidden(f"scheme {parts.scheme!r} is not allowed; use http or https")
-        host = parts.hostname
-        if not host:
-            raise UrlForbidden("the URL has no host")
-        if parts.username or parts.password:
-            raise UrlForbidden("credentials in URLs are not allowed")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        address = await self._checked_address(host, port)
-        netloc = f"[{address}]" if address.version == 6 else str(address)
-        if parts.port:
-            netloc += f":{parts.port}"
-        pinned = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
-        host_header = host if not parts.port else f"{host}:{parts.port}"
-        assert self._client is not None, "use SafeFetcher as an async context manager"
-        return self._client.build_request(
-            "GET", pinned, headers={"Host": host_header, "Accept": "image/*"}, extensions={"sni_hostname": host}
+    def _new_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            follow_redirects=False,
+            verify=self._ssl or True,
+            timeout=httpx.Timeout(self.read_timeout_s, connect=self.connect_timeout_s, pool=1.0),
+            # The pool is as large as the fetch concurrency, so no request ever queues in it (see the module doc).
+            limits=httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency),
+            trust_env=False,  # a proxy would defeat the address checks
         )
 
-    async def _checked_address(self, host: str, port: int) -> IPAddress:
+    @property
+    def inflight(self) -> int:
+        """Fetches holding a slot: waiting callers plus fetches still finishing after their caller gave up."""
+        return self._inflight
+
+    # -- the caller's side -------------------------------------------------------------------------------------
+    async def fetch(self, url: str, deadline: float | None = None) -> bytes:
+        """The body at `url` or a typed error, never later than `deadline` (time.monotonic()), whatever the upstream."""
+        if deadline is None:
+            deadline = time.monotonic() + self.connect_timeout_s + self.read_timeout_s
+        parse_target(url)  # malformed and disallowed URLs are refused without taking a slot
+        if self._inflight >= self.max_concurrency:
+            raise Overloaded(
+                f"too many image URLs are being fetched ({self.max_concurrency}); retry later",
+                headers={"Retry-After": str(self.retry_after_s)},
+            )
+        self._inflight += 1
+        task = asyncio.ensure_future(self._fetch(url, deadline))
+        self._tasks.add(task)
+        task.add_done_callback(self._fetch_done)
+        try:
+            # shield: the caller's deadline or cancellation must never cancel httpx mid-pool (see the module doc).
+            return await asyncio.wait_for(asyncio.shield(task), timeout=max(deadline - time.monotonic(), 0.0))
+        except TimeoutError:
+            raise DeadlineExceeded("the request's deadline passed while fetching the image URL") from None
+
+    def _fetch_done(self, task: asyncio.Task[bytes]) -> None:
+        self._inflight -= 1
+        self._tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved here, so an abandoned fetch's error is not reported as never retrieved
+
+    # -- the fetch task ----------------------------------------------------------------------------------------
+    async def _fetch(self, url: str, deadline: float) -> bytes:
+        current = url
+        for _ in range(self.max_redirects + 1):
+            target = parse_target(current)
+            location, body = await self._hop(target, deadline)
+            if location is None:
+                return body
+            try:
+                current = urljoin(current, location)
+            except ValueError:
+                raise FetchFailed("the image URL redirected to an invalid location") from None
+        raise FetchFailed(f"too many redirects (more than {self.max_redirects})")
+
+    async def _hop(self, target: Target, deadline: float) -> tuple[str | None, bytes]:
+        address = await self._checked_address(target)
+        parts = target.parts
+        netloc = f"[{address}]" if address.version == 6 else str(address)
+        if not target.is_default_port:
+            netloc += f":{target.port}"
+        pinned = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+        host_header = parts.hostname or target.host
+        if ":" in host_header:
+            host_header = f"[{host_header}]"
+        if not target.is_default_port:
+            host_header += f":{target.port}"
+        for attempt in (1, 2):
+            holder = self._holder
+            assert holder is not None, "use SafeFetcher as an async context manager"
+            holder.users += 1
+            try:
+                return await self._send(holder.client, pinned, host_header, target, deadline)
+            except httpx.PoolTimeout:
+                # Cannot happen while the pool is as large as our concurrency bound, unless httpcore lost slots:
+                # replace the client (once per wedge) and retry; the request never left this process.
+                self._replace_client(holder)
+                if attempt == 2:
+                    raise FetchFailed("the image URL could not be fetched (connection pool exhausted)") from None
+            finally:
+                holder.users -= 1
+                if holder.retired and holder.users == 0:
+                    _spawn_close(holder.client)
+        raise AssertionError("unreachable")
+
+    def _replace_client(self, wedged: _ClientHolder) -> None:
+        if self._holder is not wedged:
+            return  # another fetch already replaced it
+        self.client_resets += 1
+        log.warning("the image URL client's connection pool lost its connections: replacing the client")
+        wedged.retired = True
+        self._holder = _ClientHolder(self._new_client())
+
+    def _allow_listed(self, target: Target) -> bool:
+        return (
+            (target.host, target.port) in self._allowed
+            or (target.host, ANY_PORT) in self._allowed
+            or (target.is_default_port and (target.host, SCHEME_DEFAULT_PORT) in self._allowed)
+        )
+
+    async def _checked_address(self, target: Target) -> IPAddress:
+        host = target.host
         try:
             literal: IPAddress | None = ipaddress.ip_address(host)
         except ValueError:
@@ -98,27 +315,50 @@ class SafeFetcher:
             addresses = [literal]
         else:
             try:
-                infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            except OSError as exc:
-                raise FetchFailed(f"could not resolve host {host!r}") from exc
-            addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
-        if host.lower() not in self.allowed_hosts:
+                infos = await asyncio.get_running_loop().getaddrinfo(host, target.port, type=socket.SOCK_STREAM)
+            except (OSError, UnicodeError) as exc:
+                raise UrlForbidden(f"could not resolve host {host!r}") from exc
+            addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+        if not addresses:
+            raise UrlForbidden(f"host {host!r} has no addresses")
+        if not self._allow_listed(target):
             forbidden = [a for a in addresses if is_forbidden_address(a)]
             if forbidden:
-                raise UrlForbidden(f"host {host!r} resolves to a non-public address ({forbidden[0]})")
-        if not addresses:
-            raise FetchFailed(f"host {host!r} has no addresses")
+                raise UrlForbidden(
+                    f"{host}:{target.port} resolves to a non-public address ({forbidden[0]}) and is not allow-listed"
+                )
         return addresses[0]
 
-    async def _send(self, request: httpx.Request) -> tuple[str | None, bytes]:
-        """Send one hop; returns (redirect location, b"") or (None, body)."""
-        assert self._client is not None
+    async def _send(
+        self, client: httpx.AsyncClient, url: str, host_header: str, target: Target, deadline: float
+    ) -> tuple[str | None, bytes]:
+        """Send one hop; returns (redirect location, b"") or (None, body). Every wait is bounded by `deadline`."""
+        left = _left(deadline)
+        timeout = httpx.Timeout(
+            min(self.read_timeout_s, left), connect=min(self.connect_timeout_s, left), pool=min(1.0, left)
+        )
         try:
-            response = await self._client.send(request, stream=True)
+            request = client.build_request(
+                "GET",
+                url,
+                headers={"Host": host_header, "Accept": "image/*"},
+                extensions={"sni_hostname": target.host},
+                timeout=timeout,
+            )
+        except (ValueError, UnicodeError, httpx.InvalidURL):
+            raise InvalidRequest("image_url is not a valid URL") from None
+        try:
+            response = await client.send(request, stream=True)
+        except httpx.PoolTimeout:
+            raise
+        except httpx.ConnectTimeout as exc:
+            raise UrlForbidden(f"timed out connecting to {target.host}:{target.port}") from exc
+        except (httpx.ConnectError, httpx.UnsupportedProtocol) as exc:
+            raise UrlForbidden(f"could not connect to {target.host}:{target.port} ({type(exc).__name__})") from exc
         except httpx.TimeoutException as exc:
             raise FetchFailed("timed out fetching the image URL") from exc
         except httpx.HTTPError as exc:
-            raise FetchFailed(f"could not connect to the image URL ({type(exc).__name__})") from exc
+            raise FetchFailed(f"failed fetching the image URL ({type(exc).__name__})") from exc
         try:
             if response.status_code in REDIRECT_CODES:
                 location = response.headers.get("location")
@@ -136,8 +376,34 @@ class SafeFetcher:
                     body.extend(chunk)
                     if len(body) > self.max_bytes:
                         raise PayloadTooLarge(f"the image at the URL is larger than {self.max_bytes} bytes")
+                    if time.monotonic() >= deadline:  # a trickling upstream: the deadline is for the whole body
+                        raise DeadlineExceeded("the request's deadline passed while fetching the image URL")
+            except httpx.TimeoutException as exc:
+                if time.monotonic() >= deadline:
+                    raise DeadlineExceeded("the request's deadline passed while fetching the image URL") from exc
+                raise FetchFailed("timed out reading the image URL") from exc
             except httpx.HTTPError as exc:
                 raise FetchFailed(f"failed reading the image URL ({type(exc).__name__})") from exc
             return None, bytes(body)
         finally:
             await response.aclose()
+
+
+def _left(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise DeadlineExceeded("the request's deadline passed while fetching the image URL")
+    return left
+
+
+_closing: set[asyncio.Task[None]] = set()
+
+
+def _spawn_close(client: httpx.AsyncClient) -> None:
+    async def close() -> None:
+        with contextlib.suppress(Exception):
+            await client.aclose()
+
+    task = asyncio.ensure_future(close())
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)

@@ -31,6 +31,9 @@ def logging_config(level: str = "info", fmt: str = "json") -> dict[str, Any]:
             "uvicorn": {"handlers": ["default"], "level": upper, "propagate": False},
             "uvicorn.error": {"level": upper},
             "uvicorn.access": {"handlers": ["default"], "level": upper, "propagate": False},
+            # httpx logs every image URL fetch at INFO; the access log already has one line per request.
+            "httpx": {"level": "WARNING"},
+            "httpcore": {"level": "WARNING"},
         },
         "root": {"handlers": ["default"], "level": upper},
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,9 @@ class DrainingServer(uvicorn.Server):
 
     While draining, the listener stays open: /readyz answers 503 (so the endpoint is removed), new predictions get
     503 `draining`, and accepted requests run to completion. When none is left, or after `drain_timeout_s`, the
-    normal uvicorn shutdown runs. A second signal skips the wait.
+    normal uvicorn shutdown runs. A second signal skips the wait for the drain, but still lets uvicorn's graceful
+    shutdown finish requests in flight (so nothing is cancelled mid-request, and nothing is logged as an error);
+    a third one exits at once.
     """
 
     def __init__(self, config: uvicorn.Config, app: FastAPI, drain_timeout_s: float) -> None:
@@ -32,13 +35,17 @@ class DrainingServer(uvicorn.Server):
         self._app = app
         self._drain_timeout_s = drain_timeout_s
         self._drain_started: float | None = None
+        self._signals = 0
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         runtime = getattr(self._app.state, "runtime", None)
+        self._signals += 1
         if self._drain_started is not None or runtime is None or sig not in (signal.SIGTERM, signal.SIGINT):
-            # Second signal, or nothing to drain yet: behave like uvicorn (exit now).
+            # A later signal, or nothing to drain yet: uvicorn's graceful shutdown now, and at once on the third.
+            if self._drain_started is not None and self._signals == 2:
+                log.info("second signal: not waiting for the drain any more; finishing requests in flight")
             self.should_exit = True
-            if self._drain_started is not None:
+            if self._signals >= 3:
                 self.force_exit = True
             return
         self._drain_started = time.monotonic()
@@ -60,6 +67,10 @@ class DrainingServer(uvicorn.Server):
 def serve(app: FastAPI, settings: ServingSettings, **uvicorn_kwargs: Any) -> None:
     """Run `app` until SIGTERM, then drain and exit 0."""
     configure_logging(settings.log_level, settings.log_format)
+    # The event loop thread gives the GIL up at every socket call and then waits for a thread running Python code
+    # (preprocessing, the batch worker) to hand it back: up to the switch interval, 5 ms by default, each time.
+    # Under load that convoy starves the loop, so even refusals queue for seconds; 1 ms keeps it responsive.
+    sys.setswitchinterval(settings.gil_switch_interval_s)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -85,8 +96,26 @@ def serve_with_reload(factory: str, settings: ServingSettings, reload_dirs: list
     )
 
 
-def main(settings: ServingSettings, factory: str, create_app: Callable[[], FastAPI]) -> None:
+def usage(settings: ServingSettings, prog: str) -> str:
+    """`--help`: the service is configured by environment variables only; list them with their current values."""
+    prefix = str(settings.model_config.get("env_prefix", ""))
+    lines = [f"usage: python -m {prog}", "", f"Serves until SIGTERM. Settings come from {prefix}* variables:", ""]
+    for name, spec in type(settings).model_fields.items():
+        about = f" - {spec.description}" if spec.description else ""
+        lines.append(f"  {prefix}{name.upper()}={getattr(settings, name)!s}{about}")
+    return "\n".join(lines) + "\n"
+
+
+def main(
+    settings: ServingSettings, factory: str, create_app: Callable[[], FastAPI], argv: list[str] | None = None
+) -> None:
     """What `python -m <service>` runs: reload mode for development, else the draining server."""
+    args = sys.argv[1:] if argv is None else argv
+    prog = factory.split(".")[0]
+    if args:
+        known = {"-h", "--help"}
+        sys.stdout.write(usage(settings, prog))
+        raise SystemExit(0 if set(args) <= known else 2)
     if settings.reload:
         serve_with_reload(factory, settings, [str(Path(__file__).resolve().parent.parent)])
     else:

@@ -54,7 +54,22 @@ class ServingSettings(BaseSettings):
     max_batch_size: int = Field(default=16, ge=1, le=1024, description="1 turns dynamic batching off.")
     max_wait_ms: float = Field(default=5.0, ge=0, le=10_000)
     queue_capacity: int = Field(default=256, ge=1)
-    request_timeout_s: float = Field(default=10.0, gt=0)
+    max_inflight: int = Field(
+        default=64,
+        ge=1,
+        description="Prediction requests admitted at once, in every stage (body, fetch, decode, queue, compute); "
+        "the next one gets 503 `overloaded` + Retry-After at once, before any work.",
+    )
+    preprocess_threads: int = Field(
+        default=0, ge=0, description="Requests decoding at once (threads); 0 = the torch thread count."
+    )
+    retry_after_s: int = Field(default=1, ge=1, description="Retry-After of every 503.")
+    gil_switch_interval_s: float = Field(
+        default=0.001, gt=0, le=0.1, description="sys.setswitchinterval: how soon the event loop gets the GIL back."
+    )
+    request_timeout_s: float = Field(
+        default=10.0, gt=0, description="Deadline of a whole request from arrival: body, fetch, decode, queue, compute."
+    )
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     torch_threads: int = Field(default=0, ge=0, description="0 = the container's CPU limit, read from cgroups.")
 

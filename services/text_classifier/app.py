@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, Field, model_validator
 
-from serving.app import RuntimeDep, create_service_app, json_request_body, parse_json_body, read_body_capped
+from serving.app import (
+    PREDICT_ERRORS,
+    RuntimeDep,
+    create_service_app,
+    ensure_client_waits,
+    json_request_body,
+    parse_json_body,
+    read_body_capped,
+)
 from serving.errors import InvalidRequest
 from serving.settings import ServingSettings
 from text_classifier.model import TextClassifier
@@ -20,6 +29,8 @@ SERVICE = "text_classifier"
 
 class PredictRequest(BaseModel):
     """Exactly one of `text` or `texts`."""
+
+    model_config = {"json_schema_extra": {"oneOf": [{"required": ["text"]}, {"required": ["texts"]}]}}
 
     text: str | None = Field(default=None, examples=["is this still available?"])
     texts: list[str] | None = Field(default=None, examples=[["hello there", "WIN FREE CRYPTO NOW"]])
@@ -43,7 +54,12 @@ class TextPrediction(BaseModel):
 class PredictResponse(BaseModel):
     predictions: list[TextPrediction]
     model: dict[str, str]
-    timings_ms: dict[str, float]
+    timings_ms: dict[str, float | int]  # batch_size is a count
+
+
+# Control characters other than tab/newline/CR, DEL, and unpaired surrogates (which no encoder can take):
+# refused before a text enters a batch, where it could fail the batch.
+FORBIDDEN_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 
 
 def check_texts(texts: list[str], settings: Settings) -> None:
@@ -56,24 +72,32 @@ def check_texts(texts: list[str], settings: Settings) -> None:
             raise InvalidRequest(f"text {index} is empty")
         if len(text) > settings.max_text_chars:
             raise InvalidRequest(f"text {index} is longer than {settings.max_text_chars} characters")
+        bad = FORBIDDEN_CHARACTERS.search(text)
+        if bad:
+            raise InvalidRequest(
+                f"text {index} has a character that is not allowed (U+{ord(bad.group()):04X} at {bad.start()}): "
+                "control characters and unpaired surrogates are refused"
+            )
 
 
 def register_routes(app: FastAPI) -> None:
     @app.post(
         "/v1/predict",
         response_model=PredictResponse,
+        responses={k: v for k, v in PREDICT_ERRORS.items() if k != 403},  # no URLs here
         tags=["model"],
         summary="Classify one text ({text}) or several ({texts}); one prediction per text, in order.",
         openapi_extra=json_request_body(PredictRequest),
     )
     async def predict(request: Request, runtime: RuntimeDep) -> dict[str, Any]:
         start = time.perf_counter()
-        deadline = runtime.deadline()
+        deadline = runtime.deadline_of(request)
         settings = runtime.settings
         assert isinstance(settings, Settings)
-        body = await read_body_capped(request, settings.max_body_bytes)
+        body = await read_body_capped(request, settings.max_body_bytes, deadline)
         texts = parse_json_body(request, body, PredictRequest).items()
         check_texts(texts, settings)
+        await ensure_client_waits(request)
         model = runtime.model
         # Each text is one batch item, so a multi-text request fills batches the same way many clients do.
         results = await asyncio.gather(*(runtime.infer(model.preprocess(t), deadline) for t in texts))

@@ -1,0 +1,241 @@
+"""Seeded fuzzing of both services over real HTTP: malformed and hostile requests get a 4xx, never a 5xx or a reset.
+
+At least 2,000 requests in all (CI-sized); the generators are seeded, so a failure names a reproducible case.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import random
+from collections import Counter
+from collections.abc import Callable
+
+from image_classifier.demo import render_sample
+from loadkit import SCALE, Call, Http11Client, Shot, record
+from testkit import Server, encode
+
+SEED = 20261130
+REQUESTS_PER_SERVICE = int(1100 * SCALE)  # CHAOS_SCALE=5: the 10k-case long version (both services)
+CONCURRENCY = 8
+JPEG = encode(render_sample("triangle", 3))
+
+HOSTILE_URLS = [
+    "http://127.0.0.1:99999/",
+    "http://127.0.0.1:abc/",
+    "http://127.0.0.1:-1/",
+    "http://[::1/",
+    "http://[zz]/",
+    "http://127.0.0.1:80:80/",
+    "http://[::127.0.0.1]/",
+    "http://[::ffff:169.254.169.254]/",
+    "http://169.254.169.254/",
+    "http://0x7f.1/",
+    "http://127.0.0.1/a\x07b",
+    "http://127.0.0.1/?q=\x00",
+    "http://127.0.0.1/" + "a" * 70_000,
+    "http://2130706433/",
+    "http://017700000001/",
+    "http://[64:ff9b::a9fe:a9fe]/",
+    "http://10.0.0.1/",
+    "http://user:pw@127.0.0.1/",
+    "file:///etc/passwd",
+    "gopher://127.0.0.1:70/",
+    "ftp://127.0.0.1/",
+    "http:///x",
+    "http://no-such-host.invalid/x.jpg",
+    "http://%00/",
+    "http://a b/",
+    "http://[fe80::1%25eth0]/",
+    "//127.0.0.1/",
+    "http://127.0.0.1:0/",
+    "http://[2002:7f00:1::]/",
+    "javascript:alert(1)",
+    "",
+    " ",
+    "http://" + "a" * 300 + ".invalid/",
+]
+
+
+def json_escaped(rng: random.Random, size: int) -> str:
+    """A JSON string body with escapes a Python client could not send raw: lone surrogates, NUL, controls."""
+    pieces = []
+    for _ in range(size):
+        roll = rng.random()
+        if roll < 0.2:
+            pieces.append(f"\\u{rng.choice([0xD800, 0xDBFF, 0xDC00, 0xDFFF, 0, 7, 27, 0x7F, 0xFFFE]):04x}")
+        elif roll < 0.3:
+            pieces.append(rng.choice(['\\"', "\\\\", "\\n", "[", "{", "}", "]"]))
+        else:
+            pieces.append(
+                chr(rng.choice([rng.randrange(32, 127), rng.randrange(0xA0, 0xD7FF)]))
+                .replace('"', "'")
+                .replace("\\", "/")
+            )
+    return '"' + "".join(pieces) + '"'
+
+
+def nested(rng: random.Random, key: str) -> bytes:
+    depth = rng.choice([10, 33, 100, 1000, 5000, rng.randrange(1, 3000)])
+    opener, closer = rng.choice([("[", "]"), ('{"a":', "}")])
+    return f'{{"{key}": {opener * depth}1{closer * depth}}}'.encode()
+
+
+def random_json(rng: random.Random, depth: int = 0) -> object:
+    roll = rng.random()
+    if depth > 3 or roll < 0.4:
+        return rng.choice([None, True, 0, -1, 2**70, 1.5e308, "", "x" * rng.randrange(0, 50), [], {}])
+    if roll < 0.7:
+        return [random_json(rng, depth + 1) for _ in range(rng.randrange(0, 4))]
+    return {rng.choice(["text", "texts", "image_url", "image_b64", "x"]): random_json(rng, depth + 1) for _ in range(3)}
+
+
+def image_case(rng: random.Random) -> Call:
+    roll = rng.random()
+    if roll < 0.25:
+        url = rng.choice(HOSTILE_URLS)
+        if rng.random() < 0.3:
+            url = url.replace("127.0.0.1", rng.choice(["127.0.0.1", "[::1]", "0", "localhost.invalid"]))
+            url = url.rstrip("/") + f":{rng.choice([rng.randrange(-5, 70000), 'x', ''])}/"
+        return Call.json("/v1/predict", {"image_url": url})
+    if roll < 0.35:
+        return Call("/v1/predict", "application/json", f'{{"image_url": {json_escaped(rng, 12)}}}'.encode())
+    if roll < 0.5:
+        data = base64.b64encode(JPEG[: rng.randrange(0, len(JPEG))]).decode()
+        mangled = rng.choice(
+            [
+                data,
+                data[:-1],
+                data + "=",
+                data.replace("A", "-"),
+                "\n".join(data[i : i + 76] for i in range(0, len(data), 76)),
+            ]
+        )
+        return Call.json("/v1/predict", {"image_b64": mangled})
+    if roll < 0.6:
+        return Call("/v1/predict", "application/json", nested(rng, rng.choice(["image_url", "image_b64", "x"])))
+    if roll < 0.75:
+        body = bytearray(JPEG)
+        for _ in range(rng.randrange(1, 20)):
+            body[rng.randrange(len(body))] = rng.randrange(256)
+        return Call(
+            "/v1/predict",
+            rng.choice(["image/jpeg", "image/png", "image/webp"]),
+            bytes(body[: rng.randrange(1, len(body))]),
+        )
+    if roll < 0.85:
+        return Call.json("/v1/predict", random_json(rng))
+    if roll < 0.93:
+        return Call(
+            "/v1/predict",
+            rng.choice(
+                ["text/plain", "", "application/x-www-form-urlencoded", "image/gif", "application/json; charset=utf-16"]
+            ),
+            rng.randbytes(rng.randrange(0, 200)),
+        )
+    return Call(
+        rng.choice(["/v1/predict", "/v1/models", "/nope", "/v1/predict/../metrics"]),
+        "application/json",
+        b"{}",
+        rng.choice(["GET", "PUT", "DELETE", "PATCH"]),
+    )
+
+
+def text_case(rng: random.Random) -> Call:
+    roll = rng.random()
+    if roll < 0.35:
+        return Call(
+            "/v1/predict", "application/json", f'{{"text": {json_escaped(rng, rng.randrange(1, 30))}}}'.encode()
+        )
+    if roll < 0.5:
+        texts = ", ".join(json_escaped(rng, rng.randrange(0, 10)) for _ in range(rng.randrange(0, 40)))
+        return Call("/v1/predict", "application/json", f'{{"texts": [{texts}]}}'.encode())
+    if roll < 0.6:
+        return Call("/v1/predict", "application/json", nested(rng, rng.choice(["text", "texts", "x"])))
+    if roll < 0.8:
+        return Call.json("/v1/predict", random_json(rng))
+    if roll < 0.9:
+        return Call(
+            "/v1/predict", rng.choice(["application/json", "text/plain", ""]), rng.randbytes(rng.randrange(0, 300))
+        )
+    return Call(
+        "/v1/predict",
+        "application/json",
+        rng.choice(
+            [
+                b'{"text": NaN}',
+                b'{"text": "a", "text": 1}',
+                b'{"texts": ["a"]' + b", 1" * 50 + b"]}",
+                b'{"text": 1e999999}',
+                b'{"text":"\\ud800\\udc00"}',
+            ]
+        ),
+    )
+
+
+def rss_kib(server: Server) -> int:
+    status = open(f"/proc/{server.process.pid}/status").read()  # noqa: SIM115
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")))
+
+
+async def fuzz(
+    server: Server, make: Callable[[random.Random], Call], seed: int
+) -> tuple[Counter[int], list[tuple[Shot, Call]], int, int]:
+    rng = random.Random(seed)
+    cases = [make(rng) for _ in range(REQUESTS_PER_SERVICE)]
+    client = Http11Client(server.url)
+    bad: list[tuple[Shot, Call]] = []
+    counts: Counter[int] = Counter()
+    rss_after_warmup = 0
+
+    async def worker(mine: list[Call]) -> None:
+        for call in mine:
+            shot = await client.send(call, 30.0)
+            counts[shot.status] += 1
+            if shot.status >= 500 or shot.status == 0:
+                bad.append((shot, call))
+
+    warmup, rest = cases[:200], cases[200:]
+    await asyncio.gather(*(worker(warmup[i::CONCURRENCY]) for i in range(CONCURRENCY)))
+    rss_after_warmup = rss_kib(server)
+    await asyncio.gather(*(worker(rest[i::CONCURRENCY]) for i in range(CONCURRENCY)))
+    client.close()
+    return counts, bad, rss_after_warmup, rss_kib(server)
+
+
+async def test_fuzzed_image_requests_never_get_a_5xx(image_service: Server) -> None:
+    counts, bad, rss_before, rss_after = await fuzz(image_service, image_case, SEED)
+    growth = rss_after - rss_before
+    print(f"image: {sorted(counts.items())}, RSS growth {growth // 1024} MiB")
+    record(
+        "fuzz_image",
+        {
+            "statuses": dict(sorted(counts.items())),
+            "rss_growth_kib": growth,
+            "cases": REQUESTS_PER_SERVICE,
+            "rss_before_kib": rss_before,
+            "rss_after_kib": rss_after,
+        },
+    )
+    assert not bad, [(s.status, s.code, c.method, c.path, c.content_type, c.body[:200]) for s, c in bad[:5]]
+    assert sum(counts.values()) == REQUESTS_PER_SERVICE
+    assert growth < 64 * 1024, f"RSS grew by {growth // 1024} MiB"
+
+
+async def test_fuzzed_text_requests_never_get_a_5xx(text_service: Server) -> None:
+    counts, bad, rss_before, rss_after = await fuzz(text_service, text_case, SEED + 1)
+    growth = rss_after - rss_before
+    print(f"text: {sorted(counts.items())}, RSS growth {growth // 1024} MiB")
+    record(
+        "fuzz_text",
+        {
+            "statuses": dict(sorted(counts.items())),
+            "rss_growth_kib": growth,
+            "cases": REQUESTS_PER_SERVICE,
+            "rss_before_kib": rss_before,
+            "rss_after_kib": rss_after,
+        },
+    )
+    assert not bad, [(s.status, s.code, c.method, c.path, c.content_type, c.body[:200]) for s, c in bad[:5]]
+    assert sum(counts.values()) == REQUESTS_PER_SERVICE
+    assert growth < 64 * 1024, f"RSS grew by {growth // 1024} MiB"

@@ -1,0 +1,265 @@
+"""Reliability on real processes: overload gives fast 503s, the image_url path recovers, bad items fail alone.
+
+Every load here is bounded (a few hundred requests, a few seconds) and aimed at 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from image_classifier.demo import render_sample
+from loadkit import SCALE, Call, Http11Client, Shot, open_loop, p99, record, saturation, statuses
+from testkit import Server, encode, run_server
+
+PNG = encode(render_sample("circle", 7), "PNG")
+JPEG = encode(render_sample("square", 8))
+# The bound on the 503s' p99 in CI. The service answers them before reading the body (~5 ms p50 here); on a 2-core
+# CI machine the load generator and the image origin share the CPUs with the service, so the bound has headroom over
+# the 50 ms aimed for in production (which the long `chaos` run measures).
+REFUSAL_P99_S = 0.5
+REFUSAL_P50_S = 0.05  # the median has no such excuse: ~1-20 ms here, against ~250 ms when refusals waited for work
+
+
+# An image origin in a process of its own, so its threads do not share a GIL with the load generator: HTTP/1.0, one
+# connection per image (as in the field report), 20 ms per answer.
+ORIGIN = """
+import http.server, sys, time
+body = open(sys.argv[1], "rb").read()
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/trickle":  # a slow upstream: one byte every 0.2 s of a 1,000-byte body
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            for _ in range(1000):
+                self.wfile.write(b"t")
+                self.wfile.flush()
+                time.sleep(0.2)
+            return
+        time.sleep(0.02)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+server.daemon_threads = True
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+@pytest.fixture(scope="module")
+def image_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    image = tmp_path_factory.mktemp("origin") / "img.png"
+    image.write_bytes(PNG)
+    process = subprocess.Popen([sys.executable, "-c", ORIGIN, str(image)], stdout=subprocess.PIPE)
+    try:
+        assert process.stdout is not None
+        port = int(process.stdout.readline())
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.kill()
+        process.wait(10)
+
+
+def by_url(origin: str) -> Call:
+    return Call.json("/v1/predict", {"image_url": f"http://{origin}/img.png"})
+
+
+# A photo-sized PNG (no JPEG draft decoding to make it cheap): decoding costs real CPU, as in production, so a
+# service that decides to refuse only after decoding shows it in its refusal times.
+RAW = Call("/v1/predict", "image/png", encode(render_sample("square", 8, size=768), "PNG"))
+
+
+@pytest.fixture(scope="module")
+def image_service_for_load(
+    bundles: dict[str, Path], image_origin: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """Default admission settings (64 requests in flight, 32 image URL fetches), batches of up to 8."""
+    env = {"MODEL_URI": str(bundles["image-demo"]), "FETCH_ALLOWED_HOSTS": image_origin, "MAX_BATCH_SIZE": "8"}
+    with run_server("image_classifier", env, tmp_path_factory.mktemp("load")) as server:
+        yield server
+
+
+async def test_image_url_path_recovers_right_after_an_overload(
+    image_service_for_load: Server, image_origin: str
+) -> None:
+    """Regression for the wedge: after a burst at twice the URL path's saturation, whose clients give up after 1.5 s
+    (as a load balancer or impatient client does), one request to a healthy upstream must succeed at once."""
+    server, send = image_service_for_load, by_url(image_origin)
+    rate = 2 * await saturation(server.url, send, concurrency=32, seconds=1.5)
+    shots = await open_loop(server.url, send, rate=rate, seconds=min(4.0 * SCALE, 800 * SCALE / rate), timeout_s=1.5)
+    counts = statuses(shots)
+    after = await Http11Client(server.url).send(by_url(image_origin), 30.0)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        ready = await client.get("/readyz")
+        metrics = (await client.get("/metrics")).text
+    log = server.log()
+    print(f"overload {dict(counts)}; then one request: {after.status} in {after.seconds:.3f}s")
+    record("url_recovery", {"overload": dict(counts), "after": after.status, "recovery_s": round(after.seconds, 3)})
+    assert after.status == 200, (after, counts)
+    assert after.seconds < 2.0, after
+    assert ready.status_code == 200
+    assert set(counts) <= {0, 200, 503}, counts  # 0: the client gave up (its own 1.5 s timeout)
+    assert 'status="500"' not in metrics
+    assert "ClientDisconnect" not in log
+    assert '"level": "ERROR"' not in log
+
+
+def measured_text(seconds: list[float]) -> str:
+    return f"{sorted(seconds)[len(seconds) // 2]:.3f}/{p99(seconds):.3f}s" if seconds else "-"
+
+
+def metric(response: httpx.Response, status: str) -> float:
+    """The count of /v1/predict answers with `status` in a /metrics response (0 when there are none)."""
+    prefix = f'image_classifier_requests_total{{endpoint="/v1/predict",status="{status}"}} '
+    return next((float(line.removeprefix(prefix)) for line in response.text.splitlines() if line.startswith(prefix)), 0)
+
+
+def check_overload(shots: list[Shot], timeout_s: float) -> None:
+    counts = statuses(shots)
+    refused = [s for s in shots if s.status == 503]
+    assert set(counts) <= {200, 503}, counts
+    assert counts[200] > 0, counts
+    assert refused, counts
+    assert all(s.retry_after == "1" and s.code in {"overloaded", "queue_full"} for s in refused)
+    assert max(s.seconds for s in shots) < timeout_s, "a request outlived its deadline"
+
+
+@pytest.mark.parametrize("path", ["raw", "image_url"])
+async def test_twice_the_saturation_rate_gets_only_200s_and_fast_503s(
+    image_service_for_load: Server, image_origin: str, path: str
+) -> None:
+    url, send = image_service_for_load.url, RAW if path == "raw" else by_url(image_origin)
+    rate = await saturation(url, send, concurrency=32, seconds=2.0)
+    seconds = min(4.0 * SCALE, 1000 * SCALE / (2 * rate))  # at most about 1,000 requests (CI)
+    measured = []
+    for _ in range(3):
+        shots = await open_loop(url, send, rate=2 * rate, seconds=seconds)
+        refused = [s.seconds for s in shots if s.status == 503]
+        print(f"{path}: saturation {rate:.1f}/s; at 2x {dict(statuses(shots))}, 503 p50/p99 {measured_text(refused)}")
+        check_overload(shots, timeout_s=10.0)  # every attempt: only 200/503, Retry-After, nothing past its deadline
+        median = sorted(refused)[len(refused) // 2]
+        measured.append((round(median, 4), round(p99(refused), 4)))
+        if median < REFUSAL_P50_S and p99(refused) < REFUSAL_P99_S:
+            record(
+                f"overload_{path}",
+                {
+                    "saturation_per_s": round(rate, 1),
+                    "statuses_at_2x": dict(statuses(shots)),
+                    "refusal_p50_s": measured[-1][0],
+                    "refusal_p99_s": measured[-1][1],
+                    "slowest_s": round(max(s.seconds for s in shots), 3),
+                },
+            )
+            return
+    # A 2-core machine shared with other jobs stalls now and then for longer than the bound: one attempt in three
+    # must show what the service does when it gets its CPU.
+    raise AssertionError(f"503 (p50, p99) over ({REFUSAL_P50_S}, {REFUSAL_P99_S}) s in every attempt: {measured}")
+
+
+async def test_a_client_that_gives_up_is_a_499_not_a_500(image_service_for_load: Server) -> None:
+    """Clients that leave while their body is still arriving: counted as 499, never logged as an error."""
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield JPEG[:100]
+        await asyncio.sleep(5)
+        yield JPEG[100:]
+
+    server = image_service_for_load
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        before = metric(await client.get("/metrics"), "499")
+        for _ in range(3):
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(
+                    client.post("/v1/predict", content=slow_body(), headers={"content-type": "image/jpeg"}), 0.5
+                )
+        await asyncio.sleep(0.5)
+        metrics = await client.get("/metrics")
+    assert metric(metrics, "499") == before + 3
+    assert metric(metrics, "500") == 0
+    assert '"level": "ERROR"' not in server.log()
+
+
+async def test_one_bad_text_fails_only_itself(bundles: dict[str, Path], tmp_path: Path) -> None:
+    env = {"MODEL_URI": str(bundles["text-demo"]), "MAX_BATCH_SIZE": "16", "MAX_WAIT_MS": "300"}
+    bad = b'{"text": "\\ud800"}'
+    with run_server("text_classifier", env, tmp_path) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            for _ in range(3):  # rounds: the bad request lands in the same 300 ms batch window as the good ones
+                answers = await asyncio.gather(
+                    *(
+                        client.post("/v1/predict", json={"text": f"hello number {i}, still for sale?"})
+                        for i in range(8)
+                    ),
+                    client.post("/v1/predict", content=bad, headers={"content-type": "application/json"}),
+                )
+                assert [r.status_code for r in answers] == [200] * 8 + [400], [r.text for r in answers]
+                assert answers[-1].json()["error"]["code"] == "invalid_request"
+
+
+async def test_sigterm_during_an_overload_loses_no_accepted_request(
+    image_server_factory: Callable[..., AbstractContextManager[Server]],
+) -> None:
+    with image_server_factory(MAX_BATCH_SIZE="8", DRAIN_TIMEOUT_S="20") as server:
+        rate = 2 * await saturation(server.url, RAW, concurrency=32, seconds=1.5)
+        seconds = min(3.0 * SCALE, 1000 * SCALE / rate)
+        sent: list[float] = []
+        attack = asyncio.ensure_future(open_loop(server.url, RAW, rate=rate, seconds=seconds, sent=sent))
+        await asyncio.sleep(seconds / 2)
+        sigterm_at = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        shots = await attack
+        exit_code = await asyncio.to_thread(server.process.wait, 30)
+        log = server.log()
+    before = [s for s, at in zip(shots, sent, strict=True) if at < sigterm_at - 0.05]
+    after = [s for s, at in zip(shots, sent, strict=True) if at > sigterm_at + 0.05]
+    # Sent before SIGTERM: accepted and answered, or refused (503) at once; never cut off.
+    lost = [s for s in before if s.status not in (200, 503)]
+    figures = {
+        "rate_per_s": round(rate, 1),
+        "before_sigterm": dict(statuses(before)),
+        "after_sigterm": dict(statuses(after)),
+        "draining_503": sum(s.code == "draining" for s in after),
+        "accepted_lost": len(lost),
+        "exit_code": exit_code,
+    }
+    print(figures)
+    record("sigterm_mid_overload", figures)
+    assert not lost, lost[:5]
+    assert statuses(before)[200] > 0
+    assert all(s.status in (0, 200, 503) for s in after), statuses(after)  # 0: the listener had closed (not accepted)
+    assert exit_code == 0
+    assert "drained after" in log
+    assert '"level": "ERROR"' not in log
+
+
+async def test_a_trickling_upstream_is_cut_at_the_request_deadline(
+    image_server_factory: Callable[..., AbstractContextManager[Server]], image_origin: str
+) -> None:
+    with image_server_factory(FETCH_ALLOWED_HOSTS=image_origin, REQUEST_TIMEOUT_S="2") as server:
+        client = Http11Client(server.url)
+        shots = await asyncio.gather(
+            *(
+                client.send(Call.json("/v1/predict", {"image_url": f"http://{image_origin}/trickle"}), 30.0)
+                for _ in range(4)
+            )
+        )
+        healthy = await client.send(by_url(image_origin), 30.0)
+        client.close()
+    record("slow_upstream", {"statuses": [s.status for s in shots], "seconds": [round(s.seconds, 2) for s in shots]})
+    assert [s.status for s in shots] == [504] * 4, shots
+    assert all(1.9 < s.seconds < 2.6 for s in shots), shots  # the deadline covers the whole fetch
+    assert healthy.status == 200
