@@ -404,9 +404,14 @@ def up(
     """Cluster, then Tilt (`tilt up`, or `tilt ci` with ci) when installed, else the same deployment without it."""
     result = UpResult(context=kind.context)
     ensure_cluster(kind, result, mode=mode, extra=extra)
+    if offline_images is None:
+        if result.node_image is not None:
+            offline_images = result.node_image.offline
+        else:
+            offline_images = mode == "offline" or (mode == "auto" and not registry_answers())
     tilt = tilt_binary() if use_tilt else None
     if tilt is not None:
-        _run_tilt(tilt, kind, ci=ci)
+        _run_tilt(tilt, kind, ci=ci, offline_images=offline_images)
         return result
     if use_tilt:
         console.print(
@@ -414,8 +419,6 @@ def up(
             "without live update: build, kind load, deploy --env local, port-forward."
         )
     services = [s.name for s in local_services()]
-    if offline_images is None:
-        offline_images = result.node_image.offline if result.node_image else not registry_answers()
     _ensure_bundles()
     refs = build_and_load(kind, result, services, offline=offline_images)
     with result.step("deploy --env local"):
@@ -436,11 +439,19 @@ def _ensure_bundles() -> None:
     build_all(DEFAULT_OUT, progress=lambda message: console.log(message))
 
 
-def _run_tilt(tilt: str, kind: Kind, *, ci: bool) -> None:
-    """`tilt ci` (exits with the result) or `tilt up` (until Ctrl-C), against the kind context only."""
+def _run_tilt(tilt: str, kind: Kind, *, ci: bool, offline_images: bool) -> None:
+    """`tilt ci` (exits with the result) or `tilt up` (until Ctrl-C), against the kind context only.
+
+    The Tiltfile's own invoke calls (the wheelhouse resource builds the CPU base when missing) inherit the
+    offline choice through INVOKE_IMAGES_OFFLINE.
+    """
     # Analytics off (the Tiltfile turns them off too, but only once it has loaded); the legacy builder, as
     # images.build uses, since Tilt would otherwise build through BuildKit where the daemon offers it.
     env = {**kind.env, "TILT_DISABLE_ANALYTICS": "1", "DOCKER_BUILDKIT": "0"}
+    if offline_images:
+        env["INVOKE_IMAGES_OFFLINE"] = "1"
+    # Tilt runs `kind load docker-image` from PATH: the pinned kind goes first.
+    env["PATH"] = os.pathsep.join([str(Path(kind.binary).parent), env.get("PATH", "")])
     cmd = (
         [tilt, "ci", "--context", kind.context]
         if ci

@@ -56,7 +56,8 @@ def _title(url: str) -> str:
 
 def test_live_update_serves_an_edit_without_rebuild(kind_session: KindSession, tmp_path: Path) -> None:
     """Edit the title the image classifier reports; the running pod serves it, same pod, no image rebuild."""
-    env = {**kind_session.env, "DOCKER_BUILDKIT": "0"}
+    env = {**kind_session.env, "DOCKER_BUILDKIT": "0", "INVOKE_IMAGES_OFFLINE": "1"}
+    env["PATH"] = os.pathsep.join([str(Path(kind_session.kind.binary).parent), env.get("PATH", "")])
     log = (tmp_path / "tilt.log").open("w")
     tilt = subprocess.Popen(
         [
