@@ -67,9 +67,9 @@ class DrainingServer(uvicorn.Server):
 def serve(app: FastAPI, settings: ServingSettings, **uvicorn_kwargs: Any) -> None:
     """Run `app` until SIGTERM, then drain and exit 0."""
     configure_logging(settings.log_level, settings.log_format)
-    # The event loop thread gives the GIL up at every socket call and then waits for a thread running Python code
-    # (preprocessing, the batch worker) to hand it back: up to the switch interval, 5 ms by default, each time.
-    # Under load that convoy starves the loop, so even refusals queue for seconds; 1 ms keeps it responsive.
+    # The event loop thread gives the GIL up at every socket call and may then wait for a thread running Python code
+    # (preprocessing, the batch worker) for up to the switch interval (5 ms by default) to get it back. Refusals
+    # and probes are only event-loop work, so a shorter interval keeps them quick while the CPUs are busy.
     sys.setswitchinterval(settings.gil_switch_interval_s)
     config = uvicorn.Config(
         app,
