@@ -143,7 +143,8 @@ def _service_context(url: str, model: str, log_path: Path) -> Any:
         return nullcontext(None)
     settings = {
         "MODEL_URI": str(bundle_for(model)),
-        "FETCH_ALLOWED_HOSTS": "127.0.0.1",
+        # The loopback image server's port is chosen when it starts, after the service: any port on 127.0.0.1.
+        "FETCH_ALLOWED_HOSTS": "127.0.0.1:*",
         "LOG_LEVEL": "warning",
     }
     return LocalService("image_classifier", settings, log_path=log_path)

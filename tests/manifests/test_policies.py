@@ -295,7 +295,9 @@ def test_local_leaves_replicas_to_its_hpas(rendered: dict[str, list[Obj]]) -> No
         for name in m.SERVICES:
             (dep,) = m.find(rendered[overlay], "Deployment", name)
             assert "replicas" not in dep["spec"]
-            assert m.hpa_for(rendered[overlay], name)["spec"]["minReplicas"] == 1
+            hpa = m.hpa_for(rendered[overlay], name)
+            assert hpa is not None
+            assert hpa["spec"]["minReplicas"] == 1
         assert m.check_hpa_owns_replicas(overlay, rendered[overlay]) == []
 
 
