@@ -11,6 +11,8 @@ import random
 from collections import Counter
 from collections.abc import Callable
 
+import pytest
+
 from image_classifier.demo import render_sample
 from loadkit import SCALE, Call, Http11Client, Shot, record
 from testkit import Server, encode
@@ -203,31 +205,16 @@ async def fuzz(
     return counts, bad, rss_after_warmup, rss_kib(server)
 
 
-async def test_fuzzed_image_requests_never_get_a_5xx(image_service: Server) -> None:
-    counts, bad, rss_before, rss_after = await fuzz(image_service, image_case, SEED)
+@pytest.mark.parametrize(("service", "case", "seed"), [("image", image_case, SEED), ("text", text_case, SEED + 1)])
+async def test_fuzzed_requests_never_get_a_5xx(
+    request: pytest.FixtureRequest, service: str, case: Callable[[random.Random], Call], seed: int
+) -> None:
+    server: Server = request.getfixturevalue(f"{service}_service")
+    counts, bad, rss_before, rss_after = await fuzz(server, case, seed)
     growth = rss_after - rss_before
-    print(f"image: {sorted(counts.items())}, RSS growth {growth // 1024} MiB")
+    print(f"{service}: {sorted(counts.items())}, RSS growth {growth // 1024} MiB")
     record(
-        "fuzz_image",
-        {
-            "statuses": dict(sorted(counts.items())),
-            "rss_growth_kib": growth,
-            "cases": REQUESTS_PER_SERVICE,
-            "rss_before_kib": rss_before,
-            "rss_after_kib": rss_after,
-        },
-    )
-    assert not bad, [(s.status, s.code, c.method, c.path, c.content_type, c.body[:200]) for s, c in bad[:5]]
-    assert sum(counts.values()) == REQUESTS_PER_SERVICE
-    assert growth < 64 * 1024, f"RSS grew by {growth // 1024} MiB"
-
-
-async def test_fuzzed_text_requests_never_get_a_5xx(text_service: Server) -> None:
-    counts, bad, rss_before, rss_after = await fuzz(text_service, text_case, SEED + 1)
-    growth = rss_after - rss_before
-    print(f"text: {sorted(counts.items())}, RSS growth {growth // 1024} MiB")
-    record(
-        "fuzz_text",
+        f"fuzz_{service}",
         {
             "statuses": dict(sorted(counts.items())),
             "rss_growth_kib": growth,

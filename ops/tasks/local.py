@@ -73,7 +73,7 @@ def up(
         )
     except (kind_mod.KindError, nodeimage.NodeImageError, images.ImageError, tools.ToolError, DeployRefused) as exc:
         raise Exit(f"up failed: {exc}", code=1) from exc
-    _print_steps(result)
+    _print_steps(f"invoke up ({result.context})", result.steps)
     if result.images and not detach:
         _hold_port_forwards(kind)
     elif result.images:
@@ -84,11 +84,11 @@ def up(
             )
 
 
-def _print_steps(result: kind_mod.UpResult) -> None:
-    table = Table(title=f"invoke up ({result.context})")
+def _print_steps(title: str, steps: list[tuple[str, float]]) -> None:
+    table = Table(title=title)
     table.add_column("step")
     table.add_column("seconds", justify="right")
-    for name, seconds in result.steps:
+    for name, seconds in steps:
         table.add_row(name, f"{seconds:.1f}")
     console.print(table)
 
@@ -137,12 +137,7 @@ def node_image(c: Context, force: bool = False) -> None:
         report = nodeimage.build(force=force)
     except (nodeimage.NodeImageError, images.ImageError, tools.ToolError) as exc:
         raise Exit(f"node image failed: {exc}", code=1) from exc
-    table = Table(title=f"{report.tag} ({'built' if report.built else 'cached'})")
-    table.add_column("step")
-    table.add_column("seconds", justify="right")
-    for name, seconds in report.steps:
-        table.add_row(name, f"{seconds:.1f}")
-    console.print(table)
+    _print_steps(f"{report.tag} ({'built' if report.built else 'cached'})", report.steps)
 
 
 # `cluster.node-image` joins the cluster collection (ops/tasks/cluster.py); `up` and `down` are root tasks.
