@@ -68,11 +68,23 @@ def test_live_update_serves_an_edit_without_rebuild(kind_session: KindSession, t
     original = APP.read_text()
     url = "http://127.0.0.1:8080"
     try:
+        # Tilt's own first deploy may replace the pods already there: wait until Tilt calls the resource ready
+        # and the rollout is over before taking the pod's identity.
+        wait = ["tilt", "wait", "--host", "127.0.0.1", "--port", "10399", "--timeout=60s"]
+        wait += ["--for=condition=Ready", "uiresource/image-classifier"]
         deadline = time.monotonic() + 900
+        while subprocess.run(wait, env=env, capture_output=True, check=False).returncode != 0:
+            assert tilt.poll() is None, (tmp_path / "tilt.log").read_text()[-4000:]
+            assert time.monotonic() < deadline, "Tilt never called image-classifier ready"
+            time.sleep(2)
+        kind_session.kubectl.run(
+            "-n", kind_mod.NAMESPACE, "rollout", "status", "deployment/image-classifier", "--timeout=300s", timeout=330
+        )
+        deadline = time.monotonic() + 120
         while _title(url) != "Image classifier":
             assert tilt.poll() is None, (tmp_path / "tilt.log").read_text()[-4000:]
-            assert time.monotonic() < deadline, "the service did not come up under tilt up"
-            time.sleep(2)
+            assert time.monotonic() < deadline, "the service did not answer through Tilt's port-forward"
+            time.sleep(1)
         before = _pod_uids(kind_session, "image-classifier")
         images_before = set(kind_session.kubectl.run("get", "pods", "-A", "-o", "jsonpath={..image}").stdout.split())
         token = uuid.uuid4().hex[:8]
