@@ -49,13 +49,20 @@ class Call:
 @dataclass(frozen=True)
 class Shot:
     """One request's outcome: status (0 = transport error or client timeout), seconds, Retry-After, error code,
-    and for status 0 the exception's name (ConnectionRefusedError: never accepted; others: cut off or timed out)."""
+    for status 0 the exception's name (ConnectionRefusedError: never accepted; ClosedBeforeAnswer: the server closed
+    the connection without reading or answering; others: cut off or timed out), and when its bytes were written
+    (time.monotonic(); None if never written)."""
 
     status: int
     seconds: float
     retry_after: str | None = None
     code: str | None = None
     error: str | None = None
+    written_at: float | None = None
+
+
+class ClosedBeforeAnswer(ConnectionError):
+    """The server closed the connection before a single byte of the answer (a keep-alive close race, or a drain)."""
 
 
 class Http11Client:
@@ -82,13 +89,18 @@ class Http11Client:
     async def send(self, call: Call, timeout_s: float) -> Shot:
         start = time.monotonic()
         connection = self._take_idle()
+        written: list[float] = []
         try:
-            return await asyncio.wait_for(self._exchange(call, connection, start), timeout_s)
+            return await asyncio.wait_for(self._exchange(call, connection, start, written), timeout_s)
         except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
-            return Shot(0, time.monotonic() - start, error=type(exc).__name__)
+            return Shot(0, time.monotonic() - start, error=type(exc).__name__, written_at=next(iter(written), None))
 
     async def _exchange(
-        self, call: Call, connection: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None, start: float
+        self,
+        call: Call,
+        connection: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None,
+        start: float,
+        written: list[float],
     ) -> Shot:
         reader, writer = connection or await asyncio.open_connection(self.host, self.port)
         try:
@@ -97,7 +109,11 @@ class Http11Client:
                 f"Content-Type: {call.content_type}\r\nContent-Length: {len(call.body)}\r\n\r\n"
             )
             writer.write(head.encode() + call.body)
-            status = int((await reader.readline()).split()[1])
+            written.append(time.monotonic())
+            status_line = await reader.readline()
+            if not status_line:
+                raise ClosedBeforeAnswer
+            status = int(status_line.split()[1])
             headers: dict[str, str] = {}
             while (line := await reader.readline()) not in (b"\r\n", b""):
                 name, _, value = line.decode("latin-1").partition(":")
@@ -115,7 +131,7 @@ class Http11Client:
         if status != 200 and headers.get("content-type", "").startswith("application/json"):
             with contextlib.suppress(ValueError, AttributeError):
                 code = json.loads(body)["error"]["code"]
-        return Shot(status, seconds, headers.get("retry-after"), code)
+        return Shot(status, seconds, headers.get("retry-after"), code, written_at=written[0])
 
     def close(self) -> None:
         for _, writer, _ in self.idle:
@@ -129,18 +145,14 @@ async def open_loop(
     rate: float,
     seconds: float,
     timeout_s: float = 30.0,
-    sent: list[float] | None = None,
 ) -> list[Shot]:
-    """Send at a constant `rate` for `seconds`, whatever the answers (new requests do not wait for old ones).
-    `sent`, when given, receives each request's start time (time.monotonic()), in the order of the shots."""
+    """Send at a constant `rate` for `seconds`, whatever the answers (new requests do not wait for old ones)."""
     client = Http11Client(base_url)
     await client.warm(min(64, int(rate)))
     try:
         start = time.monotonic()
         tasks = []
         for i in range(int(rate * seconds)):
-            if sent is not None:
-                sent.append(time.monotonic())
             tasks.append(asyncio.ensure_future(client.send(call, timeout_s)))
             await asyncio.sleep(max(0.0, start + (i + 1) / rate - time.monotonic()))
         return list(await asyncio.gather(*tasks))

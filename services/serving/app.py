@@ -281,6 +281,10 @@ class MetricsMiddleware:
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+                if runtime.draining and not any(k.lower() == b"connection" for k, _ in message.get("headers", ())):
+                    # Keep-alive clients reconnect (to another replica) instead of reusing a connection that uvicorn
+                    # closes when the drain ends: a request written into that close would never be read.
+                    message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
             await send(message)
 
         start = time.perf_counter()
