@@ -7,6 +7,8 @@ import http.server
 import io
 import json
 import re
+import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -286,6 +288,16 @@ def test_required_tools_are_installed_at_their_pinned_versions() -> None:
     missing = {n: (st.found, st.source) for n, st in by_name.items() if st.required and not st.ok}
     assert not missing, f"run `invoke tools.install`: {missing}"
     assert tools.ensure("vegeta") == tools.binary_path(tools.load_manifest().tools["vegeta"])
+
+
+def test_ensure_with_an_unknown_name_or_help_flag_prints_usage_not_a_traceback() -> None:
+    for argument in ("--help", "no-such-tool"):
+        done = subprocess.run(
+            [sys.executable, "-m", "invoke", "tools.ensure", argument], cwd=REPO_ROOT, capture_output=True, text=True
+        )
+        assert done.returncode == 2, done.stderr
+        assert "usage: invoke tools.ensure NAME" in done.stderr and "kubectl" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
 
 
 def test_doctor_is_green_here_and_red_with_an_empty_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -47,6 +47,13 @@ def list_(c: Context) -> None:
 @task(positional=["name"], help={"name": "Tool name from tools.toml."})
 def ensure(c: Context, name: str) -> None:
     """Print the path of one pinned tool, installing it if needed (for scripts: $(inv tools.ensure kubectl))."""
+    pinned = tools_mod.load_manifest().tools
+    if name not in pinned:
+        # invoke fills a positional argument before it looks at flags, so `tools.ensure --help` lands here too.
+        raise Exit(
+            f"usage: invoke tools.ensure NAME (help: invoke --help tools.ensure); NAME is one of: {', '.join(pinned)}",
+            code=2,
+        )
     print(tools_mod.ensure(name))
 
 
