@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -57,6 +60,7 @@ class Runtime:
     metrics: ServiceMetrics
     batcher: MicroBatcher[Any, Any] | None = None
     ready: bool = False
+    load_error: str | None = None  # set when the model failed to load: the server then exits (see serving.server)
     draining: bool = False
     inflight: int = 0
     resources: dict[str, Any] = field(default_factory=dict)
@@ -151,6 +155,7 @@ async def read_body_capped(request: Request, limit: int, deadline: float | None 
 
 
 RequestModel = TypeVar("RequestModel", bound=BaseModel)
+T = TypeVar("T")
 
 
 def content_type(request: Request) -> str:
@@ -251,6 +256,31 @@ def make_batch_runner(model: Model[Any, Any, Any]) -> Callable[[Sequence[Any]], 
     return run
 
 
+async def in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` in a daemon thread of its own. Used for the model load: a SIGTERM during a long download or load
+    must shut the process down at once, and anyio's worker threads (non-daemon) would hold the interpreter's exit."""
+    loop = asyncio.get_running_loop()
+    result: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not result.done():
+            outcome()
+
+    def target() -> None:
+        try:
+            value = fn(*args)
+        except BaseException as exc:  # handed to the awaiting task, which logs or raises it
+            error = exc
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+                loop.call_soon_threadsafe(settle, lambda: result.set_exception(error))
+        else:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(settle, lambda: result.set_result(value))
+
+    threading.Thread(target=target, name=f"serving-{getattr(fn, '__name__', 'load')}", daemon=True).start()
+    return await result
+
+
 def warm_up(model: Model[Any, Any, Any], max_batch_size: int) -> float:
     """Run every batch size the batcher can form once, so no client pays for first-use allocation."""
     item = model.warmup_item()
@@ -319,6 +349,9 @@ class MetricsMiddleware:
             return Draining(
                 "the server is shutting down; retry on another replica", headers={**retry, "Connection": "close"}
             )
+        if not runtime.ready:
+            runtime.metrics.rejected.labels("not_ready").inc()
+            return NotReady("the model is still loading; retry shortly", headers=retry)
         if runtime.inflight >= runtime.settings.max_inflight:
             runtime.metrics.rejected.labels("overloaded").inc()
             return Overloaded(
@@ -342,6 +375,50 @@ def create_service_app(
 ) -> FastAPI:
     """Build a service app. Nothing heavy happens here: the model loads in the lifespan."""
 
+    async def load(runtime: Runtime, stack: AsyncExitStack) -> None:
+        """Load, warm up, start the batcher, then turn ready. Runs while the listener already answers (503 loading)."""
+        model, threads = runtime.model, settings.resolved_torch_threads()
+        start = time.perf_counter()
+        try:
+            await in_daemon_thread(model.load)
+            for note in model.notes:
+                log.warning(note)
+            loaded = time.perf_counter() - start
+            warm = await in_daemon_thread(warm_up, model, settings.max_batch_size)
+            if resources is not None:
+                await resources(runtime, stack)
+        except Exception as exc:
+            log.exception("the model failed to load: the server exits")
+            runtime.load_error = f"{type(exc).__name__}: {exc}"
+            return
+        batcher: MicroBatcher[Any, Any] = MicroBatcher(
+            make_batch_runner(model),
+            max_batch_size=settings.max_batch_size,
+            max_wait_ms=settings.max_wait_ms,
+            capacity=settings.queue_capacity,
+            metrics=runtime.metrics,
+            retry_after_s=settings.retry_after_s,
+        )
+        batcher.start()
+        stack.callback(batcher.stop)
+        runtime.batcher = batcher
+        runtime.metrics.model_info.info(
+            {"name": model.name, "version": model.version, "device": str(model.device), "precision": model.precision}
+        )
+        runtime.ready = not runtime.draining
+        runtime.metrics.ready.set(int(runtime.ready))
+        log.info(
+            "ready: model %s %s on %s (%s), torch threads %d, load %.2fs, warm-up of batch sizes 1..%d %.2fs",
+            model.name,
+            model.version,
+            model.device,
+            model.precision,
+            threads,
+            loaded,
+            settings.max_batch_size,
+            warm,
+        )
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         threads = settings.resolved_torch_threads()
@@ -350,48 +427,12 @@ def create_service_app(
         runtime = Runtime(service=service, settings=settings, model=model, metrics=ServiceMetrics(service))
         runtime.preprocess_limiter = anyio.CapacityLimiter(settings.preprocess_threads or threads)
         app.state.runtime = runtime
-        async with AsyncExitStack() as stack:
-            start = time.perf_counter()
-            await anyio.to_thread.run_sync(model.load)
-            for note in model.notes:
-                log.warning(note)
-            loaded = time.perf_counter() - start
-            warm = await anyio.to_thread.run_sync(warm_up, model, settings.max_batch_size)
-            if resources is not None:
-                await resources(runtime, stack)
-            batcher: MicroBatcher[Any, Any] = MicroBatcher(
-                make_batch_runner(model),
-                max_batch_size=settings.max_batch_size,
-                max_wait_ms=settings.max_wait_ms,
-                capacity=settings.queue_capacity,
-                metrics=runtime.metrics,
-                retry_after_s=settings.retry_after_s,
-            )
-            batcher.start()
-            stack.callback(batcher.stop)
-            runtime.batcher = batcher
-            runtime.metrics.model_info.info(
-                {
-                    "name": model.name,
-                    "version": model.version,
-                    "device": str(model.device),
-                    "precision": model.precision,
-                }
-            )
-            runtime.ready = True
-            runtime.metrics.ready.set(1)
-            log.info(
-                "ready: model %s %s on %s (%s), torch threads %d, load %.2fs, warm-up of batch sizes 1..%d %.2fs",
-                model.name,
-                model.version,
-                model.device,
-                model.precision,
-                threads,
-                loaded,
-                settings.max_batch_size,
-                warm,
-            )
+        # The exit stack outlives the loader's task group: the batcher and the resources close after the load stops.
+        async with AsyncExitStack() as stack, anyio.create_task_group() as loader:
+            loader.start_soon(load, runtime, stack)
+            log.info("listening while the model loads: /readyz answers 503 `loading` until it is warm")
             yield
+            loader.cancel_scope.cancel()
             runtime.ready = False
             runtime.metrics.ready.set(0)
 
@@ -406,12 +447,14 @@ def create_service_app(
     @app.get(
         "/readyz",
         tags=["probes"],
-        summary="Readiness: 200 once loaded and warm; 503 before, and while draining.",
-        responses={503: {"description": "`loading` or `draining`."}},
+        summary="Readiness: 200 once loaded and warm; 503 before (the port opens at once), and while draining.",
+        responses={503: {"description": "`loading`, `failed` (the model did not load; the process exits), `draining`"}},
     )
     async def readyz(runtime: RuntimeDep) -> JSONResponse:
         if runtime.draining:
             return JSONResponse({"status": "draining"}, 503)
+        if runtime.load_error is not None:
+            return JSONResponse({"status": "failed", "error": runtime.load_error}, 503)
         if not runtime.ready:
             return JSONResponse({"status": "loading"}, 503)
         return JSONResponse({"status": "ready"})
@@ -430,6 +473,8 @@ def create_service_app(
         "/v1/models", tags=["model"], summary="The served model: name, version, labels, device, precision, batching."
     )
     async def models(runtime: RuntimeDep) -> dict[str, Any]:
+        if not runtime.ready:
+            raise NotReady("the model is not loaded yet", headers={"Retry-After": str(runtime.settings.retry_after_s)})
         model, s = runtime.model, runtime.settings
         return {
             "name": model.name,

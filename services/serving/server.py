@@ -52,6 +52,9 @@ class DrainingServer(uvicorn.Server):
         runtime.begin_drain()
 
     async def on_tick(self, counter: int) -> bool:
+        runtime = getattr(self._app.state, "runtime", None)
+        if runtime is not None and runtime.load_error is not None:
+            return True  # nothing to serve: shut down, and serve() exits non-zero so the pod restarts and says why
         if self._drain_started is not None:
             runtime = self._app.state.runtime
             waited = time.monotonic() - self._drain_started
@@ -80,6 +83,9 @@ def serve(app: FastAPI, settings: ServingSettings, **uvicorn_kwargs: Any) -> Non
         **uvicorn_kwargs,
     )
     DrainingServer(config, app, settings.drain_timeout_s).run()
+    runtime = getattr(app.state, "runtime", None)
+    if runtime is not None and runtime.load_error is not None:
+        raise SystemExit(f"the model failed to load: {runtime.load_error}")
 
 
 def serve_with_reload(factory: str, settings: ServingSettings, reload_dirs: list[str]) -> None:
