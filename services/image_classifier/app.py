@@ -7,10 +7,11 @@ import binascii
 import re
 import time
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, Field, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from image_classifier.model import ImageClassifier
 from image_classifier.settings import Settings
@@ -24,6 +25,7 @@ from serving.app import (
     json_request_body,
     parse_json_body,
     read_body_capped,
+    require_exactly_one,
 )
 from serving.errors import InvalidRequest, UnsupportedMediaType
 from serving.fetch import SafeFetcher
@@ -40,13 +42,16 @@ class PredictRequest(BaseModel):
         "json_schema_extra": {"oneOf": [{"required": ["image_url"]}, {"required": ["image_b64"]}]},
     }
 
-    image_url: str | None = Field(default=None, max_length=4096, examples=["https://images.example.com/cat.jpg"])
-    image_b64: str | None = Field(default=None, description="Base64 (standard alphabet) of a JPEG/PNG/WebP image.")
+    image_url: Annotated[str, Field(max_length=4096)] | SkipJsonSchema[None] = Field(
+        default=None, examples=["https://images.example.com/cat.jpg"]
+    )
+    image_b64: str | SkipJsonSchema[None] = Field(
+        default=None, description="Base64 (standard alphabet) of a JPEG/PNG/WebP image."
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> PredictRequest:
-        if (self.image_url is None) == (self.image_b64 is None):
-            raise ValueError("send exactly one of image_url or image_b64")
+        require_exactly_one(self, "image_url", "image_b64")
         return self
 
 

@@ -182,6 +182,14 @@ def json_too_deep(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     return False
 
 
+def require_exactly_one(request: BaseModel, *names: str) -> None:
+    """The "exactly one of" rule of a JSON body, by the keys sent: one of `names`, not null (the OpenAPI document
+    states it as `oneOf` of `required`, with non-nullable fields, so an explicit null is refused, not ignored)."""
+    sent = [name for name in names if name in request.model_fields_set]
+    if len(sent) != 1 or getattr(request, sent[0]) is None:
+        raise ValueError(f"send exactly one of {' or '.join(names)}, not null")
+
+
 def parse_json_body(request: Request, body: bytes, model: type[RequestModel]) -> RequestModel:
     """Validate a JSON body against `model`: wrong type is a 415, any other problem a 400, never a 500."""
     if content_type(request) != "application/json":

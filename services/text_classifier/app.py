@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, Field, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from serving.app import (
     PREDICT_ERRORS,
@@ -18,6 +19,7 @@ from serving.app import (
     json_request_body,
     parse_json_body,
     read_body_capped,
+    require_exactly_one,
 )
 from serving.errors import InvalidRequest
 from serving.settings import ServingSettings
@@ -32,13 +34,12 @@ class PredictRequest(BaseModel):
 
     model_config = {"json_schema_extra": {"oneOf": [{"required": ["text"]}, {"required": ["texts"]}]}}
 
-    text: str | None = Field(default=None, examples=["is this still available?"])
-    texts: list[str] | None = Field(default=None, examples=[["hello there", "WIN FREE CRYPTO NOW"]])
+    text: str | SkipJsonSchema[None] = Field(default=None, examples=["is this still available?"])
+    texts: list[str] | SkipJsonSchema[None] = Field(default=None, examples=[["hello there", "WIN FREE CRYPTO NOW"]])
 
     @model_validator(mode="after")
     def _exactly_one(self) -> PredictRequest:
-        if (self.text is None) == (self.texts is None):
-            raise ValueError("send exactly one of text or texts")
+        require_exactly_one(self, "text", "texts")
         return self
 
     def items(self) -> list[str]:
