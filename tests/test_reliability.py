@@ -146,7 +146,7 @@ async def test_twice_the_saturation_rate_gets_only_200s_and_fast_503s(
     url, send = image_service_for_load.url, RAW if path == "raw" else by_url(image_origin)
     rate = await saturation(url, send, concurrency=32, seconds=2.0)
     seconds = min(4.0 * SCALE, 1000 * SCALE / (2 * rate))  # at most about 1,000 requests (CI)
-    measured = []
+    measured, attempts = [], []
     for _ in range(3):
         shots = await open_loop(url, send, rate=2 * rate, seconds=seconds)
         refused = [s.seconds for s in shots if s.status == 503]
@@ -154,17 +154,17 @@ async def test_twice_the_saturation_rate_gets_only_200s_and_fast_503s(
         check_overload(shots, timeout_s=10.0)  # every attempt: only 200/503, Retry-After, nothing past its deadline
         median = sorted(refused)[len(refused) // 2]
         measured.append((round(median, 4), round(p99(refused), 4)))
+        attempts.append(
+            {
+                "saturation_per_s": round(rate, 1),
+                "statuses_at_2x": dict(statuses(shots)),
+                "refusal_p50_s": measured[-1][0],
+                "refusal_p99_s": measured[-1][1],
+                "slowest_s": round(max(s.seconds for s in shots), 3),
+            }
+        )
+        record(f"overload_{path}", {"attempts": attempts})
         if median < REFUSAL_P50_S and p99(refused) < REFUSAL_P99_S:
-            record(
-                f"overload_{path}",
-                {
-                    "saturation_per_s": round(rate, 1),
-                    "statuses_at_2x": dict(statuses(shots)),
-                    "refusal_p50_s": measured[-1][0],
-                    "refusal_p99_s": measured[-1][1],
-                    "slowest_s": round(max(s.seconds for s in shots), 3),
-                },
-            )
             return
     # A 2-core machine shared with other jobs stalls now and then for longer than the bound: one attempt in three
     # must show what the service does when it gets its CPU.

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -89,13 +90,17 @@ class Runtime:
         start = time.perf_counter()
         try:
             with anyio.fail_after(remaining(deadline, "before preprocessing")):
-                item = await anyio.to_thread.run_sync(self.model.preprocess, raw, limiter=self.preprocess_limiter)
+                item = await anyio.to_thread.run_sync(self._preprocess, raw, limiter=self.preprocess_limiter)
         except TimeoutError:
             self.metrics.rejected.labels("deadline").inc()
             raise DeadlineExceeded("the request's deadline passed while preprocessing") from None
         elapsed = time.perf_counter() - start
         self.metrics.preprocess_seconds.observe(elapsed)
         return item, elapsed
+
+    def _preprocess(self, raw: Any) -> Any:
+        lower_thread_priority(self.settings.worker_nice)
+        return self.model.preprocess(raw)
 
     def reserve(self) -> Reservation:
         """A batch queue slot for one item, taken before any work (QueueFull, 503, at once when there is none)."""
@@ -252,8 +257,25 @@ def json_request_body(model: type[BaseModel], **extra_types: dict[str, Any]) -> 
     }
 
 
-def make_batch_runner(model: Model[Any, Any, Any]) -> Callable[[Sequence[Any]], tuple[list[Any], float, float]]:
+_lowered = threading.local()
+
+
+def lower_thread_priority(nice: int) -> None:
+    """Make the calling thread `nice` steps less favoured, once per thread (Linux schedules threads one by one, and a
+    thread inherits the niceness of the thread that creates it, so torch's own pool follows the loading thread)."""
+    if nice <= 0 or getattr(_lowered, "done", False):
+        return
+    _lowered.done = True
+    tid = threading.get_native_id()
+    with contextlib.suppress(OSError, AttributeError):  # not Linux, or not allowed: run at the normal priority
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+
+
+def make_batch_runner(
+    model: Model[Any, Any, Any], nice: int = 0
+) -> Callable[[Sequence[Any]], tuple[list[Any], float, float]]:
     def run(items: Sequence[Any]) -> tuple[list[Any], float, float]:
+        lower_thread_priority(nice)
         start = time.perf_counter()
         outputs = model.predict(items)
         model.synchronize()
@@ -287,6 +309,15 @@ async def in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
 
     threading.Thread(target=target, name=f"serving-{getattr(fn, '__name__', 'load')}", daemon=True).start()
     return await result
+
+
+def load_and_warm_up(model: Model[Any, Any, Any], max_batch_size: int, nice: int) -> tuple[float, float]:
+    """Load the model, then warm it up; returns the seconds of each. Runs in one thread whose niceness torch's
+    intra-op threads inherit (they start during the first computation)."""
+    lower_thread_priority(nice)
+    start = time.perf_counter()
+    model.load()
+    return time.perf_counter() - start, warm_up(model, max_batch_size)
 
 
 def warm_up(model: Model[Any, Any, Any], max_batch_size: int) -> float:
@@ -385,14 +416,11 @@ def create_service_app(
 
     async def load(runtime: Runtime, stack: AsyncExitStack) -> None:
         """Load, warm up, start the batcher, then turn ready. Runs while the listener already answers (503 loading)."""
-        model, threads = runtime.model, settings.resolved_torch_threads()
-        start = time.perf_counter()
+        model, threads, nice = runtime.model, settings.resolved_torch_threads(), settings.worker_nice
         try:
-            await in_daemon_thread(model.load)
+            loaded, warm = await in_daemon_thread(load_and_warm_up, model, settings.max_batch_size, nice)
             for note in model.notes:
                 log.warning(note)
-            loaded = time.perf_counter() - start
-            warm = await in_daemon_thread(warm_up, model, settings.max_batch_size)
             if resources is not None:
                 await resources(runtime, stack)
         except Exception as exc:
@@ -400,7 +428,7 @@ def create_service_app(
             runtime.load_error = f"{type(exc).__name__}: {exc}"
             return
         batcher: MicroBatcher[Any, Any] = MicroBatcher(
-            make_batch_runner(model),
+            make_batch_runner(model, settings.worker_nice),
             max_batch_size=settings.max_batch_size,
             max_wait_ms=settings.max_wait_ms,
             capacity=settings.queue_capacity,

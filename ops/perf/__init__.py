@@ -1,0 +1,1 @@
+"""Performance and reliability measurement: local services under load, benchmarks, capacity, chaos."""

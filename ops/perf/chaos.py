@@ -1,0 +1,132 @@
+"""The chaos run: the long versions of the hostile-input and overload tests, and one report of what they measured.
+
+The tests themselves (tests/test_fuzz_services.py, test_reliability.py, test_schemathesis.py) are the only code that
+attacks the services; CI runs them short. `CHAOS_SCALE` lengthens them and `CHAOS_REPORT_DIR` makes each write its
+figures as JSON, which `write_report` turns into report.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TESTS = ("tests/test_fuzz_services.py", "tests/test_reliability.py", "tests/test_schemathesis.py")
+RESULTS_ROOT = REPO_ROOT / "bench" / "results"
+
+
+@dataclass(frozen=True)
+class ChaosRun:
+    """One chaos run: how long its tests run (`scale`) and where the figures and the report go."""
+
+    scale: float
+    out: Path
+
+    def pytest_argv(self) -> list[str]:
+        return [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA", *TESTS]
+
+    def env(self) -> dict[str, str]:
+        return {"CHAOS_SCALE": f"{self.scale:g}", "CHAOS_REPORT_DIR": str(self.out / "figures")}
+
+
+def default_out(now: datetime | None = None) -> Path:
+    """bench/results/chaos-<cores>core-<UTC date>/, beside the benchmark results."""
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%d")
+    return RESULTS_ROOT / f"chaos-{os.cpu_count()}core-{stamp}"
+
+
+def read_figures(folder: Path) -> dict[str, Any]:
+    """Every figures file the tests wrote, by name (fuzz_image, overload_raw, ...)."""
+    return {path.stem: json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))}
+
+
+def _counts(statuses: Mapping[str, int]) -> str:
+    return ", ".join(f"{status}: {count}" for status, count in sorted(statuses.items())) or "none"
+
+
+def _fuzz(figures: dict[str, Any]) -> list[str]:
+    lines = ["## Hostile input (seeded fuzz, both services)", ""]
+    for service in ("image", "text"):
+        fuzz = figures.get(f"fuzz_{service}")
+        if fuzz is None:
+            lines.append(f"- {service}: no figures (the test did not get that far)")
+            continue
+        fives = sum(n for status, n in fuzz["statuses"].items() if status.startswith("5"))
+        lines.append(
+            f"- **{service}**: {fuzz['cases']:,} requests; by status {_counts(fuzz['statuses'])}; **5xx: {fives}**; "
+            f"RSS {fuzz['rss_before_kib'] // 1024} MiB after warm-up, {fuzz['rss_after_kib'] // 1024} MiB after "
+            f"(growth {fuzz['rss_growth_kib'] // 1024} MiB)"
+        )
+    schema = figures.get("schemathesis")
+    if schema is not None:
+        lines.append(
+            f"- **schemathesis** (up to {schema['examples_per_operation']} examples per operation, positive and "
+            f"negative): {_counts(schema['cases'])}"
+        )
+    return [*lines, ""]
+
+
+def _overload(figures: dict[str, Any]) -> list[str]:
+    lines = ["## Overload at twice the measured saturation", ""]
+    for path in ("raw", "image_url"):
+        run = figures.get(f"overload_{path}")
+        if run is None:
+            lines.append(f"- {path}: no figures")
+            continue
+        for number, attempt in enumerate(run["attempts"], 1):
+            lines.append(
+                f"- **{path}** attempt {number}: saturation {attempt['saturation_per_s']}/s; at 2x "
+                f"{_counts(attempt['statuses_at_2x'])}; 503 p50 {attempt['refusal_p50_s'] * 1000:.1f} ms, "
+                f"**p99 {attempt['refusal_p99_s'] * 1000:.1f} ms**; slowest answer {attempt['slowest_s']} s"
+            )
+    recovery = figures.get("url_recovery")
+    if recovery is not None:
+        lines += [
+            "",
+            f"- **Recovery** of the image_url path right after an overload ({_counts(recovery['overload'])}): the "
+            f"next request got {recovery['after']} in **{recovery['recovery_s']} s**",
+        ]
+    return [*lines, ""]
+
+
+def _shutdown(figures: dict[str, Any]) -> list[str]:
+    lines = ["## SIGTERM in the middle of an overload, and a slow upstream", ""]
+    sigterm = figures.get("sigterm_mid_overload")
+    if sigterm is not None:
+        lines.append(
+            f"- at {sigterm['rate_per_s']}/s: written before SIGTERM {_counts(sigterm['before_sigterm'])}; after "
+            f"{_counts(sigterm['after_sigterm'])} ({sigterm['draining_503']} of the 503s `draining`; status 0 = "
+            f"{_counts(sigterm.get('after_sigterm_unanswered', {}))}); **accepted and lost: "
+            f"{sigterm['accepted_lost']}**; exit code {sigterm['exit_code']}"
+        )
+    slow = figures.get("slow_upstream")
+    if slow is not None:
+        lines.append(f"- a trickling upstream: statuses {slow['statuses']} after {slow['seconds']} s (deadline 2 s)")
+    return [*lines, ""]
+
+
+def render_report(figures: dict[str, Any], run: ChaosRun, outcome: str, started: datetime) -> str:
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    head = [
+        f"# Chaos run {started:%Y-%m-%d %H:%M} UTC",
+        "",
+        f"- `invoke chaos --scale {run.scale:g}`: pytest {outcome}",
+        f"- machine: {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}; load average "
+        f"(1/5/15 min) at the end: {load}",
+        "- service, origin and load generator share these cores (the figures are an upper bound on latency)",
+        "",
+    ]
+    return "\n".join(head + _fuzz(figures) + _overload(figures) + _shutdown(figures))
+
+
+def write_report(run: ChaosRun, outcome: str, started: datetime) -> Path:
+    report = run.out / "report.md"
+    report.write_text(render_report(read_figures(run.out / "figures"), run, outcome, started))
+    return report
