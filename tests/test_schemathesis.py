@@ -13,6 +13,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import Case
+from schemathesis.checks import CheckFunction
 from schemathesis.schemas import BaseSchema
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
@@ -23,7 +24,7 @@ EXAMPLES_PER_OPERATION = int(60 * SCALE)
 # "Schema-valid data is accepted" cannot hold for bodies the schema can only call bytes or a string: a 1x1 WebP or
 # an empty text is schema-valid and rightly a 400. Every other check runs: no 5xx, documented status codes,
 # content types, headers and bodies.
-NOT_EXPRESSIBLE = [positive_data_acceptance]
+NOT_EXPRESSIBLE: list[CheckFunction] = [positive_data_acceptance]
 SEEDED = settings(
     max_examples=EXAMPLES_PER_OPERATION,
     derandomize=True,
