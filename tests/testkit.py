@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -33,12 +35,29 @@ class Server(LocalService):
         return self.log_tail(1_000_000)
 
 
+def service_cpus() -> set[int] | None:
+    """`CHAOS_SERVICE_CPUS` (e.g. "1"): the cores the services under test get, apart from the load generator's
+    (`invoke chaos` pins itself to the others); unset: no pinning."""
+    spec = os.environ.get("CHAOS_SERVICE_CPUS", "")
+    return {int(cpu) for cpu in spec.split(",") if cpu.strip()} or None
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of a running process to `cpus`; threads it starts later inherit the mask of their creator."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(task.name), cpus)
+
+
 @contextmanager
 def run_server(module: str, env: dict[str, str], tmp: Path) -> Iterator[Server]:
     """Start the service (JSON logs to a file under `tmp`), yield it ready, then SIGTERM it (kill after 30 s)."""
     server = Server(module, {"LOG_FORMAT": "json", **env}, log_path=tmp / f"{module}.log", ready_timeout_s=240)
     try:
         with server:
+            cpus = service_cpus()
+            if cpus:
+                pin(server.process.pid, cpus)
             yield server
     except Exception:
         sys.stderr.write(server.log_tail(4000))

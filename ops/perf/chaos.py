@@ -29,11 +29,40 @@ class ChaosRun:
     scale: float
     out: Path
 
+    pin: bool = True
+
+    def cores(self) -> tuple[list[int], list[int]] | None:
+        """(load generator's cores, services' cores): disjoint halves of the cores this process may use; None when
+        pinning is off or there is a single core."""
+        allowed = sorted(os.sched_getaffinity(0))
+        if not self.pin or len(allowed) < 2:
+            return None
+        half = len(allowed) // 2
+        return allowed[:half], allowed[half:]
+
     def pytest_argv(self) -> list[str]:
-        return [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA", *TESTS]
+        argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA", *TESTS]
+        cores = self.cores()
+        return ["taskset", "-c", ",".join(map(str, cores[0])), *argv] if cores else argv
 
     def env(self) -> dict[str, str]:
-        return {"CHAOS_SCALE": f"{self.scale:g}", "CHAOS_REPORT_DIR": str(self.out / "figures")}
+        env = {"CHAOS_SCALE": f"{self.scale:g}", "CHAOS_REPORT_DIR": str(self.out / "figures")}
+        cores = self.cores()
+        if cores:
+            # The services get the other cores, and as many torch threads as they have cores.
+            env["CHAOS_SERVICE_CPUS"] = ",".join(map(str, cores[1]))
+            for prefix in ("IMAGE_CLASSIFIER", "TEXT_CLASSIFIER"):
+                env[f"{prefix}_TORCH_THREADS"] = str(len(cores[1]))
+        return env
+
+    def pinning(self) -> str:
+        cores = self.cores()
+        if cores is None:
+            return "none: load generator, origin and services share the cores (latencies are an upper bound)"
+        return (
+            f"load generator and image origin on cores {cores[0]}, the services on cores {cores[1]} "
+            f"({len(cores[1])} torch threads)"
+        )
 
 
 def default_out(now: datetime | None = None) -> Path:
@@ -120,7 +149,7 @@ def render_report(figures: dict[str, Any], run: ChaosRun, outcome: str, started:
         f"- `invoke chaos --scale {run.scale:g}`: pytest {outcome}",
         f"- machine: {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}; load average "
         f"(1/5/15 min) at the end: {load}",
-        "- service, origin and load generator share these cores (the figures are an upper bound on latency)",
+        f"- pinning: {run.pinning()}",
         "",
     ]
     return "\n".join(head + _fuzz(figures) + _overload(figures) + _shutdown(figures))

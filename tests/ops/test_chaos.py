@@ -1,0 +1,77 @@
+"""The chaos run's plan (pinning, settings) and its report, from figures as the tests write them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from ops.perf import chaos
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_load_generator_and_the_services_get_disjoint_cores() -> None:
+    run = chaos.ChaosRun(scale=2, out=Path("/tmp/x"))
+    cores = run.cores()
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one core: nothing to split")
+    assert cores is not None
+    generator, services = cores
+    assert generator
+    assert services
+    assert not set(generator) & set(services)
+    assert run.pytest_argv()[:3] == ["taskset", "-c", ",".join(map(str, generator))]
+    assert run.env()["CHAOS_SERVICE_CPUS"] == ",".join(map(str, services))
+    assert run.env()["CHAOS_SCALE"] == "2"
+    unpinned = chaos.ChaosRun(scale=2, out=Path("/tmp/x"), pin=False)
+    assert unpinned.pytest_argv()[0] == sys.executable
+    assert "CHAOS_SERVICE_CPUS" not in unpinned.env()
+
+
+def test_the_report_counts_5xx_and_states_every_overload_attempt(tmp_path: Path) -> None:
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    fuzz = {"statuses": {"400": 900, "413": 90, "503": 7, "500": 3}, "cases": 1000}
+    rss = {"rss_before_kib": 800 * 1024, "rss_after_kib": 810 * 1024, "rss_growth_kib": 10 * 1024}
+    (figures / "fuzz_image.json").write_text(json.dumps({**fuzz, **rss}))
+    attempt = {"saturation_per_s": 70.5, "statuses_at_2x": {"200": 300, "503": 280}, "slowest_s": 1.2}
+    (figures / "overload_raw.json").write_text(
+        json.dumps(
+            {
+                "attempts": [
+                    {**attempt, "refusal_p50_s": 0.2, "refusal_p99_s": 0.9},
+                    {**attempt, "refusal_p50_s": 0.002, "refusal_p99_s": 0.0125},
+                ]
+            }
+        )
+    )
+    run = chaos.ChaosRun(scale=1, out=tmp_path, pin=False)
+    report = chaos.write_report(run, "passed", datetime(2026, 11, 30, 12, 0, tzinfo=UTC)).read_text()
+    assert "**5xx: 10**" in report  # 503 and 500 from the fuzz are both server errors
+    assert "RSS 800 MiB after warm-up, 810 MiB after (growth 10 MiB)" in report
+    assert "attempt 1" in report
+    assert "**p99 900.0 ms**" in report
+    assert "**p99 12.5 ms**" in report
+    assert "text: no figures" in report
+    assert "pinning: none" in report
+
+
+def test_a_dry_chaos_run_starts_nothing_and_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "chaos"
+    done = subprocess.run(
+        [sys.executable, "-m", "invoke", "--dry", "chaos", "--scale", "3", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "CHAOS_SCALE=3" in done.stdout
+    assert "pytest" in done.stdout
+    assert not out.exists()
