@@ -9,7 +9,7 @@ import time
 from contextlib import AsyncExitStack
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from pydantic import BaseModel, Field, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
@@ -18,10 +18,10 @@ from image_classifier.settings import Settings
 from serving.app import (
     PREDICT_ERRORS,
     Runtime,
-    RuntimeDep,
     content_type,
     create_service_app,
     ensure_client_waits,
+    get_runtime,
     json_request_body,
     parse_json_body,
     read_body_capped,
@@ -29,7 +29,6 @@ from serving.app import (
 )
 from serving.errors import InvalidRequest, UnsupportedMediaType
 from serving.fetch import SafeFetcher
-from serving.settings import ServingSettings
 
 SERVICE = "image_classifier"
 RAW_IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/webp"})
@@ -77,7 +76,11 @@ def decode_b64(data: str) -> bytes:
         raise InvalidRequest(f"image_b64 is not valid base64: {exc}") from exc
 
 
-async def image_bytes(request: Request, runtime: Runtime, deadline: float) -> bytes:
+ImageRuntime = Runtime[Settings, SafeFetcher]
+ImageRuntimeDep = Annotated[ImageRuntime, Depends(get_runtime)]
+
+
+async def image_bytes(request: Request, runtime: ImageRuntime, deadline: float) -> bytes:
     """The image the client means, from whichever of the three request forms it used."""
     settings = runtime.settings
     body = await read_body_capped(request, settings.max_body_bytes, deadline)
@@ -92,9 +95,8 @@ async def image_bytes(request: Request, runtime: Runtime, deadline: float) -> by
     if parsed.image_b64 is not None:
         return decode_b64(parsed.image_b64)
     assert parsed.image_url is not None
-    fetcher: SafeFetcher = runtime.resources["fetcher"]
     await ensure_client_waits(request)
-    return await fetcher.fetch(parsed.image_url, deadline)
+    return await runtime.resources.fetch(parsed.image_url, deadline)
 
 
 def register_routes(app: FastAPI) -> None:
@@ -108,7 +110,7 @@ def register_routes(app: FastAPI) -> None:
             PredictRequest, **{t: {"schema": {"type": "string", "format": "binary"}} for t in sorted(RAW_IMAGE_TYPES)}
         ),
     )
-    async def predict(request: Request, runtime: RuntimeDep) -> dict[str, Any]:
+    async def predict(request: Request, runtime: ImageRuntimeDep) -> dict[str, Any]:
         start = time.perf_counter()
         deadline = runtime.deadline_of(request)
         with runtime.reserve() as slot:  # accept or refuse before reading, fetching or decoding anything
@@ -134,9 +136,7 @@ def register_routes(app: FastAPI) -> None:
         }
 
 
-async def open_fetcher(runtime: Runtime, stack: AsyncExitStack) -> None:
-    settings = runtime.settings
-    assert isinstance(settings, Settings)
+async def open_fetcher(settings: Settings, stack: AsyncExitStack) -> SafeFetcher:
     fetcher = SafeFetcher(
         max_bytes=settings.fetch_max_bytes,
         allowed_hosts=settings.fetch_allowed_hosts,
@@ -146,12 +146,7 @@ async def open_fetcher(runtime: Runtime, stack: AsyncExitStack) -> None:
         max_concurrency=settings.fetch_max_concurrency,
         retry_after_s=settings.retry_after_s,
     )
-    runtime.resources["fetcher"] = await stack.enter_async_context(fetcher)
-
-
-def _model(settings: ServingSettings) -> ImageClassifier:
-    assert isinstance(settings, Settings)
-    return ImageClassifier(settings)
+    return await stack.enter_async_context(fetcher)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -160,7 +155,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         service=SERVICE,
         title="Image classifier",
         settings=settings or Settings(),
-        model_factory=_model,
+        model_factory=ImageClassifier,
         register_routes=register_routes,
         resources=open_fetcher,
     )

@@ -6,14 +6,13 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import re
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Annotated, Any, TypeVar
+from dataclasses import dataclass
+from typing import Annotated, Any, Generic, TypeVar
 
 import anyio
 import torch
@@ -36,7 +35,7 @@ from serving.errors import (
     RequestTimeout,
     ServingError,
     UnsupportedMediaType,
-    error_body,
+    error_response,
     install_error_handlers,
 )
 from serving.metrics import ServiceMetrics
@@ -51,12 +50,20 @@ MAX_JSON_DEPTH = 32
 KNOWN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v1/models", PREDICT_PATH, "/docs", "/openapi.json"})
 
 
+SettingsT = TypeVar("SettingsT", bound=ServingSettings)
+ResourcesT = TypeVar("ResourcesT")
+
+
 @dataclass
-class Runtime:
-    """Everything a request handler needs, created in the lifespan and reached through `RuntimeDep`."""
+class Runtime(Generic[SettingsT, ResourcesT]):
+    """Everything a request handler needs, created in the lifespan and reached through a runtime dependency.
+
+    Typed by the service's own settings class and by what its resource factory opens (the image service's URL
+    fetcher; `None` for a service without one), so handlers read both without casts or string keys.
+    """
 
     service: str
-    settings: ServingSettings
+    settings: SettingsT
     model: Model[Any, Any, Any]
     metrics: ServiceMetrics
     batcher: MicroBatcher[Any, Any] | None = None
@@ -64,8 +71,15 @@ class Runtime:
     load_error: str | None = None  # set when the model failed to load: the server then exits (see serving.server)
     draining: bool = False
     inflight: int = 0
-    resources: dict[str, Any] = field(default_factory=dict)
+    opened: ResourcesT | None = None
     preprocess_limiter: anyio.CapacityLimiter | None = None
+
+    @property
+    def resources(self) -> ResourcesT:
+        """What the service's resource factory opened; NotReady (503) before the load has finished."""
+        if self.opened is None:
+            raise NotReady("the model is not loaded yet")
+        return self.opened
 
     def begin_drain(self) -> None:
         if not self.draining:
@@ -86,21 +100,21 @@ class Runtime:
         return deadline if deadline is not None else self.deadline()
 
     async def preprocess(self, raw: Any, deadline: float) -> tuple[Any, float]:
-        """The model's preprocessing in a worker thread, at most `preprocess_threads` at once, within the deadline."""
+        """The model's preprocessing within the deadline, timed: in a worker thread (at most `preprocess_threads` at
+        once), or on the event loop for a model whose preprocessing costs less than a thread hop (`inline`)."""
         start = time.perf_counter()
         try:
             with anyio.fail_after(remaining(deadline, "before preprocessing")):
-                item = await anyio.to_thread.run_sync(self._preprocess, raw, limiter=self.preprocess_limiter)
+                if self.model.preprocess_inline:
+                    item = self.model.preprocess(raw)
+                else:
+                    item = await anyio.to_thread.run_sync(self.model.preprocess, raw, limiter=self.preprocess_limiter)
         except TimeoutError:
             self.metrics.rejected.labels("deadline").inc()
             raise DeadlineExceeded("the request's deadline passed while preprocessing") from None
         elapsed = time.perf_counter() - start
         self.metrics.preprocess_seconds.observe(elapsed)
         return item, elapsed
-
-    def _preprocess(self, raw: Any) -> Any:
-        lower_thread_priority(self.settings.worker_nice)
-        return self.model.preprocess(raw)
 
     def reserve(self) -> Reservation:
         """A batch queue slot for one item, taken before any work (QueueFull, 503, at once when there is none)."""
@@ -130,12 +144,14 @@ async def ensure_client_waits(request: Request) -> None:
         raise ClientClosedRequest("the client closed the connection before the answer")
 
 
-def get_runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
+async def get_runtime(request: Request) -> Runtime[Any, Any]:
+    # async: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per request for an attribute read.
+    runtime: Runtime[Any, Any] = request.app.state.runtime
     return runtime
 
 
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+# The shared endpoints' view; a service annotates its own handlers with Runtime[ItsSettings, ItsResources].
+RuntimeDep = Annotated[Runtime[Any, Any], Depends(get_runtime)]
 
 
 async def read_body_capped(request: Request, limit: int, deadline: float | None = None) -> bytes:
@@ -257,25 +273,8 @@ def json_request_body(model: type[BaseModel], **extra_types: dict[str, Any]) -> 
     }
 
 
-_lowered = threading.local()
-
-
-def lower_thread_priority(nice: int) -> None:
-    """Make the calling thread `nice` steps less favoured, once per thread (Linux schedules threads one by one, and a
-    thread inherits the niceness of the thread that creates it, so torch's own pool follows the loading thread)."""
-    if nice <= 0 or getattr(_lowered, "done", False):
-        return
-    _lowered.done = True
-    tid = threading.get_native_id()
-    with contextlib.suppress(OSError, AttributeError):  # not Linux, or not allowed: run at the normal priority
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
-
-
-def make_batch_runner(
-    model: Model[Any, Any, Any], nice: int = 0
-) -> Callable[[Sequence[Any]], tuple[list[Any], float, float]]:
+def make_batch_runner(model: Model[Any, Any, Any]) -> Callable[[Sequence[Any]], tuple[list[Any], float, float]]:
     def run(items: Sequence[Any]) -> tuple[list[Any], float, float]:
-        lower_thread_priority(nice)
         start = time.perf_counter()
         outputs = model.predict(items)
         model.synchronize()
@@ -311,10 +310,8 @@ async def in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
     return await result
 
 
-def load_and_warm_up(model: Model[Any, Any, Any], max_batch_size: int, nice: int) -> tuple[float, float]:
-    """Load the model, then warm it up; returns the seconds of each. Runs in one thread whose niceness torch's
-    intra-op threads inherit (they start during the first computation)."""
-    lower_thread_priority(nice)
+def load_and_warm_up(model: Model[Any, Any, Any], max_batch_size: int) -> tuple[float, float]:
+    """Load the model, then warm it up; returns the seconds of each."""
     start = time.perf_counter()
     model.load()
     return time.perf_counter() - start, warm_up(model, max_batch_size)
@@ -333,7 +330,7 @@ def warm_up(model: Model[Any, Any, Any], max_batch_size: int) -> float:
 class MetricsMiddleware:
     """Counts requests by endpoint and status, times them, tracks in-flight predictions, refuses them while draining."""
 
-    def __init__(self, app: ASGIApp, runtime_of: Callable[[], Runtime | None]) -> None:
+    def __init__(self, app: ASGIApp, runtime_of: Callable[[], Runtime[Any, Any] | None]) -> None:
         self.app = app
         self.runtime_of = runtime_of
 
@@ -360,10 +357,7 @@ class MetricsMiddleware:
         try:
             refusal = self.refusal(runtime) if is_predict else None
             if refusal is not None:
-                response = JSONResponse(
-                    error_body(refusal.code, refusal.message), refusal.status_code, headers=refusal.headers
-                )
-                await response(scope, receive, send_wrapper)
+                await error_response(refusal)(scope, receive, send_wrapper)
                 return
             if is_predict:
                 scope[DEADLINE_KEY] = time.monotonic() + runtime.settings.request_timeout_s
@@ -380,14 +374,12 @@ class MetricsMiddleware:
             runtime.metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - start)
 
     @staticmethod
-    def refusal(runtime: Runtime) -> ServingError | None:
+    def refusal(runtime: Runtime[Any, Any]) -> ServingError | None:
         """Admission, before the body is read or anything fetched or decoded: refuse at once, or None to admit."""
         retry = {"Retry-After": str(runtime.settings.retry_after_s)}
         if runtime.draining:
             runtime.metrics.rejected.labels("draining").inc()
-            return Draining(
-                "the server is shutting down; retry on another replica", headers={**retry, "Connection": "close"}
-            )
+            return Draining("the server is shutting down; retry on another replica", headers=retry)
         if not runtime.ready:
             runtime.metrics.rejected.labels("not_ready").inc()
             return NotReady("the model is still loading; retry shortly", headers=retry)
@@ -400,35 +392,33 @@ class MetricsMiddleware:
         return None
 
 
-ResourceFactory = Callable[[Runtime, AsyncExitStack], Awaitable[None]]
-
-
 def create_service_app(
     *,
     service: str,
     title: str,
-    settings: ServingSettings,
-    model_factory: Callable[[ServingSettings], Model[Any, Any, Any]],
+    settings: SettingsT,
+    model_factory: Callable[[SettingsT], Model[Any, Any, Any]],
     register_routes: Callable[[FastAPI], None],
-    resources: ResourceFactory | None = None,
+    resources: Callable[[SettingsT, AsyncExitStack], Awaitable[ResourcesT]] | None = None,
 ) -> FastAPI:
-    """Build a service app. Nothing heavy happens here: the model loads in the lifespan."""
+    """Build a service app. Nothing heavy happens here: the model loads in the lifespan. `resources` opens what the
+    handlers need beside the model (closed through the exit stack at shutdown); `Runtime.resources` holds it."""
 
-    async def load(runtime: Runtime, stack: AsyncExitStack) -> None:
+    async def load(runtime: Runtime[SettingsT, ResourcesT], stack: AsyncExitStack) -> None:
         """Load, warm up, start the batcher, then turn ready. Runs while the listener already answers (503 loading)."""
-        model, threads, nice = runtime.model, settings.resolved_torch_threads(), settings.worker_nice
+        model, threads = runtime.model, settings.resolved_torch_threads()
         try:
-            loaded, warm = await in_daemon_thread(load_and_warm_up, model, settings.max_batch_size, nice)
+            loaded, warm = await in_daemon_thread(load_and_warm_up, model, settings.max_batch_size)
             for note in model.notes:
                 log.warning(note)
             if resources is not None:
-                await resources(runtime, stack)
+                runtime.opened = await resources(settings, stack)
         except Exception as exc:
             log.exception("the model failed to load: the server exits")
             runtime.load_error = f"{type(exc).__name__}: {exc}"
             return
         batcher: MicroBatcher[Any, Any] = MicroBatcher(
-            make_batch_runner(model, settings.worker_nice),
+            make_batch_runner(model),
             max_batch_size=settings.max_batch_size,
             max_wait_ms=settings.max_wait_ms,
             capacity=settings.queue_capacity,
@@ -460,7 +450,9 @@ def create_service_app(
         threads = settings.resolved_torch_threads()
         torch.set_num_threads(threads)
         model = model_factory(settings)
-        runtime = Runtime(service=service, settings=settings, model=model, metrics=ServiceMetrics(service))
+        runtime: Runtime[SettingsT, ResourcesT] = Runtime(
+            service=service, settings=settings, model=model, metrics=ServiceMetrics(service)
+        )
         runtime.preprocess_limiter = anyio.CapacityLimiter(settings.preprocess_threads or threads)
         app.state.runtime = runtime
         # The exit stack outlives the loader's task group: the batcher and the resources close after the load stops.

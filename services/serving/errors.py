@@ -75,7 +75,13 @@ class Overloaded(ServingError):
 
 
 class Draining(ServingError):
+    """Refused because the server is shutting down: the connection closes after the answer, so a keep-alive client
+    reconnects (to another replica) rather than reuse it."""
+
     status_code, code = 503, "draining"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, headers={**(headers or {}), "Connection": "close"})
 
 
 class ClientClosedRequest(ServingError):
@@ -106,21 +112,27 @@ def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
     return {"error": {"code": code, "message": message}}
 
 
+def error_response(exc: ServingError) -> JSONResponse:
+    """The one mapping of a typed error to its answer: status, `{"error": ...}` body and headers (Retry-After, ...).
+    Used by the exception handler and by admission, which refuses before any route runs."""
+    if exc.status_code >= 500 and exc.status_code != 503:
+        # A fault or a deadline: the traceback says where it happened. Refusals (503) are load, not faults.
+        log.warning("request failed (%s): %s", exc.code, exc.detail, exc_info=exc)
+    elif exc.detail != exc.message:
+        log.info("request refused (%s): %s", exc.code, exc.detail)
+    return JSONResponse(error_body(exc.code, exc.message), exc.status_code, headers=exc.headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map typed errors, validation errors, HTTP errors and unexpected faults to `{"error": {...}}` bodies."""
 
     @app.exception_handler(ServingError)
     async def _serving_error(_: Request, exc: ServingError) -> JSONResponse:
-        if exc.status_code >= 500 and exc.status_code != 503:
-            log.warning("request failed: %s", exc.detail)
-        elif exc.detail != exc.message:
-            log.info("request refused (%s): %s", exc.code, exc.detail)
-        return JSONResponse(error_body(exc.code, exc.message), exc.status_code, headers=exc.headers)
+        return error_response(exc)
 
     @app.exception_handler(ClientDisconnect)
     async def _client_gone(_: Request, exc: ClientDisconnect) -> JSONResponse:
-        gone = ClientClosedRequest("the client closed the connection before the answer")
-        return JSONResponse(error_body(gone.code, gone.message), gone.status_code)
+        return error_response(ClientClosedRequest("the client closed the connection before the answer"))
 
     @app.exception_handler(RecursionError)
     async def _too_deep(_: Request, exc: RecursionError) -> JSONResponse:

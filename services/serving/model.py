@@ -45,6 +45,9 @@ class Model(ABC, Generic[Raw, Item, Out]):
     name: str
     version: str
     labels: list[str]
+    # True when preprocessing one item costs less than a hop to a worker thread and back (tokenizing a short text):
+    # it then runs, still timed and under the deadline, on the event loop.
+    preprocess_inline: bool = False
 
     def __init__(self, settings: ServingSettings) -> None:
         self.settings = settings

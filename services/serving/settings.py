@@ -67,13 +67,6 @@ class ServingSettings(BaseSettings):
     gil_switch_interval_s: float = Field(
         default=0.001, gt=0, le=0.1, description="sys.setswitchinterval: how soon the event loop gets the GIL back."
     )
-    worker_nice: int = Field(
-        default=10,
-        ge=0,
-        le=19,
-        description="Niceness added to the loading, preprocessing and inference threads, so that the event loop "
-        "(admission, 503s, probes) gets a CPU first when every core is busy. 0: off.",
-    )
     request_timeout_s: float = Field(
         default=10.0, gt=0, description="Deadline of a whole request from arrival: body, fetch, decode, queue, compute."
     )

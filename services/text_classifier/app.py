@@ -5,24 +5,24 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from pydantic import BaseModel, Field, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from serving.app import (
     PREDICT_ERRORS,
-    RuntimeDep,
+    Runtime,
     create_service_app,
     ensure_client_waits,
+    get_runtime,
     json_request_body,
     parse_json_body,
     read_body_capped,
     require_exactly_one,
 )
 from serving.errors import InvalidRequest
-from serving.settings import ServingSettings
 from text_classifier.model import TextClassifier
 from text_classifier.settings import Settings
 
@@ -81,6 +81,9 @@ def check_texts(texts: list[str], settings: Settings) -> None:
             )
 
 
+TextRuntimeDep = Annotated[Runtime[Settings, None], Depends(get_runtime)]
+
+
 def register_routes(app: FastAPI) -> None:
     @app.post(
         "/v1/predict",
@@ -90,18 +93,18 @@ def register_routes(app: FastAPI) -> None:
         summary="Classify one text ({text}) or several ({texts}); one prediction per text, in order.",
         openapi_extra=json_request_body(PredictRequest),
     )
-    async def predict(request: Request, runtime: RuntimeDep) -> dict[str, Any]:
+    async def predict(request: Request, runtime: TextRuntimeDep) -> dict[str, Any]:
         start = time.perf_counter()
         deadline = runtime.deadline_of(request)
         settings = runtime.settings
-        assert isinstance(settings, Settings)
         body = await read_body_capped(request, settings.max_body_bytes, deadline)
         texts = parse_json_body(request, body, PredictRequest).items()
         check_texts(texts, settings)
         await ensure_client_waits(request)
         model = runtime.model
         # Each text is one batch item, so a multi-text request fills batches the same way many clients do.
-        results = await asyncio.gather(*(runtime.infer(model.preprocess(t), deadline) for t in texts))
+        items = [item for item, _ in [await runtime.preprocess(t, deadline) for t in texts]]
+        results = await asyncio.gather(*(runtime.infer(item, deadline) for item in items))
         slowest = max(results, key=lambda r: r[1].queue_wait_s + r[1].inference_s)[1]
         return {
             "predictions": [prediction for prediction, _ in results],
@@ -116,17 +119,12 @@ def register_routes(app: FastAPI) -> None:
         }
 
 
-def _model(settings: ServingSettings) -> TextClassifier:
-    assert isinstance(settings, Settings)
-    return TextClassifier(settings)
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     """uvicorn factory: `uvicorn --factory text_classifier.app:create_app`."""
     return create_service_app(
         service=SERVICE,
         title="Text classifier",
         settings=settings or Settings(),
-        model_factory=_model,
+        model_factory=TextClassifier,
         register_routes=register_routes,
     )
