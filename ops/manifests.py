@@ -18,7 +18,9 @@ from typing import Any
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from ops import core
+from ops.core import REPO_ROOT, OpsError
+
 MANIFESTS_DIR = REPO_ROOT / "manifests"
 COMPONENTS_DIR = MANIFESTS_DIR / "components"
 OVERLAYS_DIR = REPO_ROOT / "overlays"
@@ -36,12 +38,12 @@ OPTIONAL_COMPONENTS = ("gpu-queue-autoscaling", "nvidia-device-plugin/time-slici
 # The overlay the README diagram is drawn from.
 DIAGRAM_OVERLAY = "eks-prod"
 
-# Our two services: Deployment name -> settings env prefix.
-SERVICES = {"image-classifier": "IMAGE_CLASSIFIER_", "text-classifier": "TEXT_CLASSIFIER_"}
-GPU_SERVICE = "image-classifier"
-CPU_SERVICES = ("text-classifier",)
-SERVICE_UID = 10001
-SERVICE_PORT = 8080
+# Views of the service registry (ops.core): Deployment name -> settings env prefix, and which one wants a GPU.
+SERVICES = {s.name: s.env_prefix for s in core.SERVICES.values()}
+GPU_SERVICE = next(s.name for s in core.SERVICES.values() if s.gpu)
+CPU_SERVICES = tuple(s.name for s in core.SERVICES.values() if not s.gpu)
+SERVICE_UID = core.SERVICE_UID
+SERVICE_PORT = core.CONTAINER_PORT
 DEFAULT_DRAIN_TIMEOUT_S = 20.0
 
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -120,7 +122,7 @@ CRD_SCHEMAS[("datadoghq.com/v1alpha1", "DatadogMetric")] = {
 }
 
 
-class ManifestError(RuntimeError):
+class ManifestError(OpsError):
     """An overlay does not render."""
 
 
@@ -1416,10 +1418,9 @@ def inventory(objects: Iterable[Obj]) -> list[str]:
 
 def print_reports(reports: list[OverlayReport], console: Any | None = None) -> None:
     """A rich table (one row per check, one column per overlay), then every error and violation."""
-    from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    console = console or core.out
     table = Table(title=f"Kustomize {kustomize_version()}, schemas of Kubernetes {schema_version()} (strict)")
     table.add_column("check", no_wrap=True)
     for r in reports:

@@ -20,24 +20,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from ops.core import REPO_ROOT, OpsError, cache_root, console
+
 MANIFEST_PATH = REPO_ROOT / "tools.toml"
 UNVERIFIED = "unverified"
 STAMP_NAME = "source.json"
 UNAVAILABLE_NAME = "unavailable.json"
 DOWNLOAD_TIMEOUT_S = 60.0
 
-console = Console(stderr=True)
 
-
-class ToolError(RuntimeError):
+class ToolError(OpsError):
     """A tool could not be obtained by any path; the message says why for each path tried."""
 
 
-class ChecksumError(RuntimeError):
+class ChecksumError(OpsError):
     """A download is unverifiable (no pinned sha256) or did not match its pinned sha256."""
 
 
@@ -168,12 +166,6 @@ def load_manifest(path: Path = MANIFEST_PATH) -> Manifest:
 
 
 # --- cache layout --------------------------------------------------------------------------------
-
-
-def cache_root() -> Path:
-    """`${XDG_CACHE_HOME:-~/.cache}/eks-inference`: outside the checkout, so a fresh CI clone reuses it."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "eks-inference"
 
 
 def tool_dir(spec: ToolSpec) -> Path:

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from ops import images
+from ops import core, images
 
 
 def test_every_dockerfile_is_found() -> None:
@@ -47,7 +47,7 @@ def test_base_has_slim_runtime_stage_and_oci_labels(base: images.Base) -> None:
 
 
 @pytest.mark.parametrize("spec", images.SERVICES.values(), ids=list(images.SERVICES))
-def test_service_layers_dependencies_before_code(spec: images.ServiceSpec) -> None:
+def test_service_layers_dependencies_before_code(spec: core.Service) -> None:
     text = spec.dockerfile.read_text()
     assert text.index("pip install") < text.index(f"COPY models/{spec.bundle}") < text.index("COPY services/")
     assert re.search(rf'^ENTRYPOINT \["python", "-m", "{spec.package}"\]$', text, flags=re.M)

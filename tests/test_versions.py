@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from ops import images
+from ops import core, images
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -157,7 +157,7 @@ def test_base_dockerfile_args_match_matrix(base: images.Base, versions: dict[str
 
 
 @pytest.mark.parametrize("spec", images.SERVICES.values(), ids=list(images.SERVICES))
-def test_service_dockerfile_defaults(spec: images.ServiceSpec) -> None:
+def test_service_dockerfile_defaults(spec: core.Service) -> None:
     defaults = dockerfile_arg_defaults(spec.dockerfile)
     assert defaults["BASE_IMAGE"] == f"{images.base_repository('cpu')}:{images.base_version_tag()}"
     assert defaults["WHEELHOUSE_URL"] == images.wheelhouse_url(images.DEFAULT_WHEELHOUSE_PORT)

@@ -27,9 +27,9 @@ from typing import Any, Literal
 import yaml
 
 from ops import deploy, images, tools
+from ops.core import REPO_ROOT, OpsError, console
 from ops.k8s import nodeimage
 
-REPO_ROOT = images.REPO_ROOT
 CLUSTER_CONFIG = REPO_ROOT / "kind" / "cluster.yaml"
 METRICS_SERVER = REPO_ROOT / "kind" / "addons" / "metrics-server.yaml"
 KIND_NETWORK = "kind"
@@ -41,10 +41,9 @@ SERVICE_PORT = 80
 REGISTRY_PROBE = "https://registry-1.docker.io/v2/"
 
 NodeImageMode = Literal["auto", "upstream", "offline"]
-console = tools.console
 
 
-class KindError(RuntimeError):
+class KindError(OpsError):
     """A kind or cluster step failed; the message carries the command's own words."""
 
 

@@ -28,8 +28,9 @@ from typing import Any
 import yaml
 
 from ops import images, tools
+from ops.core import REPO_ROOT, OpsError, cache_root, console
 
-NODE_DIR = images.REPO_ROOT / "kind" / "node-image"
+NODE_DIR = REPO_ROOT / "kind" / "node-image"
 NODE_REPOSITORY = "eks-inference/kind-node"
 PARTS_REPOSITORY = "eks-inference/kind-parts"
 # The image's own record of the kubeadm ClusterConfiguration patch its images need (JSON).
@@ -39,10 +40,8 @@ FINGERPRINT_LABEL = "io.eks-inference.kind.fingerprint"
 NODE_TOOLS = ("kubelet", "kubeadm", "kubectl", "crictl")
 KUBEADM_API = "kubeadm.k8s.io/v1beta4"
 
-console = tools.console
 
-
-class NodeImageError(RuntimeError):
+class NodeImageError(OpsError):
     """The node image cannot be planned or built; the message says what is missing."""
 
 
@@ -314,7 +313,7 @@ def _build_parts(p: Plan, os_image: str, parts: Path) -> list[str]:
 
 
 def _scratch_dir() -> Path:
-    path = tools.cache_root() / "tmp"
+    path = cache_root() / "tmp"
     path.mkdir(parents=True, exist_ok=True)
     return path
 

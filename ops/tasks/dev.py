@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from invoke import Collection, Context, task
+
+from ops.core import cache_root
 
 
 @task
@@ -14,7 +15,7 @@ def lint(c: Context) -> None:
     c.run("ruff check .", echo=True, pty=False)
     c.run("ruff format --check .", echo=True, pty=False)
     # The cache lives outside the checkout so a fresh CI clone does not re-analyse torch from scratch.
-    cache = os.environ.get("MYPY_CACHE_DIR") or str(Path.home() / ".cache" / "eks-inference" / "mypy")
+    cache = os.environ.get("MYPY_CACHE_DIR") or str(cache_root() / "mypy")
     c.run("mypy", echo=True, pty=False, env={"MYPY_CACHE_DIR": cache})
     c.run("invoke images.lint", echo=True, pty=False)
 

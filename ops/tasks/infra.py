@@ -7,12 +7,11 @@ import sys
 from pathlib import Path
 
 from invoke import Collection, Context, Exit, task
-from rich.console import Console
 
+from ops.core import out as console
 from ops.infra import deploy as deploy_mod
 from ops.infra import settings
 
-console = Console()
 ENVS = ", ".join(settings.ENV_OVERLAYS)
 
 

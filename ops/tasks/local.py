@@ -12,11 +12,10 @@ from invoke import Collection, Context, Exit, task
 from rich.table import Table
 
 from ops import images, tools
+from ops.core import console
 from ops.deploy import DeployRefused
 from ops.k8s import kind as kind_mod
 from ops.k8s import nodeimage
-
-console = tools.console
 
 
 def _kind(kubeconfig: str | None) -> kind_mod.Kind:

@@ -5,11 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from invoke import Collection, Context, Exit, task
-from rich.console import Console
 
 from ops import manifests as m
-
-console = Console()
+from ops.core import out as console
 
 
 @task(

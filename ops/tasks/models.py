@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 from invoke import Collection, Context, task
-from rich.console import Console
 
-console = Console()
+from ops.core import cache_root
+from ops.core import out as console
 
 
 @task(help={"out": "Folder for the bundles (default: models/ in the repository)."})
@@ -54,9 +54,7 @@ def convert(
         categories = list(torchvision.models.get_model_weights(arch).DEFAULT.meta["categories"])
         path = Path(weights)
     else:
-        path, categories = download_torchvision_weights(
-            arch, Path.home() / ".cache" / "eks-inference" / "weights", sha256 or None
-        )
+        path, categories = download_torchvision_weights(arch, cache_root() / "weights", sha256 or None)
     target = Path(out) if out else DEFAULT_OUT / f"{arch}-imagenet"
     convert_torchvision(path, target, architecture=arch, labels=categories, version=version)
     console.print(f"[green]bundle written[/] {target}")

@@ -5,9 +5,8 @@ from __future__ import annotations
 import time
 
 from invoke import Collection, Context, task
-from rich.console import Console
 
-console = Console()
+from ops.core import out as console
 
 
 @task(help={"only": "Run one service: image-classifier or text-classifier (default: both)."})
