@@ -10,8 +10,8 @@ from typing import Any
 import yaml
 
 from ops import core
-from ops.cluster import NodeGroup, load_nodegroups
 from ops.core import REPO_ROOT, OpsError
+from ops.k8s.nodegroups import NodeGroup, load_nodegroups
 
 OVERLAYS_DIR = REPO_ROOT / "overlays"
 VERSIONS_PATH = REPO_ROOT / "base-images" / "versions.toml"

@@ -26,9 +26,9 @@ from typing import Any, Literal
 
 import yaml
 
-from ops import deploy, images, tools
+from ops import images, tools
 from ops.core import REPO_ROOT, OpsError, console
-from ops.k8s import nodeimage
+from ops.k8s import deploy, nodeimage
 
 CLUSTER_CONFIG = REPO_ROOT / "kind" / "cluster.yaml"
 METRICS_SERVER = REPO_ROOT / "kind" / "addons" / "metrics-server.yaml"

@@ -7,8 +7,8 @@ from pathlib import Path
 from invoke import Collection, Context, Exit, task
 from rich.table import Table
 
-from ops import cluster as cluster_mod
-from ops import deploy as deploy_mod
+from ops.k8s import deploy as deploy_mod
+from ops.k8s import sim as cluster_mod
 from ops.tasks.local import node_image
 
 

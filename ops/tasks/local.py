@@ -13,9 +13,9 @@ from rich.table import Table
 
 from ops import images, tools
 from ops.core import console
-from ops.deploy import DeployRefused
 from ops.k8s import kind as kind_mod
 from ops.k8s import nodeimage
+from ops.k8s.deploy import DeployRefused
 
 
 def _kind(kubeconfig: str | None) -> kind_mod.Kind:

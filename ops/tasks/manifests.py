@@ -1,4 +1,4 @@
-"""invoke tasks for the Kustomize manifests: render, validate, diagram, inventory (logic in ops.manifests)."""
+"""invoke tasks for the Kustomize manifests: render, validate, diagram, inventory (logic in ops.k8s)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ from pathlib import Path
 
 from invoke import Collection, Context, Exit, task
 
-from ops import manifests as m
+from ops import core
 from ops.core import out as console
+from ops.k8s import docs, policies
+from ops.k8s import objects as k8s_objects
+from ops.k8s import render as k8s_render
 
 
 @task(
@@ -29,10 +32,10 @@ def render(
         if component:
             import yaml
 
-            text = yaml.safe_dump_all(m.render_with_components(overlay, component), sort_keys=False)
+            text = yaml.safe_dump_all(k8s_render.render_with_components(overlay, component), sort_keys=False)
         else:
-            text = m.render_text(overlay)
-    except m.ManifestError as exc:
+            text = k8s_render.render_text(overlay)
+    except k8s_render.ManifestError as exc:
         raise Exit(str(exc), code=1) from exc
     if output:
         Path(output).write_text(text)
@@ -50,12 +53,12 @@ def render(
 )
 def validate(c: Context, overlay: list[str] | None = None, optional: bool = True) -> None:
     """Render every overlay (no warnings allowed), validate schemas offline (strict), run the policies."""
-    names = overlay or list(m.OVERLAYS)
-    reports = [m.validate_overlay(name) for name in names]
+    names = overlay or list(k8s_render.OVERLAYS)
+    reports = [policies.validate_overlay(name) for name in names]
     if optional and not overlay:
-        reports += [m.validate_overlay("eks-prod", [comp]) for comp in m.OPTIONAL_COMPONENTS]
-    m.print_reports(reports, console)
-    stale = [(doc, name) for doc in m.GENERATED_DOCS for name in m.stale_doc_sections(doc)] if not overlay else []
+        reports += [policies.validate_overlay("eks-prod", [comp]) for comp in k8s_render.OPTIONAL_COMPONENTS]
+    policies.print_reports(reports, console)
+    stale = [(doc, name) for doc in docs.GENERATED_DOCS for name in docs.stale_doc_sections(doc)] if not overlay else []
     for doc, name in stale:
         console.print(f"[red]{doc.name}: section {name} is stale; run `invoke manifests.diagram --write`[/]")
     if stale or not all(r.ok for r in reports):
@@ -66,11 +69,11 @@ def validate(c: Context, overlay: list[str] | None = None, optional: bool = True
 def diagram(c: Context, write: bool = False) -> None:
     """Mermaid diagram of the node groups and the workloads each can run, drawn from the eks-prod overlay."""
     if write:
-        for doc in m.GENERATED_DOCS:
-            changed = m.write_doc_sections(doc)
-            console.print(f"{doc.relative_to(m.REPO_ROOT)}: {', '.join(changed) or 'already current'}")
+        for doc in docs.GENERATED_DOCS:
+            changed = docs.write_doc_sections(doc)
+            console.print(f"{doc.relative_to(core.REPO_ROOT)}: {', '.join(changed) or 'already current'}")
     else:
-        print(m.mermaid(), end="")
+        print(docs.mermaid(), end="")
 
 
 @task(
@@ -79,10 +82,10 @@ def diagram(c: Context, write: bool = False) -> None:
 )
 def inventory(c: Context, overlay: list[str] | None = None) -> None:
     """List every rendered object (kind/name and namespace) per overlay."""
-    for name in overlay or m.OVERLAYS:
-        objects = m.render(name)
+    for name in overlay or k8s_render.OVERLAYS:
+        objects = k8s_render.render(name)
         console.print(f"[bold]{name}[/] ({len(objects)} objects)")
-        for line in m.inventory(objects):
+        for line in k8s_objects.inventory(objects):
             console.print(f"  {line}", highlight=False)
 
 

@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from ops.cluster import SimCluster, load_nodegroups
+from ops.k8s.nodegroups import load_nodegroups
+from ops.k8s.sim import SimCluster
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,10 @@ from typing import Any
 import pytest
 import yaml
 
-from ops import manifests as m
-from ops.cluster import SimCluster, load_nodegroups, node_manifest, wait_until
+from ops import images
+from ops.k8s import nodegroups, objects, render
+from ops.k8s.nodegroups import load_nodegroups
+from ops.k8s.sim import SimCluster, node_manifest, wait_until
 
 BINARY_ENV = "EKS_INFERENCE_CLUSTER_AUTOSCALER"
 NAMESPACE = "ca-test"
@@ -54,12 +56,15 @@ pytestmark = [
 
 def provider_config() -> dict[str, Any]:
     """kwok-provider-config: template nodes from a ConfigMap, grouped by the EKS node group label."""
-    gpu_types: dict[str, dict[str, Any]] = {g["accelerator_label"]: {} for g in m.versions()["gpus"]}
+    gpu_types: dict[str, dict[str, Any]] = {g["accelerator_label"]: {} for g in images.load_versions()["gpus"]}
     return {
         "apiVersion": "v1alpha1",
         "readNodesFrom": "configmap",
         "nodegroups": {"fromNodeAnnotationKey": GROUP_ANNOTATION},
-        "nodes": {"skipTaint": True, "gpuConfig": {"gpuLabelKey": m.ACCELERATOR_LABEL, "availableGPUTypes": gpu_types}},
+        "nodes": {
+            "skipTaint": True,
+            "gpuConfig": {"gpuLabelKey": nodegroups.ACCELERATOR_LABEL, "availableGPUTypes": gpu_types},
+        },
         "configmap": {"name": "kwok-provider-templates", "key": "templates"},
     }
 
@@ -169,7 +174,7 @@ def nodes_of(sim: SimCluster, group: str) -> list[str]:
 
 def pod_from(deployment: str, name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """A bare Pod with the scheduling shape of a rendered eks-prod Deployment (requests, affinity, tolerations)."""
-    (dep,) = m.find(m.render("eks-prod"), "Deployment", deployment)
+    (dep,) = objects.find(render.render("eks-prod"), "Deployment", deployment)
     spec = dep["spec"]["template"]["spec"]
     container = spec["containers"][0]
     resources = {k: dict(v) for k, v in container["resources"].items()}

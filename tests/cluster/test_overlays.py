@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ops import deploy
-from ops.cluster import SimCluster
+from ops.k8s import deploy
+from ops.k8s.sim import SimCluster
 
 pytestmark = pytest.mark.cluster
 

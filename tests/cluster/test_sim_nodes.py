@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from ops.cluster import SimCluster, load_nodegroups
+from ops.k8s.nodegroups import load_nodegroups
+from ops.k8s.sim import SimCluster
 
 pytestmark = pytest.mark.cluster
 

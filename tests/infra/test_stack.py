@@ -7,11 +7,12 @@ from typing import Any
 import pytest
 from aws_cdk.assertions import Match, Template
 
-from ops import manifests as m
-from ops.cluster import load_nodegroups
 from ops.infra import settings
 from ops.infra.stack import AUTOSCALER_READ_ACTIONS, AUTOSCALER_WRITE_ACTIONS, KUBELET_OWNED_LABELS
 from ops.infra.synth import Synthesized, build
+from ops.k8s import nodegroups as k8s_nodegroups
+from ops.k8s import objects, policies, render
+from ops.k8s.nodegroups import load_nodegroups
 
 ENVS = sorted(settings.ENV_OVERLAYS)
 
@@ -65,7 +66,7 @@ def test_gpu_group_is_the_pinned_nvidia_al2023_ami(prod: Template) -> None:
     assert eks["gpu_ami_release_version"].startswith(minor + ".")
     assert eks["gpu_ami_release_version"].endswith("-" + date)
     # The label everything GPU keys on (device plugin, DCGM, the GPU affinity, the autoscaler) comes from here.
-    assert gpu["Labels"][m.ACCELERATOR_LABEL] == "nvidia-tesla-t4"
+    assert gpu["Labels"][k8s_nodegroups.ACCELERATOR_LABEL] == "nvidia-tesla-t4"
     assert gpu["Taints"] == [{"Key": "nvidia.com/gpu", "Value": "true", "Effect": "NO_SCHEDULE"}]
     assert "ReleaseVersion" not in groups["cpu-general"]
     assert groups["cpu-general"]["AmiType"] == "AL2023_x86_64_STANDARD"
@@ -73,7 +74,9 @@ def test_gpu_group_is_the_pinned_nvidia_al2023_ami(prod: Template) -> None:
 
 def test_gpu_group_holds_the_hpa_maximum_plus_a_rollout_surge(prod: Template) -> None:
     gpu = _nodegroups(prod)["gpu-t4"]
-    assert gpu["ScalingConfig"]["MaxSize"] * 1 == m.gpu_capacity() == m.gpu_peak(m.render("eks-prod"))
+    assert (
+        gpu["ScalingConfig"]["MaxSize"] * 1 == policies.gpu_capacity() == policies.gpu_peak(render.render("eks-prod"))
+    )
 
 
 def test_node_groups_follow_nodegroups_yaml(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
@@ -102,7 +105,9 @@ def test_cluster(templates: dict[str, Template], env: str) -> None:
 
 
 def test_the_cluster_name_is_the_one_the_autoscaler_discovers(rendered_prod: list[dict[str, Any]]) -> None:
-    (cm,) = [o for o in m.find(rendered_prod, "ConfigMap") if o["metadata"]["name"].startswith("cluster-autoscaler")]
+    (cm,) = [
+        o for o in objects.find(rendered_prod, "ConfigMap") if o["metadata"]["name"].startswith("cluster-autoscaler")
+    ]
     assert cm["data"]["CLUSTER_NAME"] == settings.environment("prod").cluster_name
 
 
@@ -126,13 +131,13 @@ def test_nodes_wait_for_the_cni_and_coredns_for_a_node(prod: Template) -> None:
 
 @pytest.fixture(scope="module")
 def rendered_prod() -> list[dict[str, Any]]:
-    return m.render("eks-prod")
+    return render.render("eks-prod")
 
 
 def test_autoscaler_role_is_bound_to_its_service_account(prod: Template, rendered_prod: list[dict[str, Any]]) -> None:
     environment = settings.environment("prod")
     association = _one(prod, "AWS::EKS::PodIdentityAssociation")
-    (sa,) = m.find(rendered_prod, "ServiceAccount", "cluster-autoscaler")
+    (sa,) = objects.find(rendered_prod, "ServiceAccount", "cluster-autoscaler")
     assert (association["Namespace"], association["ServiceAccount"]) == (
         sa["metadata"]["namespace"],
         sa["metadata"]["name"],

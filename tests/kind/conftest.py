@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from kindkit import UP_TIMEOUT_S, KindSession, invoke
-from ops import deploy, images
+from ops import images
+from ops.k8s import deploy
 from ops.k8s import kind as kind_mod
 
 REPO = Path(__file__).resolve().parents[2]

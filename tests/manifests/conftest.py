@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from ops import manifests as m
+from ops.k8s import render
 
 Obj = dict[str, Any]
 
@@ -16,9 +16,9 @@ Obj = dict[str, Any]
 @pytest.fixture(scope="session")
 def rendered() -> dict[str, list[Obj]]:
     """Overlay name (plus "eks-prod+<component>" for each optional component) -> rendered objects."""
-    out = {name: m.render(name) for name in m.OVERLAYS}
-    for component in m.OPTIONAL_COMPONENTS:
-        out[f"eks-prod+{component}"] = m.render_with_components("eks-prod", [component])
+    out = {name: render.render(name) for name in render.OVERLAYS}
+    for component in render.OPTIONAL_COMPONENTS:
+        out[f"eks-prod+{component}"] = render.render_with_components("eks-prod", [component])
     return out
 
 

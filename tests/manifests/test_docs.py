@@ -6,26 +6,27 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ops import manifests as m
+from ops.k8s import docs, nodegroups, render
+from ops.k8s import objects as k8s_objects
 
 
 def test_generated_sections_are_current() -> None:
-    assert m.stale_doc_sections() == [], "run `invoke manifests.diagram --write`"
-    assert m.stale_doc_sections(m.README_PATH) == [], "run `invoke manifests.diagram --write`"
+    assert docs.stale_doc_sections() == [], "run `invoke manifests.diagram --write`"
+    assert docs.stale_doc_sections(docs.README_PATH) == [], "run `invoke manifests.diagram --write`"
 
 
 def test_a_stale_diagram_is_detected_and_rewritten(tmp_path: Path) -> None:
     doc = tmp_path / "manifests.md"
-    shutil.copy(m.DOC_PATH, doc)
+    shutil.copy(docs.DOC_PATH, doc)
     doc.write_text(doc.read_text().replace("cpu_general", "cpu_elsewhere", 1))
-    assert m.stale_doc_sections(doc) == ["placement-diagram"]
-    assert m.write_doc_sections(doc) == ["placement-diagram"]
-    assert m.stale_doc_sections(doc) == []
-    assert doc.read_text() == m.DOC_PATH.read_text()
+    assert docs.stale_doc_sections(doc) == ["placement-diagram"]
+    assert docs.write_doc_sections(doc) == ["placement-diagram"]
+    assert docs.stale_doc_sections(doc) == []
+    assert doc.read_text() == docs.DOC_PATH.read_text()
 
 
 def test_diagram_puts_each_workload_in_its_node_group(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    text = m.mermaid(objects=rendered["eks-prod"])
+    text = docs.mermaid(objects=rendered["eks-prod"])
     assert text.startswith("flowchart")
     blocks = {}
     for chunk in text.split("  subgraph ")[1:]:
@@ -43,13 +44,13 @@ def test_diagram_puts_each_workload_in_its_node_group(rendered: dict[str, list[d
 
 def test_gpu_group_scale_from_zero_template() -> None:
     """At zero nodes the autoscaler needs no node-template ASG tags for a plain GPU group (issue 12, item 8)."""
-    gpu = next(g for g in m.nodegroups() if g["name"] == "gpu-t4")
-    rows = {what: (value, source) for what, value, source in m.scale_from_zero_template(gpu)}
+    gpu = nodegroups.load_nodegroups()["gpu-t4"]
+    rows = {what: (value, source) for what, value, source in docs.scale_from_zero_template(gpu)}
     assert rows["nvidia.com/gpu"] == ("1", "its EC2 instance-type table (g4dn.xlarge)")
     assert "`k8s.amazonaws.com/accelerator=nvidia-tesla-t4`" in rows["labels"][0]
     assert "DescribeNodegroup" in rows["labels"][1]
     assert rows["taints"][0] == "`nvidia.com/gpu=true:NoSchedule`"
-    (ca,) = m.find(m.render("eks-prod"), "Deployment", "cluster-autoscaler")
+    (ca,) = k8s_objects.find(render.render("eks-prod"), "Deployment", "cluster-autoscaler")
     flags = ca["spec"]["template"]["spec"]["containers"][0]["command"]
     discovery = "asg:tag=k8s.io/cluster-autoscaler/enabled,k8s.io/cluster-autoscaler/$(CLUSTER_NAME)"
     assert f"--node-group-auto-discovery={discovery}" in flags
@@ -59,11 +60,11 @@ def test_gpu_group_scale_from_zero_template() -> None:
 
 def test_cluster_name_reaches_the_autoscaler(rendered: dict[str, list[dict[str, Any]]]) -> None:
     for overlay, cluster in (("eks-staging", "eks-inference-staging"), ("eks-prod", "eks-inference-prod")):
-        (ca,) = m.find(rendered[overlay], "Deployment", "cluster-autoscaler")
+        (ca,) = k8s_objects.find(rendered[overlay], "Deployment", "cluster-autoscaler")
         c = ca["spec"]["template"]["spec"]["containers"][0]
         cm_name = next(e for e in c["env"] if e["name"] == "CLUSTER_NAME")["valueFrom"]["configMapKeyRef"]["name"]
-        (cm,) = m.find(rendered[overlay], "ConfigMap", cm_name)
+        (cm,) = k8s_objects.find(rendered[overlay], "ConfigMap", cm_name)
         assert cm["data"]["CLUSTER_NAME"] == cluster
         # Pod Identity (infra/), not IRSA: an IRSA annotation would shadow the Pod Identity credentials.
-        (sa,) = m.find(rendered[overlay], "ServiceAccount", "cluster-autoscaler")
+        (sa,) = k8s_objects.find(rendered[overlay], "ServiceAccount", "cluster-autoscaler")
         assert "eks.amazonaws.com/role-arn" not in sa["metadata"].get("annotations", {})

@@ -7,14 +7,16 @@ from typing import Any
 
 import pytest
 
-from ops import manifests as m
+from ops.k8s import objects as k8s_objects
+from ops.k8s import policies as k8s_policies
+from ops.k8s import render, schema
 
 Obj = dict[str, Any]
 QUEUE = "eks-prod+gpu-queue-autoscaling"
 
 
 def _violations(policy: str, overlay: str, objects: list[Obj]) -> list[str]:
-    found = m.POLICIES[policy](overlay, objects)
+    found = k8s_policies.POLICIES[policy](overlay, objects)
     assert found, f"{policy} missed the planted mistake"
     return found
 
@@ -26,16 +28,16 @@ def _without(objects: list[Obj], kind: str, name: str) -> list[Obj]:
 # --- NetworkPolicies -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("overlay", m.EKS_OVERLAYS)
+@pytest.mark.parametrize("overlay", render.EKS_OVERLAYS)
 def test_eks_overlays_render_the_network_policies(overlay: str, rendered: dict[str, list[Obj]]) -> None:
-    policies = {o["metadata"]["name"]: o for o in m.find(rendered[overlay], "NetworkPolicy")}
+    policies = {o["metadata"]["name"]: o for o in k8s_objects.find(rendered[overlay], "NetworkPolicy")}
     assert set(policies) == {"default-deny", "allow-inference-http", "allow-dns-egress"}
     assert {o["metadata"]["namespace"] for o in policies.values()} == {"inference"}
     assert policies["default-deny"]["spec"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
 
 
 def test_local_has_no_network_policies(rendered: dict[str, list[Obj]]) -> None:
-    assert m.find(rendered["local"], "NetworkPolicy") == []
+    assert k8s_objects.find(rendered["local"], "NetworkPolicy") == []
 
 
 def test_without_default_deny(fresh: Callable[[str], list[Obj]]) -> None:
@@ -48,31 +50,31 @@ def test_without_default_deny(fresh: Callable[[str], list[Obj]]) -> None:
 def test_without_the_service_port(fresh: Callable[[str], list[Obj]]) -> None:
     objects = _without(fresh("eks-prod"), "NetworkPolicy", "allow-inference-http")
     found = _violations("network-policy", "eks-prod", objects)
-    for name in m.SERVICES:
+    for name in k8s_policies.SERVICES:
         assert f"Deployment/{name}: no NetworkPolicy admits Service/{name} port 80 (target http)" in found
         assert f"Deployment/{name}: no NetworkPolicy admits the metrics scrape on port 8080" in found
 
 
 def test_a_service_port_open_only_to_some_peers_does_not_count(fresh: Callable[[str], list[Obj]]) -> None:
     objects = fresh("eks-prod")
-    (np_,) = m.find(objects, "NetworkPolicy", "allow-inference-http")
+    (np_,) = k8s_objects.find(objects, "NetworkPolicy", "allow-inference-http")
     np_["spec"]["ingress"][0]["from"] = [{"podSelector": {"matchLabels": {"role": "frontend"}}}]
     assert len(_violations("network-policy", "eks-prod", objects)) == 4
 
 
 def test_wrong_port_number(fresh: Callable[[str], list[Obj]]) -> None:
     objects = fresh("eks-prod")
-    (np_,) = m.find(objects, "NetworkPolicy", "allow-inference-http")
+    (np_,) = k8s_objects.find(objects, "NetworkPolicy", "allow-inference-http")
     np_["spec"]["ingress"][0]["ports"] = [{"protocol": "TCP", "port": 9090}]
     _violations("network-policy", "eks-prod", objects)
     np_["spec"]["ingress"][0]["ports"] = [{"protocol": "TCP", "port": 8080}]  # by number works as well as by name
-    assert m.check_network_policy("eks-prod", objects) == []
+    assert k8s_policies.check_network_policy("eks-prod", objects) == []
 
 
 @pytest.mark.parametrize("protocol", ["UDP", "TCP"])
 def test_dns_egress_needs_both_protocols(fresh: Callable[[str], list[Obj]], protocol: str) -> None:
     objects = fresh("eks-prod")
-    (np_,) = m.find(objects, "NetworkPolicy", "allow-dns-egress")
+    (np_,) = k8s_objects.find(objects, "NetworkPolicy", "allow-dns-egress")
     rule = np_["spec"]["egress"][0]
     rule["ports"] = [p for p in rule["ports"] if p["protocol"] != protocol]
     found = _violations("network-policy", "eks-prod", objects)
@@ -82,29 +84,29 @@ def test_dns_egress_needs_both_protocols(fresh: Callable[[str], list[Obj]], prot
 # --- PriorityClass and the GPU quota -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("overlay", m.EKS_OVERLAYS)
+@pytest.mark.parametrize("overlay", render.EKS_OVERLAYS)
 def test_services_run_at_the_serving_priority(overlay: str, rendered: dict[str, list[Obj]]) -> None:
-    (pc,) = m.find(rendered[overlay], "PriorityClass")
-    assert pc["metadata"]["name"] == m.SERVING_PRIORITY_CLASS
+    (pc,) = k8s_objects.find(rendered[overlay], "PriorityClass")
+    assert pc["metadata"]["name"] == k8s_policies.SERVING_PRIORITY_CLASS
     assert "namespace" not in pc["metadata"]
-    for name in m.SERVICES:
-        (dep,) = m.find(rendered[overlay], "Deployment", name)
-        assert dep["spec"]["template"]["spec"]["priorityClassName"] == m.SERVING_PRIORITY_CLASS
+    for name in k8s_policies.SERVICES:
+        (dep,) = k8s_objects.find(rendered[overlay], "Deployment", name)
+        assert dep["spec"]["template"]["spec"]["priorityClassName"] == k8s_policies.SERVING_PRIORITY_CLASS
     # The autoscaler and the node agents keep their system classes.
-    (ca,) = m.find(rendered[overlay], "Deployment", "cluster-autoscaler")
+    (ca,) = k8s_objects.find(rendered[overlay], "Deployment", "cluster-autoscaler")
     assert ca["spec"]["template"]["spec"]["priorityClassName"] == "system-cluster-critical"
 
 
 def test_gpu_quota_is_the_gpu_capacity(rendered: dict[str, list[Obj]]) -> None:
-    (quota,) = m.find(rendered["eks-prod"], "ResourceQuota", "gpu")
+    (quota,) = k8s_objects.find(rendered["eks-prod"], "ResourceQuota", "gpu")
     assert quota["metadata"]["namespace"] == "inference"
-    assert quota["spec"]["hard"] == {"requests.nvidia.com/gpu": str(m.gpu_capacity())}
-    assert m.gpu_peak(rendered["eks-prod"]) == 5  # HPA maximum 4 + 1 surge pod
+    assert quota["spec"]["hard"] == {"requests.nvidia.com/gpu": str(k8s_policies.gpu_capacity())}
+    assert k8s_policies.gpu_peak(rendered["eks-prod"]) == 5  # HPA maximum 4 + 1 surge pod
 
 
 def test_quota_below_the_rollout_peak(fresh: Callable[[str], list[Obj]]) -> None:
     objects = fresh("eks-prod")
-    (quota,) = m.find(objects, "ResourceQuota", "gpu")
+    (quota,) = k8s_objects.find(objects, "ResourceQuota", "gpu")
     quota["spec"]["hard"]["requests.nvidia.com/gpu"] = "4"
     assert _violations("priority-and-quota", "eks-prod", objects) == [
         "ResourceQuota/gpu: requests.nvidia.com/gpu 4 < 5 GPUs a rollout at the HPA maximum holds; it would stall"
@@ -112,7 +114,9 @@ def test_quota_below_the_rollout_peak(fresh: Callable[[str], list[Obj]]) -> None
 
 
 def test_missing_quota_and_priority(fresh: Callable[[str], list[Obj]]) -> None:
-    objects = _without(_without(fresh("eks-prod"), "ResourceQuota", "gpu"), "PriorityClass", m.SERVING_PRIORITY_CLASS)
+    objects = _without(
+        _without(fresh("eks-prod"), "ResourceQuota", "gpu"), "PriorityClass", k8s_policies.SERVING_PRIORITY_CLASS
+    )
     assert _violations("priority-and-quota", "eks-prod", objects) == [
         "PriorityClass/eks-inference-serving is missing",
         "namespace inference: no ResourceQuota on requests.nvidia.com/gpu",
@@ -121,7 +125,7 @@ def test_missing_quota_and_priority(fresh: Callable[[str], list[Obj]]) -> None:
 
 def test_a_priority_class_in_the_system_range(fresh: Callable[[str], list[Obj]]) -> None:
     objects = fresh("eks-prod")
-    (pc,) = m.find(objects, "PriorityClass")
+    (pc,) = k8s_objects.find(objects, "PriorityClass")
     pc["value"] = 2_000_000_000
     _violations("priority-and-quota", "eks-prod", objects)
 
@@ -129,9 +133,9 @@ def test_a_priority_class_in_the_system_range(fresh: Callable[[str], list[Obj]])
 # --- node agents ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("overlay", m.EKS_OVERLAYS)
+@pytest.mark.parametrize("overlay", render.EKS_OVERLAYS)
 def test_dcgm_exporter_memory(overlay: str, rendered: dict[str, list[Obj]]) -> None:
-    (ds,) = m.find(rendered[overlay], "DaemonSet", "dcgm-exporter")
+    (ds,) = k8s_objects.find(rendered[overlay], "DaemonSet", "dcgm-exporter")
     spec = ds["spec"]["template"]["spec"]
     c = spec["containers"][0]
     assert spec["priorityClassName"] == "system-node-critical"
@@ -141,7 +145,7 @@ def test_dcgm_exporter_memory(overlay: str, rendered: dict[str, list[Obj]]) -> N
 
 def test_dcgm_without_gomemlimit(fresh: Callable[[str], list[Obj]]) -> None:
     objects = fresh("eks-prod")
-    (ds,) = m.find(objects, "DaemonSet", "dcgm-exporter")
+    (ds,) = k8s_objects.find(objects, "DaemonSet", "dcgm-exporter")
     c = ds["spec"]["template"]["spec"]["containers"][0]
     c["env"] = [e for e in c["env"] if e["name"] != "GOMEMLIMIT"]
     assert _violations("node-agents", "eks-prod", objects) == [
@@ -151,7 +155,7 @@ def test_dcgm_without_gomemlimit(fresh: Callable[[str], list[Obj]]) -> None:
 
 def test_gomemlimit_at_the_limit(fresh: Callable[[str], list[Obj]]) -> None:
     objects = fresh("eks-prod")
-    (ds,) = m.find(objects, "DaemonSet", "dcgm-exporter")
+    (ds,) = k8s_objects.find(objects, "DaemonSet", "dcgm-exporter")
     c = ds["spec"]["template"]["spec"]["containers"][0]
     for e in c["env"]:
         if e["name"] == "GOMEMLIMIT":
@@ -161,7 +165,7 @@ def test_gomemlimit_at_the_limit(fresh: Callable[[str], list[Obj]]) -> None:
 
 def test_node_agent_without_priority(fresh: Callable[[str], list[Obj]]) -> None:
     objects = fresh("eks-prod")
-    (ds,) = m.find(objects, "DaemonSet", "dcgm-exporter")
+    (ds,) = k8s_objects.find(objects, "DaemonSet", "dcgm-exporter")
     del ds["spec"]["template"]["spec"]["priorityClassName"]
     assert _violations("node-agents", "eks-prod", objects) == [
         "DaemonSet/dcgm-exporter: priorityClassName should be system-node-critical"
@@ -172,19 +176,19 @@ def test_node_agent_without_priority(fresh: Callable[[str], list[Obj]]) -> None:
 
 
 def test_queue_component_reads_a_datadog_metric(rendered: dict[str, list[Obj]]) -> None:
-    hpa = m.hpa_for(rendered[QUEUE], "image-classifier")
+    hpa = k8s_objects.hpa_for(rendered[QUEUE], "image-classifier")
     assert hpa is not None
     (external,) = [x["external"] for x in hpa["spec"]["metrics"] if x["type"] == "External"]
     assert external["metric"]["name"] == "datadogmetric@inference:image-classifier-queue-depth"
     assert external["target"] == {"type": "AverageValue", "averageValue": "8"}
-    assert m.schema_errors(m.find(rendered[QUEUE], "DatadogMetric")) == []
+    assert schema.schema_errors(k8s_objects.find(rendered[QUEUE], "DatadogMetric")) == []
 
 
 def test_queue_component_without_its_provider_fails(fresh: Callable[[str], list[Obj]]) -> None:
     """The issue's rule: enabling the component on a platform with no external metrics provider is refused."""
     objects = fresh(QUEUE)
-    (ns,) = m.find(objects, "Namespace", "inference")
-    del ns["metadata"]["annotations"][m.EXTERNAL_METRICS_PROVIDER_ANNOTATION]
+    (ns,) = k8s_objects.find(objects, "Namespace", "inference")
+    del ns["metadata"]["annotations"][k8s_policies.EXTERNAL_METRICS_PROVIDER_ANNOTATION]
     assert _violations("metrics-providers", "eks-prod", objects) == [
         "HorizontalPodAutoscaler/image-classifier: reads External metric "
         "datadogmetric@inference:image-classifier-queue-depth but Namespace/inference declares no "
@@ -195,8 +199,8 @@ def test_queue_component_without_its_provider_fails(fresh: Callable[[str], list[
 
 def test_queue_component_with_the_wrong_provider_fails(fresh: Callable[[str], list[Obj]]) -> None:
     objects = fresh(QUEUE)
-    (ns,) = m.find(objects, "Namespace", "inference")
-    ns["metadata"]["annotations"][m.EXTERNAL_METRICS_PROVIDER_ANNOTATION] = "prometheus-adapter"
+    (ns,) = k8s_objects.find(objects, "Namespace", "inference")
+    ns["metadata"]["annotations"][k8s_policies.EXTERNAL_METRICS_PROVIDER_ANNOTATION] = "prometheus-adapter"
     found = _violations("metrics-providers", "eks-prod", objects)
     assert any("is served by the Datadog Cluster Agent, not prometheus-adapter" in v for v in found)
 
@@ -211,7 +215,7 @@ def test_queue_component_without_its_datadog_metric_fails(fresh: Callable[[str],
 
 def test_queue_component_without_monitoring_fails(fresh: Callable[[str], list[Obj]]) -> None:
     objects = fresh(QUEUE)
-    (dep,) = m.find(objects, "Deployment", "image-classifier")
+    (dep,) = k8s_objects.find(objects, "Deployment", "image-classifier")
     dep["spec"]["template"]["metadata"]["annotations"] = {}
     found = _violations("metrics-providers", "eks-prod", objects)
     assert any("no Datadog openmetrics check on Deployment/image-classifier collects it" in v for v in found)
@@ -220,7 +224,7 @@ def test_queue_component_without_monitoring_fails(fresh: Callable[[str], list[Ob
 def test_a_pods_metric_needs_a_custom_metrics_provider(fresh: Callable[[str], list[Obj]]) -> None:
     """The prometheus-adapter alternative must be declared the same way."""
     objects = fresh("eks-prod")
-    hpa = m.hpa_for(objects, "image-classifier")
+    hpa = k8s_objects.hpa_for(objects, "image-classifier")
     assert hpa is not None
     hpa["spec"]["metrics"].append(
         {
@@ -233,13 +237,13 @@ def test_a_pods_metric_needs_a_custom_metrics_provider(fresh: Callable[[str], li
     )
     found = _violations("metrics-providers", "eks-prod", objects)
     assert "declares no eks-inference.io/custom-metrics-provider" in found[0]
-    (ns,) = m.find(objects, "Namespace", "inference")
-    ns["metadata"]["annotations"][m.CUSTOM_METRICS_PROVIDER_ANNOTATION] = "prometheus-adapter"
-    assert m.check_metrics_providers("eks-prod", objects) == []
+    (ns,) = k8s_objects.find(objects, "Namespace", "inference")
+    ns["metadata"]["annotations"][k8s_policies.CUSTOM_METRICS_PROVIDER_ANNOTATION] = "prometheus-adapter"
+    assert k8s_policies.check_metrics_providers("eks-prod", objects) == []
 
 
 def test_a_datadog_metric_with_an_unknown_field_fails_its_schema(rendered: dict[str, list[Obj]]) -> None:
-    (dm,) = m.find(rendered[QUEUE], "DatadogMetric")
+    (dm,) = k8s_objects.find(rendered[QUEUE], "DatadogMetric")
     broken = {**dm, "spec": {**dm["spec"], "querry": "typo"}}
-    (error,) = m.schema_errors([broken])
+    (error,) = schema.schema_errors([broken])
     assert "querry" in error

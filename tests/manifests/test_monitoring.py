@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from ops import manifests as m
+from ops.k8s import objects, policies, render
 from serving.metrics import ServiceMetrics
 
 Obj = dict[str, Any]
@@ -51,7 +51,7 @@ def datadog_names(service: str) -> set[str]:
 
 
 def dashboard() -> Obj:
-    data: Obj = json.loads(m.DASHBOARD_PATH.read_text())
+    data: Obj = json.loads(render.DASHBOARD_PATH.read_text())
     return data
 
 
@@ -103,14 +103,14 @@ def test_required_panels_exist_for_both_services(panel: str) -> None:
         assert {q.split(":")[0] for q in found} >= {"p50", "p95", "p99"}
 
 
-@pytest.mark.parametrize("overlay", m.EKS_OVERLAYS)
+@pytest.mark.parametrize("overlay", render.EKS_OVERLAYS)
 def test_services_are_annotated_for_the_openmetrics_check(overlay: str, rendered: dict[str, list[Obj]]) -> None:
-    for name in m.SERVICES:
-        (dep,) = m.find(rendered[overlay], "Deployment", name)
+    for name in policies.SERVICES:
+        (dep,) = objects.find(rendered[overlay], "Deployment", name)
         annotations = dep["spec"]["template"]["metadata"]["annotations"]
         check = json.loads(annotations[f"ad.datadoghq.com/{name}.checks"])  # the container name must match
         (instance,) = check["openmetrics"]["instances"]
-        assert instance["openmetrics_endpoint"] == f"http://%%host%%:{m.SERVICE_PORT}/metrics"
+        assert instance["openmetrics_endpoint"] == f"http://%%host%%:{policies.SERVICE_PORT}/metrics"
         assert instance["namespace"] == NAMESPACE
         assert instance["histogram_buckets_as_distributions"] is True
         service = name.replace("-", "_")
@@ -119,9 +119,9 @@ def test_services_are_annotated_for_the_openmetrics_check(overlay: str, rendered
         assert dep["spec"]["template"]["spec"]["containers"][0]["name"] == name
 
 
-@pytest.mark.parametrize("overlay", m.EKS_OVERLAYS)
+@pytest.mark.parametrize("overlay", render.EKS_OVERLAYS)
 def test_dcgm_exporter_feeds_the_dcgm_check(overlay: str, rendered: dict[str, list[Obj]]) -> None:
-    (ds,) = m.find(rendered[overlay], "DaemonSet", "dcgm-exporter")
+    (ds,) = objects.find(rendered[overlay], "DaemonSet", "dcgm-exporter")
     template = ds["spec"]["template"]
     check = json.loads(template["metadata"]["annotations"]["ad.datadoghq.com/dcgm-exporter.checks"])
     port = template["spec"]["containers"][0]["ports"][0]["containerPort"]
@@ -131,6 +131,6 @@ def test_dcgm_exporter_feeds_the_dcgm_check(overlay: str, rendered: dict[str, li
 
 
 def test_local_has_no_monitoring(rendered: dict[str, list[Obj]]) -> None:
-    assert not m.find(rendered["local"], "DaemonSet")
-    for dep in m.find(rendered["local"], "Deployment"):
+    assert not objects.find(rendered["local"], "DaemonSet")
+    for dep in objects.find(rendered["local"], "Deployment"):
         assert "annotations" not in dep["spec"]["template"]["metadata"]

@@ -6,25 +6,26 @@ from typing import Any
 
 import pytest
 
-from ops import manifests as m
+from ops import images
+from ops.k8s import nodegroups, placement, render
 
 Obj = dict[str, Any]
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "true", "effect": "NoSchedule"}
 
 
 def test_nodegroups_contract_is_what_the_components_select_on() -> None:
-    groups = {g["role"]: g for g in m.nodegroups()}
-    assert groups["cpu"]["labels"]["workload-class"] == "cpu"
-    assert groups["cpu"]["labels"]["eks.amazonaws.com/nodegroup"] == "cpu-general"
-    assert groups["gpu"]["labels"]["k8s.amazonaws.com/accelerator"] == "nvidia-tesla-t4"
-    assert groups["gpu"]["taints"] == [GPU_TAINT]
-    accelerators = {g["accelerator_label"] for g in m.versions()["gpus"]}
-    assert groups["gpu"]["labels"]["k8s.amazonaws.com/accelerator"] in accelerators
+    groups = {g.role: g for g in nodegroups.load_nodegroups().values()}
+    assert groups["cpu"].labels["workload-class"] == "cpu"
+    assert groups["cpu"].labels["eks.amazonaws.com/nodegroup"] == "cpu-general"
+    assert groups["gpu"].labels["k8s.amazonaws.com/accelerator"] == "nvidia-tesla-t4"
+    assert groups["gpu"].taints == (GPU_TAINT,)
+    accelerators = {g["accelerator_label"] for g in images.load_versions()["gpus"]}
+    assert groups["gpu"].labels["k8s.amazonaws.com/accelerator"] in accelerators
 
 
-@pytest.mark.parametrize("overlay", [*m.EKS_OVERLAYS, *(f"eks-prod+{c}" for c in m.OPTIONAL_COMPONENTS)])
+@pytest.mark.parametrize("overlay", [*render.EKS_OVERLAYS, *(f"eks-prod+{c}" for c in render.OPTIONAL_COMPONENTS)])
 def test_eks_placement(overlay: str, rendered: dict[str, list[Obj]]) -> None:
-    assert m.placement(rendered[overlay]) == {
+    assert placement.placement(rendered[overlay]) == {
         "Deployment/image-classifier": ["gpu-t4"],
         "Deployment/text-classifier": ["cpu-general"],
         "Deployment/cluster-autoscaler": ["cpu-general"],
@@ -35,7 +36,7 @@ def test_eks_placement(overlay: str, rendered: dict[str, list[Obj]]) -> None:
 
 def test_local_has_no_gpu_placement(rendered: dict[str, list[Obj]]) -> None:
     # Nothing in local tolerates the GPU taint, so on the EKS node groups it could only use CPU nodes.
-    assert m.placement(rendered["local"]) == {
+    assert placement.placement(rendered["local"]) == {
         "Deployment/image-classifier": ["cpu-general"],
         "Deployment/text-classifier": ["cpu-general"],
     }
@@ -54,15 +55,15 @@ def test_local_has_no_gpu_placement(rendered: dict[str, list[Obj]]) -> None:
     ],
 )
 def test_toleration_matching(tolerations: list[Obj], expected: bool) -> None:
-    assert m.tolerates(tolerations, GPU_TAINT) is expected
+    assert placement.tolerates(tolerations, GPU_TAINT) is expected
 
 
 def test_extended_resources_must_exist_on_the_group() -> None:
-    cpu = next(g for g in m.nodegroups() if g["role"] == "cpu")
+    cpu = next(g for g in nodegroups.load_nodegroups().values() if g.role == "cpu")
     gpu_pod: Obj = {"containers": [{"name": "x", "resources": {"limits": {"nvidia.com/gpu": 1}}}]}
     cpu_pod: Obj = {"containers": [{"name": "x", "resources": {"limits": {"cpu": "1"}}}]}
-    assert not m.fits_nodegroup(gpu_pod, cpu)
-    assert m.fits_nodegroup(cpu_pod, cpu)
+    assert not placement.fits_nodegroup(gpu_pod, cpu)
+    assert placement.fits_nodegroup(cpu_pod, cpu)
 
 
 @pytest.mark.parametrize(
@@ -75,7 +76,7 @@ def test_extended_resources_must_exist_on_the_group() -> None:
     ],
 )
 def test_node_affinity_operators(expression: Obj, expected: bool) -> None:
-    cpu = next(g for g in m.nodegroups() if g["role"] == "cpu")
+    cpu = next(g for g in nodegroups.load_nodegroups().values() if g.role == "cpu")
     spec = {
         "containers": [],
         "affinity": {
@@ -86,4 +87,4 @@ def test_node_affinity_operators(expression: Obj, expected: bool) -> None:
             }
         },
     }
-    assert m.fits_nodegroup(spec, cpu) is expected
+    assert placement.fits_nodegroup(spec, cpu) is expected

@@ -10,32 +10,33 @@ from typing import Any
 import pytest
 import yaml
 
-from ops import manifests as m
+from ops.k8s import nodegroups, policies, render
+from ops.k8s import objects as k8s_objects
 
 Obj = dict[str, Any]
-ALL = [*m.OVERLAYS, *(f"eks-prod+{c}" for c in m.OPTIONAL_COMPONENTS)]
+ALL = [*render.OVERLAYS, *(f"eks-prod+{c}" for c in render.OPTIONAL_COMPONENTS)]
 
 
-@pytest.mark.parametrize("policy", sorted(m.POLICIES))
+@pytest.mark.parametrize("policy", sorted(policies.POLICIES))
 @pytest.mark.parametrize("overlay", ALL)
 def test_policy_holds(overlay: str, policy: str, rendered: dict[str, list[Obj]]) -> None:
-    assert m.POLICIES[policy](overlay.split("+")[0], rendered[overlay]) == []
+    assert policies.POLICIES[policy](overlay.split("+")[0], rendered[overlay]) == []
 
 
 def _container(objects: list[Obj], kind: str, name: str) -> Obj:
-    (obj,) = m.find(objects, kind, name)
+    (obj,) = k8s_objects.find(objects, kind, name)
     container: Obj = obj["spec"]["template"]["spec"]["containers"][0]
     return container
 
 
 def _pod(objects: list[Obj], kind: str, name: str) -> Obj:
-    (obj,) = m.find(objects, kind, name)
+    (obj,) = k8s_objects.find(objects, kind, name)
     spec: Obj = obj["spec"]["template"]["spec"]
     return spec
 
 
 def _violations(policy: str, overlay: str, objects: list[Obj]) -> list[str]:
-    found = m.POLICIES[policy](overlay, objects)
+    found = policies.POLICIES[policy](overlay, objects)
     assert found, f"{policy} missed the planted mistake"
     return found
 
@@ -122,7 +123,7 @@ def test_latest_untagged_or_local_images_outside_local(fresh: Callable[[str], li
 def test_latest_is_allowed_in_local_only(fresh: Callable[[str], list[Obj]]) -> None:
     objects = fresh("local")
     _container(objects, "Deployment", "image-classifier")["image"] = "eks-inference/image-classifier:latest"
-    assert m.check_image_tags("local", objects) == []
+    assert policies.check_image_tags("local", objects) == []
 
 
 def test_device_plugin_unpinned(fresh: Callable[[str], list[Obj]]) -> None:
@@ -157,7 +158,7 @@ def test_cpu_workload_tolerating_the_gpu_taint(fresh: Callable[[str], list[Obj]]
 def test_unrelated_toleration_is_fine(fresh: Callable[[str], list[Obj]]) -> None:
     objects = fresh("eks-prod")
     _pod(objects, "Deployment", "text-classifier")["tolerations"] = [{"key": "spot", "operator": "Exists"}]
-    assert m.check_gpu_isolation("eks-prod", objects) == []
+    assert policies.check_gpu_isolation("eks-prod", objects) == []
 
 
 def test_gpu_service_without_gpu_in_eks(fresh: Callable[[str], list[Obj]]) -> None:
@@ -177,7 +178,9 @@ def test_gpu_affinity_must_list_the_supported_accelerators(fresh: Callable[[str]
 
 def test_local_must_run_the_image_classifier_on_cpu(fresh: Callable[[str], list[Obj]]) -> None:
     objects = fresh("local")
-    (cm,) = [o for o in m.find(objects, "ConfigMap") if o["metadata"]["name"].startswith("image-classifier-config")]
+    (cm,) = [
+        o for o in k8s_objects.find(objects, "ConfigMap") if o["metadata"]["name"].startswith("image-classifier-config")
+    ]
     cm["data"]["IMAGE_CLASSIFIER_DEVICE"] = "cuda"
     _violations("gpu-isolation", "local", objects)
 
@@ -237,32 +240,32 @@ def test_multi_replica_deployment_without_pdb(fresh: Callable[[str], list[Obj]])
 
 def test_pdb_that_blocks_every_drain(fresh: Callable[[str], list[Obj]]) -> None:
     objects = fresh("eks-prod")
-    (pdb,) = m.find(objects, "PodDisruptionBudget", "text-classifier")
+    (pdb,) = k8s_objects.find(objects, "PodDisruptionBudget", "text-classifier")
     pdb["spec"]["minAvailable"] = 3  # == HPA minReplicas
     assert any("minReplicas 3 must be >= " in v for v in _violations("disruption", "eks-prod", objects))
 
 
 def test_percentage_pdb_is_rounded_up(fresh: Callable[[str], list[Obj]]) -> None:
     objects = fresh("eks-prod")
-    (pdb,) = m.find(objects, "PodDisruptionBudget", "text-classifier")
+    (pdb,) = k8s_objects.find(objects, "PodDisruptionBudget", "text-classifier")
     pdb["spec"]["minAvailable"] = "80%"  # ceil(0.8 * 3) = 3
     _violations("disruption", "eks-prod", objects)
     pdb["spec"]["minAvailable"] = "50%"  # ceil(1.5) = 2
-    assert m.check_disruption("eks-prod", objects) == []
+    assert policies.check_disruption("eks-prod", objects) == []
 
 
 def test_pdb_selecting_other_pods_does_not_count(fresh: Callable[[str], list[Obj]]) -> None:
     objects = fresh("eks-prod")
-    (pdb,) = m.find(objects, "PodDisruptionBudget", "image-classifier")
+    (pdb,) = k8s_objects.find(objects, "PodDisruptionBudget", "image-classifier")
     pdb["spec"]["selector"] = {"matchLabels": {"app.kubernetes.io/name": "something-else"}}
     _violations("disruption", "eks-prod", objects)
 
 
-@pytest.mark.parametrize("overlay", m.EKS_OVERLAYS)
-@pytest.mark.parametrize("name", sorted(m.SERVICES))
+@pytest.mark.parametrize("overlay", render.EKS_OVERLAYS)
+@pytest.mark.parametrize("name", sorted(policies.SERVICES))
 def test_replicas_on_an_hpa_managed_deployment(fresh: Callable[[str], list[Obj]], overlay: str, name: str) -> None:
     objects = fresh(overlay)
-    (dep,) = m.find(objects, "Deployment", name)
+    (dep,) = k8s_objects.find(objects, "Deployment", name)
     dep["spec"]["replicas"] = 3
     assert _violations("hpa-owns-replicas", overlay, objects) == [
         f"Deployment/{name}: sets replicas 3 but HorizontalPodAutoscaler/{name} owns the replica count; "
@@ -277,12 +280,12 @@ def test_an_overlay_replicas_entry_is_caught_after_rendering(tmp_path: Path) -> 
     (overlay / "kustomization.yaml").write_text(
         yaml.safe_dump(
             {
-                "resources": [os.path.relpath(m.OVERLAYS_DIR / "eks-prod", overlay)],
+                "resources": [os.path.relpath(render.OVERLAYS_DIR / "eks-prod", overlay)],
                 "replicas": [{"name": "text-classifier", "count": 3}],
             }
         )
     )
-    objects = m.render(overlay)
+    objects = render.render(overlay)
     assert _violations("hpa-owns-replicas", "eks-prod", objects) == [
         "Deployment/text-classifier: sets replicas 3 but HorizontalPodAutoscaler/text-classifier owns the replica "
         "count; remove it (and any `replicas:` entry in the overlay)"
@@ -291,19 +294,19 @@ def test_an_overlay_replicas_entry_is_caught_after_rendering(tmp_path: Path) -> 
 
 def test_local_leaves_replicas_to_its_hpas(rendered: dict[str, list[Obj]]) -> None:
     """kind keeps the production HPAs (metrics-server runs there), so local sets no replicas either."""
-    for overlay in m.LOCAL_OVERLAYS:
-        for name in m.SERVICES:
-            (dep,) = m.find(rendered[overlay], "Deployment", name)
+    for overlay in render.LOCAL_OVERLAYS:
+        for name in policies.SERVICES:
+            (dep,) = k8s_objects.find(rendered[overlay], "Deployment", name)
             assert "replicas" not in dep["spec"]
-            hpa = m.hpa_for(rendered[overlay], name)
+            hpa = k8s_objects.hpa_for(rendered[overlay], name)
             assert hpa is not None
             assert hpa["spec"]["minReplicas"] == 1
-        assert m.check_hpa_owns_replicas(overlay, rendered[overlay]) == []
+        assert policies.check_hpa_owns_replicas(overlay, rendered[overlay]) == []
 
 
 def test_gpu_hpa_beyond_the_gpu_node_group(fresh: Callable[[str], list[Obj]]) -> None:
     objects = fresh("eks-prod")
-    (hpa,) = m.find(objects, "HorizontalPodAutoscaler", "image-classifier")
+    (hpa,) = k8s_objects.find(objects, "HorizontalPodAutoscaler", "image-classifier")
     hpa["spec"]["maxReplicas"] = 6
     assert _violations("gpu-capacity", "eks-prod", objects) == [
         "HorizontalPodAutoscaler/image-classifier: maxReplicas 6 > 5 GPUs in the GPU node groups"
@@ -313,16 +316,16 @@ def test_gpu_hpa_beyond_the_gpu_node_group(fresh: Callable[[str], list[Obj]]) ->
 def test_a_rollout_at_the_hpa_maximum_needs_a_gpu_for_its_surge(fresh: Callable[[str], list[Obj]]) -> None:
     """The issue's stall: maxReplicas equal to the GPU capacity with maxSurge 1 and maxUnavailable 0."""
     objects = fresh("eks-prod")
-    (hpa,) = m.find(objects, "HorizontalPodAutoscaler", "image-classifier")
+    (hpa,) = k8s_objects.find(objects, "HorizontalPodAutoscaler", "image-classifier")
     hpa["spec"]["maxReplicas"] = 5  # == gpu-t4 maxSize 5 x 1 GPU
     assert _violations("gpu-capacity", "eks-prod", objects) == [
         "a rollout at the HPA maximum needs 6 GPUs (maxReplicas + maxSurge) but the GPU node groups hold 5: "
         "raise the GPU node group maxSize, lower maxReplicas, or roll with maxSurge 0"
     ]
     # Rolling with maxSurge 0 (one pod down at a time) always progresses at any size.
-    (dep,) = m.find(objects, "Deployment", "image-classifier")
+    (dep,) = k8s_objects.find(objects, "Deployment", "image-classifier")
     dep["spec"]["strategy"]["rollingUpdate"] = {"maxSurge": 0, "maxUnavailable": 1}
-    assert m.check_gpu_capacity("eks-prod", objects) == []
+    assert policies.check_gpu_capacity("eks-prod", objects) == []
 
 
 @pytest.mark.parametrize(
@@ -336,7 +339,7 @@ def test_a_rollout_at_the_hpa_maximum_needs_a_gpu_for_its_surge(fresh: Callable[
 )
 def test_rollout_bounds_resolve_like_the_controller(rolling: Obj, replicas: int, expected: tuple[int, int]) -> None:
     dep = {"spec": {"strategy": {"type": "RollingUpdate", "rollingUpdate": rolling}}}
-    assert m.rollout_bounds(dep, replicas) == expected
+    assert policies.rollout_bounds(dep, replicas) == expected
 
 
 @pytest.mark.parametrize("grace", [25, 20])
@@ -350,7 +353,9 @@ def test_grace_period_shorter_than_prestop_plus_drain(fresh: Callable[[str], lis
 
 def test_drain_timeout_is_read_from_the_configmap(fresh: Callable[[str], list[Obj]]) -> None:
     objects = fresh("local")
-    (cm,) = [o for o in m.find(objects, "ConfigMap") if o["metadata"]["name"].startswith("text-classifier-config")]
+    (cm,) = [
+        o for o in k8s_objects.find(objects, "ConfigMap") if o["metadata"]["name"].startswith("text-classifier-config")
+    ]
     cm["data"]["TEXT_CLASSIFIER_DRAIN_TIMEOUT_S"] = "60"
     assert any("drain 60 s" in v for v in _violations("termination", "local", objects))
 
@@ -383,7 +388,7 @@ def test_local_without_an_hpa(fresh: Callable[[str], list[Obj]]) -> None:
 
 
 def test_local_with_a_pdb(fresh: Callable[[str], list[Obj]], rendered: dict[str, list[Obj]]) -> None:
-    objects = [*fresh("local"), *m.find(rendered["eks-prod"], "PodDisruptionBudget", "text-classifier")]
+    objects = [*fresh("local"), *k8s_objects.find(rendered["eks-prod"], "PodDisruptionBudget", "text-classifier")]
     assert "Deployment/text-classifier: local has no PDB (one node cannot honour it during a drain)" in _violations(
         "service-shape", "local", objects
     )
@@ -391,7 +396,7 @@ def test_local_with_a_pdb(fresh: Callable[[str], list[Obj]], rendered: dict[str,
 
 def test_hpa_that_scales_down_as_fast_as_up(fresh: Callable[[str], list[Obj]]) -> None:
     objects = fresh("eks-prod")
-    (hpa,) = m.find(objects, "HorizontalPodAutoscaler", "text-classifier")
+    (hpa,) = k8s_objects.find(objects, "HorizontalPodAutoscaler", "text-classifier")
     hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] = 0
     _violations("hpa-behavior", "eks-prod", objects)
 
@@ -399,32 +404,32 @@ def test_hpa_that_scales_down_as_fast_as_up(fresh: Callable[[str], list[Obj]]) -
 # --- the issue's explicit rules, stated directly on the rendered YAML -----------------------------
 
 
-@pytest.mark.parametrize("overlay", m.EKS_OVERLAYS)
+@pytest.mark.parametrize("overlay", render.EKS_OVERLAYS)
 def test_cpu_workloads_have_required_affinity_to_the_cpu_group(overlay: str, rendered: dict[str, list[Obj]]) -> None:
-    cpu_group = next(g for g in m.nodegroups() if g["role"] == "cpu")
+    cpu_group = next(g for g in nodegroups.load_nodegroups().values() if g.role == "cpu")
     for name in ("text-classifier", "cluster-autoscaler"):
         spec = _pod(rendered[overlay], "Deployment", name)
         terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
         assert terms == [{"matchExpressions": [{"key": "workload-class", "operator": "In", "values": ["cpu"]}]}]
-        assert cpu_group["labels"]["workload-class"] == "cpu"
+        assert cpu_group.labels["workload-class"] == "cpu"
 
 
 @pytest.mark.parametrize("overlay", ALL)
 def test_only_the_gpu_workload_requests_gpus(overlay: str, rendered: dict[str, list[Obj]]) -> None:
     requesting = {
-        m.ref(obj)
-        for obj, spec in m.workloads(rendered[overlay])
-        for c in m.containers(spec)
+        k8s_objects.ref(obj)
+        for obj, spec in k8s_objects.workloads(rendered[overlay])
+        for c in k8s_objects.containers(spec)
         if "nvidia.com/gpu" in {**c["resources"].get("limits", {}), **c["resources"].get("requests", {})}
     }
-    assert requesting == (set() if overlay in m.LOCAL_OVERLAYS else {"Deployment/image-classifier"})
+    assert requesting == (set() if overlay in render.LOCAL_OVERLAYS else {"Deployment/image-classifier"})
 
 
 @pytest.mark.parametrize("overlay", ALL)
 def test_grace_exceeds_prestop_plus_drain(overlay: str, rendered: dict[str, list[Obj]]) -> None:
-    for name, prefix in m.SERVICES.items():
-        (dep,) = m.find(rendered[overlay], "Deployment", name)
+    for name, prefix in policies.SERVICES.items():
+        (dep,) = k8s_objects.find(rendered[overlay], "Deployment", name)
         spec = dep["spec"]["template"]["spec"]
         c = spec["containers"][0]
-        drain = float(m.container_env(rendered[overlay], spec, c)[prefix + "DRAIN_TIMEOUT_S"])
+        drain = float(k8s_objects.container_env(rendered[overlay], spec, c)[prefix + "DRAIN_TIMEOUT_S"])
         assert spec["terminationGracePeriodSeconds"] > c["lifecycle"]["preStop"]["sleep"]["seconds"] + drain

@@ -8,36 +8,38 @@ from typing import Any
 import kubernetes_validate.utils as kv
 import pytest
 
-from ops import manifests as m
+from ops import images
+from ops.k8s import objects as k8s_objects
+from ops.k8s import render, schema
 
 Obj = dict[str, Any]
 
 
 def test_schemas_are_those_of_the_eks_minor() -> None:
-    minor = m.versions()["eks"]["kubernetes_minor"]
+    minor = images.load_versions()["eks"]["kubernetes_minor"]
     shipped = {".".join(v.split(".")[:2]) for v in kv.all_versions()}
     assert minor in shipped, f"kubernetes-validate ships no {minor} schemas; closest older is used"
-    assert m.schema_version().startswith(minor + ".")
+    assert schema.schema_version().startswith(minor + ".")
 
 
-@pytest.mark.parametrize("overlay", [*m.OVERLAYS, *(f"eks-prod+{c}" for c in m.OPTIONAL_COMPONENTS)])
+@pytest.mark.parametrize("overlay", [*render.OVERLAYS, *(f"eks-prod+{c}" for c in render.OPTIONAL_COMPONENTS)])
 def test_every_object_matches_its_schema(overlay: str, rendered: dict[str, list[Obj]]) -> None:
-    assert m.schema_errors(rendered[overlay]) == []
+    assert schema.schema_errors(rendered[overlay]) == []
 
 
 def test_an_unknown_field_fails_strict_validation(fresh: Callable[[str], list[Obj]]) -> None:
     objects = fresh("eks-prod")
-    (dep,) = m.find(objects, "Deployment", "image-classifier")
+    (dep,) = k8s_objects.find(objects, "Deployment", "image-classifier")
     dep["spec"]["template"]["spec"]["containers"][0]["resource"] = {"limits": {"cpu": "1"}}  # typo of resources
-    errors = m.schema_errors([dep])
+    errors = schema.schema_errors([dep])
     assert len(errors) == 1
     assert "resource" in errors[0]
 
 
 def test_a_wrong_type_fails(fresh: Callable[[str], list[Obj]]) -> None:
-    (hpa,) = m.find(fresh("eks-prod"), "HorizontalPodAutoscaler", "text-classifier")
+    (hpa,) = k8s_objects.find(fresh("eks-prod"), "HorizontalPodAutoscaler", "text-classifier")
     hpa["spec"]["minReplicas"] = "three"
-    assert any("minReplicas" in e for e in m.schema_errors([hpa]))
+    assert any("minReplicas" in e for e in schema.schema_errors([hpa]))
 
 
 def test_a_kind_without_a_bundled_schema_fails_explicitly() -> None:
@@ -47,6 +49,6 @@ def test_a_kind_without_a_bundled_schema_fails_explicitly() -> None:
         "metadata": {"name": "image-classifier"},
         "spec": {"scaleTargetRef": {"name": "image-classifier"}},
     }
-    (error,) = m.schema_errors([scaled_object])
+    (error,) = schema.schema_errors([scaled_object])
     assert "ScaledObject/image-classifier" in error
     assert "CRD" in error

@@ -8,25 +8,26 @@ from typing import Any
 
 import pytest
 
-from ops import manifests as m
+from ops.k8s import objects as k8s_objects
+from ops.k8s import policies, render
 
 Obj = dict[str, Any]
 SETTINGS_MODULES = {"image-classifier": "image_classifier.settings", "text-classifier": "text_classifier.settings"}
 
 
 def service_env(objects: list[Obj], name: str) -> dict[str, str]:
-    (dep,) = m.find(objects, "Deployment", name)
+    (dep,) = k8s_objects.find(objects, "Deployment", name)
     spec = dep["spec"]["template"]["spec"]
     container = next(c for c in spec["containers"] if c["name"] == name)
-    return m.container_env(objects, spec, container)
+    return k8s_objects.container_env(objects, spec, container)
 
 
-@pytest.mark.parametrize("name", m.SERVICES)
-@pytest.mark.parametrize("overlay", m.OVERLAYS)
+@pytest.mark.parametrize("name", policies.SERVICES)
+@pytest.mark.parametrize("overlay", render.OVERLAYS)
 def test_configmap_is_accepted_by_the_service_settings(
     overlay: str, name: str, rendered: dict[str, list[Obj]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    prefix = m.SERVICES[name]
+    prefix = policies.SERVICES[name]
     settings_cls = importlib.import_module(SETTINGS_MODULES[name]).Settings
     env = service_env(rendered[overlay], name)
     # The services ignore unknown variables, so a misspelt key would silently do nothing: refuse it here.
@@ -39,8 +40,8 @@ def test_configmap_is_accepted_by_the_service_settings(
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     settings = settings_cls()  # raises on a value the service would refuse at startup
-    assert settings.port == m.SERVICE_PORT
-    expected_device = "cuda" if (name == m.GPU_SERVICE and m.is_eks(overlay)) else "cpu"
+    assert settings.port == policies.SERVICE_PORT
+    expected_device = "cuda" if (name == policies.GPU_SERVICE and render.is_eks(overlay)) else "cpu"
     assert settings.device == expected_device
     assert settings.model_uri == f"/opt/models/{name.split('-')[0]}-demo"
 

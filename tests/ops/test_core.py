@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from ops import core, images, serve
-from ops import manifests as policies
 from ops.infra import settings
+from ops.k8s import policies
 
 
 def test_cache_root_default_is_the_existing_cache(monkeypatch: pytest.MonkeyPatch) -> None:

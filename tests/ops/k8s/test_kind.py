@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from ops import images, tools
-from ops.cluster import load_nodegroups
 from ops.k8s import kind, nodeimage
+from ops.k8s.nodegroups import load_nodegroups
 from ops.serve import SERVICES
 
 REPO = images.REPO_ROOT

@@ -1,28 +1,31 @@
-"""`invoke deploy`: render an overlay with the pinned kustomize, guard the kube context, apply server-side, wait."""
+"""`invoke deploy`: render an overlay (ops.k8s.render), check it, guard the kube context, apply server-side, wait."""
 
 from __future__ import annotations
 
 import fnmatch
 import json
 import os
-import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from subprocess import CompletedProcess
 from typing import Any
 
 import yaml
 from rich.table import Table
 
-from ops import tools
-from ops.core import REPO_ROOT, OpsError
+from ops import core, tools
+from ops.core import OpsError
 from ops.core import out as console
+from ops.k8s import policies
+from ops.k8s import render as render_mod
 
+# Env -> the overlay it deploys (a name under overlays/, or a kustomization path).
 OVERLAYS = {
-    "local": "overlays/local",
-    "staging": "overlays/eks-staging",
-    "prod": "overlays/eks-prod",
+    "local": "local",
+    "staging": "eks-staging",
+    "prod": "eks-prod",
 }
 FIELD_MANAGER = "eks-inference-deploy"
 # Takes spec.replicas over from FIELD_MANAGER on clusters deployed before the manifests left replicas to
@@ -31,10 +34,12 @@ REPLICAS_HANDOVER_MANAGER = "eks-inference-replicas-handover"
 ROLLOUT_KINDS = ("Deployment", "DaemonSet", "StatefulSet")
 # Kinds applied first so that the objects depending on them are accepted.
 FIRST_KINDS = ("Namespace", "CustomResourceDefinition")
+# kubectl verbs that change the cluster: shown, not run, under `invoke --dry`.
+MUTATING_VERBS = ("apply", "create", "delete", "patch", "replace", "scale", "label", "annotate", "taint", "drain")
 
 
 class DeployRefused(OpsError):
-    """The guard said no: wrong context, unconfirmed prod, or an unknown env."""
+    """The guard said no: wrong context, unconfirmed prod, an unknown env, or YAML that fails validation."""
 
 
 @dataclass(frozen=True)
@@ -58,21 +63,26 @@ class DeployResult:
     rows: list[tuple[str, str, str, str]] = field(default_factory=list)
 
 
-def overlay_dir(env: str) -> Path:
+def overlay_for(env: str) -> str:
+    """The overlay an env deploys."""
     if env not in OVERLAYS:
         raise DeployRefused(f"unknown env {env!r}; expected one of {', '.join(OVERLAYS)}")
-    return REPO_ROOT / OVERLAYS[env]
+    return OVERLAYS[env]
 
 
 def render(env: str) -> str:
-    """`kustomize build` of the env's overlay with the pinned kustomize."""
-    proc = subprocess.run(
-        [str(tools.ensure("kustomize")), "build", str(overlay_dir(env))],
-        capture_output=True, text=True, check=False, timeout=120,
-    )  # fmt: skip
-    if proc.returncode != 0:
-        raise RuntimeError(f"kustomize build {OVERLAYS[env]} failed: {proc.stderr.strip()}")
-    return proc.stdout
+    """The env's overlay rendered exactly as `invoke manifests.validate` renders it (ops.k8s.render)."""
+    return render_mod.render_text(overlay_for(env))
+
+
+def check_policies(env: str, rendered: str) -> None:
+    """Refuse to apply YAML that fails the strict schemas or a policy (what `invoke manifests.validate` checks)."""
+    overlay = overlay_for(env)
+    objects = [doc for doc in yaml.safe_load_all(rendered) if doc]
+    report = policies.check_objects(overlay, objects)
+    if not report.ok:
+        problems = [*report.schema_errors, *(f"{n}: {v}" for n, vs in report.policy_violations.items() for v in vs)]
+        raise DeployRefused(f"{overlay} fails validation; nothing applied:\n  " + "\n  ".join(problems))
 
 
 def set_images(rendered: str, overrides: Mapping[str, str]) -> str:
@@ -223,7 +233,7 @@ class Kubectl:
         ok_codes: tuple[int, ...] = (0,),
         timeout: float = 300,
         quiet: bool = False,
-    ) -> subprocess.CompletedProcess[str]:
+    ) -> CompletedProcess[str]:
         cmd = [
             self.binary,
             *(["--context", self.context] if self.context else []),
@@ -231,27 +241,17 @@ class Kubectl:
         ]
         if not quiet:
             console.log("[bold]$ kubectl " + " ".join(cmd[1:]))
-        proc = subprocess.run(
+        return core.run(
             cmd,
-            input=input_text,
-            capture_output=True,
-            text=True,
+            input_text=input_text,
             env=self.env,
             timeout=timeout,
-            check=False,
+            ok_codes=ok_codes,
+            effect=bool(args) and args[0] in MUTATING_VERBS,
         )
-        if proc.returncode not in ok_codes:
-            raise RuntimeError(f"kubectl {' '.join(args)} failed (exit {proc.returncode}): {proc.stderr.strip()}")
-        return proc
 
     def current_context(self) -> str:
-        proc = subprocess.run(
-            [self.binary, "config", "current-context"],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            check=False,
-        )
+        proc = core.run([self.binary, "config", "current-context"], env=self.env, ok_codes=range(256), effect=False)
         if proc.returncode != 0:
             raise DeployRefused(f"no current kube context: {proc.stderr.strip()}")
         return proc.stdout.strip()
@@ -268,9 +268,15 @@ def deploy(
     timeout_s: int = 300,
     confirm: Callable[[str], bool] | None = None,
     image_overrides: Mapping[str, str] | None = None,
+    check: bool = True,
 ) -> DeployResult:
-    """Render, guard, then apply server-side (or diff server-side with dry_run) and wait for rollouts."""
+    """Render, check (schemas + policies), guard, then apply server-side (or diff with dry_run) and wait for rollouts.
+
+    `check=False` is for tests that reproduce manifests from before a policy existed; no task offers it.
+    """
     rendered = render(env)
+    if check:
+        check_policies(env, rendered)
     if image_overrides:
         rendered = set_images(rendered, image_overrides)
     kubectl = Kubectl(context, kubeconfig)

