@@ -36,7 +36,12 @@ out = Console()
 
 
 class OpsError(RuntimeError):
-    """A failure the user can act on; tasks show its message without a traceback (`ops.tasks.errors`)."""
+    """A failure the user can act on; tasks show its message without a traceback (`ops.tasks.common.ops_task`).
+
+    `exit_code` 2 marks a refusal (a guard said no) rather than a failure.
+    """
+
+    exit_code = 1
 
 
 class CommandFailed(OpsError):

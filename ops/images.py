@@ -635,6 +635,25 @@ def build_service(
     return record
 
 
+def build_plan(services: Iterable[str], bases: Iterable[Base], *, offline: bool) -> list[str]:
+    """What `build` would do, computed from the matrix and the registry alone: no command, no network, no docker."""
+    release = load_versions()["os"]["debian_release"]
+    how = f"debootstrap {release} + docker import" if offline else "docker pull"
+    lines = [f"OS base {os_image(offline)} ({how} when missing)"]
+    for base in bases:
+        lines.append(
+            f"base {base_repository(base)}:{base_version_tag()}-<inputs fingerprint> "
+            f"from {base_dockerfile(base).relative_to(REPO_ROOT)} (skipped when that fingerprint exists)"
+        )
+        for name in services:
+            spec = SERVICES[name]
+            lines.append(
+                f"service {spec.repository}:<commit>-{base} from {spec.dockerfile.relative_to(REPO_ROOT)}, "
+                f"bundle models/{spec.bundle}"
+            )
+    return lines
+
+
 def prepare_service_builds(offline: bool) -> str:
     """What a `docker build` of the service Dockerfiles needs from outside (Tilt's docker_build is such a build):
     the CPU base (built when missing), the requirement files under build/images and a filled wheelhouse.

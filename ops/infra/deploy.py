@@ -16,6 +16,8 @@ DEFAULT_CDK_CLI = "aws-cdk@3.0.0"
 class InfraDeployRefused(OpsError):
     """The guard said no: wrong account, unconfirmed prod, unknown env, or no credentials."""
 
+    exit_code = 2
+
 
 def parse_allowed(value: str | Sequence[str]) -> list[str]:
     """invoke.yaml holds a comma-separated string, so INVOKE_INFRA_ACCOUNTS_<ENV> can override it."""

@@ -41,6 +41,8 @@ MUTATING_VERBS = ("apply", "create", "delete", "patch", "replace", "scale", "lab
 class DeployRefused(OpsError):
     """The guard said no: wrong context, unconfirmed prod, an unknown env, or YAML that fails validation."""
 
+    exit_code = 2
+
 
 @dataclass(frozen=True)
 class Workload:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from invoke import Collection, Context, Exit, task
+from invoke import Collection, Context
 from rich.table import Table
 
 from ops.k8s import deploy as deploy_mod
 from ops.k8s import sim as cluster_mod
+from ops.tasks.common import ops_task
 from ops.tasks.local import node_image
 
 
@@ -24,7 +25,7 @@ def _sim(c: Context, name: str | None, kubeconfig: str | None) -> cluster_mod.Si
     )
 
 
-@task(
+@ops_task(
     help={
         "name": "Cluster name (default cluster.sim.name in invoke.yaml); the context is kwok-<name>.",
         "kubeconfig": "Kubeconfig file to write the context into (default $KUBECONFIG or ~/.kube/config).",
@@ -42,7 +43,7 @@ def sim_up(c: Context, name: str | None = None, kubeconfig: str | None = None) -
     cluster_mod.console.print(table)
 
 
-@task(
+@ops_task(
     help={
         "name": "Cluster name (default cluster.sim.name).",
         "kubeconfig": "Kubeconfig file holding its context.",
@@ -53,7 +54,7 @@ def sim_down(c: Context, name: str | None = None, kubeconfig: str | None = None)
     _sim(c, name, kubeconfig).down()
 
 
-@task(
+@ops_task(
     positional=[],
     help={
         "env": "local | staging | prod (overlays/local, overlays/eks-staging, overlays/eks-prod).",
@@ -71,23 +72,23 @@ def deploy(
     context: str | None = None,
     timeout: int = 0,
 ) -> None:
-    """Render the overlay with the pinned kustomize, check the context, apply server-side, wait for rollouts."""
+    """Render the overlay (as manifests.validate does), check schemas and policies, check the context, apply
+    server-side, wait for rollouts."""
     conf = c.config.get("deploy", {})
-    try:
-        deploy_mod.deploy(
-            env,
-            dict(conf.get("contexts", {})),
-            context=context,
-            dry_run=dry_run,
-            yes=yes,
-            timeout_s=int(timeout or conf.get("timeout", 300)),
-        )
-    except deploy_mod.DeployRefused as exc:
-        raise Exit(f"deploy refused: {exc}", code=2) from exc
+    deploy_mod.deploy(
+        env,
+        dict(conf.get("contexts", {})),
+        context=context,
+        dry_run=dry_run,
+        yes=yes,
+        timeout_s=int(timeout or conf["timeout"]),
+    )
 
 
 ns = Collection("cluster")
 ns.add_task(sim_up)
 ns.add_task(sim_down)
 ns.add_task(node_image)
+ns.add_task(deploy)
+# Also at the root: `invoke deploy`.
 ROOT_TASKS = [deploy]

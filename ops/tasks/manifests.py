@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from invoke import Collection, Context, Exit, task
+from invoke import Collection, Context, Exit
 
 from ops import core
 from ops.core import out as console
 from ops.k8s import docs, policies
 from ops.k8s import objects as k8s_objects
 from ops.k8s import render as k8s_render
+from ops.tasks.common import ops_task
 
 
-@task(
+@ops_task(
     iterable=["component"],
     help={
         "overlay": "Overlay name under overlays/ (local, eks-staging, eks-prod) or a kustomization path.",
@@ -28,15 +29,12 @@ def render(
     output: str = "",
 ) -> None:
     """Render one overlay with the pinned Kustomize; fails on any Kustomize warning."""
-    try:
-        if component:
-            import yaml
+    if component:
+        import yaml
 
-            text = yaml.safe_dump_all(k8s_render.render_with_components(overlay, component), sort_keys=False)
-        else:
-            text = k8s_render.render_text(overlay)
-    except k8s_render.ManifestError as exc:
-        raise Exit(str(exc), code=1) from exc
+        text = yaml.safe_dump_all(k8s_render.render_with_components(overlay, component), sort_keys=False)
+    else:
+        text = k8s_render.render_text(overlay)
     if output:
         Path(output).write_text(text)
         console.print(f"wrote {output} ({text.count(chr(10))} lines)", highlight=False)
@@ -44,7 +42,7 @@ def render(
         print(text, end="")
 
 
-@task(
+@ops_task(
     iterable=["overlay"],
     help={
         "overlay": "Validate only this overlay (repeatable); default: every overlay.",
@@ -65,7 +63,7 @@ def validate(c: Context, overlay: list[str] | None = None, optional: bool = True
         raise Exit(code=1)
 
 
-@task(help={"write": "Rewrite the generated sections (diagram, ASG tags) of docs/manifests.md and README.md."})
+@ops_task(help={"write": "Rewrite the generated sections (diagram, ASG tags) of docs/manifests.md and README.md."})
 def diagram(c: Context, write: bool = False) -> None:
     """Mermaid diagram of the node groups and the workloads each can run, drawn from the eks-prod overlay."""
     if write:
@@ -76,7 +74,7 @@ def diagram(c: Context, write: bool = False) -> None:
         print(docs.mermaid(), end="")
 
 
-@task(
+@ops_task(
     iterable=["overlay"],
     help={"overlay": "Only this overlay (repeatable); default: every overlay."},
 )

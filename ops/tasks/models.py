@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from invoke import Collection, Context, task
+from invoke import Collection, Context
 
 from ops.core import cache_root
 from ops.core import out as console
+from ops.tasks.common import ops_task
 
 
-@task(help={"out": "Folder for the bundles (default: models/ in the repository)."})
+@ops_task(help={"out": "Folder for the bundles (default: models/ in the repository)."})
 def build(c: Context, out: str = "") -> None:
     """Build the demo bundles (image: shapes CNN, text: MiniLM + linear head) deterministically on CPU; idempotent."""
     from ops.models import DEFAULT_OUT, build_all
@@ -28,7 +29,7 @@ def build(c: Context, out: str = "") -> None:
         console.print(f"[green]{name}[/] {path}  accuracy {info['accuracy']:.3f}  sha256 {info['weights_sha256'][:12]}")
 
 
-@task(
+@ops_task(
     help={
         "arch": "torchvision architecture (resnet50, resnet18, mobilenet_v3_small).",
         "weights": "Local torchvision .pth state dict; omit to download torchvision's ImageNet weights (internet).",
