@@ -15,6 +15,7 @@ import tarfile
 import tempfile
 import time
 import tomllib
+import urllib.parse
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,11 +42,16 @@ class ChecksumError(OpsError):
 
 @dataclass(frozen=True)
 class DownloadSpec:
-    """Upstream release download: a bare binary, or `member` inside a .tar.gz."""
+    """Upstream release download: a bare binary, or `member` inside a .tar.gz.
+
+    `sha256` pins the digest; where it is "unverified", `checksums` may name the checksum file upstream publishes
+    beside the release (a bare digest, or `<digest>  <file name>` lines), read at download time.
+    """
 
     url: str
     sha256: str
     member: str | None = None
+    checksums: str | None = None
 
     @property
     def verified(self) -> bool:
@@ -156,7 +162,11 @@ def load_manifest(path: Path = MANIFEST_PATH) -> Manifest:
             )
             if b
             else None,
-            download=DownloadSpec(url=d["url"], sha256=d["sha256"], member=d.get("member")) if d else None,
+            download=DownloadSpec(
+                url=d["url"], sha256=d["sha256"], member=d.get("member"), checksums=d.get("checksums")
+            )
+            if d
+            else None,
         )
     return Manifest(
         tools=tools,
@@ -241,15 +251,47 @@ def found_version(spec: ToolSpec, path: Path) -> str | None:
 # --- path 2: verified download ----------------------------------------------------------------------
 
 
-def download(spec: ToolSpec, dest: Path) -> None:
+def published_sha256(dl: DownloadSpec) -> str:
+    """The digest upstream publishes for `dl.url` in its checksum file `dl.checksums`.
+
+    Understands both layouts upstreams use: a file holding the bare digest (dl.k8s.io's `<binary>.sha256`,
+    cri-tools' `.sha256`) and `<digest>  [*]<file name>` lines (`checksums.txt`, `SHA256SUMS`, kind's `.sha256sum`),
+    where the line for the download's own file name counts.
+    """
+    import httpx  # imported here: only the download path needs it
+
+    assert dl.checksums is not None
+    resp = httpx.get(dl.checksums, follow_redirects=True, timeout=DOWNLOAD_TIMEOUT_S)
+    resp.raise_for_status()
+    name = urllib.parse.unquote(dl.url.rsplit("/", 1)[-1])
+    entries = [line.split() for line in resp.text.splitlines() if line.strip()]
+    for entry in entries:
+        digest = entry[0].lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", digest):
+            continue
+        listed = entry[1].lstrip("*").rsplit("/", 1)[-1] if len(entry) > 1 else None
+        if listed is None and len(entries) == 1:
+            return digest
+        if listed == name:
+            return digest
+    raise ChecksumError(f"{dl.checksums} lists no sha256 for {name}; refusing to run an unverified download")
+
+
+def download(spec: ToolSpec, dest: Path) -> str:
     """Fetch the upstream release, verify its sha256 BEFORE unpacking or writing, install it at dest.
 
-    Refuses (ChecksumError) without touching the network when the pinned checksum is "unverified".
+    The digest is the one pinned in tools.toml, else the one upstream's checksum file publishes (read first);
+    returns which, for the install stamp. Refuses (ChecksumError) without touching the network when there is
+    neither.
     """
     if spec.download is None:
         raise ChecksumError("no upstream binary download is published")
     dl = spec.download
-    if not dl.verified:
+    if dl.verified:
+        expected, against = dl.sha256, "sha256 pinned in tools.toml"
+    elif dl.checksums:
+        expected, against = published_sha256(dl), f"upstream checksum file {dl.checksums}"
+    else:
         raise ChecksumError(f"sha256 is {dl.sha256!r} in tools.toml; refusing to run an unverified download")
     import httpx  # imported here: only this path needs it
 
@@ -260,8 +302,8 @@ def download(spec: ToolSpec, dest: Path) -> None:
         for chunk in resp.iter_bytes():
             digest.update(chunk)
             buf.write(chunk)
-    if digest.hexdigest() != dl.sha256:
-        raise ChecksumError(f"sha256 mismatch for {dl.url}: got {digest.hexdigest()}, pinned {dl.sha256}")
+    if digest.hexdigest() != expected:
+        raise ChecksumError(f"sha256 mismatch for {dl.url}: got {digest.hexdigest()}, expected {expected} ({against})")
     payload = buf.getvalue()
     if dl.member:
         with tarfile.open(fileobj=io.BytesIO(payload), mode="r:gz") as tar:
@@ -270,6 +312,7 @@ def download(spec: ToolSpec, dest: Path) -> None:
                 raise ChecksumError(f"{dl.member} is not a file in {dl.url}")
             payload = member.read()
     _write_executable(dest, payload)
+    return f"sha256 {expected} of {dl.url}, from the {against}"
 
 
 def _write_executable(dest: Path, payload: bytes) -> None:
@@ -428,12 +471,13 @@ def build(spec: ToolSpec, dest: Path, manifest: Manifest, progress: Progress | N
 # --- ensure / install ----------------------------------------------------------------------------------
 
 
-def _write_stamp(spec: ToolSpec, source: str, seconds: float) -> None:
+def _write_stamp(spec: ToolSpec, source: str, seconds: float, verified: str = "") -> None:
     path = binary_path(spec)
     stamp = {
         "tool": spec.name,
         "version": spec.version,
         "source": source,
+        **({"verified": verified} if verified else {}),
         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
         "seconds": round(seconds, 1),
         "installed_at": _now(),
@@ -458,10 +502,11 @@ def _obtain(name: str, m: Manifest, progress: Progress | None) -> ToolStatus:
         status.found = found_version(spec, dest)
         return status
     started = time.monotonic()
-    for source, action in (("download", download), ("build", None)):
+    for source in ("download", "build"):
+        verified = ""
         try:
-            if action is not None:
-                action(spec, dest)
+            if source == "download":
+                verified = download(spec, dest)
             else:
                 build(spec, dest, m, progress)
         except (ChecksumError, ToolError, OSError) as exc:
@@ -476,7 +521,7 @@ def _obtain(name: str, m: Manifest, progress: Progress | None) -> ToolStatus:
             dest.unlink(missing_ok=True)
             continue
         status.seconds = time.monotonic() - started
-        _write_stamp(spec, source, status.seconds)
+        _write_stamp(spec, source, status.seconds, verified)
         status.path, status.found, status.source = dest, found, source
         return status
     status.source = "unavailable" if _proxy_refused(status.notes) else "missing"

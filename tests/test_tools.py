@@ -45,6 +45,9 @@ def test_every_tool_is_pinned_at_an_exact_version() -> None:
         if spec.download is not None:
             assert spec.download.url.startswith("https://"), spec.name
             assert spec.download.verified or spec.download.sha256 == tools.UNVERIFIED, spec.name
+            if spec.download.checksums:  # published by the same upstream, over https, beside the asset
+                assert spec.download.checksums.startswith("https://"), spec.name
+                assert spec.download.checksums.split("/")[2] == spec.download.url.split("/")[2], spec.name
 
 
 def test_kubernetes_versions_follow_the_compatibility_matrix() -> None:
@@ -306,3 +309,91 @@ def test_doctor_catches_a_cached_binary_that_changed(upstream: _Upstream, cache_
     (status,) = tools.statuses(manifest, verify=True)
     assert status.source == "cache (corrupt)"
     assert not status.ok
+
+
+# --- path 2b: verified against the checksum file upstream publishes beside the release -------------------
+
+
+def write_published_manifest(path: Path, url: str, checksums: str, member: str | None = None) -> tools.Manifest:
+    member_line = f', member = "{member}"' if member else ""
+    path.write_text(
+        f"""
+[tools.faketool]
+version = "v1.2.3"
+required = true
+version_args = ["--version"]
+version_regex = 'version (v[0-9.]+)'
+download = {{ url = "{url}", sha256 = "unverified", checksums = "{checksums}"{member_line} }}
+"""
+    )
+    return tools.load_manifest(path)
+
+
+def test_download_verified_against_a_bare_digest_file(upstream: _Upstream, cache_home: Path, tmp_path: Path) -> None:
+    """dl.k8s.io's layout: release/<version>/bin/linux/amd64/<binary> and <binary>.sha256 holding the digest."""
+    folder = upstream.root / "release" / "v1.2.3" / "bin" / "linux" / "amd64"
+    folder.mkdir(parents=True)
+    payload = fake_binary("v1.2.3")
+    (folder / "faketool").write_bytes(payload)
+    (folder / "faketool.sha256").write_text(hashlib.sha256(payload).hexdigest())
+    url = upstream.url("release/v1.2.3/bin/linux/amd64/faketool")
+    manifest = write_published_manifest(tmp_path / "tools.toml", url, url + ".sha256")
+    status = tools.obtain("faketool", manifest)
+    assert (status.source, status.found) == ("download", "v1.2.3")
+    stamp = json.loads((tools.tool_dir(manifest.tools["faketool"]) / tools.STAMP_NAME).read_text())
+    assert stamp["verified"] == (
+        f"sha256 {hashlib.sha256(payload).hexdigest()} of {url}, from the upstream checksum file {url}.sha256"
+    )
+    assert upstream.requests == [
+        "/release/v1.2.3/bin/linux/amd64/faketool.sha256",
+        "/release/v1.2.3/bin/linux/amd64/faketool",
+    ]
+
+
+def _release_with_checksums_txt(upstream: _Upstream, digest_of_ours: str | None) -> tuple[str, str]:
+    """GitHub's layout (goreleaser): releases/download/<tag>/<archive> and checksums.txt listing every asset."""
+    folder = upstream.root / "releases" / "download" / "faketool%2Fv1.2.3"
+    folder.mkdir(parents=True)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        data = fake_binary("v1.2.3")
+        info = tarfile.TarInfo("faketool")
+        info.size, info.mode = len(data), 0o755
+        tar.addfile(info, io.BytesIO(data))
+    archive = "faketool_v1.2.3_linux_amd64.tar.gz"
+    (folder / archive).write_bytes(buf.getvalue())
+    ours = digest_of_ours or hashlib.sha256(buf.getvalue()).hexdigest()
+    (folder / "checksums.txt").write_text(
+        f"{'1' * 64}  faketool_v1.2.3_darwin_arm64.tar.gz\n{ours}  {archive}\n{'2' * 64}  faketool_v1.2.3_windows.zip\n"
+    )
+    base = upstream.url("releases/download/faketool%252Fv1.2.3")
+    return f"{base}/{archive}", f"{base}/checksums.txt"
+
+
+def test_download_verified_against_checksums_txt(upstream: _Upstream, cache_home: Path, tmp_path: Path) -> None:
+    url, checksums = _release_with_checksums_txt(upstream, None)
+    manifest = write_published_manifest(tmp_path / "tools.toml", url, checksums, member="faketool")
+    status = tools.obtain("faketool", manifest)
+    assert (status.source, status.found) == ("download", "v1.2.3"), status.notes
+
+
+def test_a_mismatch_with_the_published_checksum_installs_nothing(
+    upstream: _Upstream, cache_home: Path, tmp_path: Path
+) -> None:
+    url, checksums = _release_with_checksums_txt(upstream, "0" * 64)
+    manifest = write_published_manifest(tmp_path / "tools.toml", url, checksums, member="faketool")
+    status = tools.obtain("faketool", manifest)
+    assert status.path is None
+    assert any("sha256 mismatch" in n and "upstream checksum file" in n for n in status.notes), status.notes
+    assert not tools.binary_path(manifest.tools["faketool"]).exists()
+
+
+def test_a_checksum_file_without_our_asset_is_refused_before_the_download(
+    upstream: _Upstream, cache_home: Path, tmp_path: Path
+) -> None:
+    url, checksums = _release_with_checksums_txt(upstream, None)
+    manifest = write_published_manifest(tmp_path / "tools.toml", url.replace("linux_amd64", "linux_s390x"), checksums)
+    status = tools.obtain("faketool", manifest)
+    assert status.path is None
+    assert any("lists no sha256" in n for n in status.notes), status.notes
+    assert all(r.endswith("checksums.txt") for r in upstream.requests)
