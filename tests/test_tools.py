@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ops import doctor, tools
+from ops.toolchain import doctor, tools
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VERSIONS = tomllib.loads((REPO_ROOT / "base-images" / "versions.toml").read_text())

@@ -15,11 +15,12 @@ from typing import Any
 import yaml
 from rich.table import Table
 
-from ops import core, tools
+from ops import core
 from ops.core import OpsError
 from ops.core import out as console
 from ops.k8s import policies
 from ops.k8s import render as render_mod
+from ops.toolchain import tools
 
 # Env -> the overlay it deploys (a name under overlays/, or a kustomization path).
 OVERLAYS = {

@@ -26,9 +26,10 @@ from typing import Any, Literal
 
 import yaml
 
-from ops import images, tools
+from ops import images
 from ops.core import REPO_ROOT, OpsError, console
 from ops.k8s import deploy, nodeimage
+from ops.toolchain import tools
 
 CLUSTER_CONFIG = REPO_ROOT / "kind" / "cluster.yaml"
 METRICS_SERVER = REPO_ROOT / "kind" / "addons" / "metrics-server.yaml"

@@ -27,8 +27,9 @@ from typing import Any
 
 import yaml
 
-from ops import images, tools
+from ops import images
 from ops.core import REPO_ROOT, OpsError, cache_root, console
+from ops.toolchain import tools
 
 NODE_DIR = REPO_ROOT / "kind" / "node-image"
 NODE_REPOSITORY = "eks-inference/kind-node"

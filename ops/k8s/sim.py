@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ops import tools
 from ops.core import cache_root, console
 from ops.k8s.nodegroups import NodeGroup, load_nodegroups
+from ops.toolchain import tools
 
 REGION = "us-east-1"
 # kwok's controller only fakes kubelets for nodes carrying this annotation.

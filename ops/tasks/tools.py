@@ -5,9 +5,9 @@ from __future__ import annotations
 from invoke import Collection, Context, Exit
 from rich.table import Table
 
-from ops import doctor as doctor_mod
-from ops import tools as tools_mod
 from ops.tasks.common import ops_task
+from ops.toolchain import doctor as doctor_mod
+from ops.toolchain import tools as tools_mod
 
 
 @ops_task(

@@ -12,10 +12,11 @@ import tomllib
 import pytest
 import yaml
 
-from ops import images, tools
+from ops import images
 from ops.k8s import kind, nodeimage
 from ops.k8s.nodegroups import load_nodegroups
 from ops.serve import SERVICES
+from ops.toolchain import tools
 
 REPO = images.REPO_ROOT
 TILTFILE = (REPO / "Tiltfile").read_text()

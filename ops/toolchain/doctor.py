@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from rich.table import Table
 
-from ops import tools
 from ops.core import out as console
+from ops.toolchain import tools
 
 
 @dataclass
