@@ -14,7 +14,7 @@ import pytest
 
 from ops import core, images
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = core.REPO_ROOT
 
 # Minimum Linux driver per CUDA major for minor-version compatibility (NVIDIA CUDA release notes, "CUDA Toolkit
 # and Minimum Required Driver Version for CUDA Minor Version Compatibility").

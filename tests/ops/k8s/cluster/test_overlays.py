@@ -5,17 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
+from ops.core import REPO_ROOT
 from ops.k8s import deploy
 from ops.k8s.sim import SimCluster
 
 pytestmark = pytest.mark.cluster
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("env", sorted(deploy.OVERLAYS))

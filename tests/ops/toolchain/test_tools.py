@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from ops.core import REPO_ROOT
 from ops.toolchain import doctor, tools
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 VERSIONS = tomllib.loads((REPO_ROOT / "base-images" / "versions.toml").read_text())
 KUBE_TOOLS = (
     "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubelet", "kubeadm", "kube-proxy",
