@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import yaml
 
-from ops import images
+from ops import core, images
 from ops.core import REPO_ROOT, OpsError, console
 from ops.k8s import deploy, nodeimage
 from ops.toolchain import tools
@@ -145,17 +145,12 @@ class Kind:
 
     def run(self, *args: str, timeout: float = 900, capture: bool = True) -> subprocess.CompletedProcess[str]:
         console.print(f"[dim]$ kind {' '.join(args)}[/dim]")
-        proc = subprocess.run(
-            [self.binary, *args],
-            env=self.env,
-            capture_output=capture,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        if proc.returncode != 0:
-            raise KindError(f"kind {' '.join(args)} failed ({proc.returncode}):\n{(proc.stderr or '')[-4000:]}")
-        return proc
+        try:
+            return core.run(
+                [self.binary, *args], env=self.env, capture=capture, timeout=timeout, effect=args[:1] != ("get",)
+            )
+        except core.CommandFailed as exc:
+            raise KindError(f"kind {' '.join(args)} failed ({exc.returncode}):\n{exc.stderr[-4000:]}") from exc
 
     def exists(self) -> bool:
         return self.name in self.run("get", "clusters").stdout.split()
@@ -204,8 +199,8 @@ class Kind:
         if _network_exists(KIND_NETWORK) and not _network_containers(KIND_NETWORK):
             left.append(f"docker network {KIND_NETWORK}")
         kubectl = str(tools.ensure("kubectl"))
-        contexts = subprocess.run(
-            [kubectl, "config", "get-contexts", "-o", "name"], env=self.env, capture_output=True, text=True, check=False
+        contexts = core.run(
+            [kubectl, "config", "get-contexts", "-o", "name"], env=self.env, ok_codes=range(256), effect=False
         ).stdout.split()
         if self.context in contexts:
             left.append(f"kube context {self.context}")
@@ -213,7 +208,7 @@ class Kind:
 
 
 def _network_exists(name: str) -> bool:
-    return subprocess.run(["docker", "network", "inspect", name], capture_output=True, check=False).returncode == 0
+    return core.run(["docker", "network", "inspect", name], ok_codes=range(256), effect=False).returncode == 0
 
 
 def _network_containers(name: str) -> list[str]:
@@ -458,7 +453,7 @@ def _run_tilt(tilt: str, kind: Kind, *, ci: bool, offline_images: bool) -> None:
         else [tilt, "up", "--context", kind.context, "--host", "127.0.0.1"]
     )
     console.print(f"[dim]$ {' '.join(cmd)}[/dim]")
-    code = subprocess.run(cmd, cwd=REPO_ROOT, env=env, check=False).returncode
+    code = core.run(cmd, cwd=REPO_ROOT, env=env, capture=False, ok_codes=range(256)).returncode
     if code != 0:
         raise KindError(f"{' '.join(cmd[1:2])} failed with exit code {code}")
 

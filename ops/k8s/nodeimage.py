@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from ops import images
+from ops import core, images
 from ops.core import REPO_ROOT, OpsError, cache_root, console
 from ops.toolchain import tools
 
@@ -107,12 +106,11 @@ def kubeadm_images(kubeadm: Path, version: str, patch: dict[str, Any]) -> list[s
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as handle:
         yaml.safe_dump(config, handle)
         handle.flush()
-        proc = subprocess.run(
+        proc = core.run(
             [str(kubeadm), "config", "images", "list", "--config", handle.name],
-            capture_output=True,
-            text=True,
             timeout=60,
-            check=False,
+            ok_codes=range(256),
+            effect=False,
         )
     if proc.returncode != 0:
         raise NodeImageError(f"kubeadm config images list failed: {proc.stderr.strip()[-2000:]}")
@@ -209,13 +207,11 @@ def build_pause(dest: Path) -> None:
     """pause is a few lines of our own Go (kind/node-image/pause), built static with the machine's Go."""
     env = tools.go_env()
     env["CGO_ENABLED"] = "0"
-    proc = subprocess.run(
+    proc = core.run(
         [tools.go_binary(), "build", "-trimpath", "-ldflags", "-s -w", "-o", str(dest), "."],
         cwd=NODE_DIR / "pause",
         env=env,
-        capture_output=True,
-        text=True,
-        check=False,
+        ok_codes=range(256),
     )
     if proc.returncode != 0:
         raise NodeImageError(f"building pause failed: {proc.stderr.strip()[-2000:]}")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ops import core
 from ops.core import cache_root, console
+from ops.k8s.deploy import MUTATING_VERBS
 from ops.k8s.nodegroups import NodeGroup, load_nodegroups
 from ops.toolchain import tools
 
@@ -81,17 +82,14 @@ class SimCluster:
     def kubectl(self, *args: str, input_text: str | None = None, check: bool = True) -> str:
         """Run the pinned kubectl against this cluster's context."""
         cmd = [str(tools.ensure("kubectl")), "--context", self.context, *args]
-        proc = subprocess.run(
+        proc = core.run(
             cmd,
-            input=input_text,
-            capture_output=True,
-            text=True,
+            input_text=input_text,
             env=self.env(),
             timeout=120,
-            check=False,
+            ok_codes=(0,) if check else range(256),
+            effect=bool(args) and args[0] in MUTATING_VERBS,
         )
-        if check and proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd[1:])} failed: {proc.stderr.strip()}")
         return proc.stdout
 
     def stage_config(self) -> Path:
@@ -113,13 +111,12 @@ class SimCluster:
         return out
 
     def is_running(self) -> bool:
-        proc = subprocess.run(
+        proc = core.run(
             [str(tools.ensure("kwokctl")), "get", "clusters"],
-            capture_output=True,
-            text=True,
             env=self.env(),
             timeout=60,
-            check=False,
+            ok_codes=range(256),
+            effect=False,
         )
         return self.name in proc.stdout.split()
 
@@ -143,7 +140,7 @@ class SimCluster:
             if self.kubeconfig is not None:
                 cmd += ["--kubeconfig", str(self.kubeconfig)]
             console.log("[bold]$ " + " ".join(cmd))
-            subprocess.run(cmd, env=self.env(), check=True, timeout=timeout_s + 60)
+            core.run(cmd, env=self.env(), timeout=timeout_s + 60, capture=False)
         self.create_nodes()
         self.wait_nodes_ready(timeout_s)
 
@@ -170,7 +167,7 @@ class SimCluster:
         if self.kubeconfig is not None:
             cmd += ["--kubeconfig", str(self.kubeconfig)]
         console.log("[bold]$ " + " ".join(cmd))
-        subprocess.run(cmd, env=self.env(), check=False, timeout=120)
+        core.run(cmd, env=self.env(), timeout=120, capture=False, ok_codes=range(256))
 
     def node_table(self) -> list[tuple[str, str, str, str]]:
         """(name, zone, nodegroup, Ready) for each node, for the status printout."""

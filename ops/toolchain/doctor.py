@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from rich.table import Table
 
+from ops import core
 from ops.core import out as console
 from ops.toolchain import tools
 
@@ -28,17 +29,11 @@ def docker_check(required: bool) -> Check:
     if shutil.which("docker") is None:
         return Check("docker engine", False, "docker CLI not on PATH", required)
     try:
-        proc = subprocess.run(
-            [
-                "docker",
-                "info",
-                "--format",
-                "{{.ServerVersion}} {{.Driver}} cgroup={{.CgroupDriver}}",
-            ],
-            capture_output=True,
-            text=True,
+        proc = core.run(
+            ["docker", "info", "--format", "{{.ServerVersion}} {{.Driver}} cgroup={{.CgroupDriver}}"],
+            ok_codes=range(256),
+            effect=False,
             timeout=20,
-            check=False,
         )
     except subprocess.TimeoutExpired:
         return Check("docker engine", False, "`docker info` timed out", required)
@@ -66,12 +61,11 @@ def gpu_checks() -> list[Check]:
             )
         )
     else:
-        proc = subprocess.run(
+        proc = core.run(
             [smi, "--query-gpu=name,driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
             timeout=20,
-            check=False,
+            ok_codes=range(256),
+            effect=False,
         )
         checks.append(
             Check(
@@ -87,13 +81,7 @@ def gpu_checks() -> list[Check]:
         " torch.cuda.get_device_name(0) if torch.cuda.is_available() else '-')"
     )
     try:
-        proc = subprocess.run(
-            [sys.executable, "-c", probe],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        proc = core.run([sys.executable, "-c", probe], timeout=120, ok_codes=range(256), effect=False)
         out = proc.stdout.strip() or (proc.stderr.strip().splitlines() or ["no output"])[-1]
         checks.append(Check("torch CUDA", "available True" in out, out, False))
     except subprocess.TimeoutExpired:

@@ -23,6 +23,7 @@ from typing import Any
 
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from ops import core
 from ops.core import REPO_ROOT, OpsError, cache_root, console
 
 MANIFEST_PATH = REPO_ROOT / "tools.toml"
@@ -235,13 +236,7 @@ def go_env(manifest: Manifest | None = None) -> dict[str, str]:
 def found_version(spec: ToolSpec, path: Path) -> str | None:
     """Run the binary's version command and pull the version out with the spec's regex."""
     try:
-        proc = subprocess.run(
-            [str(path), *spec.version_args],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        proc = core.run([str(path), *spec.version_args], timeout=30, ok_codes=range(256), effect=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     match = re.search(spec.version_regex, proc.stdout + proc.stderr)
