@@ -127,8 +127,11 @@ def fake_binary(version: str) -> bytes:
     return f"#!/bin/sh\necho 'faketool version {version}'\n".encode()
 
 
-def write_manifest(path: Path, url: str, sha256: str, member: str | None = None, build: str = "") -> tools.Manifest:
+def write_manifest(
+    path: Path, url: str, sha256: str, member: str | None = None, build: str = "", checksums: str = ""
+) -> tools.Manifest:
     member_line = f', member = "{member}"' if member else ""
+    member_line += f', checksums = "{checksums}"' if checksums else ""
     path.write_text(
         f"""
 [tools.faketool]
@@ -314,21 +317,6 @@ def test_doctor_catches_a_cached_binary_that_changed(upstream: _Upstream, cache_
 # --- path 2b: verified against the checksum file upstream publishes beside the release -------------------
 
 
-def write_published_manifest(path: Path, url: str, checksums: str, member: str | None = None) -> tools.Manifest:
-    member_line = f', member = "{member}"' if member else ""
-    path.write_text(
-        f"""
-[tools.faketool]
-version = "v1.2.3"
-required = true
-version_args = ["--version"]
-version_regex = 'version (v[0-9.]+)'
-download = {{ url = "{url}", sha256 = "unverified", checksums = "{checksums}"{member_line} }}
-"""
-    )
-    return tools.load_manifest(path)
-
-
 def test_download_verified_against_a_bare_digest_file(upstream: _Upstream, cache_home: Path, tmp_path: Path) -> None:
     """dl.k8s.io's layout: release/<version>/bin/linux/amd64/<binary> and <binary>.sha256 holding the digest."""
     folder = upstream.root / "release" / "v1.2.3" / "bin" / "linux" / "amd64"
@@ -337,7 +325,7 @@ def test_download_verified_against_a_bare_digest_file(upstream: _Upstream, cache
     (folder / "faketool").write_bytes(payload)
     (folder / "faketool.sha256").write_text(hashlib.sha256(payload).hexdigest())
     url = upstream.url("release/v1.2.3/bin/linux/amd64/faketool")
-    manifest = write_published_manifest(tmp_path / "tools.toml", url, url + ".sha256")
+    manifest = write_manifest(tmp_path / "tools.toml", url, tools.UNVERIFIED, checksums=url + ".sha256")
     status = tools.obtain("faketool", manifest)
     assert (status.source, status.found) == ("download", "v1.2.3")
     stamp = json.loads((tools.tool_dir(manifest.tools["faketool"]) / tools.STAMP_NAME).read_text())
@@ -372,7 +360,7 @@ def _release_with_checksums_txt(upstream: _Upstream, digest_of_ours: str | None)
 
 def test_download_verified_against_checksums_txt(upstream: _Upstream, cache_home: Path, tmp_path: Path) -> None:
     url, checksums = _release_with_checksums_txt(upstream, None)
-    manifest = write_published_manifest(tmp_path / "tools.toml", url, checksums, member="faketool")
+    manifest = write_manifest(tmp_path / "tools.toml", url, tools.UNVERIFIED, member="faketool", checksums=checksums)
     status = tools.obtain("faketool", manifest)
     assert (status.source, status.found) == ("download", "v1.2.3"), status.notes
 
@@ -381,7 +369,7 @@ def test_a_mismatch_with_the_published_checksum_installs_nothing(
     upstream: _Upstream, cache_home: Path, tmp_path: Path
 ) -> None:
     url, checksums = _release_with_checksums_txt(upstream, "0" * 64)
-    manifest = write_published_manifest(tmp_path / "tools.toml", url, checksums, member="faketool")
+    manifest = write_manifest(tmp_path / "tools.toml", url, tools.UNVERIFIED, member="faketool", checksums=checksums)
     status = tools.obtain("faketool", manifest)
     assert status.path is None
     assert any("sha256 mismatch" in n and "upstream checksum file" in n for n in status.notes), status.notes
@@ -392,7 +380,8 @@ def test_a_checksum_file_without_our_asset_is_refused_before_the_download(
     upstream: _Upstream, cache_home: Path, tmp_path: Path
 ) -> None:
     url, checksums = _release_with_checksums_txt(upstream, None)
-    manifest = write_published_manifest(tmp_path / "tools.toml", url.replace("linux_amd64", "linux_s390x"), checksums)
+    other = url.replace("linux_amd64", "linux_s390x")
+    manifest = write_manifest(tmp_path / "tools.toml", other, tools.UNVERIFIED, checksums=checksums)
     status = tools.obtain("faketool", manifest)
     assert status.path is None
     assert any("lists no sha256" in n for n in status.notes), status.notes
