@@ -26,8 +26,11 @@ from typing import Any, Literal
 
 import yaml
 
-from ops import core, images
+from ops import core
 from ops.core import REPO_ROOT, OpsError, console
+from ops.images import build as image_build
+from ops.images import docker as image_docker
+from ops.images import versions as image_versions
 from ops.k8s import deploy, nodeimage
 from ops.toolchain import tools
 
@@ -58,7 +61,7 @@ def context_name(name: str | None = None) -> str:
 
 
 def upstream_node_image() -> str:
-    return str(images.load_versions()["kind"]["upstream_node_image"])
+    return str(image_versions.load_versions()["kind"]["upstream_node_image"])
 
 
 def registry_answers(url: str = REGISTRY_PROBE, timeout_s: float = 5.0) -> bool:
@@ -86,7 +89,7 @@ def choose_node_image(mode: NodeImageMode = "auto") -> NodeImage:
     if mode == "upstream":
         return NodeImage(upstream, False, None, "asked for kind's node image")
     if mode == "auto":
-        if images.image_exists(upstream):
+        if image_docker.image_exists(upstream):
             return NodeImage(upstream, False, None, "kind's node image is present locally")
         if registry_answers():
             return NodeImage(upstream, False, None, "a registry answers; docker pulls kind's node image")
@@ -170,13 +173,13 @@ class Kind:
             self.run("delete", "cluster", "--name", self.name)
         # kind leaves its docker network behind on purpose (other clusters may share it); remove it when idle.
         if _network_exists(KIND_NETWORK) and not _network_containers(KIND_NETWORK):
-            images.run(["docker", "network", "rm", KIND_NETWORK], quiet=True)
+            image_docker.run(["docker", "network", "rm", KIND_NETWORK], quiet=True)
 
     def restart_apiserver(self, timeout_s: float = 180) -> None:
         """Stop the kube-apiserver container of the control-plane node; the kubelet starts it again."""
         node = f"{self.name}-control-plane"
         stop = "crictl stop $(crictl ps -q --name kube-apiserver)"
-        images.run(["docker", "exec", node, "sh", "-c", stop], capture=True, quiet=True)
+        image_docker.run(["docker", "exec", node, "sh", "-c", stop], capture=True, quiet=True)
         kubectl = deploy.Kubectl(self.context, self.kubeconfig)
         deadline = time.monotonic() + timeout_s
         time.sleep(5)
@@ -186,7 +189,7 @@ class Kind:
             time.sleep(2)
 
     def node_containers(self) -> list[str]:
-        out = images.run(
+        out = image_docker.run(
             ["docker", "ps", "-a", "--filter", f"label={CLUSTER_LABEL}={self.name}", "--format", "{{.Names}}"],
             capture=True,
             quiet=True,
@@ -212,7 +215,7 @@ def _network_exists(name: str) -> bool:
 
 
 def _network_containers(name: str) -> list[str]:
-    out = images.run(
+    out = image_docker.run(
         ["docker", "network", "inspect", name, "--format", "{{range .Containers}}{{.Name}} {{end}}"],
         capture=True,
         quiet=True,
@@ -234,8 +237,8 @@ def metrics_server_manifest() -> str:
 def content_tag(ref: str) -> str:
     """Tag a local image by its content (`<repo>:kind-<id>`), so a changed image always rolls the Deployment."""
     repo = ref.rsplit(":", 1)[0]
-    tagged = f"{repo}:kind-{images.image_id(ref).removeprefix('sha256:')[:12]}"
-    images.run(["docker", "tag", ref, tagged], quiet=True)
+    tagged = f"{repo}:kind-{image_docker.image_id(ref).removeprefix('sha256:')[:12]}"
+    image_docker.run(["docker", "tag", ref, tagged], quiet=True)
     return tagged
 
 
@@ -309,8 +312,8 @@ def build_and_load(kind: Kind, result: UpResult, services: Sequence[str], *, off
     refs: dict[str, str] = {}
     with result.step("images build"):
         for name in services:
-            record = images.build_service(name, "cpu", offline=offline)
-            refs[images.SERVICES[name].repository] = content_tag(record.image)
+            record = image_build.build_service(name, "cpu", offline=offline)
+            refs[core.SERVICES[name].repository] = content_tag(record.image)
     with result.step("kind load"):
         kind.load(list(refs.values()))
     result.images = refs
@@ -441,7 +444,7 @@ def _run_tilt(tilt: str, kind: Kind, *, ci: bool, offline_images: bool) -> None:
     offline choice through INVOKE_IMAGES_OFFLINE.
     """
     # Analytics off (the Tiltfile turns them off too, but only once it has loaded); the legacy builder, as
-    # images.build uses, since Tilt would otherwise build through BuildKit where the daemon offers it.
+    # image_build.build uses, since Tilt would otherwise build through BuildKit where the daemon offers it.
     env = {**kind.env, "TILT_DISABLE_ANALYTICS": "1", "DOCKER_BUILDKIT": "0"}
     if offline_images:
         env["INVOKE_IMAGES_OFFLINE"] = "1"

@@ -26,8 +26,11 @@ from typing import Any
 
 import yaml
 
-from ops import core, images
+from ops import core
 from ops.core import REPO_ROOT, OpsError, cache_root, console
+from ops.images import build as image_build
+from ops.images import docker as image_docker
+from ops.images import osbase
 from ops.toolchain import tools
 
 NODE_DIR = REPO_ROOT / "kind" / "node-image"
@@ -161,8 +164,8 @@ def plan(os_image_id: str | None = None) -> Plan:
     if "kubeadm" in binaries:
         refs = kubeadm_images(binaries["kubeadm"], version, patch)
     refs.append(metrics_server_ref(m))
-    os_image = images.offline_os_image()
-    fp = images.fingerprint(
+    os_image = osbase.offline_os_image()
+    fp = image_docker.fingerprint(
         version, _tree_digest(NODE_DIR), *digests, *refs, os_image, os_image_id or "", json.dumps(patch, sort_keys=True)
     )
     return Plan(
@@ -179,8 +182,8 @@ def plan(os_image_id: str | None = None) -> Plan:
 
 def current_plan() -> Plan:
     """The plan against the OS base present in docker now (its image id is an input)."""
-    os_ref = images.offline_os_image()
-    return plan(images.image_id(os_ref) if images.image_exists(os_ref) else None)
+    os_ref = osbase.offline_os_image()
+    return plan(image_docker.image_id(os_ref) if image_docker.image_exists(os_ref) else None)
 
 
 def _scratch_dockerfile(component: Component) -> str:
@@ -251,10 +254,10 @@ def build(*, force: bool = False) -> BuildReport:
     missing = current_plan().missing_tools
     for name in missing:
         tools.ensure(name)
-    os_image = images.ensure_os_base(offline=True)
+    os_image = osbase.ensure_os_base(offline=True)
     p = current_plan()
     report = BuildReport(tag=p.tag, built=False)
-    if images.image_exists(p.tag) and not force:
+    if image_docker.image_exists(p.tag) and not force:
         console.print(f"[green]node image present[/green] {p.tag}")
         report.steps.append(("cached", time.monotonic() - started))
         return report
@@ -269,8 +272,8 @@ def build(*, force: bool = False) -> BuildReport:
         with report.timed(f"{len(p.images)} component images"):
             refs = _build_parts(p, os_image, ctx / "parts")
         with report.timed("image archive"):
-            images.run(["docker", "save", "-o", str(ctx / "images" / "images.tar"), *refs])
-            images.run(["docker", "rmi", *refs], quiet=True)
+            image_docker.run(["docker", "save", "-o", str(ctx / "images" / "images.tar"), *refs])
+            image_docker.run(["docker", "rmi", *refs], quiet=True)
         labels = {
             PATCH_LABEL: json.dumps(p.patch, sort_keys=True),
             FINGERPRINT_LABEL: p.fingerprint,
@@ -280,7 +283,7 @@ def build(*, force: bool = False) -> BuildReport:
         dockerfile = ctx / "Dockerfile"
         dockerfile.write_text(dockerfile.read_text() + "\n" + label_lines)
         with report.timed("node image"):
-            images.docker_build(
+            image_build.docker_build(
                 dockerfile, [p.tag, f"{NODE_REPOSITORY}:{p.kubernetes}"], {"OS_IMAGE": os_image}, context=ctx
             )
     report.built = True
@@ -302,9 +305,9 @@ def _build_parts(p: Plan, os_image: str, parts: Path) -> list[str]:
             _os_dockerfile(component, os_image) if component.os_base else _scratch_dockerfile(component)
         )
         internal = _part_tag(ref, p.fingerprint)
-        if not images.image_exists(internal):
-            images.docker_build(dockerfile, [internal], {}, context=part)
-        images.run(["docker", "tag", internal, ref], quiet=True)
+        if not image_docker.image_exists(internal):
+            image_build.docker_build(dockerfile, [internal], {}, context=part)
+        image_docker.run(["docker", "tag", internal, ref], quiet=True)
         refs.append(ref)
     return refs
 
@@ -316,7 +319,7 @@ def _scratch_dir() -> Path:
 
 
 def image_labels(tag: str) -> dict[str, str]:
-    out = images.run(
+    out = image_docker.run(
         ["docker", "image", "inspect", "--format", "{{json .Config.Labels}}", tag], capture=True, quiet=True
     )
     return dict(json.loads(out) or {})

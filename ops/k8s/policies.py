@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from ops import core
-from ops.images import load_versions as versions
+from ops.images.versions import load_versions as versions
 from ops.k8s.nodegroups import ACCELERATOR_LABEL, GPU_TAINT_KEY, NODEGROUPS_PATH, load_nodegroups
 from ops.k8s.objects import (
     GPU_RESOURCE,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ops.images import load_versions
+from ops.images.versions import load_versions
 from ops.k8s.objects import Obj, ref
 from ops.k8s.render import ManifestError
 

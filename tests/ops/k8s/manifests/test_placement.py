@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from ops import images
+from ops.images import versions as image_versions
 from ops.k8s import nodegroups, placement, render
 
 Obj = dict[str, Any]
@@ -19,7 +19,7 @@ def test_nodegroups_contract_is_what_the_components_select_on() -> None:
     assert groups["cpu"].labels["eks.amazonaws.com/nodegroup"] == "cpu-general"
     assert groups["gpu"].labels["k8s.amazonaws.com/accelerator"] == "nvidia-tesla-t4"
     assert groups["gpu"].taints == (GPU_TAINT,)
-    accelerators = {g["accelerator_label"] for g in images.load_versions()["gpus"]}
+    accelerators = {g["accelerator_label"] for g in image_versions.load_versions()["gpus"]}
     assert groups["gpu"].labels["k8s.amazonaws.com/accelerator"] in accelerators
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import kubernetes_validate.utils as kv
 import pytest
 
-from ops import images
+from ops.images import versions as image_versions
 from ops.k8s import objects as k8s_objects
 from ops.k8s import render, schema
 
@@ -16,7 +16,7 @@ Obj = dict[str, Any]
 
 
 def test_schemas_are_those_of_the_eks_minor() -> None:
-    minor = images.load_versions()["eks"]["kubernetes_minor"]
+    minor = image_versions.load_versions()["eks"]["kubernetes_minor"]
     shipped = {".".join(v.split(".")[:2]) for v in kv.all_versions()}
     assert minor in shipped, f"kubernetes-validate ships no {minor} schemas; closest older is used"
     assert schema.schema_version().startswith(minor + ".")

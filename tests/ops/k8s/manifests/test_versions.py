@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from ops import images
+from ops.images import versions as image_versions
 from ops.k8s import objects as k8s_objects
 from ops.k8s import placement, policies, render
 
@@ -21,7 +21,7 @@ def _image(objects: list[Obj], kind: str, name: str) -> str:
 
 @pytest.mark.parametrize("overlay", render.EKS_OVERLAYS)
 def test_addon_images_match_the_matrix(overlay: str, rendered: dict[str, list[Obj]]) -> None:
-    addons = images.load_versions()["addons"]
+    addons = image_versions.load_versions()["addons"]
     objects = rendered[overlay]
     assert _image(objects, "DaemonSet", "nvidia-device-plugin") == (
         f"nvcr.io/nvidia/k8s-device-plugin:{addons['nvidia_device_plugin']}"
@@ -35,8 +35,8 @@ def test_addon_images_match_the_matrix(overlay: str, rendered: dict[str, list[Ob
 
 
 def test_cluster_autoscaler_minor_is_the_eks_minor() -> None:
-    ca = images.load_versions()["addons"]["cluster_autoscaler"].lstrip("v")
-    assert ".".join(ca.split(".")[:2]) == images.load_versions()["eks"]["kubernetes_minor"]
+    ca = image_versions.load_versions()["addons"]["cluster_autoscaler"].lstrip("v")
+    assert ".".join(ca.split(".")[:2]) == image_versions.load_versions()["eks"]["kubernetes_minor"]
 
 
 @pytest.mark.parametrize("overlay", render.EKS_OVERLAYS)
