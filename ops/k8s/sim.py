@@ -59,12 +59,15 @@ def node_manifest(group: NodeGroup, index: int) -> dict[str, Any]:
 
 @dataclass
 class SimCluster:
-    """A kwokctl cluster (`--runtime binary`) and the kubeconfig that reaches it."""
+    """A kwokctl cluster (`--runtime binary`) and the kubeconfig that reaches it.
 
-    name: str = "eks-sim"
+    Name and node counts have no defaults here: invoke.yaml (cluster.sim) states them for the tasks.
+    """
+
+    name: str
+    node_counts: dict[str, int]
     workdir: Path = field(default_factory=lambda: cache_root() / "kwok")
     kubeconfig: Path | None = None  # None: kwokctl's default ($KUBECONFIG or ~/.kube/config)
-    node_counts: dict[str, int] = field(default_factory=lambda: {"cpu-general": 3, "gpu-t4": 3})
 
     @property
     def context(self) -> str:
@@ -106,6 +109,8 @@ class SimCluster:
         if not docs:
             raise FileNotFoundError(f"no kwok stage files under {module}; run `invoke tools.install -n kwok`")
         out = self.workdir / f"stages-{self.name}.yaml"
+        if core.is_dry():  # shown in the kwokctl command, not written
+            return out
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text("\n---\n".join(doc.strip() for doc in docs) + "\n")
         return out
@@ -153,6 +158,8 @@ class SimCluster:
         self.kubectl("apply", "-f", "-", input_text=json.dumps(manifest))
 
     def wait_nodes_ready(self, timeout_s: int = 120) -> None:
+        if core.is_dry():  # nothing was created to wait for
+            return
         names = [n["metadata"]["name"] for n in self.nodes()]
         self.kubectl(
             "wait",

@@ -14,14 +14,11 @@ from ops.tasks.local import node_image
 
 
 def _sim(c: Context, name: str | None, kubeconfig: str | None) -> cluster_mod.SimCluster:
-    conf = c.config.get("cluster", {}).get("sim", {})
+    conf = c.config["cluster"]["sim"]
     return cluster_mod.SimCluster(
-        name=name or conf.get("name", "eks-sim"),
+        name=name or conf["name"],
         kubeconfig=Path(kubeconfig) if kubeconfig else None,
-        node_counts={
-            "cpu-general": int(conf.get("cpu_nodes", 3)),
-            "gpu-t4": int(conf.get("gpu_nodes", 3)),
-        },
+        node_counts={"cpu-general": int(conf["cpu_nodes"]), "gpu-t4": int(conf["gpu_nodes"])},
     )
 
 
@@ -35,6 +32,8 @@ def sim_up(c: Context, name: str | None = None, kubeconfig: str | None = None) -
     """Start kube-apiserver/etcd/controller-manager/scheduler + kwok (pinned, cached binaries) and the fake nodes."""
     sim = _sim(c, name, kubeconfig)
     sim.up()
+    if c.config.run.dry:
+        return
     table = Table(title=f"simulated EKS cluster, context {sim.context}")
     for col in ("node", "zone", "nodegroup", "Ready"):
         table.add_column(col)

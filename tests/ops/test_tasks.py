@@ -3,9 +3,11 @@ no process at all."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from invoke import Config, Context, Exit
@@ -49,6 +51,25 @@ def test_dry_images_build_starts_no_process() -> None:
     for name, spec in core.SERVICES.items():
         assert f"service {spec.repository}:<commit>-cuda" in proc.stderr, name
     assert "base eks-inference/base-cpu:" in proc.stderr
+
+
+def test_dry_sim_up_creates_nothing(tmp_path: Path) -> None:
+    """`invoke --dry cluster.sim-up` shows the kwokctl and kubectl commands that change things, and runs none."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "invoke", "--dry", "cluster.sim-up", "--name", "dry-probe"],
+        cwd=core.REPO_ROOT,
+        env={**os.environ, "KUBECONFIG": str(tmp_path / "kubeconfig")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "would run" in proc.stderr
+    assert "create cluster" in proc.stderr
+    assert "apply -f -" in proc.stderr
+    assert not (tmp_path / "kubeconfig").exists()
+    assert not (core.cache_root() / "kwok" / "stages-dry-probe.yaml").exists()
 
 
 def test_the_process_probe_sees_processes() -> None:
