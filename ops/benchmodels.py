@@ -13,10 +13,11 @@ from typing import Any, cast
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from ops.core import REPO_ROOT, cache_root
+
 DEMO_BUNDLE = REPO_ROOT / "models" / "image-demo"
 # Random-init resnet50 bundle (weights do not change latency); cached outside the checkout, rebuilt when missing.
-CACHE_ROOT = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "eks-inference" / "bench"
+CACHE_ROOT = cache_root() / "bench"
 MODELS = ("resnet50", "demo")
 
 

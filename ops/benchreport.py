@@ -13,7 +13,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from ops.core import REPO_ROOT
+
 RESULTS_ROOT = REPO_ROOT / "results" / "bench"
 console = Console()
 

@@ -11,179 +11,165 @@ from typing import Any
 
 import yaml
 
+from ops import core
+from ops.k8s import placement
+from ops.k8s.nodegroups import NodeGroup
+from ops.k8s.nodegroups import load_nodegroups as _load_nodegroups
+from ops.k8s.objects import GPU_RESOURCE, Obj, parse_quantity
+from ops.k8s.render import MANIFESTS_DIR, OVERLAYS_DIR, ManifestError, render
 from ops.load import StepRun
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-NODEGROUPS_PATH = REPO_ROOT / "manifests" / "nodegroups.yaml"
 PROD_OVERLAY = "eks-prod"
-GPU_RESOURCE = "nvidia.com/gpu"
-
-# Used only when the eks-prod overlay cannot be rendered; the report says so. Keep in step with manifests/base.
-FALLBACK_REQUESTS: dict[str, dict[str, str]] = {
-    "image-classifier": {"cpu": "2", "memory": "6Gi", GPU_RESOURCE: "1"},
-    "text-classifier": {"cpu": "1", "memory": "2Gi"},
-}
-
-_MEMORY_UNITS = {
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-    "Pi": 2**50,
-    "k": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-    "P": 10**15,
-}
+# Only what the planner counts; other resources (ephemeral-storage, ...) do not bound pods per node here.
+PLANNED_RESOURCES = ("cpu", "memory", GPU_RESOURCE)
 
 
-def parse_quantity(value: str | float) -> float:
-    """A Kubernetes quantity as a float: "3920m" -> 3.92, "14Gi" -> 15032385536, "1" -> 1."""
-    text = str(value).strip()
-    match = re.fullmatch(r"([0-9.]+)([a-zA-Z]*)", text)
-    if not match:
-        raise ValueError(f"not a quantity: {value!r}")
-    number, unit = float(match.group(1)), match.group(2)
-    if unit == "":
-        return number
-    if unit == "m":
-        return number / 1000
-    if unit in _MEMORY_UNITS:
-        return number * _MEMORY_UNITS[unit]
-    raise ValueError(f"unknown unit in quantity {value!r}")
-
-
-@dataclass
-class NodeGroup:
-    """One EKS managed node group from manifests/nodegroups.yaml."""
-
-    name: str
-    instance_type: str
-    min_size: int
-    max_size: int
-    allocatable: dict[str, float]
-    labels: dict[str, str]
-    taints: list[dict[str, str]]
-
-
-def load_nodegroups(path: Path = NODEGROUPS_PATH) -> list[NodeGroup]:
-    """Read the node-group definitions the simulated cluster uses."""
-    data = yaml.safe_load(path.read_text())
-    return [
-        NodeGroup(
-            name=g["name"],
-            instance_type=g["instanceType"],
-            min_size=int(g["minSize"]),
-            max_size=int(g["maxSize"]),
-            allocatable={k: parse_quantity(v) for k, v in g["allocatable"].items()},
-            labels=dict(g.get("labels") or {}),
-            taints=list(g.get("taints") or []),
-        )
-        for g in data["nodeGroups"]
-    ]
+def load_nodegroups() -> list[NodeGroup]:
+    """The node groups of manifests/nodegroups.yaml (ops.k8s.nodegroups), in file order."""
+    return list(_load_nodegroups().values())
 
 
 @dataclass
 class PodSpec:
-    """What one pod of a service asks the scheduler for, and where it came from."""
+    """What one pod of a service asks the scheduler for, and where it came from.
+
+    `pod` is the pod spec the placement reads (affinity, tolerations, limits). A hand-made PodSpec without one
+    is placed by its requests and selector alone: it is given no taint to respect (it tolerates every taint).
+    """
 
     service: str
     requests: dict[str, float]
     node_selector: dict[str, list[str]]  # label -> allowed values (nodeSelector and required nodeAffinity "In")
     source: str
+    pod: Obj = field(default_factory=dict, repr=False)
+
+    def scheduling_pod(self) -> Obj:
+        """The pod spec the placement evaluates."""
+        if self.pod:
+            return self.pod
+        limits = {k: v for k, v in self.requests.items() if "/" in k}
+        expressions = [{"key": k, "operator": "In", "values": v} for k, v in self.node_selector.items()]
+        return {
+            "containers": [{"name": self.service, "resources": {"requests": dict(self.requests), "limits": limits}}],
+            "tolerations": [{"operator": "Exists"}],
+            **(
+                {
+                    "affinity": {
+                        "nodeAffinity": {
+                            "requiredDuringSchedulingIgnoredDuringExecution": {
+                                "nodeSelectorTerms": [{"matchExpressions": expressions}]
+                            }
+                        }
+                    }
+                }
+                if expressions
+                else {}
+            ),
+        }
 
 
-def _container_requests(pod_spec: dict[str, Any]) -> dict[str, float]:
-    total: dict[str, float] = {}
-    for container in pod_spec.get("containers") or []:
-        resources = container.get("resources") or {}
-        merged = dict(resources.get("limits") or {})
-        merged.update(resources.get("requests") or {})  # requests win; limits stand in (e.g. GPUs set only as limits)
-        for key, value in merged.items():
-            if key in ("cpu", "memory", GPU_RESOURCE):
-                total[key] = total.get(key, 0.0) + parse_quantity(value)
-    return total
-
-
-def _node_constraints(pod_spec: dict[str, Any]) -> dict[str, list[str]]:
-    constraints = {k: [str(v)] for k, v in (pod_spec.get("nodeSelector") or {}).items()}
-    required = ((pod_spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+def _node_constraints(pod: Obj) -> dict[str, list[str]]:
+    """For the report: nodeSelector and the `In` expressions of every required node-affinity term."""
+    constraints = {k: [str(v)] for k, v in (pod.get("nodeSelector") or {}).items()}
+    required = ((pod.get("affinity") or {}).get("nodeAffinity") or {}).get(
         "requiredDuringSchedulingIgnoredDuringExecution"
     ) or {}
-    terms = required.get("nodeSelectorTerms") or []
-    # Terms are ORed; the first one is what the planner places by (the overlays write exactly one).
-    for expression in (terms[0].get("matchExpressions") or []) if terms else []:
-        if expression.get("operator") == "In":
-            constraints[expression["key"]] = [str(v) for v in expression.get("values") or []]
+    for term in required.get("nodeSelectorTerms") or []:
+        for expression in term.get("matchExpressions") or []:
+            if expression.get("operator") == "In":
+                constraints[expression["key"]] = [str(v) for v in expression.get("values") or []]
     return constraints
 
 
-def pod_spec_from_documents(documents: list[dict[str, Any]], service: str, source: str) -> PodSpec | None:
-    """Find the Deployment of `service` in rendered manifests and read its pod requests and nodeSelector."""
+def _spec_from_pod(service: str, pod: Obj, source: str) -> PodSpec:
+    requests = {k: v for k, v in placement.pod_requests(pod).items() if k in PLANNED_RESOURCES}
+    return PodSpec(service, requests, _node_constraints(pod), source, pod)
+
+
+def pod_spec_from_documents(documents: list[Obj], service: str, source: str) -> PodSpec | None:
+    """Find the Deployment of `service` in rendered manifests and read its pod requests and node constraints."""
     for doc in documents:
-        if not isinstance(doc, dict) or doc.get("kind") not in (
-            "Deployment",
-            "StatefulSet",
-        ):
+        if not isinstance(doc, dict) or doc.get("kind") not in ("Deployment", "StatefulSet"):
             continue
         meta = doc.get("metadata") or {}
         labels = meta.get("labels") or {}
         if service not in (meta.get("name"), labels.get("app.kubernetes.io/name")):
             continue
         pod = ((doc.get("spec") or {}).get("template") or {}).get("spec") or {}
-        return PodSpec(service, _container_requests(pod), _node_constraints(pod), source)
+        return _spec_from_pod(service, pod, source)
     return None
 
 
-def _render_overlay(overlay: str) -> list[dict[str, Any]] | None:
-    try:
-        from ops.manifests import render
-    except ImportError:
-        return None
-    rendered = render(overlay)
-    if isinstance(rendered, str | bytes):
-        return [d for d in yaml.safe_load_all(rendered) if d]
-    return [d for d in rendered if d]
+def _merge_pod(pod: Obj, patch: Obj) -> Obj:
+    """The pod-spec fields placement reads, patched the way a strategic merge patches them: containers merged by
+    name (resources merged per kind), tolerations and affinity and nodeSelector replaced by the patch's."""
+    merged = dict(pod)
+    for key in ("affinity", "tolerations", "nodeSelector"):
+        if key in patch:
+            merged[key] = patch[key]
+    by_name = {c["name"]: c for c in merged.get("containers") or []}
+    for change in patch.get("containers") or []:
+        base = by_name.get(change["name"])
+        if base is None:
+            continue
+        resources = dict(base.get("resources") or {})
+        for kind, amounts in (change.get("resources") or {}).items():
+            resources[kind] = {**(resources.get(kind) or {}), **amounts}
+        by_name[change["name"]] = {**base, "resources": resources}
+    merged["containers"] = list(by_name.values())
+    return merged
+
+
+def base_pod_spec(service: str, overlay: str = PROD_OVERLAY) -> PodSpec:
+    """The service's pod as manifests/base declares it, with the Deployment patches of the overlay's components.
+
+    The fallback when Kustomize cannot run: read from the same files, so it cannot drift from them (a test holds
+    it equal to the rendered overlay).
+    """
+    pod = yaml.safe_load((MANIFESTS_DIR / "base" / service / "deployment.yaml").read_text())["spec"]["template"]["spec"]
+    kustomization = yaml.safe_load((OVERLAYS_DIR / overlay / "kustomization.yaml").read_text())
+    for component in kustomization.get("components") or []:
+        folder = (OVERLAYS_DIR / overlay / component).resolve()
+        for patch in yaml.safe_load((folder / "kustomization.yaml").read_text()).get("patches") or []:
+            target = patch.get("target") or {}
+            doc = yaml.safe_load((folder / patch["path"]).read_text()) if "path" in patch else None
+            if not doc or doc.get("kind") != "Deployment":
+                continue
+            if (target.get("name") or doc["metadata"]["name"]) != service:
+                continue
+            pod = _merge_pod(pod, ((doc.get("spec") or {}).get("template") or {}).get("spec") or {})
+    where = f"manifests/base/{service} + the Deployment patches of {overlay}'s components"
+    return _spec_from_pod(service, pod, where)
 
 
 def pod_spec(service: str, overlay: str = PROD_OVERLAY) -> PodSpec:
-    """Pod requests of `service` from the rendered overlay; clearly marked fallback values when it cannot render."""
-    reason = "ops.manifests.render is not available"
+    """Pod requests of `service` from the rendered overlay; read from the base manifests when it cannot render."""
     try:
-        documents = _render_overlay(overlay)
-    except Exception as error:  # any render failure means: use the fallback, and say why
-        documents, reason = None, f"rendering {overlay} failed: {error}"
-    if documents is not None:
-        found = pod_spec_from_documents(documents, service, f"rendered overlay {overlay}")
-        if found is not None and found.requests:
-            return found
-        reason = f"no Deployment {service!r} with resource requests in overlay {overlay}"
-    if service not in FALLBACK_REQUESTS:
-        raise KeyError(f"no pod requests known for {service!r} ({reason})")
-    requests = {k: parse_quantity(v) for k, v in FALLBACK_REQUESTS[service].items()}
-    selector = {"workload-class": ["gpu" if GPU_RESOURCE in requests else "cpu"]}
-    return PodSpec(service, requests, selector, f"FALLBACK defaults in ops/capacity.py ({reason})")
+        documents = render(overlay)
+    except (ManifestError, OSError) as error:
+        fallback = base_pod_spec(service, overlay)
+        fallback.source = f"FALLBACK: {fallback.source} (rendering {overlay} failed: {error})"
+        return fallback
+    found = pod_spec_from_documents(documents, service, f"rendered overlay {overlay}")
+    if found is None or not found.requests:
+        raise core.OpsError(f"no Deployment {service!r} with resource requests in overlay {overlay}")
+    return found
 
 
 def choose_nodegroup(spec: PodSpec, groups: list[NodeGroup]) -> NodeGroup:
-    """The node group whose labels match the pod's nodeSelector (GPU pods: a group with GPUs)."""
-    wants_gpu = spec.requests.get(GPU_RESOURCE, 0) > 0
-    for group in groups:
-        has_gpu = group.allocatable.get(GPU_RESOURCE, 0) > 0
-        if wants_gpu != has_gpu:
-            continue
-        if all(group.labels.get(k) in allowed for k, allowed in spec.node_selector.items()):
-            return group
-    raise LookupError(f"no node group fits {spec.service} (selector {spec.node_selector}, gpu={wants_gpu})")
+    """The first node group the pod can be scheduled on (ops.k8s.placement, as the policies and diagram place it)."""
+    fitting = placement.fitting_groups(spec.scheduling_pod(), groups)
+    if not fitting:
+        raise LookupError(f"no node group fits {spec.service} (constraints {spec.node_selector})")
+    return fitting[0]
 
 
 def pods_per_node(spec: PodSpec, group: NodeGroup) -> int:
     """How many pods of `spec` fit on one node of `group`, by every resource the pod requests."""
-    fits = [int(group.allocatable.get("pods", 110))]
+    fits = [int(parse_quantity(group.allocatable.get("pods", "110")))]
     for resource, amount in spec.requests.items():
         if amount > 0:
-            fits.append(int(group.allocatable.get(resource, 0) // amount))
+            fits.append(int(group.allocatable_amount(resource) // amount))
     return max(0, min(fits))
 
 

@@ -12,7 +12,8 @@ from packaging.markers import Marker
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from rich.console import Console
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from ops.core import REPO_ROOT
+
 LOCK = REPO_ROOT / "uv.lock"
 console = Console()
 

@@ -28,7 +28,7 @@ def vegeta_path() -> Path:
     if os.environ.get("VEGETA"):
         return Path(os.environ["VEGETA"])
     try:
-        from ops import tools
+        from ops.toolchain import tools
     except ImportError:  # a machine with only the benchmark runner's packages (bench/gpu/run.sh)
         tools = None  # type: ignore[assignment]
     if tools is not None:

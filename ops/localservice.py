@@ -15,7 +15,7 @@ from typing import IO, Self
 
 import httpx
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from ops.core import REPO_ROOT
 
 
 def free_port() -> int:

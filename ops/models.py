@@ -14,11 +14,13 @@ from typing import Any
 
 import torch
 
+from ops.core import REPO_ROOT, SERVICES
+
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = REPO_ROOT
 DEFAULT_OUT = REPO / "models"
-IMAGE_BUNDLE, TEXT_BUNDLE = "image-demo", "text-demo"
+IMAGE_BUNDLE, TEXT_BUNDLE = SERVICES["image-classifier"].bundle, SERVICES["text-classifier"].bundle
 SEED = 20261128
 
 

@@ -5,30 +5,20 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
+from ops.core import SERVICES as REGISTRY
+from ops.core import Service
 from ops.localservice import LocalService
-from ops.models import DEFAULT_OUT, IMAGE_BUNDLE, TEXT_BUNDLE
+from ops.models import DEFAULT_OUT
 
-
-@dataclass(frozen=True)
-class ServiceSpec:
-    name: str
-    package: str
-    port: int
-    bundle: str
-
-
-SERVICES = (
-    ServiceSpec("image-classifier", "image_classifier", 8080, IMAGE_BUNDLE),
-    ServiceSpec("text-classifier", "text_classifier", 8081, TEXT_BUNDLE),
-)
+# Both services, in registry order (image, text).
+SERVICES: tuple[Service, ...] = tuple(REGISTRY.values())
 
 
 @contextmanager
 def running(
-    services: tuple[ServiceSpec, ...] = SERVICES, models: Path = DEFAULT_OUT
+    services: tuple[Service, ...] = SERVICES, models: Path = DEFAULT_OUT
 ) -> Iterator[dict[str, tuple[LocalService, float]]]:
     """Start the services, yield {name: (service, seconds to ready)}; on exit they get SIGTERM and drain."""
     with ExitStack() as stack:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ops import deploy
+from ops.k8s import deploy
 from ops.k8s import kind as kind_mod
 
 REPO = Path(__file__).resolve().parent.parent

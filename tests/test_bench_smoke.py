@@ -132,7 +132,7 @@ def test_plan_for_gpu_pods_lands_on_the_gpu_group() -> None:
     )
     gpu = next(g for g in groups if g.name == plan.nodegroup)
     assert isinstance(gpu, NodeGroup)
-    assert gpu.allocatable["nvidia.com/gpu"] == 1
+    assert gpu.gpus_per_node == 1
     assert (plan.replicas, plan.pods_per_node, plan.nodes) == (
         4,
         1,

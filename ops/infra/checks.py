@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ops import core
 
 # cfn-lint rules ignored on purpose (also in docs/infra.md).
 CFN_LINT_IGNORED = {
@@ -51,9 +52,9 @@ def offline_env() -> dict[str, str]:
 
 def cfn_lint(templates: Sequence[Path]) -> list[str]:
     """cfn-lint findings (errors and warnings) as 'RULE file:line message', the ignored rules left out."""
-    proc = subprocess.run(
+    proc = core.run(
         [_tool("cfn-lint"), "--format", "json", "--ignore-checks", *CFN_LINT_IGNORED, "--", *map(str, templates)],
-        capture_output=True, text=True, check=False, timeout=600,
+        timeout=600, ok_codes=range(256), effect=False,
     )  # fmt: skip
     if proc.returncode not in (0, 2, 4, 6, 8, 10, 12, 14) and not proc.stdout.strip():
         raise RuntimeError(f"cfn-lint failed (exit {proc.returncode}): {proc.stderr.strip()}")
@@ -71,7 +72,7 @@ def checkov(templates: Sequence[Path]) -> tuple[list[str], list[str], list[str]]
         argv += ["--file", str(template)]
     if CHECKOV_ACCEPTED:
         argv += ["--skip-check", ",".join(CHECKOV_ACCEPTED)]
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=900, env=offline_env())
+    proc = core.run(argv, timeout=900, env=offline_env(), ok_codes=range(256), effect=False)
     if not proc.stdout.strip().startswith(("{", "[")):
         raise RuntimeError(f"checkov gave no JSON (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
     data = json.loads(proc.stdout)

@@ -6,14 +6,17 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from ops.core import OpsError
 from ops.infra import settings
 
 # The CDK CLI (npm package aws-cdk) that deploys the synthesized assembly; the library is aws-cdk-lib (PyPI).
 DEFAULT_CDK_CLI = "aws-cdk@3.0.0"
 
 
-class InfraDeployRefused(RuntimeError):
+class InfraDeployRefused(OpsError):
     """The guard said no: wrong account, unconfirmed prod, unknown env, or no credentials."""
+
+    exit_code = 2
 
 
 def parse_allowed(value: str | Sequence[str]) -> list[str]:

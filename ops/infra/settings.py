@@ -5,20 +5,20 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ops.cluster import NodeGroup, load_nodegroups
+from ops import core
+from ops.core import REPO_ROOT, OpsError
+from ops.k8s.nodegroups import NodeGroup, load_nodegroups
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 OVERLAYS_DIR = REPO_ROOT / "overlays"
 VERSIONS_PATH = REPO_ROOT / "base-images" / "versions.toml"
 # env name (as `invoke deploy --env` spells it) -> the overlay that runs on that cluster.
 ENV_OVERLAYS = {"staging": "eks-staging", "prod": "eks-prod"}
 # The images the overlays pull; one ECR repository each, shared by every environment of the account.
-SERVICES = ("image-classifier", "text-classifier")
+SERVICES = tuple(core.SERVICES)
 # The Cluster Autoscaler's Kubernetes identity (manifests/components/cluster-autoscaler).
 AUTOSCALER_NAMESPACE = "kube-system"
 AUTOSCALER_SERVICE_ACCOUNT = "cluster-autoscaler"
@@ -26,7 +26,7 @@ AUTOSCALER_SERVICE_ACCOUNT = "cluster-autoscaler"
 REGISTRY_STACK = "eks-inference-registry"
 
 
-class InfraError(RuntimeError):
+class InfraError(OpsError):
     """The overlays and the infrastructure disagree, or an environment is unknown."""
 
 

@@ -13,9 +13,9 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from ops.cluster import NodeGroup
 from ops.infra import settings
 from ops.infra.settings import Environment
+from ops.k8s.nodegroups import NodeGroup
 
 # aws-cdk-lib's enum member per Kubernetes minor (settings.versions()["eks"]["kubernetes_minor"]).
 KUBERNETES_VERSIONS = {"1.34": eks.KubernetesVersion.V1_34, "1.35": eks.KubernetesVersion.V1_35}

@@ -26,10 +26,14 @@ from typing import Any, Literal
 
 import yaml
 
-from ops import deploy, images, tools
-from ops.k8s import nodeimage
+from ops import core
+from ops.core import REPO_ROOT, OpsError, console
+from ops.images import build as image_build
+from ops.images import docker as image_docker
+from ops.images import versions as image_versions
+from ops.k8s import deploy, nodeimage
+from ops.toolchain import tools
 
-REPO_ROOT = images.REPO_ROOT
 CLUSTER_CONFIG = REPO_ROOT / "kind" / "cluster.yaml"
 METRICS_SERVER = REPO_ROOT / "kind" / "addons" / "metrics-server.yaml"
 KIND_NETWORK = "kind"
@@ -41,10 +45,9 @@ SERVICE_PORT = 80
 REGISTRY_PROBE = "https://registry-1.docker.io/v2/"
 
 NodeImageMode = Literal["auto", "upstream", "offline"]
-console = tools.console
 
 
-class KindError(RuntimeError):
+class KindError(OpsError):
     """A kind or cluster step failed; the message carries the command's own words."""
 
 
@@ -58,7 +61,7 @@ def context_name(name: str | None = None) -> str:
 
 
 def upstream_node_image() -> str:
-    return str(images.load_versions()["kind"]["upstream_node_image"])
+    return str(image_versions.load_versions()["kind"]["upstream_node_image"])
 
 
 def registry_answers(url: str = REGISTRY_PROBE, timeout_s: float = 5.0) -> bool:
@@ -86,7 +89,7 @@ def choose_node_image(mode: NodeImageMode = "auto") -> NodeImage:
     if mode == "upstream":
         return NodeImage(upstream, False, None, "asked for kind's node image")
     if mode == "auto":
-        if images.image_exists(upstream):
+        if image_docker.image_exists(upstream):
             return NodeImage(upstream, False, None, "kind's node image is present locally")
         if registry_answers():
             return NodeImage(upstream, False, None, "a registry answers; docker pulls kind's node image")
@@ -145,17 +148,12 @@ class Kind:
 
     def run(self, *args: str, timeout: float = 900, capture: bool = True) -> subprocess.CompletedProcess[str]:
         console.print(f"[dim]$ kind {' '.join(args)}[/dim]")
-        proc = subprocess.run(
-            [self.binary, *args],
-            env=self.env,
-            capture_output=capture,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        if proc.returncode != 0:
-            raise KindError(f"kind {' '.join(args)} failed ({proc.returncode}):\n{(proc.stderr or '')[-4000:]}")
-        return proc
+        try:
+            return core.run(
+                [self.binary, *args], env=self.env, capture=capture, timeout=timeout, effect=args[:1] != ("get",)
+            )
+        except core.CommandFailed as exc:
+            raise KindError(f"kind {' '.join(args)} failed ({exc.returncode}):\n{exc.stderr[-4000:]}") from exc
 
     def exists(self) -> bool:
         return self.name in self.run("get", "clusters").stdout.split()
@@ -175,13 +173,13 @@ class Kind:
             self.run("delete", "cluster", "--name", self.name)
         # kind leaves its docker network behind on purpose (other clusters may share it); remove it when idle.
         if _network_exists(KIND_NETWORK) and not _network_containers(KIND_NETWORK):
-            images.run(["docker", "network", "rm", KIND_NETWORK], quiet=True)
+            image_docker.run(["docker", "network", "rm", KIND_NETWORK], quiet=True)
 
     def restart_apiserver(self, timeout_s: float = 180) -> None:
         """Stop the kube-apiserver container of the control-plane node; the kubelet starts it again."""
         node = f"{self.name}-control-plane"
         stop = "crictl stop $(crictl ps -q --name kube-apiserver)"
-        images.run(["docker", "exec", node, "sh", "-c", stop], capture=True, quiet=True)
+        image_docker.run(["docker", "exec", node, "sh", "-c", stop], capture=True, quiet=True)
         kubectl = deploy.Kubectl(self.context, self.kubeconfig)
         deadline = time.monotonic() + timeout_s
         time.sleep(5)
@@ -191,7 +189,7 @@ class Kind:
             time.sleep(2)
 
     def node_containers(self) -> list[str]:
-        out = images.run(
+        out = image_docker.run(
             ["docker", "ps", "-a", "--filter", f"label={CLUSTER_LABEL}={self.name}", "--format", "{{.Names}}"],
             capture=True,
             quiet=True,
@@ -204,8 +202,8 @@ class Kind:
         if _network_exists(KIND_NETWORK) and not _network_containers(KIND_NETWORK):
             left.append(f"docker network {KIND_NETWORK}")
         kubectl = str(tools.ensure("kubectl"))
-        contexts = subprocess.run(
-            [kubectl, "config", "get-contexts", "-o", "name"], env=self.env, capture_output=True, text=True, check=False
+        contexts = core.run(
+            [kubectl, "config", "get-contexts", "-o", "name"], env=self.env, ok_codes=range(256), effect=False
         ).stdout.split()
         if self.context in contexts:
             left.append(f"kube context {self.context}")
@@ -213,11 +211,11 @@ class Kind:
 
 
 def _network_exists(name: str) -> bool:
-    return subprocess.run(["docker", "network", "inspect", name], capture_output=True, check=False).returncode == 0
+    return core.run(["docker", "network", "inspect", name], ok_codes=range(256), effect=False).returncode == 0
 
 
 def _network_containers(name: str) -> list[str]:
-    out = images.run(
+    out = image_docker.run(
         ["docker", "network", "inspect", name, "--format", "{{range .Containers}}{{.Name}} {{end}}"],
         capture=True,
         quiet=True,
@@ -239,8 +237,8 @@ def metrics_server_manifest() -> str:
 def content_tag(ref: str) -> str:
     """Tag a local image by its content (`<repo>:kind-<id>`), so a changed image always rolls the Deployment."""
     repo = ref.rsplit(":", 1)[0]
-    tagged = f"{repo}:kind-{images.image_id(ref).removeprefix('sha256:')[:12]}"
-    images.run(["docker", "tag", ref, tagged], quiet=True)
+    tagged = f"{repo}:kind-{image_docker.image_id(ref).removeprefix('sha256:')[:12]}"
+    image_docker.run(["docker", "tag", ref, tagged], quiet=True)
     return tagged
 
 
@@ -314,8 +312,8 @@ def build_and_load(kind: Kind, result: UpResult, services: Sequence[str], *, off
     refs: dict[str, str] = {}
     with result.step("images build"):
         for name in services:
-            record = images.build_service(name, "cpu", offline=offline)
-            refs[images.SERVICES[name].repository] = content_tag(record.image)
+            record = image_build.build_service(name, "cpu", offline=offline)
+            refs[core.SERVICES[name].repository] = content_tag(record.image)
     with result.step("kind load"):
         kind.load(list(refs.values()))
     result.images = refs
@@ -446,7 +444,7 @@ def _run_tilt(tilt: str, kind: Kind, *, ci: bool, offline_images: bool) -> None:
     offline choice through INVOKE_IMAGES_OFFLINE.
     """
     # Analytics off (the Tiltfile turns them off too, but only once it has loaded); the legacy builder, as
-    # images.build uses, since Tilt would otherwise build through BuildKit where the daemon offers it.
+    # image_build.build uses, since Tilt would otherwise build through BuildKit where the daemon offers it.
     env = {**kind.env, "TILT_DISABLE_ANALYTICS": "1", "DOCKER_BUILDKIT": "0"}
     if offline_images:
         env["INVOKE_IMAGES_OFFLINE"] = "1"
@@ -458,7 +456,7 @@ def _run_tilt(tilt: str, kind: Kind, *, ci: bool, offline_images: bool) -> None:
         else [tilt, "up", "--context", kind.context, "--host", "127.0.0.1"]
     )
     console.print(f"[dim]$ {' '.join(cmd)}[/dim]")
-    code = subprocess.run(cmd, cwd=REPO_ROOT, env=env, check=False).returncode
+    code = core.run(cmd, cwd=REPO_ROOT, env=env, capture=False, ok_codes=range(256)).returncode
     if code != 0:
         raise KindError(f"{' '.join(cmd[1:2])} failed with exit code {code}")
 

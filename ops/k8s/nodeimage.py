@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -27,9 +26,14 @@ from typing import Any
 
 import yaml
 
-from ops import images, tools
+from ops import core
+from ops.core import REPO_ROOT, OpsError, cache_root, console
+from ops.images import build as image_build
+from ops.images import docker as image_docker
+from ops.images import osbase
+from ops.toolchain import tools
 
-NODE_DIR = images.REPO_ROOT / "kind" / "node-image"
+NODE_DIR = REPO_ROOT / "kind" / "node-image"
 NODE_REPOSITORY = "eks-inference/kind-node"
 PARTS_REPOSITORY = "eks-inference/kind-parts"
 # The image's own record of the kubeadm ClusterConfiguration patch its images need (JSON).
@@ -39,10 +43,8 @@ FINGERPRINT_LABEL = "io.eks-inference.kind.fingerprint"
 NODE_TOOLS = ("kubelet", "kubeadm", "kubectl", "crictl")
 KUBEADM_API = "kubeadm.k8s.io/v1beta4"
 
-console = tools.console
 
-
-class NodeImageError(RuntimeError):
+class NodeImageError(OpsError):
     """The node image cannot be planned or built; the message says what is missing."""
 
 
@@ -107,12 +109,11 @@ def kubeadm_images(kubeadm: Path, version: str, patch: dict[str, Any]) -> list[s
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as handle:
         yaml.safe_dump(config, handle)
         handle.flush()
-        proc = subprocess.run(
+        proc = core.run(
             [str(kubeadm), "config", "images", "list", "--config", handle.name],
-            capture_output=True,
-            text=True,
             timeout=60,
-            check=False,
+            ok_codes=range(256),
+            effect=False,
         )
     if proc.returncode != 0:
         raise NodeImageError(f"kubeadm config images list failed: {proc.stderr.strip()[-2000:]}")
@@ -163,8 +164,8 @@ def plan(os_image_id: str | None = None) -> Plan:
     if "kubeadm" in binaries:
         refs = kubeadm_images(binaries["kubeadm"], version, patch)
     refs.append(metrics_server_ref(m))
-    os_image = images.offline_os_image()
-    fp = images.fingerprint(
+    os_image = osbase.offline_os_image()
+    fp = image_docker.fingerprint(
         version, _tree_digest(NODE_DIR), *digests, *refs, os_image, os_image_id or "", json.dumps(patch, sort_keys=True)
     )
     return Plan(
@@ -181,8 +182,8 @@ def plan(os_image_id: str | None = None) -> Plan:
 
 def current_plan() -> Plan:
     """The plan against the OS base present in docker now (its image id is an input)."""
-    os_ref = images.offline_os_image()
-    return plan(images.image_id(os_ref) if images.image_exists(os_ref) else None)
+    os_ref = osbase.offline_os_image()
+    return plan(image_docker.image_id(os_ref) if image_docker.image_exists(os_ref) else None)
 
 
 def _scratch_dockerfile(component: Component) -> str:
@@ -209,13 +210,11 @@ def build_pause(dest: Path) -> None:
     """pause is a few lines of our own Go (kind/node-image/pause), built static with the machine's Go."""
     env = tools.go_env()
     env["CGO_ENABLED"] = "0"
-    proc = subprocess.run(
+    proc = core.run(
         [tools.go_binary(), "build", "-trimpath", "-ldflags", "-s -w", "-o", str(dest), "."],
         cwd=NODE_DIR / "pause",
         env=env,
-        capture_output=True,
-        text=True,
-        check=False,
+        ok_codes=range(256),
     )
     if proc.returncode != 0:
         raise NodeImageError(f"building pause failed: {proc.stderr.strip()[-2000:]}")
@@ -255,10 +254,10 @@ def build(*, force: bool = False) -> BuildReport:
     missing = current_plan().missing_tools
     for name in missing:
         tools.ensure(name)
-    os_image = images.ensure_os_base(offline=True)
+    os_image = osbase.ensure_os_base(offline=True)
     p = current_plan()
     report = BuildReport(tag=p.tag, built=False)
-    if images.image_exists(p.tag) and not force:
+    if image_docker.image_exists(p.tag) and not force:
         console.print(f"[green]node image present[/green] {p.tag}")
         report.steps.append(("cached", time.monotonic() - started))
         return report
@@ -273,8 +272,8 @@ def build(*, force: bool = False) -> BuildReport:
         with report.timed(f"{len(p.images)} component images"):
             refs = _build_parts(p, os_image, ctx / "parts")
         with report.timed("image archive"):
-            images.run(["docker", "save", "-o", str(ctx / "images" / "images.tar"), *refs])
-            images.run(["docker", "rmi", *refs], quiet=True)
+            image_docker.run(["docker", "save", "-o", str(ctx / "images" / "images.tar"), *refs])
+            image_docker.run(["docker", "rmi", *refs], quiet=True)
         labels = {
             PATCH_LABEL: json.dumps(p.patch, sort_keys=True),
             FINGERPRINT_LABEL: p.fingerprint,
@@ -284,7 +283,7 @@ def build(*, force: bool = False) -> BuildReport:
         dockerfile = ctx / "Dockerfile"
         dockerfile.write_text(dockerfile.read_text() + "\n" + label_lines)
         with report.timed("node image"):
-            images.docker_build(
+            image_build.docker_build(
                 dockerfile, [p.tag, f"{NODE_REPOSITORY}:{p.kubernetes}"], {"OS_IMAGE": os_image}, context=ctx
             )
     report.built = True
@@ -306,21 +305,21 @@ def _build_parts(p: Plan, os_image: str, parts: Path) -> list[str]:
             _os_dockerfile(component, os_image) if component.os_base else _scratch_dockerfile(component)
         )
         internal = _part_tag(ref, p.fingerprint)
-        if not images.image_exists(internal):
-            images.docker_build(dockerfile, [internal], {}, context=part)
-        images.run(["docker", "tag", internal, ref], quiet=True)
+        if not image_docker.image_exists(internal):
+            image_build.docker_build(dockerfile, [internal], {}, context=part)
+        image_docker.run(["docker", "tag", internal, ref], quiet=True)
         refs.append(ref)
     return refs
 
 
 def _scratch_dir() -> Path:
-    path = tools.cache_root() / "tmp"
+    path = cache_root() / "tmp"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
 def image_labels(tag: str) -> dict[str, str]:
-    out = images.run(
+    out = image_docker.run(
         ["docker", "image", "inspect", "--format", "{{json .Config.Labels}}", tag], capture=True, quiet=True
     )
     return dict(json.loads(out) or {})

@@ -9,7 +9,7 @@ from typing import Any
 
 from invoke import Collection, Context, Exit, task
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from ops.core import REPO_ROOT
 
 
 def _defaults(c: Context, section: str) -> dict[str, Any]:

@@ -4,27 +4,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from invoke import Collection, Context, Exit, task
+from invoke import Collection, Context
 from rich.table import Table
 
-from ops import cluster as cluster_mod
-from ops import deploy as deploy_mod
+from ops.k8s import deploy as deploy_mod
+from ops.k8s import sim as cluster_mod
+from ops.tasks.common import ops_task
 from ops.tasks.local import node_image
 
 
 def _sim(c: Context, name: str | None, kubeconfig: str | None) -> cluster_mod.SimCluster:
-    conf = c.config.get("cluster", {}).get("sim", {})
+    conf = c.config["cluster"]["sim"]
     return cluster_mod.SimCluster(
-        name=name or conf.get("name", "eks-sim"),
+        name=name or conf["name"],
         kubeconfig=Path(kubeconfig) if kubeconfig else None,
-        node_counts={
-            "cpu-general": int(conf.get("cpu_nodes", 3)),
-            "gpu-t4": int(conf.get("gpu_nodes", 3)),
-        },
+        node_counts={"cpu-general": int(conf["cpu_nodes"]), "gpu-t4": int(conf["gpu_nodes"])},
     )
 
 
-@task(
+@ops_task(
     help={
         "name": "Cluster name (default cluster.sim.name in invoke.yaml); the context is kwok-<name>.",
         "kubeconfig": "Kubeconfig file to write the context into (default $KUBECONFIG or ~/.kube/config).",
@@ -34,6 +32,8 @@ def sim_up(c: Context, name: str | None = None, kubeconfig: str | None = None) -
     """Start kube-apiserver/etcd/controller-manager/scheduler + kwok (pinned, cached binaries) and the fake nodes."""
     sim = _sim(c, name, kubeconfig)
     sim.up()
+    if c.config.run.dry:
+        return
     table = Table(title=f"simulated EKS cluster, context {sim.context}")
     for col in ("node", "zone", "nodegroup", "Ready"):
         table.add_column(col)
@@ -42,7 +42,7 @@ def sim_up(c: Context, name: str | None = None, kubeconfig: str | None = None) -
     cluster_mod.console.print(table)
 
 
-@task(
+@ops_task(
     help={
         "name": "Cluster name (default cluster.sim.name).",
         "kubeconfig": "Kubeconfig file holding its context.",
@@ -53,7 +53,7 @@ def sim_down(c: Context, name: str | None = None, kubeconfig: str | None = None)
     _sim(c, name, kubeconfig).down()
 
 
-@task(
+@ops_task(
     positional=[],
     help={
         "env": "local | staging | prod (overlays/local, overlays/eks-staging, overlays/eks-prod).",
@@ -71,23 +71,23 @@ def deploy(
     context: str | None = None,
     timeout: int = 0,
 ) -> None:
-    """Render the overlay with the pinned kustomize, check the context, apply server-side, wait for rollouts."""
+    """Render the overlay (as manifests.validate does), check schemas and policies, check the context, apply
+    server-side, wait for rollouts."""
     conf = c.config.get("deploy", {})
-    try:
-        deploy_mod.deploy(
-            env,
-            dict(conf.get("contexts", {})),
-            context=context,
-            dry_run=dry_run,
-            yes=yes,
-            timeout_s=int(timeout or conf.get("timeout", 300)),
-        )
-    except deploy_mod.DeployRefused as exc:
-        raise Exit(f"deploy refused: {exc}", code=2) from exc
+    deploy_mod.deploy(
+        env,
+        dict(conf.get("contexts", {})),
+        context=context,
+        dry_run=dry_run,
+        yes=yes,
+        timeout_s=int(timeout or conf["timeout"]),
+    )
 
 
 ns = Collection("cluster")
 ns.add_task(sim_up)
 ns.add_task(sim_down)
 ns.add_task(node_image)
+ns.add_task(deploy)
+# Also at the root: `invoke deploy`.
 ROOT_TASKS = [deploy]

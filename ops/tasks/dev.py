@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-from invoke import Collection, Context, task
+from invoke import Collection, Context
+
+from ops.core import cache_root
+from ops.tasks.common import ops_task
 
 
-@task
+@ops_task
 def lint(c: Context) -> None:
     """ruff and mypy over the whole repository, plus hadolint over every Dockerfile."""
     c.run("ruff check .", echo=True, pty=False)
     c.run("ruff format --check .", echo=True, pty=False)
     # The cache lives outside the checkout so a fresh CI clone does not re-analyse torch from scratch.
-    cache = os.environ.get("MYPY_CACHE_DIR") or str(Path.home() / ".cache" / "eks-inference" / "mypy")
+    cache = os.environ.get("MYPY_CACHE_DIR") or str(cache_root() / "mypy")
     c.run("mypy", echo=True, pty=False, env={"MYPY_CACHE_DIR": cache})
     c.run("invoke images.lint", echo=True, pty=False)
 
 
-@task(
+@ops_task(
     help={
         "k": "Only tests matching this pytest -k expression.",
         "marker": "Only tests with this pytest marker expression, e.g. 'not containers and not cluster'.",
@@ -36,5 +38,6 @@ def test(c: Context, k: str = "", marker: str = "", skip_lint: bool = False) -> 
     c.run(" ".join(["pytest", *filter(None, args)]), echo=True, pty=False)
 
 
-ns = Collection("dev")
+ns = Collection("dev", test, lint)
+# Also at the root, where users and CI call them (`invoke test`).
 ROOT_TASKS = [test, lint]

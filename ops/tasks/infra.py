@@ -6,13 +6,13 @@ import shlex
 import sys
 from pathlib import Path
 
-from invoke import Collection, Context, Exit, task
-from rich.console import Console
+from invoke import Collection, Context, Exit
 
+from ops.core import out as console
 from ops.infra import deploy as deploy_mod
 from ops.infra import settings
+from ops.tasks.common import ops_task
 
-console = Console()
 ENVS = ", ".join(settings.ENV_OVERLAYS)
 
 
@@ -39,7 +39,7 @@ def _synth(c: Context, env: list[str]) -> None:
         c.run(shlex.join(argv), echo=True)
 
 
-@task(
+@ops_task(
     iterable=["env"],
     help={"env": f"Environment to synthesize ({ENVS}; repeatable). Default: all of them."},
 )
@@ -48,7 +48,7 @@ def synth(c: Context, env: list[str] | None = None) -> None:
     _synth(c, env or list(settings.ENV_OVERLAYS))
 
 
-@task(
+@ops_task(
     iterable=["env"],
     help={"env": f"Environment to check ({ENVS}; repeatable). Default: all of them."},
 )
@@ -59,7 +59,8 @@ def check(c: Context, env: list[str] | None = None) -> None:
     c.run(shlex.join([sys.executable, "-m", "ops.infra.checks", *map(str, _templates(c, names))]), echo=True)
 
 
-@task(
+@ops_task(
+    what="infra deploy",
     help={
         "env": f"Environment to deploy ({ENVS}).",
         "yes": "Skip the prod confirmation prompt.",
@@ -75,10 +76,7 @@ def deploy(c: Context, env: str, yes: bool = False) -> None:
         # The guard calls AWS STS; a dry run only shows the plan.
         console.print(f"(dry run: the AWS account guard for {env!r} would run here)")
     else:
-        try:
-            account = deploy_mod.guard(env, dict(_conf(c).get("accounts", {})), yes=yes)
-        except deploy_mod.InfraDeployRefused as exc:
-            raise Exit(f"infra deploy refused: {exc}", code=2) from exc
+        account = deploy_mod.guard(env, dict(_conf(c).get("accounts", {})), yes=yes)
         console.print(f"AWS account {account} allowed for {env}")
     with c.cd(str(settings.REPO_ROOT)):
         c.run(shlex.join(command), echo=True, pty=sys.stdin.isatty())

@@ -8,15 +8,13 @@ import threading
 from pathlib import Path
 from typing import cast
 
-from invoke import Collection, Context, Exit, task
+from invoke import Collection, Context, Exit
 from rich.table import Table
 
-from ops import images, tools
-from ops.deploy import DeployRefused
+from ops.core import console
 from ops.k8s import kind as kind_mod
 from ops.k8s import nodeimage
-
-console = tools.console
+from ops.tasks.common import ops_task
 
 
 def _kind(kubeconfig: str | None) -> kind_mod.Kind:
@@ -33,7 +31,7 @@ def _mode(c: Context, offline: bool, upstream: bool) -> kind_mod.NodeImageMode:
     return cast(kind_mod.NodeImageMode, c.config.get("cluster", {}).get("kind", {}).get("node_image", "auto"))
 
 
-@task(
+@ops_task(
     help={
         "ci": "Run `tilt ci` instead of `tilt up`: build, deploy, wait until every resource is ready, then exit.",
         "no_tilt": "Do not use Tilt even if it is installed: build, kind load, deploy --env local, port-forward.",
@@ -60,19 +58,16 @@ def up(
         console.print("would run tilt ci/up" if kind_mod.tilt_binary() and not no_tilt else "would build, load, deploy")
         return
     kind = _kind(kubeconfig)
-    try:
-        result = kind_mod.up(
-            kind,
-            allowed_contexts=dict(c.config.get("deploy", {}).get("contexts", {})),
-            mode=mode,
-            use_tilt=not no_tilt,
-            ci=ci,
-            extra=kind_mod.load_extra(conf.get("extra_config") or None),
-            offline_images=bool(c.config.get("images", {}).get("offline")) or None,
-            timeout_s=int(c.config.get("deploy", {}).get("timeout", 300)),
-        )
-    except (kind_mod.KindError, nodeimage.NodeImageError, images.ImageError, tools.ToolError, DeployRefused) as exc:
-        raise Exit(f"up failed: {exc}", code=1) from exc
+    result = kind_mod.up(
+        kind,
+        allowed_contexts=dict(c.config.get("deploy", {}).get("contexts", {})),
+        mode=mode,
+        use_tilt=not no_tilt,
+        ci=ci,
+        extra=kind_mod.load_extra(conf.get("extra_config") or None),
+        offline_images=bool(c.config.get("images", {}).get("offline")) or None,
+        timeout_s=int(c.config["deploy"]["timeout"]),
+    )
     _print_steps(f"invoke up ({result.context})", result.steps)
     if result.images and not detach:
         _hold_port_forwards(kind)
@@ -107,22 +102,19 @@ def _hold_port_forwards(kind: kind_mod.Kind) -> None:
             stop.wait()
 
 
-@task(help={"kubeconfig": "Kubeconfig file holding the kind context (default: $KUBECONFIG or ~/.kube/config)."})
+@ops_task(help={"kubeconfig": "Kubeconfig file holding the kind context (default: $KUBECONFIG or ~/.kube/config)."})
 def down(c: Context, kubeconfig: str | None = None) -> None:
     """Delete the kind cluster and what kind leaves behind (its docker network, the kube context)."""
     if c.config.run.dry:
         console.print(f"would delete kind cluster {kind_mod.cluster_name()} and the idle `kind` network")
         return
-    try:
-        left = kind_mod.down(_kind(kubeconfig))
-    except (kind_mod.KindError, images.ImageError) as exc:
-        raise Exit(f"down failed: {exc}", code=1) from exc
+    left = kind_mod.down(_kind(kubeconfig))
     if left:
         raise Exit(f"down left behind: {', '.join(left)}", code=1)
     console.print("[green]kind cluster deleted; nothing left behind[/green]")
 
 
-@task(name="node-image", help={"force": "Rebuild even when the image for the current inputs exists."})
+@ops_task(name="node-image", help={"force": "Rebuild even when the image for the current inputs exists."})
 def node_image(c: Context, force: bool = False) -> None:
     """Build the offline kind node image (Debian + containerd + the pinned Kubernetes build); cached by content."""
     if c.config.run.dry:
@@ -133,13 +125,11 @@ def node_image(c: Context, force: bool = False) -> None:
         for ref, comp in p.images.items():
             console.print(f"  {ref}  <- {comp.tool or 'kind/node-image/' + comp.name}")
         return
-    try:
-        report = nodeimage.build(force=force)
-    except (nodeimage.NodeImageError, images.ImageError, tools.ToolError) as exc:
-        raise Exit(f"node image failed: {exc}", code=1) from exc
+    report = nodeimage.build(force=force)
     _print_steps(f"{report.tag} ({'built' if report.built else 'cached'})", report.steps)
 
 
 # `cluster.node-image` joins the cluster collection (ops/tasks/cluster.py); `up` and `down` are root tasks.
-ns = Collection("local")
+ns = Collection("local", up, down)
+# Also at the root: `invoke up` / `invoke down`.
 ROOT_TASKS = [up, down]

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from invoke import Collection, Context, task
-from rich.console import Console
+from invoke import Collection, Context
 
-console = Console()
+from ops.core import cache_root
+from ops.core import out as console
+from ops.tasks.common import ops_task
 
 
-@task(help={"out": "Folder for the bundles (default: models/ in the repository)."})
+@ops_task(help={"out": "Folder for the bundles (default: models/ in the repository)."})
 def build(c: Context, out: str = "") -> None:
     """Build the demo bundles (image: shapes CNN, text: MiniLM + linear head) deterministically on CPU; idempotent."""
     from ops.models import DEFAULT_OUT, build_all
@@ -28,7 +29,7 @@ def build(c: Context, out: str = "") -> None:
         console.print(f"[green]{name}[/] {path}  accuracy {info['accuracy']:.3f}  sha256 {info['weights_sha256'][:12]}")
 
 
-@task(
+@ops_task(
     help={
         "arch": "torchvision architecture (resnet50, resnet18, mobilenet_v3_small).",
         "weights": "Local torchvision .pth state dict; omit to download torchvision's ImageNet weights (internet).",
@@ -54,9 +55,7 @@ def convert(
         categories = list(torchvision.models.get_model_weights(arch).DEFAULT.meta["categories"])
         path = Path(weights)
     else:
-        path, categories = download_torchvision_weights(
-            arch, Path.home() / ".cache" / "eks-inference" / "weights", sha256 or None
-        )
+        path, categories = download_torchvision_weights(arch, cache_root() / "weights", sha256 or None)
     target = Path(out) if out else DEFAULT_OUT / f"{arch}-imagenet"
     convert_torchvision(path, target, architecture=arch, labels=categories, version=version)
     console.print(f"[green]bundle written[/] {target}")

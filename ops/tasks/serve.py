@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 
-from invoke import Collection, Context, task
-from rich.console import Console
+from invoke import Collection, Context
 
-console = Console()
+from ops.core import out as console
+from ops.tasks.common import ops_task
 
 
-@task(help={"only": "Run one service: image-classifier or text-classifier (default: both)."})
+@ops_task(help={"only": "Run one service: image-classifier or text-classifier (default: both)."})
 def serve(c: Context, only: str = "") -> None:
     """Build the demo bundles if needed, start both services on 127.0.0.1:8080/8081, and serve until Ctrl-C."""
     from ops.models import build_all
@@ -31,7 +31,7 @@ def serve(c: Context, only: str = "") -> None:
             console.print("stopping")
 
 
-@task(
+@ops_task(
     help={
         "image_url": "Base URL of the image classifier (default: 127.0.0.1:8080, as `invoke serve`, `up` and Tilt).",
         "text_url": "Base URL of the text classifier (default: 127.0.0.1:8081).",
@@ -59,5 +59,6 @@ def smoke(c: Context, image_url: str = "", text_url: str = "") -> None:
         console.print(f"[green]{name}[/]: {what} -> {label} {score:.4f}")
 
 
-ns = Collection("serve")
+ns = Collection("services", serve, smoke)
+# Also at the root: `invoke serve` / `invoke smoke`.
 ROOT_TASKS = [serve, smoke]

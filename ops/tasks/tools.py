@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from invoke import Collection, Context, Exit, task
+from invoke import Collection, Context, Exit
 from rich.table import Table
 
-from ops import doctor as doctor_mod
-from ops import tools as tools_mod
+from ops.tasks.common import ops_task
+from ops.toolchain import doctor as doctor_mod
+from ops.toolchain import tools as tools_mod
 
 
-@task(
+@ops_task(
     iterable=["name"],
     help={
         "name": "Install only this tool (repeatable); default: every tool in tools.toml.",
@@ -28,7 +29,7 @@ def install(c: Context, name: list[str] | None = None, force: bool = False) -> N
         raise Exit(f"required tools missing: {', '.join(missing)}", code=1)
 
 
-@task(name="list")
+@ops_task(name="list")
 def list_(c: Context) -> None:
     """Show each pinned tool, its cached path and where it came from; installs nothing."""
     table = Table(title="tools.toml")
@@ -44,7 +45,7 @@ def list_(c: Context) -> None:
     tools_mod.console.print(table)
 
 
-@task(positional=["name"], help={"name": "Tool name from tools.toml."})
+@ops_task(positional=["name"], help={"name": "Tool name from tools.toml."})
 def ensure(c: Context, name: str) -> None:
     """Print the path of one pinned tool, installing it if needed (for scripts: $(inv tools.ensure kubectl))."""
     pinned = tools_mod.load_manifest().tools
@@ -57,7 +58,7 @@ def ensure(c: Context, name: str) -> None:
     print(tools_mod.ensure(name))
 
 
-@task(
+@ops_task(
     help={
         "require_docker": "Fail when the docker engine is not running (default from invoke.yaml doctor.require_docker)."
     }
@@ -74,4 +75,6 @@ ns = Collection("tools")
 ns.add_task(install)
 ns.add_task(list_)
 ns.add_task(ensure)
+ns.add_task(doctor)
+# Also at the root: `invoke doctor`.
 ROOT_TASKS = [doctor]

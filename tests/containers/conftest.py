@@ -19,7 +19,9 @@ os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 from testcontainers.core.container import DockerContainer
 
-from ops import images
+from ops import core
+from ops.images import build as image_build
+from ops.images import docker as image_docker
 
 REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 180.0
@@ -40,7 +42,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def docker_engine() -> None:
-    if not images.docker_available():
+    if not image_docker.docker_available():
         pytest.fail("no docker engine answers; start one with .ci/docker-engine.sh")
 
 
@@ -55,31 +57,35 @@ def demo_models() -> Path:
 
 
 @pytest.fixture(scope="session")
-def build_records() -> dict[str, images.BuildRecord]:
+def build_records() -> dict[str, image_build.BuildRecord]:
     """Every image built in this session, by kind, for the report."""
     return {}
 
 
 @pytest.fixture(scope="session")
-def cpu_images(docker_engine: None, demo_models: Path, build_records: dict[str, images.BuildRecord]) -> dict[str, str]:
+def cpu_images(
+    docker_engine: None, demo_models: Path, build_records: dict[str, image_build.BuildRecord]
+) -> dict[str, str]:
     """The CPU base and both services on it (an unchanged base is reused by its inputs fingerprint)."""
     refs: dict[str, str] = {}
-    base = images.build_base("cpu", offline=OFFLINE)
+    base = image_build.build_base("cpu", offline=OFFLINE)
     build_records["base-cpu"] = base
     refs["base"] = base.image
-    for name in images.SERVICES:
-        record = images.build_service(name, "cpu", offline=OFFLINE)
+    for name in core.SERVICES:
+        record = image_build.build_service(name, "cpu", offline=OFFLINE)
         build_records[f"{name}-cpu"] = record
         refs[name] = record.image
     return refs
 
 
 @pytest.fixture(scope="session")
-def cuda_images(docker_engine: None, demo_models: Path, build_records: dict[str, images.BuildRecord]) -> dict[str, str]:
+def cuda_images(
+    docker_engine: None, demo_models: Path, build_records: dict[str, image_build.BuildRecord]
+) -> dict[str, str]:
     """The CUDA base (its build runs the arch check) and the image classifier on it."""
-    base = images.build_base("cuda", offline=OFFLINE)
+    base = image_build.build_base("cuda", offline=OFFLINE)
     build_records["base-cuda"] = base
-    record = images.build_service("image-classifier", "cuda", offline=OFFLINE)
+    record = image_build.build_service("image-classifier", "cuda", offline=OFFLINE)
     build_records["image-classifier-cuda"] = record
     return {"base": base.image, "image-classifier": record.image}
 
@@ -130,7 +136,7 @@ def run_service() -> Callable[..., contextlib.AbstractContextManager[Running]]:
 @contextlib.contextmanager
 def _run_service(image: str, name: str, env: dict[str, str] | None = None) -> Iterator[Running]:
     """Run a service image as production does: host network on a loopback port, read-only root fs, tmpfs /tmp."""
-    spec = images.SERVICES[name]
+    spec = core.SERVICES[name]
     port = free_port()
     container = (
         DockerContainer(image)

@@ -16,7 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
-from ops import images
+from ops import core
+from ops.images import build as image_build
+from ops.images import docker as image_docker
+from ops.images import versions as image_versions
 
 REPO = Path(__file__).resolve().parents[2]
 # Seeds far from the ones the demo bundle trains on (ops.models renders its own sets).
@@ -60,17 +63,17 @@ def exec_in(running: Any, cmd: list[str], user: str = "") -> tuple[int, str]:
 
 
 def test_cpu_base_runs_as_app_user_with_pinned_torch(cpu_images: dict[str, str]) -> None:
-    attrs = images.run(["docker", "image", "inspect", cpu_images["base"]], capture=True, quiet=True)
+    attrs = image_docker.run(["docker", "image", "inspect", cpu_images["base"]], capture=True, quiet=True)
     config = json.loads(attrs)[0]["Config"]
-    assert config["User"] == f"{images.APP_UID}:{images.APP_UID}"
+    assert config["User"] == f"{core.SERVICE_UID}:{core.SERVICE_UID}"
     labels = config["Labels"]
-    v = images.load_versions()
+    v = image_versions.load_versions()
     assert labels["io.eks-inference.torch.version"] == f"{v['pytorch']['torch']}+{v['pytorch']['wheel_variant']}"
     assert labels["org.opencontainers.image.title"]
     assert labels["io.eks-inference.torch.wheels"]  # says which wheels (CPU index or the PyPI fallback)
 
 
-@pytest.mark.parametrize("name", list(images.SERVICES))
+@pytest.mark.parametrize("name", list(core.SERVICES))
 def test_service_ready_and_predicts_demo_inputs(cpu_images: dict[str, str], run_service: RunService, name: str) -> None:
     with run_service(cpu_images[name], name) as svc, httpx.Client(base_url=svc.url, timeout=30.0) as client:
         cold_starts[f"{name}-cpu"] = round(svc.ready_after_s, 2)
@@ -97,22 +100,22 @@ def test_service_ready_and_predicts_demo_inputs(cpu_images: dict[str, str], run_
         assert f"{name.replace('-', '_')}_" in metrics
 
 
-@pytest.mark.parametrize("name", list(images.SERVICES))
+@pytest.mark.parametrize("name", list(core.SERVICES))
 def test_runs_non_root_on_read_only_root_fs(cpu_images: dict[str, str], run_service: RunService, name: str) -> None:
     with run_service(cpu_images[name], name) as svc:
         svc.wrapped.reload()
         assert svc.wrapped.attrs["HostConfig"]["ReadonlyRootfs"] is True
-        assert svc.wrapped.attrs["Config"]["User"] == f"{images.APP_UID}:{images.APP_UID}"
+        assert svc.wrapped.attrs["Config"]["User"] == f"{core.SERVICE_UID}:{core.SERVICE_UID}"
         code, out = exec_in(svc, ["id", "-u"])
-        assert (code, out.strip()) == (0, str(images.APP_UID))
+        assert (code, out.strip()) == (0, str(core.SERVICE_UID))
         # PID 1 is the server itself (exec form), running as the app user.
         code, out = exec_in(svc, ["cat", "/proc/1/status"])
         assert code == 0
-        assert f"Uid:\t{images.APP_UID}\t" in out
+        assert f"Uid:\t{core.SERVICE_UID}\t" in out
         code, out = exec_in(svc, ["cat", "/proc/1/cmdline"])
-        assert out.split("\0")[:3] == ["python", "-m", images.SERVICES[name].package]
+        assert out.split("\0")[:3] == ["python", "-m", core.SERVICES[name].package]
         # Even root cannot write outside /tmp: the root fs itself is read-only (EROFS, not just EACCES).
-        for user in (str(images.APP_UID), "0"):
+        for user in (str(core.SERVICE_UID), "0"):
             for path in ("/opt/app/x", "/opt/venv/x", "/opt/models/x", "/x"):
                 code, out = exec_in(svc, ["python", "-c", f"open({path!r}, 'w')"], user=user)
                 assert code != 0, (user, path)
@@ -186,31 +189,29 @@ def test_sigterm_during_load_loses_no_accepted_request(cpu_images: dict[str, str
 
 def test_cuda_base_check_really_runs(cuda_images: dict[str, str]) -> None:
     """The check the CUDA build ran passes for the matrix targets and fails for an arch the wheels lack."""
-    v = images.load_versions()
+    v = image_versions.load_versions()
     args = [
         "python", "/usr/local/share/eks-inference/check_torch.py",
         "--torch", v["pytorch"]["torch"], "--torchvision", v["pytorch"]["torchvision"],
         "--variant", v["pytorch"]["wheel_variant"], "--cuda", v["pytorch"]["cuda"],
     ]  # fmt: skip
-    targets = [" ".join(images.target_archs())]
-    good = images.run(
+    targets = [" ".join(image_versions.target_archs())]
+    good = image_docker.run(
         ["docker", "run", "--rm", "--network", "none", cuda_images["base"], *args, "--archs", *targets],
         capture=True,
         quiet=True,
     )
     assert "covered" in good
-    proc = images.subprocess.run(
+    proc = core.run(
         ["docker", "run", "--rm", "--network", "none", cuda_images["base"], *args, "--archs", "sm_70"],
-        capture_output=True,
-        text=True,
-        check=False,
+        ok_codes=range(256),
     )
     assert proc.returncode == 1
     assert "no CUDA kernels for target archs ['sm_70']" in proc.stderr
-    labels = json.loads(images.run(["docker", "image", "inspect", cuda_images["base"]], capture=True, quiet=True))[0][
-        "Config"
-    ]["Labels"]
-    assert labels["io.eks-inference.cuda.archs"] == " ".join(images.target_archs())
+    labels = json.loads(
+        image_docker.run(["docker", "image", "inspect", cuda_images["base"]], capture=True, quiet=True)
+    )[0]["Config"]["Labels"]
+    assert labels["io.eks-inference.cuda.archs"] == " ".join(image_versions.target_archs())
     assert labels["io.eks-inference.driver.min-version"] == v["driver"]["min_version"]
 
 
@@ -227,15 +228,15 @@ def test_cuda_image_classifier_falls_back_to_cpu(cuda_images: dict[str, str], ru
         assert resp.json()["model"]["device"] == "cpu"
 
 
-def test_write_report(build_records: dict[str, images.BuildRecord]) -> None:
+def test_write_report(build_records: dict[str, image_build.BuildRecord]) -> None:
     """Sizes, cold starts and the base/service build-time split, into build/reports/images.json."""
     assert build_records, "no images were built in this session"
     sizes = {}
     for kind, record in build_records.items():
-        sizes[kind] = {"image": record.image, "size_gb": round(images.image_size(record.image) / 1e9, 3)}
-    images.update_report("sizes", sizes)
-    images.update_report("cold_start_s", dict(cold_starts))
-    images.update_report("sigterm_outcomes", dict(sigterm_outcomes))
-    images.update_report("this_session", {k: asdict(r) for k, r in build_records.items()})
-    report: dict[str, Any] = json.loads(images.REPORT_PATH.read_text())
+        sizes[kind] = {"image": record.image, "size_gb": round(image_docker.image_size(record.image) / 1e9, 3)}
+    image_build.update_report("sizes", sizes)
+    image_build.update_report("cold_start_s", dict(cold_starts))
+    image_build.update_report("sigterm_outcomes", dict(sigterm_outcomes))
+    image_build.update_report("this_session", {k: asdict(r) for k, r in build_records.items()})
+    report: dict[str, Any] = json.loads(image_build.REPORT_PATH.read_text())
     assert report["sizes"]

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from kindkit import UP_TIMEOUT_S, KindSession, invoke
-from ops import deploy, images
+from ops.images import docker as image_docker
+from ops.k8s import deploy
 from ops.k8s import kind as kind_mod
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,7 +35,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def kind_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KindSession]:
-    if not images.docker_available():
+    if not image_docker.docker_available():
         pytest.fail("no docker engine answers; start one with .ci/docker-engine.sh")
     kubeconfig = tmp_path_factory.mktemp("kind") / "kubeconfig.yaml"
     # Tilt (tests/kind/test_2_tilt.py) asks cloud.tilt.dev who you are once an hour; point it at loopback.

@@ -12,12 +12,14 @@ import tomllib
 import pytest
 import yaml
 
-from ops import images, tools
-from ops.cluster import load_nodegroups
+from ops import core
+from ops.images import versions as image_versions
 from ops.k8s import kind, nodeimage
+from ops.k8s.nodegroups import load_nodegroups
 from ops.serve import SERVICES
+from ops.toolchain import tools
 
-REPO = images.REPO_ROOT
+REPO = core.REPO_ROOT
 TILTFILE = (REPO / "Tiltfile").read_text()
 
 
@@ -94,7 +96,7 @@ def test_kind_node_is_labelled_like_the_cpu_node_group() -> None:
 
 def test_upstream_node_image_is_the_eks_minor_by_digest() -> None:
     ref = kind.upstream_node_image()
-    minor = images.load_versions()["eks"]["kubernetes_minor"]
+    minor = image_versions.load_versions()["eks"]["kubernetes_minor"]
     assert re.fullmatch(rf"kindest/node:v{re.escape(minor)}\.\d+@sha256:[0-9a-f]{{64}}", ref)
 
 

@@ -1,0 +1,840 @@
+"""The policies every overlay must pass, and `validate_overlay`: render + strict schemas + policies, one report."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from ops import core
+from ops.images.versions import load_versions as versions
+from ops.k8s.nodegroups import ACCELERATOR_LABEL, GPU_TAINT_KEY, NODEGROUPS_PATH, load_nodegroups
+from ops.k8s.objects import (
+    GPU_RESOURCE,
+    Obj,
+    container_env,
+    containers,
+    find,
+    hpa_for,
+    image_tag,
+    parse_quantity,
+    pdbs_for,
+    prestop_sleep_seconds,
+    ref,
+    selects,
+    workloads,
+)
+from ops.k8s.placement import placement, tolerates
+from ops.k8s.render import ManifestError, is_eks, kustomize_version, render, render_with_components
+from ops.k8s.schema import schema_errors, schema_version
+
+# Views of the service registry (ops.core): Deployment name -> settings env prefix, and which one wants a GPU.
+SERVICES = {s.name: s.env_prefix for s in core.SERVICES.values()}
+GPU_SERVICE = next(s.name for s in core.SERVICES.values() if s.gpu)
+CPU_SERVICES = tuple(s.name for s in core.SERVICES.values() if not s.gpu)
+SERVICE_UID = core.SERVICE_UID
+SERVICE_PORT = core.CONTAINER_PORT
+DEFAULT_DRAIN_TIMEOUT_S = 20.0
+
+# Workloads (kind/name) that may tolerate the GPU taint without requesting a GPU: node agents.
+GPU_NODE_AGENTS = ("DaemonSet/nvidia-device-plugin", "DaemonSet/dcgm-exporter")
+# Workloads that must stay on the CPU node group in the EKS overlays.
+CPU_POOL_WORKLOADS = ("Deployment/text-classifier", "Deployment/cluster-autoscaler")
+GPU_POOL_WORKLOADS = ("Deployment/image-classifier", *GPU_NODE_AGENTS)
+
+# Add-on container -> (versions.toml [addons] key, image repository).
+ADDON_IMAGES = {
+    "nvidia-device-plugin": ("nvidia_device_plugin", "nvcr.io/nvidia/k8s-device-plugin"),
+    "dcgm-exporter": ("dcgm_exporter", "nvcr.io/nvidia/k8s/dcgm-exporter"),
+    "cluster-autoscaler": ("cluster_autoscaler", "registry.k8s.io/autoscaling/cluster-autoscaler"),
+}
+
+# Documented exceptions to the container policy, with the reason (also in docs/manifests.md).
+RUNS_AS_ROOT = {
+    "nvidia-device-plugin": "writes its socket into the kubelet's root-owned /var/lib/kubelet/device-plugins",
+    "dcgm-exporter": "reads the kubelet's root-owned pod-resources socket to label metrics by pod",
+}
+NO_PROBES = {
+    "nvidia-device-plugin": "has no health endpoint; it re-registers with the kubelet by itself",
+}
+
+# The namespace the EKS overlays put the services in, and the guardrails there.
+SERVICE_NAMESPACE = "inference"
+SERVING_PRIORITY_CLASS = "eks-inference-serving"
+# Priority classes Kubernetes reserves for itself start here; ours must stay below.
+SYSTEM_PRIORITY_FLOOR = 1_000_000_000
+# GPU node agents run on every GPU node whatever else wants the room.
+NODE_AGENT_PRIORITY_CLASS = "system-node-critical"
+DNS_PORT = 53
+
+# What an overlay declares about the platform it runs on: annotations on its Namespace. The platform
+# (not this repository) installs the metrics adapters, so the overlay says which ones it has.
+EXTERNAL_METRICS_PROVIDER_ANNOTATION = "eks-inference.io/external-metrics-provider"
+CUSTOM_METRICS_PROVIDER_ANNOTATION = "eks-inference.io/custom-metrics-provider"
+# HPA metric type -> (annotation naming its provider, providers this repository knows how to feed).
+METRIC_PROVIDERS = {
+    "External": (EXTERNAL_METRICS_PROVIDER_ANNOTATION, ("datadog-cluster-agent",)),
+    "Pods": (CUSTOM_METRICS_PROVIDER_ANNOTATION, ("prometheus-adapter", "datadog-cluster-agent")),
+    "Object": (CUSTOM_METRICS_PROVIDER_ANNOTATION, ("prometheus-adapter", "datadog-cluster-agent")),
+}
+DATADOG_METRIC_PREFIX = "datadogmetric@"
+
+
+Policy = Callable[[str, list[Obj]], list[str]]
+POLICIES: dict[str, Policy] = {}
+
+
+def policy(name: str) -> Callable[[Policy], Policy]:
+    """Register a policy under `name`."""
+
+    def register(fn: Policy) -> Policy:
+        POLICIES[name] = fn
+        return fn
+
+    return register
+
+
+@policy("resources")
+def check_resources(overlay: str, objects: list[Obj]) -> list[str]:
+    """Every container has CPU and memory requests and limits."""
+    out = []
+    for obj, spec in workloads(objects):
+        for c in containers(spec):
+            res = c.get("resources", {})
+            for kind in ("requests", "limits"):
+                missing = [r for r in ("cpu", "memory") if r not in res.get(kind, {})]
+                if missing:
+                    out.append(f"{ref(obj)} container {c['name']}: no {kind} for {', '.join(missing)}")
+    return out
+
+
+@policy("probes")
+def check_probes(overlay: str, objects: list[Obj]) -> list[str]:
+    """Services: startup and readiness on /readyz, liveness on /healthz. Add-ons: liveness and readiness."""
+    out = []
+    for obj, spec in workloads(objects):
+        for c in spec.get("containers", []):
+            name = c["name"]
+            if name in SERVICES:
+                expected = {"startupProbe": "/readyz", "readinessProbe": "/readyz", "livenessProbe": "/healthz"}
+                for probe, path in expected.items():
+                    got = c.get(probe, {}).get("httpGet", {}).get("path")
+                    if got != path:
+                        out.append(f"{ref(obj)} container {name}: {probe} should GET {path}, has {got}")
+            elif name not in NO_PROBES:
+                for probe in ("livenessProbe", "readinessProbe"):
+                    if probe not in c:
+                        out.append(f"{ref(obj)} container {name}: no {probe}")
+    return out
+
+
+@policy("security-context")
+def check_security_context(overlay: str, objects: list[Obj]) -> list[str]:
+    """Non-root, read-only root fs, drop ALL, no privilege escalation, RuntimeDefault seccomp."""
+    out = []
+    for obj, spec in workloads(objects):
+        pod_sc = spec.get("securityContext", {})
+        for c in containers(spec):
+            sc, name, where = c.get("securityContext", {}), c["name"], f"{ref(obj)} container {c['name']}"
+            if sc.get("allowPrivilegeEscalation") is not False:
+                out.append(f"{where}: allowPrivilegeEscalation must be false")
+            if sc.get("privileged"):
+                out.append(f"{where}: privileged")
+            caps = sc.get("capabilities", {})
+            if "ALL" not in caps.get("drop", []):
+                out.append(f"{where}: capabilities must drop ALL")
+            if caps.get("add"):
+                out.append(f"{where}: adds capabilities {caps['add']}")
+            seccomp = sc.get("seccompProfile", pod_sc.get("seccompProfile", {})).get("type")
+            if seccomp != "RuntimeDefault":
+                out.append(f"{where}: seccompProfile should be RuntimeDefault, is {seccomp}")
+            if name in RUNS_AS_ROOT:
+                continue
+            if sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is not True:
+                out.append(f"{where}: runAsNonRoot must be true")
+            if sc.get("readOnlyRootFilesystem") is not True:
+                out.append(f"{where}: readOnlyRootFilesystem must be true")
+            if name in SERVICES:
+                uid = sc.get("runAsUser", pod_sc.get("runAsUser"))
+                if uid != SERVICE_UID:
+                    out.append(f"{where}: runAsUser should be {SERVICE_UID}, is {uid}")
+                out.extend(_tmp_is_emptydir(obj, spec, c))
+    return out
+
+
+def _tmp_is_emptydir(obj: Obj, spec: Obj, container: Obj) -> list[str]:
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    # The container's /tmp path is inspected, nothing is written to the host's /tmp.
+    for mount in container.get("volumeMounts", []):
+        if mount["mountPath"] == "/tmp" and "emptyDir" in volumes.get(mount["name"], {}):  # noqa: S108
+            return []
+    return [f"{ref(obj)} container {container['name']}: /tmp must be an emptyDir mount (read-only root fs)"]
+
+
+def service_base(name: str, overlay: str) -> str:
+    """Which image build (`invoke images.build` base) a service runs in an overlay: cuda or cpu."""
+    return "cuda" if name == GPU_SERVICE and is_eks(overlay) else "cpu"
+
+
+@policy("image-tags")
+def check_image_tags(overlay: str, objects: list[Obj]) -> list[str]:
+    """Every image has a tag or digest; outside `local` never `latest`, and services come from ECR."""
+    out = []
+    for obj, spec in workloads(objects):
+        for c in containers(spec):
+            image, tag = c["image"], image_tag(c["image"])
+            if not is_eks(overlay):
+                continue
+            if tag is None or tag == "latest":
+                out.append(f"{ref(obj)} container {c['name']}: image {image} must have a pinned tag (not latest)")
+            if c["name"] in SERVICES and not re.match(
+                r"^\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com/eks-inference/" + re.escape(c["name"]) + ":", image
+            ):
+                out.append(f"{ref(obj)} container {c['name']}: image {image} is not the ECR eks-inference image")
+            base = service_base(c["name"], overlay)
+            if c["name"] in SERVICES and not str(tag).endswith(f"-{base}"):
+                out.append(f"{ref(obj)} container {c['name']}: tag {tag} should be the -{base} build")
+    return out
+
+
+@policy("gpu-isolation")
+def check_gpu_isolation(overlay: str, objects: list[Obj]) -> list[str]:
+    """Only the GPU service requests nvidia.com/gpu; only it and GPU node agents tolerate the GPU taint."""
+    out = []
+    taint = next(
+        (t for g in load_nodegroups().values() for t in g.taints if t["key"] == GPU_TAINT_KEY),
+        {"key": GPU_TAINT_KEY, "value": "true", "effect": "NoSchedule"},
+    )
+    for obj, spec in workloads(objects):
+        requests_gpu = any(
+            GPU_RESOURCE in c.get("resources", {}).get(kind, {})
+            for c in containers(spec)
+            for kind in ("requests", "limits")
+        )
+        is_gpu_service = obj["kind"] == "Deployment" and obj["metadata"]["name"] == GPU_SERVICE
+        if requests_gpu and not (is_gpu_service and is_eks(overlay)):
+            out.append(f"{ref(obj)}: requests {GPU_RESOURCE} but is not the GPU workload of an EKS overlay")
+        if tolerates(spec.get("tolerations", []), taint) and not (
+            (is_gpu_service and is_eks(overlay)) or ref(obj) in GPU_NODE_AGENTS
+        ):
+            out.append(f"{ref(obj)}: tolerates the GPU taint but is neither the GPU workload nor a GPU node agent")
+    if is_eks(overlay):
+        out.extend(_gpu_service_shape(objects))
+    else:
+        for dep in find(objects, "Deployment", GPU_SERVICE):
+            for c in dep["spec"]["template"]["spec"]["containers"]:
+                device = container_env(objects, dep["spec"]["template"]["spec"], c).get("IMAGE_CLASSIFIER_DEVICE")
+                if device != "cpu":
+                    out.append(f"{ref(dep)}: IMAGE_CLASSIFIER_DEVICE should be cpu without a GPU, is {device}")
+    return out
+
+
+def _gpu_service_shape(objects: list[Obj]) -> list[str]:
+    out = []
+    deps = find(objects, "Deployment", GPU_SERVICE)
+    if not deps:
+        return [f"Deployment/{GPU_SERVICE} is missing"]
+    dep = deps[0]
+    spec = dep["spec"]["template"]["spec"]
+    c = next(c for c in spec["containers"] if c["name"] == GPU_SERVICE)
+    if str(c.get("resources", {}).get("limits", {}).get(GPU_RESOURCE)) != "1":
+        out.append(f"{ref(dep)}: limits must have {GPU_RESOURCE}: 1")
+    if container_env(objects, spec, c).get("IMAGE_CLASSIFIER_DEVICE") != "cuda":
+        out.append(f"{ref(dep)}: IMAGE_CLASSIFIER_DEVICE must be cuda")
+    supported = sorted(g["accelerator_label"] for g in versions()["gpus"])
+    terms = (
+        spec.get("affinity", {})
+        .get("nodeAffinity", {})
+        .get("requiredDuringSchedulingIgnoredDuringExecution", {})
+        .get("nodeSelectorTerms", [])
+    )
+    accel = [e for t in terms for e in t.get("matchExpressions", []) if e["key"] == ACCELERATOR_LABEL]
+    if not accel or any(e["operator"] != "In" or sorted(e.get("values", [])) != supported for e in accel):
+        out.append(
+            f"{ref(dep)}: required node affinity must be {ACCELERATOR_LABEL} In {supported} "
+            "(the [[gpus]] accelerator labels of base-images/versions.toml)"
+        )
+    return out
+
+
+@policy("node-pools")
+def check_node_pools(overlay: str, objects: list[Obj]) -> list[str]:
+    """EKS: CPU workloads can only land on the CPU node group, GPU ones only on the GPU node group."""
+    if not is_eks(overlay):
+        return []
+    out = []
+    where = placement(objects)
+    roles = {g.name: g.role for g in load_nodegroups().values()}
+    for workload, role in [*((w, "cpu") for w in CPU_POOL_WORKLOADS), *((w, "gpu") for w in GPU_POOL_WORKLOADS)]:
+        if workload not in where:
+            out.append(f"{workload}: missing from the overlay")
+            continue
+        groups = where[workload]
+        if not groups:
+            out.append(f"{workload}: fits no node group in {NODEGROUPS_PATH.name}")
+        wrong = [g for g in groups if roles[g] != role]
+        if wrong:
+            out.append(f"{workload}: may be scheduled on {wrong}, should only run on {role} node groups")
+    for workload, groups in where.items():
+        if not groups:
+            out.append(f"{workload}: fits no node group in {NODEGROUPS_PATH.name}")
+    return sorted(set(out))
+
+
+@policy("addon-versions")
+def check_addon_versions(overlay: str, objects: list[Obj]) -> list[str]:
+    """Add-on images match [addons] in versions.toml; cluster-autoscaler's minor equals [eks].kubernetes_minor."""
+    out = []
+    addons, k8s_minor = versions()["addons"], versions()["eks"]["kubernetes_minor"]
+    seen = set()
+    for obj, spec in workloads(objects):
+        for c in containers(spec):
+            if c["name"] not in ADDON_IMAGES:
+                continue
+            key, repo = ADDON_IMAGES[c["name"]]
+            seen.add(c["name"])
+            expected = f"{repo}:{addons[key]}"
+            if c["image"] != expected:
+                out.append(f"{ref(obj)}: image {c['image']} should be {expected} ([addons].{key})")
+            if c["name"] == "cluster-autoscaler":
+                minor = ".".join(str(image_tag(c["image"]) or "").lstrip("v").split(".")[:2])
+                if minor != k8s_minor:
+                    out.append(f"{ref(obj)}: cluster-autoscaler {minor} must match Kubernetes {k8s_minor}")
+    if is_eks(overlay):
+        out.extend(f"add-on {name} is missing" for name in sorted(set(ADDON_IMAGES) - seen))
+    return out
+
+
+@policy("hpa-owns-replicas")
+def check_hpa_owns_replicas(overlay: str, objects: list[Obj]) -> list[str]:
+    """A Deployment scaled by an HPA leaves spec.replicas out, so that no deploy resets what the HPA chose.
+
+    `invoke deploy` applies server-side with --force-conflicts: a `replicas` in the manifest takes the
+    field back from the HPA's field manager on every deploy, dropping a scaled-up service to that value.
+    """
+    out = []
+    for dep in find(objects, "Deployment"):
+        hpa = hpa_for(objects, dep["metadata"]["name"])
+        if hpa is not None and "replicas" in dep["spec"]:
+            out.append(
+                f"{ref(dep)}: sets replicas {dep['spec']['replicas']} but {ref(hpa)} owns the replica count; "
+                "remove it (and any `replicas:` entry in the overlay)"
+            )
+    return out
+
+
+@policy("disruption")
+def check_disruption(overlay: str, objects: list[Obj]) -> list[str]:
+    """Multi-replica Deployments have a PDB; HPA minReplicas >= PDB minAvailable + 1."""
+    out = []
+    for dep in find(objects, "Deployment"):
+        name = dep["metadata"]["name"]
+        hpa = hpa_for(objects, name)
+        most = int(hpa["spec"]["maxReplicas"]) if hpa else int(dep["spec"].get("replicas", 1))
+        pdbs = pdbs_for(objects, dep)
+        # A one-node kind cluster cannot honour a PDB during a drain (the local overlays delete them).
+        if most > 1 and not pdbs and is_eks(overlay):
+            out.append(f"{ref(dep)}: runs up to {most} replicas but no PodDisruptionBudget selects it")
+        if hpa:
+            least = int(hpa["spec"].get("minReplicas", 1))
+            for pdb in pdbs:
+                min_available = pdb["spec"].get("minAvailable")
+                if min_available is None:
+                    continue
+                floor = (
+                    math.ceil(least * float(str(min_available).rstrip("%")) / 100)
+                    if str(min_available).endswith("%")
+                    else int(min_available)
+                )
+                if least < floor + 1:
+                    out.append(
+                        f"{ref(hpa)}: minReplicas {least} must be >= {ref(pdb)} minAvailable {floor} + 1, "
+                        "or no node can ever be drained"
+                    )
+    return out
+
+
+def _scaled_value(value: Any, replicas: int, round_up: bool) -> int:
+    """An IntOrString rollout bound resolved against `replicas` (Kubernetes rounds surge up, unavailable down)."""
+    text = str(value)
+    if text.endswith("%"):
+        exact = replicas * float(text[:-1]) / 100
+        return math.ceil(exact) if round_up else math.floor(exact)
+    return int(text)
+
+
+def rollout_bounds(dep: Obj, replicas: int) -> tuple[int, int]:
+    """(maxSurge, maxUnavailable) of a Deployment's RollingUpdate at `replicas` pods, as the controller sees them."""
+    strategy = dep["spec"].get("strategy", {})
+    if strategy.get("type") == "Recreate":
+        return 0, replicas
+    rolling = strategy.get("rollingUpdate", {})
+    surge = _scaled_value(rolling.get("maxSurge", "25%"), replicas, round_up=True)
+    unavailable = _scaled_value(rolling.get("maxUnavailable", "25%"), replicas, round_up=False)
+    if surge == 0 and unavailable == 0:
+        unavailable = 1  # the API server refuses both zero; the controller would need one to progress
+    return surge, unavailable
+
+
+def pod_gpus(spec: Obj) -> int:
+    """nvidia.com/gpu one pod asks for (limits; a GPU request must equal its limit)."""
+    limits = (c.get("resources", {}).get("limits", {}) for c in containers(spec))
+    return sum(int(parse_quantity(lim.get(GPU_RESOURCE, 0))) for lim in limits)
+
+
+def gpu_capacity() -> int:
+    """GPUs the GPU node groups can hold at their maxSize."""
+    return sum(g.max_size * g.gpus_per_node for g in load_nodegroups().values() if g.role == "gpu")
+
+
+def gpu_peak(objects: list[Obj]) -> int:
+    """GPUs the GPU Deployments hold at once at their HPA maximum, mid-rollout (surge pods included)."""
+    peak = 0
+    for dep in find(objects, "Deployment"):
+        gpus = pod_gpus(dep["spec"]["template"]["spec"])
+        if not gpus:
+            continue
+        hpa = hpa_for(objects, dep["metadata"]["name"])
+        most = int(hpa["spec"]["maxReplicas"]) if hpa else int(dep["spec"].get("replicas", 1))
+        surge, _ = rollout_bounds(dep, most)
+        peak += (most + surge) * gpus
+    return peak
+
+
+@policy("gpu-capacity")
+def check_gpu_capacity(overlay: str, objects: list[Obj]) -> list[str]:
+    """EKS: GPU Deployments at their HPA maximum, plus their rollout surge, fit the GPU node groups' maxSize.
+
+    With maxSurge 1 and maxUnavailable 0 a rollout at maxReplicas starts one more GPU pod before it stops
+    an old one; without a GPU for it the rollout stalls exactly when a hotfix is needed.
+    """
+    if not is_eks(overlay):
+        return []
+    hpa = hpa_for(objects, GPU_SERVICE)
+    if hpa is None:
+        return [f"no HPA for Deployment/{GPU_SERVICE}"]
+    out = []
+    total = gpu_capacity()
+    most = int(hpa["spec"]["maxReplicas"])
+    if most > total:
+        out.append(f"{ref(hpa)}: maxReplicas {most} > {total} GPUs in the GPU node groups")
+    peak = gpu_peak(objects)
+    if most <= total < peak:
+        out.append(
+            f"a rollout at the HPA maximum needs {peak} GPUs (maxReplicas + maxSurge) but the GPU node groups "
+            f"hold {total}: raise the GPU node group maxSize, lower maxReplicas, or roll with maxSurge 0"
+        )
+    return out
+
+
+@policy("termination")
+def check_termination(overlay: str, objects: list[Obj]) -> list[str]:
+    """terminationGracePeriodSeconds > preStop sleep + the app's drain timeout."""
+    out = []
+    for dep in find(objects, "Deployment"):
+        spec = dep["spec"]["template"]["spec"]
+        grace = float(spec.get("terminationGracePeriodSeconds", 30))
+        for c in spec["containers"]:
+            if c["name"] not in SERVICES:
+                continue
+            env = container_env(objects, spec, c)
+            drain = float(env.get(SERVICES[c["name"]] + "DRAIN_TIMEOUT_S", DEFAULT_DRAIN_TIMEOUT_S))
+            sleep = prestop_sleep_seconds(c)
+            if sleep <= 0:
+                out.append(f"{ref(dep)} container {c['name']}: no preStop sleep")
+            if grace <= sleep + drain:
+                out.append(
+                    f"{ref(dep)}: terminationGracePeriodSeconds {grace:g} must exceed "
+                    f"preStop {sleep:g} s + drain {drain:g} s"
+                )
+    return out
+
+
+@policy("service-shape")
+def check_service_shape(overlay: str, objects: list[Obj]) -> list[str]:
+    """Both services exist with labels, settings ConfigMap, port, spread and the overlay's replica rules."""
+    out = []
+    for name, prefix in SERVICES.items():
+        deps = find(objects, "Deployment", name)
+        if not deps:
+            out.append(f"Deployment/{name} is missing")
+            continue
+        dep = deps[0]
+        spec = dep["spec"]["template"]["spec"]
+        for where, labels in (
+            ("metadata", dep["metadata"].get("labels", {})),
+            ("pod template", dep["spec"]["template"]["metadata"].get("labels", {})),
+        ):
+            for key in ("app.kubernetes.io/name", "app.kubernetes.io/part-of", "app.kubernetes.io/managed-by"):
+                if key not in labels:
+                    out.append(f"{ref(dep)}: {where} lacks label {key}")
+        c = next((c for c in spec["containers"] if c["name"] == name), None)
+        if c is None:
+            out.append(f"{ref(dep)}: no container named {name}")
+            continue
+        env = container_env(objects, spec, c)
+        if env.get(prefix + "PORT") != str(SERVICE_PORT):
+            out.append(f"{ref(dep)}: {prefix}PORT should be {SERVICE_PORT} (from its ConfigMap)")
+        if SERVICE_PORT not in [p["containerPort"] for p in c.get("ports", [])]:
+            out.append(f"{ref(dep)}: container port {SERVICE_PORT} not declared")
+        spread = {t["topologyKey"]: t for t in spec.get("topologySpreadConstraints", [])}
+        zone = spread.get("topology.kubernetes.io/zone")
+        if zone is None or zone["whenUnsatisfiable"] != "ScheduleAnyway":
+            out.append(f"{ref(dep)}: needs a ScheduleAnyway spread on topology.kubernetes.io/zone")
+        if "kubernetes.io/hostname" not in spread:
+            out.append(f"{ref(dep)}: needs a spread on kubernetes.io/hostname")
+        for t in spread.values():
+            if not selects(t.get("labelSelector", {}), dep["spec"]["template"]["metadata"].get("labels", {})):
+                out.append(f"{ref(dep)}: spread on {t['topologyKey']} does not select its own pods")
+        if not find(objects, "Service", name) or not find(objects, "ServiceAccount", name):
+            out.append(f"{ref(dep)}: needs a Service and a ServiceAccount named {name}")
+        if not is_eks(overlay):
+            if int(dep["spec"].get("replicas", 1)) != 1:
+                out.append(f"{ref(dep)}: local runs one replica")
+            if hpa_for(objects, name) is None:
+                out.append(f"{ref(dep)}: local scales it with an HPA too (metrics-server runs in kind)")
+            if pdbs_for(objects, dep):
+                out.append(f"{ref(dep)}: local has no PDB (one node cannot honour it during a drain)")
+            if c["image"] != f"eks-inference/{name}:dev-cpu":
+                out.append(f"{ref(dep)}: local image should be eks-inference/{name}:dev-cpu, is {c['image']}")
+        elif hpa_for(objects, name) is None:
+            out.append(f"{ref(dep)}: EKS overlays scale it with an HPA")
+    return out
+
+
+@policy("hpa-behavior")
+def check_hpa_behavior(overlay: str, objects: list[Obj]) -> list[str]:
+    """HPAs are autoscaling/v2 on CPU utilization, scale up with no delay and down after a stabilization window."""
+    out = []
+    for hpa in find(objects, "HorizontalPodAutoscaler"):
+        if hpa["apiVersion"] != "autoscaling/v2":
+            out.append(f"{ref(hpa)}: use autoscaling/v2")
+        metrics = hpa["spec"].get("metrics", [])
+        if not any(m.get("type") == "Resource" and m["resource"]["name"] == "cpu" for m in metrics):
+            out.append(f"{ref(hpa)}: no CPU utilization metric")
+        behavior = hpa["spec"].get("behavior", {})
+        up = behavior.get("scaleUp", {}).get("stabilizationWindowSeconds")
+        down = behavior.get("scaleDown", {}).get("stabilizationWindowSeconds")
+        if up is None or down is None or not up < down:
+            out.append(f"{ref(hpa)}: behavior must scale up faster (window {up}) than down (window {down})")
+    return out
+
+
+def _namespace_annotations(objects: list[Obj], namespace: str) -> dict[str, str]:
+    ns = next((o for o in find(objects, "Namespace", namespace)), None)
+    return dict((ns or {}).get("metadata", {}).get("annotations") or {})
+
+
+def _port_matches(rule_port: Obj, port: int | str, named: Mapping[str, int], protocol: str = "TCP") -> bool:
+    if rule_port.get("protocol", "TCP") != protocol:
+        return False
+    wanted = rule_port.get("port")
+    if wanted is None:
+        return True
+    number = named.get(str(port), port) if isinstance(port, str) else port
+    if isinstance(wanted, str):
+        return wanted == port or named.get(wanted) == number
+    end = int(rule_port.get("endPort") or wanted)
+    return isinstance(number, int) and int(wanted) <= number <= end
+
+
+def _policies_selecting(objects: list[Obj], namespace: str, labels: Mapping[str, str], kind: str) -> list[Obj]:
+    """NetworkPolicies in `namespace` whose podSelector selects `labels` and that govern `kind` (Ingress|Egress)."""
+    out = []
+    for np_ in find(objects, "NetworkPolicy"):
+        if np_["metadata"].get("namespace") != namespace:
+            continue
+        spec = np_["spec"]
+        selector = spec.get("podSelector", {})
+        if selector and not selects(selector, labels):
+            continue
+        types = spec.get("policyTypes") or (["Ingress", "Egress"] if "egress" in spec else ["Ingress"])
+        if kind in types:
+            out.append(np_)
+    return out
+
+
+def ingress_allowed(
+    objects: list[Obj], namespace: str, labels: Mapping[str, str], port: int | str, named: Mapping[str, int]
+) -> bool:
+    """Whether some NetworkPolicy lets traffic from anywhere reach `port` of pods with `labels`."""  # fmt: skip
+    for np_ in _policies_selecting(objects, namespace, labels, "Ingress"):
+        for rule in np_["spec"].get("ingress") or []:
+            if rule.get("from"):
+                continue  # restricted to some peers; the service port must be open to its clients
+            if not rule.get("ports") or any(_port_matches(p, port, named) for p in rule["ports"]):
+                return True
+    return False
+
+
+def dns_egress_allowed(objects: list[Obj], namespace: str, labels: Mapping[str, str]) -> bool:
+    """Whether pods with `labels` may reach port 53 over both UDP and TCP."""
+    for protocol in ("UDP", "TCP"):
+        ok = any(
+            not rule.get("ports") or any(_port_matches(p, DNS_PORT, {}, protocol) for p in rule["ports"])
+            for np_ in _policies_selecting(objects, namespace, labels, "Egress")
+            for rule in np_["spec"].get("egress") or []
+        )
+        if not ok:
+            return False
+    return True
+
+
+@policy("network-policy")
+def check_network_policy(overlay: str, objects: list[Obj]) -> list[str]:
+    """EKS: default-deny in the services' namespace, then their Service ports, their metrics port and DNS egress."""
+    if not is_eks(overlay):
+        return []
+    out = []
+    default_deny = [
+        np_
+        for np_ in find(objects, "NetworkPolicy")
+        if np_["metadata"].get("namespace") == SERVICE_NAMESPACE
+        and not np_["spec"].get("podSelector")
+        and set(np_["spec"].get("policyTypes", [])) == {"Ingress", "Egress"}
+        and not np_["spec"].get("ingress")
+        and not np_["spec"].get("egress")
+    ]
+    if not default_deny:
+        out.append(f"namespace {SERVICE_NAMESPACE}: no default-deny NetworkPolicy (podSelector {{}}, Ingress+Egress)")
+    for dep in find(objects, "Deployment"):
+        if dep["metadata"].get("namespace") != SERVICE_NAMESPACE:
+            continue
+        template = dep["spec"]["template"]
+        labels = template["metadata"].get("labels", {})
+        named = {
+            p["name"]: p["containerPort"]
+            for c in template["spec"]["containers"]
+            for p in c.get("ports", [])
+            if "name" in p
+        }
+        for svc in find(objects, "Service"):
+            if svc["metadata"].get("namespace") != SERVICE_NAMESPACE or not selects(
+                {"matchLabels": svc["spec"].get("selector", {})}, labels
+            ):
+                continue
+            for port in svc["spec"].get("ports", []):
+                target = port.get("targetPort", port["port"])
+                if not ingress_allowed(objects, SERVICE_NAMESPACE, labels, target, named):
+                    out.append(f"{ref(dep)}: no NetworkPolicy admits {ref(svc)} port {port['port']} (target {target})")
+        for key, value in template["metadata"].get("annotations", {}).items():
+            if key.startswith("ad.datadoghq.com/") and key.endswith(".checks"):
+                for port_text in re.findall(r"%%host%%:(\d+)", value):
+                    if not ingress_allowed(objects, SERVICE_NAMESPACE, labels, int(port_text), named):
+                        out.append(f"{ref(dep)}: no NetworkPolicy admits the metrics scrape on port {port_text}")
+        if not dns_egress_allowed(objects, SERVICE_NAMESPACE, labels):
+            out.append(f"{ref(dep)}: no NetworkPolicy allows DNS egress (port {DNS_PORT}, UDP and TCP)")
+    return out
+
+
+@policy("priority-and-quota")
+def check_priority_and_quota(overlay: str, objects: list[Obj]) -> list[str]:
+    """EKS: services run at their own PriorityClass; a ResourceQuota caps requests.nvidia.com/gpu at GPU capacity."""
+    if not is_eks(overlay):
+        return []
+    out = []
+    classes = {o["metadata"]["name"]: o for o in find(objects, "PriorityClass")}
+    serving = classes.get(SERVING_PRIORITY_CLASS)
+    if serving is None:
+        out.append(f"PriorityClass/{SERVING_PRIORITY_CLASS} is missing")
+    elif serving.get("globalDefault") or int(serving["value"]) >= SYSTEM_PRIORITY_FLOOR:
+        out.append(
+            f"{ref(serving)}: must not be the global default nor reach the system range ({SYSTEM_PRIORITY_FLOOR})"
+        )
+    for name in SERVICES:
+        for dep in find(objects, "Deployment", name):
+            got = dep["spec"]["template"]["spec"].get("priorityClassName")
+            if got != SERVING_PRIORITY_CLASS:
+                out.append(f"{ref(dep)}: priorityClassName should be {SERVING_PRIORITY_CLASS}, is {got}")
+    key = f"requests.{GPU_RESOURCE}"
+    quotas = [
+        q
+        for q in find(objects, "ResourceQuota")
+        if q["metadata"].get("namespace") == SERVICE_NAMESPACE and key in q["spec"].get("hard", {})
+    ]
+    if not quotas:
+        out.append(f"namespace {SERVICE_NAMESPACE}: no ResourceQuota on {key}")
+    total, peak = gpu_capacity(), gpu_peak(objects)
+    for q in quotas:
+        hard = int(parse_quantity(q["spec"]["hard"][key]))
+        if hard < peak:
+            out.append(f"{ref(q)}: {key} {hard} < {peak} GPUs a rollout at the HPA maximum holds; it would stall")
+        if hard > total:
+            out.append(f"{ref(q)}: {key} {hard} > {total} GPUs the GPU node groups can hold")
+    return out
+
+
+@policy("node-agents")
+def check_node_agents(overlay: str, objects: list[Obj]) -> list[str]:
+    """GPU node agents are node-critical; Go agents set GOMEMLIMIT below their memory limit."""
+    out = []
+    for obj, spec in workloads(objects):
+        if ref(obj) not in GPU_NODE_AGENTS:
+            continue
+        if spec.get("priorityClassName") != NODE_AGENT_PRIORITY_CLASS:
+            out.append(f"{ref(obj)}: priorityClassName should be {NODE_AGENT_PRIORITY_CLASS}")
+        if obj["metadata"]["name"] != "dcgm-exporter":
+            continue
+        for c in spec["containers"]:
+            limit = parse_quantity(c.get("resources", {}).get("limits", {}).get("memory", 0))
+            env = container_env(objects, spec, c)
+            soft = env.get("GOMEMLIMIT")
+            if soft is None:
+                out.append(f"{ref(obj)} container {c['name']}: no GOMEMLIMIT (the Go heap grows into the OOM killer)")
+                continue
+            # Go writes MiB/GiB; the native DCGM library needs room above the Go heap.
+            soft_bytes = parse_quantity(soft.replace("iB", "i").replace("B", ""))
+            if not soft_bytes < 0.85 * limit:
+                out.append(
+                    f"{ref(obj)} container {c['name']}: GOMEMLIMIT {soft} must leave >= 15% of the {limit / 2**20:g}Mi "
+                    "limit to native (libdcgm) memory"
+                )
+    return out
+
+
+@policy("metrics-providers")
+def check_metrics_providers(overlay: str, objects: list[Obj]) -> list[str]:
+    """An HPA on External/Pods/Object metrics needs the overlay to declare their provider; DatadogMetrics must exist.
+
+    Without a provider the HPA cannot read the metric; an HPA with a metric it cannot read never scales
+    down, so GPU nodes would stay at their high-water mark.
+    """
+    out = []
+    datadog_metrics = {
+        f"{o['metadata'].get('namespace', '')}:{o['metadata']['name']}": o for o in find(objects, "DatadogMetric")
+    }
+    for hpa in find(objects, "HorizontalPodAutoscaler"):
+        namespace = hpa["metadata"].get("namespace", "")
+        declared = _namespace_annotations(objects, namespace)
+        for metric in hpa["spec"].get("metrics", []):
+            kind = metric.get("type")
+            if kind not in METRIC_PROVIDERS:
+                continue
+            annotation, known = METRIC_PROVIDERS[kind]
+            provider = declared.get(annotation)
+            name = metric[kind[0].lower() + kind[1:]]["metric"]["name"]
+            if provider is None:
+                out.append(
+                    f"{ref(hpa)}: reads {kind} metric {name} but Namespace/{namespace} declares no {annotation} "
+                    "(the adapter the platform installs); without one the HPA can never scale down"
+                )
+            elif provider not in known:
+                out.append(f"{ref(hpa)}: {annotation}={provider} is not one of {list(known)}")
+            if kind == "External" and name.startswith(DATADOG_METRIC_PREFIX):
+                if provider is not None and provider != "datadog-cluster-agent":
+                    out.append(f"{ref(hpa)}: {name} is served by the Datadog Cluster Agent, not {provider}")
+                wanted = name.removeprefix(DATADOG_METRIC_PREFIX)
+                dm = datadog_metrics.get(wanted)
+                if dm is None:
+                    out.append(f"{ref(hpa)}: reads {name} but no DatadogMetric {wanted} is rendered")
+                else:
+                    out.extend(_datadog_metric_is_collected(objects, hpa, dm))
+    return out
+
+
+def _datadog_metric_is_collected(objects: list[Obj], hpa: Obj, dm: Obj) -> list[str]:
+    """The scaled Deployment's pods carry the Datadog openmetrics check that sends the queried metric."""
+    query = dm["spec"]["query"]
+    match = re.search(r"([a-z_]+)\.([a-z0-9_]+)\{", query)
+    if not match:
+        return [f"{ref(dm)}: cannot read a <namespace>.<metric>{{...}} from query {query!r}"]
+    prefix, metric = match.groups()
+    deps = find(objects, "Deployment", hpa["spec"]["scaleTargetRef"]["name"])
+    if not deps:
+        return [f"{ref(hpa)}: scales a Deployment that is not rendered"]
+    dep = deps[0]
+    annotations = dep["spec"]["template"]["metadata"].get("annotations", {})
+    for key, value in annotations.items():
+        if key.startswith("ad.datadoghq.com/") and key.endswith(".checks") and '"openmetrics"' in value:
+            instances = yaml.safe_load(value)["openmetrics"]["instances"]
+            for inst in instances:
+                if inst.get("namespace") == prefix and any(re.fullmatch(p, metric) for p in inst.get("metrics", [])):
+                    return []
+    return [
+        f"{ref(dm)}: queries {prefix}.{metric}, but no Datadog openmetrics check on {ref(dep)} collects it "
+        "(enable the monitoring component)"
+    ]
+
+
+def policy_violations(overlay: str, objects: list[Obj]) -> dict[str, list[str]]:
+    """Every registered policy's violations for one overlay (empty lists when clean)."""
+    return {name: fn(overlay, objects) for name, fn in POLICIES.items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# Whole-overlay validation (what `invoke manifests.validate` runs)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class OverlayReport:
+    """Result of validating one overlay."""
+
+    overlay: str
+    objects: list[Obj] = field(default_factory=list)
+    render_error: str | None = None
+    schema_errors: list[str] = field(default_factory=list)
+    policy_violations: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """Rendered without warnings, schema-valid and policy-clean."""
+        return self.render_error is None and not self.schema_errors and not any(self.policy_violations.values())
+
+
+def validate_overlay(overlay: str, components: Iterable[str] = ()) -> OverlayReport:
+    """Render one overlay (optionally with extra components) and run schema validation and every policy."""
+    components = list(components)
+    label = "+".join([overlay, *components])
+    try:
+        objects = render_with_components(overlay, components) if components else render(overlay)
+    except ManifestError as exc:
+        return OverlayReport(label, render_error=str(exc))
+    return check_objects(overlay, objects, label)
+
+
+def check_objects(overlay: str, objects: list[Obj], label: str | None = None) -> OverlayReport:
+    """Strict schemas and every policy over objects already rendered from `overlay` (deploy checks its YAML here)."""
+    return OverlayReport(
+        label or overlay,
+        objects=objects,
+        schema_errors=schema_errors(objects),
+        policy_violations=policy_violations(overlay, objects),
+    )
+
+
+def print_reports(reports: list[OverlayReport], console: Any | None = None) -> None:
+    """A rich table (one row per check, one column per overlay), then every error and violation."""
+    from rich.table import Table
+
+    console = console or core.out
+    table = Table(title=f"Kustomize {kustomize_version()}, schemas of Kubernetes {schema_version()} (strict)")
+    table.add_column("check", no_wrap=True)
+    for r in reports:
+        # "eks-prod+nvidia-device-plugin/time-slicing" -> "eks-prod\n+time-slicing"
+        header = "\n+".join(part.rsplit("/", 1)[-1] for part in r.overlay.split("+"))
+        table.add_column(header, justify="center", overflow="fold")
+
+    def cell(count: int | None) -> str:
+        return "-" if count is None else ("[green]ok[/]" if count == 0 else f"[red]{count}[/]")
+
+    table.add_row("objects", *(str(len(r.objects)) for r in reports))
+    table.add_row("render", *(cell(1 if r.render_error else 0) for r in reports))
+    table.add_row("schema", *(cell(None if r.render_error else len(r.schema_errors)) for r in reports))
+    for name in POLICIES:
+        table.add_row(
+            name, *(cell(None if r.render_error else len(r.policy_violations.get(name, []))) for r in reports)
+        )
+    console.print(table)
+    for r in reports:
+        if r.render_error:
+            console.print(f"[red]{r.overlay}: render[/] {r.render_error}", highlight=False)
+        for e in r.schema_errors:
+            console.print(f"[red]{r.overlay}: schema[/] {e}", highlight=False)
+        for name, violations in r.policy_violations.items():
+            for v in violations:
+                console.print(f"[red]{r.overlay}: {name}[/] {v}", highlight=False)

@@ -1,0 +1,1 @@
+"""The pinned toolchain: obtaining each tool (tools) and reporting what this machine has (doctor)."""

@@ -1,0 +1,36 @@
+"""Session fixtures: a real simulated EKS control plane (kwokctl --runtime binary) and its node roles."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from ops.k8s.nodegroups import load_nodegroups
+from ops.k8s.sim import SimCluster
+
+
+@pytest.fixture(scope="session")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimCluster]:
+    """The control plane and fake nodes; torn down (processes and data) at the end of the session."""
+    root = tmp_path_factory.mktemp("kwok")
+    cluster = SimCluster(
+        name="eks-sim-test",
+        workdir=root / "workdir",
+        kubeconfig=root / "kubeconfig.yaml",
+        node_counts={"cpu-general": 3, "gpu-t4": 3},
+    )
+    try:
+        cluster.up(timeout_s=300)
+        yield cluster
+    finally:
+        cluster.down()
+
+
+@pytest.fixture(scope="session")
+def node_roles(sim: SimCluster) -> dict[str, str]:
+    """node name -> role (cpu|gpu), from nodegroups.yaml via the nodes the simulator created."""
+    groups = load_nodegroups()
+    return {
+        n["metadata"]["name"]: groups[n["metadata"]["labels"]["eks.amazonaws.com/nodegroup"]].role for n in sim.nodes()
+    }

@@ -1,0 +1,249 @@
+"""The EKS guardrails: NetworkPolicies, PriorityClass, GPU ResourceQuota, node agents, and metrics providers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from ops.k8s import objects as k8s_objects
+from ops.k8s import policies as k8s_policies
+from ops.k8s import render, schema
+
+Obj = dict[str, Any]
+QUEUE = "eks-prod+gpu-queue-autoscaling"
+
+
+def _violations(policy: str, overlay: str, objects: list[Obj]) -> list[str]:
+    found = k8s_policies.POLICIES[policy](overlay, objects)
+    assert found, f"{policy} missed the planted mistake"
+    return found
+
+
+def _without(objects: list[Obj], kind: str, name: str) -> list[Obj]:
+    return [o for o in objects if not (o["kind"] == kind and o["metadata"]["name"] == name)]
+
+
+# --- NetworkPolicies -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", render.EKS_OVERLAYS)
+def test_eks_overlays_render_the_network_policies(overlay: str, rendered: dict[str, list[Obj]]) -> None:
+    policies = {o["metadata"]["name"]: o for o in k8s_objects.find(rendered[overlay], "NetworkPolicy")}
+    assert set(policies) == {"default-deny", "allow-inference-http", "allow-dns-egress"}
+    assert {o["metadata"]["namespace"] for o in policies.values()} == {"inference"}
+    assert policies["default-deny"]["spec"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+
+
+def test_local_has_no_network_policies(rendered: dict[str, list[Obj]]) -> None:
+    assert k8s_objects.find(rendered["local"], "NetworkPolicy") == []
+
+
+def test_without_default_deny(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = _without(fresh("eks-prod"), "NetworkPolicy", "default-deny")
+    assert _violations("network-policy", "eks-prod", objects) == [
+        "namespace inference: no default-deny NetworkPolicy (podSelector {}, Ingress+Egress)"
+    ]
+
+
+def test_without_the_service_port(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = _without(fresh("eks-prod"), "NetworkPolicy", "allow-inference-http")
+    found = _violations("network-policy", "eks-prod", objects)
+    for name in k8s_policies.SERVICES:
+        assert f"Deployment/{name}: no NetworkPolicy admits Service/{name} port 80 (target http)" in found
+        assert f"Deployment/{name}: no NetworkPolicy admits the metrics scrape on port 8080" in found
+
+
+def test_a_service_port_open_only_to_some_peers_does_not_count(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh("eks-prod")
+    (np_,) = k8s_objects.find(objects, "NetworkPolicy", "allow-inference-http")
+    np_["spec"]["ingress"][0]["from"] = [{"podSelector": {"matchLabels": {"role": "frontend"}}}]
+    assert len(_violations("network-policy", "eks-prod", objects)) == 4
+
+
+def test_wrong_port_number(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh("eks-prod")
+    (np_,) = k8s_objects.find(objects, "NetworkPolicy", "allow-inference-http")
+    np_["spec"]["ingress"][0]["ports"] = [{"protocol": "TCP", "port": 9090}]
+    _violations("network-policy", "eks-prod", objects)
+    np_["spec"]["ingress"][0]["ports"] = [{"protocol": "TCP", "port": 8080}]  # by number works as well as by name
+    assert k8s_policies.check_network_policy("eks-prod", objects) == []
+
+
+@pytest.mark.parametrize("protocol", ["UDP", "TCP"])
+def test_dns_egress_needs_both_protocols(fresh: Callable[[str], list[Obj]], protocol: str) -> None:
+    objects = fresh("eks-prod")
+    (np_,) = k8s_objects.find(objects, "NetworkPolicy", "allow-dns-egress")
+    rule = np_["spec"]["egress"][0]
+    rule["ports"] = [p for p in rule["ports"] if p["protocol"] != protocol]
+    found = _violations("network-policy", "eks-prod", objects)
+    assert "Deployment/image-classifier: no NetworkPolicy allows DNS egress (port 53, UDP and TCP)" in found
+
+
+# --- PriorityClass and the GPU quota -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", render.EKS_OVERLAYS)
+def test_services_run_at_the_serving_priority(overlay: str, rendered: dict[str, list[Obj]]) -> None:
+    (pc,) = k8s_objects.find(rendered[overlay], "PriorityClass")
+    assert pc["metadata"]["name"] == k8s_policies.SERVING_PRIORITY_CLASS
+    assert "namespace" not in pc["metadata"]
+    for name in k8s_policies.SERVICES:
+        (dep,) = k8s_objects.find(rendered[overlay], "Deployment", name)
+        assert dep["spec"]["template"]["spec"]["priorityClassName"] == k8s_policies.SERVING_PRIORITY_CLASS
+    # The autoscaler and the node agents keep their system classes.
+    (ca,) = k8s_objects.find(rendered[overlay], "Deployment", "cluster-autoscaler")
+    assert ca["spec"]["template"]["spec"]["priorityClassName"] == "system-cluster-critical"
+
+
+def test_gpu_quota_is_the_gpu_capacity(rendered: dict[str, list[Obj]]) -> None:
+    (quota,) = k8s_objects.find(rendered["eks-prod"], "ResourceQuota", "gpu")
+    assert quota["metadata"]["namespace"] == "inference"
+    assert quota["spec"]["hard"] == {"requests.nvidia.com/gpu": str(k8s_policies.gpu_capacity())}
+    assert k8s_policies.gpu_peak(rendered["eks-prod"]) == 5  # HPA maximum 4 + 1 surge pod
+
+
+def test_quota_below_the_rollout_peak(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh("eks-prod")
+    (quota,) = k8s_objects.find(objects, "ResourceQuota", "gpu")
+    quota["spec"]["hard"]["requests.nvidia.com/gpu"] = "4"
+    assert _violations("priority-and-quota", "eks-prod", objects) == [
+        "ResourceQuota/gpu: requests.nvidia.com/gpu 4 < 5 GPUs a rollout at the HPA maximum holds; it would stall"
+    ]
+
+
+def test_missing_quota_and_priority(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = _without(
+        _without(fresh("eks-prod"), "ResourceQuota", "gpu"), "PriorityClass", k8s_policies.SERVING_PRIORITY_CLASS
+    )
+    assert _violations("priority-and-quota", "eks-prod", objects) == [
+        "PriorityClass/eks-inference-serving is missing",
+        "namespace inference: no ResourceQuota on requests.nvidia.com/gpu",
+    ]
+
+
+def test_a_priority_class_in_the_system_range(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh("eks-prod")
+    (pc,) = k8s_objects.find(objects, "PriorityClass")
+    pc["value"] = 2_000_000_000
+    _violations("priority-and-quota", "eks-prod", objects)
+
+
+# --- node agents ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", render.EKS_OVERLAYS)
+def test_dcgm_exporter_memory(overlay: str, rendered: dict[str, list[Obj]]) -> None:
+    (ds,) = k8s_objects.find(rendered[overlay], "DaemonSet", "dcgm-exporter")
+    spec = ds["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    assert spec["priorityClassName"] == "system-node-critical"
+    assert c["resources"]["limits"]["memory"] == "1Gi"
+    assert {"name": "GOMEMLIMIT", "value": "768MiB"} in c["env"]
+
+
+def test_dcgm_without_gomemlimit(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh("eks-prod")
+    (ds,) = k8s_objects.find(objects, "DaemonSet", "dcgm-exporter")
+    c = ds["spec"]["template"]["spec"]["containers"][0]
+    c["env"] = [e for e in c["env"] if e["name"] != "GOMEMLIMIT"]
+    assert _violations("node-agents", "eks-prod", objects) == [
+        "DaemonSet/dcgm-exporter container dcgm-exporter: no GOMEMLIMIT (the Go heap grows into the OOM killer)"
+    ]
+
+
+def test_gomemlimit_at_the_limit(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh("eks-prod")
+    (ds,) = k8s_objects.find(objects, "DaemonSet", "dcgm-exporter")
+    c = ds["spec"]["template"]["spec"]["containers"][0]
+    for e in c["env"]:
+        if e["name"] == "GOMEMLIMIT":
+            e["value"] = "1GiB"
+    _violations("node-agents", "eks-prod", objects)
+
+
+def test_node_agent_without_priority(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh("eks-prod")
+    (ds,) = k8s_objects.find(objects, "DaemonSet", "dcgm-exporter")
+    del ds["spec"]["template"]["spec"]["priorityClassName"]
+    assert _violations("node-agents", "eks-prod", objects) == [
+        "DaemonSet/dcgm-exporter: priorityClassName should be system-node-critical"
+    ]
+
+
+# --- queue-depth autoscaling and its metrics provider ----------------------------------------------
+
+
+def test_queue_component_reads_a_datadog_metric(rendered: dict[str, list[Obj]]) -> None:
+    hpa = k8s_objects.hpa_for(rendered[QUEUE], "image-classifier")
+    assert hpa is not None
+    (external,) = [x["external"] for x in hpa["spec"]["metrics"] if x["type"] == "External"]
+    assert external["metric"]["name"] == "datadogmetric@inference:image-classifier-queue-depth"
+    assert external["target"] == {"type": "AverageValue", "averageValue": "8"}
+    assert schema.schema_errors(k8s_objects.find(rendered[QUEUE], "DatadogMetric")) == []
+
+
+def test_queue_component_without_its_provider_fails(fresh: Callable[[str], list[Obj]]) -> None:
+    """The issue's rule: enabling the component on a platform with no external metrics provider is refused."""
+    objects = fresh(QUEUE)
+    (ns,) = k8s_objects.find(objects, "Namespace", "inference")
+    del ns["metadata"]["annotations"][k8s_policies.EXTERNAL_METRICS_PROVIDER_ANNOTATION]
+    assert _violations("metrics-providers", "eks-prod", objects) == [
+        "HorizontalPodAutoscaler/image-classifier: reads External metric "
+        "datadogmetric@inference:image-classifier-queue-depth but Namespace/inference declares no "
+        "eks-inference.io/external-metrics-provider (the adapter the platform installs); "
+        "without one the HPA can never scale down"
+    ]
+
+
+def test_queue_component_with_the_wrong_provider_fails(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh(QUEUE)
+    (ns,) = k8s_objects.find(objects, "Namespace", "inference")
+    ns["metadata"]["annotations"][k8s_policies.EXTERNAL_METRICS_PROVIDER_ANNOTATION] = "prometheus-adapter"
+    found = _violations("metrics-providers", "eks-prod", objects)
+    assert any("is served by the Datadog Cluster Agent, not prometheus-adapter" in v for v in found)
+
+
+def test_queue_component_without_its_datadog_metric_fails(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = _without(fresh(QUEUE), "DatadogMetric", "image-classifier-queue-depth")
+    assert _violations("metrics-providers", "eks-prod", objects) == [
+        "HorizontalPodAutoscaler/image-classifier: reads datadogmetric@inference:image-classifier-queue-depth "
+        "but no DatadogMetric inference:image-classifier-queue-depth is rendered"
+    ]
+
+
+def test_queue_component_without_monitoring_fails(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh(QUEUE)
+    (dep,) = k8s_objects.find(objects, "Deployment", "image-classifier")
+    dep["spec"]["template"]["metadata"]["annotations"] = {}
+    found = _violations("metrics-providers", "eks-prod", objects)
+    assert any("no Datadog openmetrics check on Deployment/image-classifier collects it" in v for v in found)
+
+
+def test_a_pods_metric_needs_a_custom_metrics_provider(fresh: Callable[[str], list[Obj]]) -> None:
+    """The prometheus-adapter alternative must be declared the same way."""
+    objects = fresh("eks-prod")
+    hpa = k8s_objects.hpa_for(objects, "image-classifier")
+    assert hpa is not None
+    hpa["spec"]["metrics"].append(
+        {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": "image_classifier_queue_depth"},
+                "target": {"type": "AverageValue", "averageValue": "8"},
+            },
+        }
+    )
+    found = _violations("metrics-providers", "eks-prod", objects)
+    assert "declares no eks-inference.io/custom-metrics-provider" in found[0]
+    (ns,) = k8s_objects.find(objects, "Namespace", "inference")
+    ns["metadata"]["annotations"][k8s_policies.CUSTOM_METRICS_PROVIDER_ANNOTATION] = "prometheus-adapter"
+    assert k8s_policies.check_metrics_providers("eks-prod", objects) == []
+
+
+def test_a_datadog_metric_with_an_unknown_field_fails_its_schema(rendered: dict[str, list[Obj]]) -> None:
+    (dm,) = k8s_objects.find(rendered[QUEUE], "DatadogMetric")
+    broken = {**dm, "spec": {**dm["spec"], "querry": "typo"}}
+    (error,) = schema.schema_errors([broken])
+    assert "querry" in error

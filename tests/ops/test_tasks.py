@@ -1,0 +1,137 @@
+"""The task layer: OpsError becomes a clean Exit, `--dry` reaches the runner, and `invoke --dry images.build` starts
+no process at all."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from invoke import Config, Context, Exit
+
+from ops import core
+from ops.tasks.common import ops_task
+
+# Runs invoke in a fresh interpreter that records every process it would start (PEP 578 audit events).
+NO_PROCESS = textwrap.dedent(
+    """
+    import sys
+    started = []
+    def hook(event, args):
+        if event in ("subprocess.Popen", "os.system", "os.posix_spawn", "os.exec", "os.spawn", "os.fork"):
+            started.append((event, repr(args)[:200]))
+    sys.addaudithook(hook)
+    from invoke.main import program
+    try:
+        program.run(["invoke", *sys.argv[1:]], exit=False)
+    finally:
+        print("STARTED", started, file=sys.stderr)
+    """
+)
+
+
+def _run_in_process(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", NO_PROCESS, *argv],
+        cwd=core.REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_dry_images_build_starts_no_process() -> None:
+    proc = _run_in_process("--dry", "images.build", "--base", "cpu", "--base", "cuda")
+    assert proc.returncode == 0, proc.stderr
+    assert "STARTED []" in proc.stderr, proc.stderr[-3000:]
+    for name, spec in core.SERVICES.items():
+        assert f"service {spec.repository}:<commit>-cuda" in proc.stderr, name
+    assert "base eks-inference/base-cpu:" in proc.stderr
+
+
+def test_dry_sim_up_creates_nothing(tmp_path: Path) -> None:
+    """`invoke --dry cluster.sim-up` shows the kwokctl and kubectl commands that change things, and runs none."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "invoke", "--dry", "cluster.sim-up", "--name", "dry-probe"],
+        cwd=core.REPO_ROOT,
+        env={**os.environ, "KUBECONFIG": str(tmp_path / "kubeconfig")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "would run" in proc.stderr
+    assert "create cluster" in proc.stderr
+    assert "apply -f -" in proc.stderr
+    assert not (tmp_path / "kubeconfig").exists()
+    assert not (core.cache_root() / "kwok" / "stages-dry-probe.yaml").exists()
+
+
+def test_the_process_probe_sees_processes() -> None:
+    """The probe above is not blind: a task that renders with Kustomize is seen starting kubectl/kustomize."""
+    proc = _run_in_process("manifests.render", "--overlay", "local", "--output", "/dev/null")
+    assert proc.returncode == 0, proc.stderr
+    assert "STARTED [('subprocess.Popen'" in proc.stderr
+
+
+def _context(dry: bool = False) -> Context:
+    return Context(config=Config(overrides={"run": {"dry": dry}}))
+
+
+def test_an_ops_error_ends_the_task_cleanly() -> None:
+    @ops_task
+    def broken(c: Context) -> None:
+        """Fails the way ops functions fail."""
+        raise core.OpsError("the cache is read-only")
+
+    class Refused(core.OpsError):
+        exit_code = 2
+
+    @ops_task(what="thing deploy")
+    def guarded(c: Context) -> None:
+        """Refuses."""
+        raise Refused("wrong context")
+
+    with pytest.raises(Exit) as info:
+        broken(_context())
+    assert (info.value.code, info.value.message) == (1, "broken failed: the cache is read-only")
+    with pytest.raises(Exit) as info:
+        guarded(_context())
+    assert (info.value.code, info.value.message) == (2, "thing deploy refused: wrong context")
+
+
+def test_dry_reaches_the_runner() -> None:
+    seen: list[bool] = []
+
+    @ops_task(help={"x": "a flag"})
+    def plan(c: Context, x: bool = False) -> None:
+        """Records whether commands would run."""
+        seen.append(core.is_dry())
+        core.run(["false"])  # a side effect: shown, not started, under --dry
+
+    plan(_context(dry=True))
+    with pytest.raises(Exit, match="plan failed: command failed"):
+        plan(_context(dry=False))
+    assert seen == [True, False]
+    assert not core.is_dry()
+    assert plan.help == {"x": "a flag"}
+    assert [a.name for a in plan.get_arguments()] == ["x"]
+
+
+# Root tasks of the performance side, which moves to ops/perf/ (and its namespace) separately.
+PERF_ROOT_TASKS = {"load", "capacity"}
+
+
+def test_every_task_sits_in_a_namespace() -> None:
+    import tasks
+
+    namespaced = {id(t) for coll in tasks.ns.collections.values() for t in coll.tasks.values()}
+    loose = {name for name, t in tasks.ns.tasks.items() if id(t) not in namespaced}
+    assert loose <= PERF_ROOT_TASKS
+    for name in ("up", "down", "deploy", "test", "lint", "doctor", "serve", "smoke"):
+        assert name in tasks.ns.tasks, f"`invoke {name}` is kept at the root"
