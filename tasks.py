@@ -2,10 +2,10 @@
 
 from invoke import Collection
 
-from ops.tasks import bench, chaos, cluster, dev, images, infra, local, manifests, models, serve, tools
+from ops.tasks import bench, cluster, dev, images, infra, local, manifests, models, serve, tools
 
 ns = Collection()
-for module in (local, dev, models, serve, images, manifests, tools, cluster, infra, bench, chaos):
+for module in (local, dev, models, serve, images, manifests, tools, cluster, infra, bench):
     if module.ns.tasks or module.ns.collections:
         ns.add_collection(module.ns)
     for task in getattr(module, "ROOT_TASKS", ()):

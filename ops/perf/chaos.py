@@ -17,7 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from ops import core
+from ops.core import REPO_ROOT
+
 TESTS = ("tests/test_fuzz_services.py", "tests/test_reliability.py", "tests/test_schemathesis.py")
 RESULTS_ROOT = REPO_ROOT / "bench" / "results"
 
@@ -153,6 +155,21 @@ def render_report(figures: dict[str, Any], run: ChaosRun, outcome: str, started:
         "",
     ]
     return "\n".join(head + _fuzz(figures) + _overload(figures) + _shutdown(figures))
+
+
+def run_chaos(run: ChaosRun) -> tuple[bool, Path | None]:
+    """Run the tests (their output streams to the terminal), then write the report; (tests passed, report path).
+    Under `invoke --dry` only the command is shown, and nothing is written."""
+    started = datetime.now(UTC)
+    env = run.env()
+    # The settings are part of the shown command, so a dry run states all of them.
+    argv = ["env", *(f"{key}={value}" for key, value in env.items()), *run.pytest_argv()]
+    done = core.run(argv, cwd=REPO_ROOT, capture=False, ok_codes=range(256), echo=True)
+    if core.is_dry():
+        return True, None
+    (run.out / "figures").mkdir(parents=True, exist_ok=True)
+    passed = done.returncode == 0
+    return passed, write_report(run, "passed" if passed else f"FAILED (exit {done.returncode})", started)
 
 
 def write_report(run: ChaosRun, outcome: str, started: datetime) -> Path:
