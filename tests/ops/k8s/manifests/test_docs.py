@@ -43,7 +43,8 @@ def test_diagram_puts_each_workload_in_its_node_group(rendered: dict[str, list[d
 
 
 def test_gpu_group_scale_from_zero_template() -> None:
-    """At zero nodes the autoscaler needs no node-template ASG tags for a plain GPU group (issue 12, item 8)."""
+    """At zero nodes the autoscaler needs no node-template ASG tags for a plain GPU group: it reads the GPU count
+    from its EC2 instance table, and the labels and taints from the EKS API (docs/manifests.md)."""
     gpu = nodegroups.load_nodegroups()["gpu-t4"]
     rows = {what: (value, source) for what, value, source in docs.scale_from_zero_template(gpu)}
     assert rows["nvidia.com/gpu"] == ("1", "its EC2 instance-type table (g4dn.xlarge)")

@@ -274,7 +274,7 @@ def test_replicas_on_an_hpa_managed_deployment(fresh: Callable[[str], list[Obj]]
 
 
 def test_an_overlay_replicas_entry_is_caught_after_rendering(tmp_path: Path) -> None:
-    """The mistake the issue found: an overlay's `replicas:` list re-adds the field the HPA owns."""
+    """A mistake seen in review: an overlay's `replicas:` list re-adds the field the HPA owns."""
     overlay = tmp_path / "with-replicas"
     overlay.mkdir()
     (overlay / "kustomization.yaml").write_text(
@@ -401,7 +401,7 @@ def test_hpa_that_scales_down_as_fast_as_up(fresh: Callable[[str], list[Obj]]) -
     _violations("hpa-behavior", "eks-prod", objects)
 
 
-# --- the issue's explicit rules, stated directly on the rendered YAML -----------------------------
+# --- the rules of the production review, stated directly on the rendered YAML -----------------------------
 
 
 @pytest.mark.parametrize("overlay", render.EKS_OVERLAYS)
