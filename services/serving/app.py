@@ -121,7 +121,8 @@ async def ensure_client_waits(request: Request) -> None:
         raise ClientClosedRequest("the client closed the connection before the answer")
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    # async: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per request for an attribute read.
     runtime: Runtime = request.app.state.runtime
     return runtime
 
