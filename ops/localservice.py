@@ -33,7 +33,9 @@ class LocalService:
     """A service process bound to 127.0.0.1, ready (GET /readyz == 200) inside the `with` block.
 
     `settings` are the service's own settings without prefix (e.g. {"MAX_BATCH_SIZE": "1"});
-    they become `<PREFIX>_<KEY>` environment variables. The log goes to `log_path`.
+    they become `<PREFIX>_<KEY>` environment variables. The log goes to `log_path`. `prefix_argv` goes in front of
+    the command (e.g. `taskset -c 1` to pin it to a CPU); `command` replaces `python -m <package>` (a peer server,
+    ready when `ready_path` answers 200).
     """
 
     def __init__(
@@ -46,6 +48,9 @@ class LocalService:
         python: str = sys.executable,
         port: int | None = None,
         inherit_output: bool = False,
+        prefix_argv: list[str] | None = None,
+        command: list[str] | None = None,
+        ready_path: str = "/readyz",
     ) -> None:
         self.package = package
         self.prefix = package.upper() + "_"
@@ -60,6 +65,9 @@ class LocalService:
         self.ready_timeout_s = ready_timeout_s
         self.python = python
         self.inherit_output = inherit_output  # log to our terminal (invoke serve) instead of a file or nowhere
+        self.prefix_argv = list(prefix_argv or [])
+        self.command = command
+        self.ready_path = ready_path
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_file: object | None = None
 
@@ -86,7 +94,7 @@ class LocalService:
             log = None
         self._log_file = log
         self.proc = subprocess.Popen(
-            [self.python, "-m", self.package],
+            [*self.prefix_argv, *(self.command or [self.python, "-m", self.package])],
             cwd=REPO_ROOT,
             env=self.env(),
             stdout=log,
@@ -98,7 +106,7 @@ class LocalService:
                 if self.proc.poll() is not None:
                     raise ServiceStartError(f"{self.package} exited with {self.proc.returncode}: {self.log_tail()}")
                 try:
-                    if client.get(self.url + "/readyz").status_code == 200:
+                    if client.get(self.url + self.ready_path).status_code == 200:
                         return self
                 except httpx.TransportError:
                     pass
@@ -142,6 +150,12 @@ class LocalService:
         # Fields after "(comm) state": utime is the 12th, stime the 13th (0-based 11, 12).
         return (int(fields[11]) + int(fields[12])) / ticks
 
+    def rss_bytes(self) -> int:
+        """Resident memory of the process and all its descendants (peer servers fork workers), from /proc."""
+        if self.proc is None:
+            return 0
+        return sum(_rss(pid) for pid in _tree(self.proc.pid))
+
     def __enter__(self) -> Self:
         return self.start()
 
@@ -152,3 +166,27 @@ class LocalService:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants, from /proc/<pid>/task/*/children."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                todo.extend(int(child) for child in task.read_text().split())
+            except OSError:
+                continue
+    return found
+
+
+def _rss(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
