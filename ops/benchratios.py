@@ -350,7 +350,8 @@ def measure(cfg: RatioConfig, folder: Path, echo: Callable[[str], None] = lambda
         batching_gain=round(on_within / off_within, 3) if off_within else 0.0,
         p99_bound_ms=round(bound, 3),
         overhead_ms=round(overhead[0] - overhead[1], 3),
-        targets=TARGETS.get(cfg.device, {}),
+        # The CPU targets are for pinned cores; an unpinned row is the old method, kept for comparison only.
+        targets=TARGETS.get(cfg.device, {}) if pinning.pinned or cfg.device != "cpu" else {},
         notes=notes,
         pinning=pinning.to_dict(),
         lone_p50_ms=lone_p50,

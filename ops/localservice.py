@@ -99,6 +99,9 @@ class LocalService:
             env=self.env(),
             stdout=log,
             stderr=subprocess.STDOUT,
+            # A custom command (a peer server) may fork workers that outlive its main process: give it a process
+            # group of its own, so that stop() ends all of them.
+            start_new_session=self.command is not None,
         )
         deadline = time.monotonic() + self.ready_timeout_s
         with httpx.Client(timeout=2.0) as client:
@@ -117,20 +120,34 @@ class LocalService:
     def stop(self, timeout_s: float = 30.0) -> int | None:
         """SIGTERM (the service drains), then SIGKILL after `timeout_s`; returns the exit code."""
         code: int | None = None
+        group = self.command is not None
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self._signal(signal.SIGTERM, group)
             try:
                 code = self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                self._signal(signal.SIGKILL, group)
                 code = self.proc.wait(10)
         elif self.proc is not None:
             code = self.proc.returncode
+        if group and self.proc is not None:
+            self._signal(signal.SIGKILL, group)  # whatever of the group is left (workers whose parent is gone)
         log = self._log_file
         if log is not None and hasattr(log, "close"):
             log.close()
         self._log_file = None
         return code
+
+    def _signal(self, sig: int, group: bool) -> None:
+        if self.proc is None:
+            return
+        try:
+            if group:
+                os.killpg(self.proc.pid, sig)  # the group's id is the leader's pid (start_new_session)
+            else:
+                self.proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
 
     def log_tail(self, chars: int = 3000) -> str:
         """The last characters of the service log (empty when not logging to a file)."""
