@@ -87,12 +87,24 @@ def _fmt(value: float, digits: int = 2) -> str:
     return f"{value:,.{digits}f}"
 
 
+# Targets where smaller is better (milliseconds); every other target is a floor.
+CEILINGS = frozenset({"overhead_ms", "lone_p50_gap_ms"})
+
+
 def _target(ratio: dict[str, Any], key: str) -> str:
     target = (ratio.get("targets") or {}).get(key)
-    if target is None:
+    if target is None or key not in ratio:
         return "-"
-    met = ratio[key] >= target
-    return f">= {target:g} ({'met' if met else 'missed'})"
+    if key in CEILINGS:
+        return f"<= {target:g} ({'met' if ratio[key] <= target else 'missed'})"
+    return f">= {target:g} ({'met' if ratio[key] >= target else 'missed'})"
+
+
+def _pinning(ratio: dict[str, Any]) -> str:
+    pinning = ratio.get("pinning") or {}
+    if not pinning:
+        return "unpinned (old method)"
+    return f"svc {pinning['service']} / client {pinning['client']}" if pinning.get("pinned") else "unpinned"
 
 
 RATIO_COLUMNS = (
@@ -100,6 +112,7 @@ RATIO_COLUMNS = (
     "device",
     "precision",
     "batch",
+    "CPUs",
     "model-only img/s",
     "HTTP img/s (sat.)",
     "serving eff.",
@@ -110,6 +123,9 @@ RATIO_COLUMNS = (
     "HTTP p50 ms",
     "model p50 ms",
     "overhead ms",
+    "overhead target",
+    "lone p50 on / off ms",
+    "lone gap target",
 )
 
 
@@ -125,6 +141,7 @@ def ratio_rows(ratios: Sequence[dict[str, Any]]) -> list[list[str]]:
                 cfg["device"],
                 cfg["precision"],
                 str(cfg["batch_size"]),
+                _pinning(r),
                 _fmt(r["model_only_images_per_s"], 1),
                 _fmt(saturation, 1),
                 _fmt(r["serving_efficiency"], 3),
@@ -135,6 +152,9 @@ def ratio_rows(ratios: Sequence[dict[str, Any]]) -> list[list[str]]:
                 _fmt(r["http_p50_ms_batch1"]),
                 _fmt(r["inference_p50_ms_batch1"]),
                 _fmt(r["overhead_ms"]),
+                _target(r, "overhead_ms"),
+                " / ".join(_fmt(v) for v in (r.get("lone_p50_ms") or {}).values()) or "-",
+                _target(r, "lone_p50_gap_ms"),
             ]
         )
     return rows
@@ -146,7 +166,7 @@ def ratio_table(ratios: Sequence[dict[str, Any]]) -> Table:
     for column in RATIO_COLUMNS:
         table.add_column(
             column,
-            justify="left" if column in ("model", "device", "precision") else "right",
+            justify="left" if column in ("model", "device", "precision", "CPUs") else "right",
         )
     for row in ratio_rows(ratios):
         table.add_row(*row)
@@ -172,21 +192,138 @@ def _benchmark_rows(benchmarks: list[dict[str, Any]], kind: str) -> list[dict[st
     return [b for b in benchmarks if (b.get("extra_info") or {}).get("kind") == kind]
 
 
+def _peer_pinning(peers: dict[str, Any]) -> str:
+    pinning = peers.get("pinning") or {}
+    return f"svc {pinning['service']} / client {pinning['client']}" if pinning.get("pinned") else "unpinned"
+
+
+def peer_rows(peers: dict[str, Any]) -> list[list[str]]:
+    """One row per server, in PEER_COLUMNS order; ratios are ours ÷ that server."""
+    ratios = peers.get("ratios") or {}
+    rows = []
+    for server in peers["servers"]:
+        ratio = ratios.get(server["server"]) or {}
+        rows.append(
+            [
+                server["server"],
+                server["request"],
+                server["batching"],
+                _fmt(server["saturation"], 1),
+                _fmt(server["within_bound"], 1),
+                _fmt(server["lone_p50_ms"]),
+                _fmt(server["lone_p99_ms"]),
+                _fmt(server["rss_mib"], 0),
+                *(
+                    (f"{ratio[k]:.2f}" if k in ratio else "-")
+                    for k in ("saturation", "within_bound", "lone_p50", "rss")
+                ),
+            ]
+        )
+    return rows
+
+
+PEER_COLUMNS = (
+    "server",
+    "request",
+    "batching",
+    "sat. img/s",
+    "img/s within p99 bound",
+    "lone p50 ms",
+    "lone p99 ms",
+    "RSS MiB",
+    "ours ÷ peer: sat.",
+    "within bound",
+    "lone p50",
+    "RSS",
+)
+
+
+def peer_section(peers: dict[str, Any]) -> list[str]:
+    """The peer table and how it was measured."""
+    cfg = peers["config"]
+    lines = [
+        "## Peer servers, side by side",
+        "",
+        f"Same demo bundle and ImageClassifier, same vegeta closed-loop client, {_peer_pinning(peers)}; clients "
+        f"{', '.join(str(c) for c in cfg['concurrency'])}, {cfg['level_duration_s']:g} s per level; common p99 bound "
+        f"{cfg['p99_bound_ms']:g} ms. Ratios are ours ÷ peer: above 1 is ours better for throughput, below 1 for "
+        "latency and memory.",
+        "",
+    ]
+    lines += _md_table(PEER_COLUMNS, peer_rows(peers))
+    for name, why in (peers.get("skipped") or {}).items():
+        lines.append(f"- {name}: skipped, {why}")
+    lines += ["", "### Levels per server", ""]
+    rows = [
+        [
+            server["server"],
+            str(level["concurrency"]),
+            _fmt(level["throughput"], 1),
+            _fmt(level["p50_ms"]),
+            _fmt(level["p99_ms"]),
+            f"{level['ok']}/{level['requests']}",
+        ]
+        for server in peers["servers"]
+        for level in server["levels"]
+    ]
+    lines += _md_table(["server", "clients", "img/s", "p50 ms", "p99 ms", "ok"], rows)
+    lines.append("")
+    return lines
+
+
+def target_section(ratios: Sequence[dict[str, Any]], peers: dict[str, Any] | None) -> list[str]:
+    """Each target of issue 13 with met or missed (never asserted anywhere)."""
+    lines = ["## Targets", ""]
+    for r in ratios:
+        if not (r.get("pinning") or {}).get("pinned"):
+            continue
+        cfg = r["config"]
+        name = f"{Path(cfg['model']).name}/{cfg['device']}"
+        for key, what in (
+            ("serving_efficiency", "CPU serving efficiency, pinned"),
+            ("overhead_ms", "overhead ms"),
+            ("lone_p50_gap_ms", "lone p50 batching on - off, ms"),
+        ):
+            verdict = _target(r, key)
+            if verdict != "-":
+                lines.append(f"- {name}: {what} = {r[key]:g}, target {verdict}")
+    if peers:
+        ours = next((s for s in peers["servers"] if s["server"] == "ours"), None)
+        others = [s for s in peers["servers"] if not s["server"].startswith("ours")]
+        if ours and others:
+            for key, what, better in (
+                ("within_bound", "throughput within the p99 bound", lambda a, b: a >= b),
+                ("lone_p50_ms", "lone-request p50", lambda a, b: a <= b),
+            ):
+                beaten = [s["server"] for s in others if not better(ours[key], s[key])]
+                verdict = "met" if not beaten else f"missed (behind {', '.join(beaten)})"
+                lines.append(f"- ours >= every peer on {what}: {verdict}")
+    lines.append("")
+    return lines
+
+
 def render_summary(
     bench_json: dict[str, Any] | None,
     ratios: Sequence[dict[str, Any]],
     *,
     commands: Sequence[str] = (),
     title: str = "",
+    peers: dict[str, Any] | None = None,
+    load_average: dict[str, float] | None = None,
 ) -> str:
-    """The markdown summary: machine (device, torch), ratio table, model-only, preprocessing and HTTP tables."""
+    """The markdown summary: machine (device, torch), ratio table, peers, model-only, preprocessing and HTTP."""
     machine: dict[str, Any] = {}
     if bench_json:
         machine = (bench_json.get("machine_info") or {}).get("eks_inference") or {}
     if not machine and ratios:
         machine = ratios[0]["machine"]
-    loads = [(bench_json or {}).get("load_average_1m")] + [r["machine"].get("load_average_1m") for r in ratios]
-    load_average = ", ".join(str(x) for x in loads if x is not None) or "?"
+    loads = [machine.get("load_average_1m") if bench_json else None] + [
+        r["machine"].get("load_average_1m") for r in ratios
+    ]
+    if peers:
+        loads.append(peers["machine"].get("load_average_1m"))
+    load_whole = load_average or {}
+    load_average_text = ", ".join(str(x) for x in loads if x is not None) or "?"
     lines = [
         f"# {title or 'Benchmark summary'}",
         "",
@@ -200,9 +337,18 @@ def render_summary(
         f"| CPU | {machine.get('cpu', '?')} x {machine.get('cpu_count', '?')} |",
         f"| torch | {machine.get('torch', '?')} (CUDA runtime {machine.get('torch_cuda') or '-'}) |",
         f"| python | {machine.get('python', '?')} |",
-        f"| load average (1 min) | {load_average} |",
-        "",
+        f"| load average (1 min) at each stage | {load_average_text} |",
     ]
+    if load_whole:
+        lines.append(
+            "| load average (1 min) before / after the run | "
+            + " / ".join(f"{load_whole[k]:.2f}" for k in ("before", "after") if k in load_whole)
+            + " |"
+        )
+    pinnings = sorted({_pinning(r) for r in ratios} | ({_peer_pinning(peers)} if peers else set()))
+    if pinnings:
+        lines.append(f"| core pinning | {'; '.join(pinnings)} (taskset) |")
+    lines.append("")
     if ratios:
         lines += ["## Serving ratios", ""]
         lines += _md_table(RATIO_COLUMNS, ratio_rows(ratios))
@@ -218,7 +364,15 @@ def render_summary(
             ),
             (
                 "- overhead = p50 of an HTTP /v1/predict round trip - p50 of the model call the service reports inside "
-                "it, at batch 1."
+                "it, at batch 1 (one vegeta client, batching off)."
+            ),
+            (
+                "- lone p50 = p50 at one closed-loop client (each request meets an idle service), batching on / off; "
+                "the gap target is on - off <= 1 ms."
+            ),
+            (
+                "- CPUs: where the service (and model-only, in its own process with the service's thread count) and "
+                "the vegeta client ran; unpinned rows share every CPU between them, as the old method did."
             ),
         ]
         for r in ratios:
@@ -248,6 +402,10 @@ def render_summary(
             ]
             lines += _md_table(["batching", "clients", "img/s", "p50 ms", "p99 ms", "ok"], rows)
         lines.append("")
+    if peers:
+        lines += peer_section(peers)
+    if ratios or peers:
+        lines += target_section(ratios, peers)
     benchmarks = (bench_json or {}).get("benchmarks") or []
     model_rows = _benchmark_rows(benchmarks, "model")
     if model_rows:
@@ -330,14 +488,23 @@ def write_summary(
     *,
     commands: Sequence[str] = (),
     title: str = "",
+    load_average: dict[str, float] | None = None,
 ) -> Path:
-    """Write <results_dir>/summary.md (and ratios.json) from benchmarks.json and the ratio results."""
+    """Write <results_dir>/summary.md (and ratios.json) from benchmarks.json, the ratio results and peers.json."""
     bench_path = results_dir / "benchmarks.json"
     bench_json = json.loads(bench_path.read_text()) if bench_path.is_file() else None
+    peers_path = results_dir / "peers.json"
+    peers = json.loads(peers_path.read_text()) if peers_path.is_file() else None
     if ratios:
         (results_dir / "ratios.json").write_text(json.dumps(list(ratios), indent=2))
+    if load_average:
+        (results_dir / "loadavg.json").write_text(json.dumps(load_average))
+    elif (results_dir / "loadavg.json").is_file():
+        load_average = json.loads((results_dir / "loadavg.json").read_text())
     summary = results_dir / "summary.md"
-    summary.write_text(render_summary(bench_json, ratios, commands=commands, title=title))
+    summary.write_text(
+        render_summary(bench_json, ratios, commands=commands, title=title, peers=peers, load_average=load_average)
+    )
     return summary
 
 

@@ -33,7 +33,9 @@ class LocalService:
     """A service process bound to 127.0.0.1, ready (GET /readyz == 200) inside the `with` block.
 
     `settings` are the service's own settings without prefix (e.g. {"MAX_BATCH_SIZE": "1"});
-    they become `<PREFIX>_<KEY>` environment variables. The log goes to `log_path`.
+    they become `<PREFIX>_<KEY>` environment variables. The log goes to `log_path`. `prefix_argv` goes in front of
+    the command (e.g. `taskset -c 1` to pin it to a CPU); `command` replaces `python -m <package>` (a peer server,
+    ready when `ready_path` answers 200).
     """
 
     def __init__(
@@ -46,6 +48,9 @@ class LocalService:
         python: str = sys.executable,
         port: int | None = None,
         inherit_output: bool = False,
+        prefix_argv: list[str] | None = None,
+        command: list[str] | None = None,
+        ready_path: str = "/readyz",
     ) -> None:
         self.package = package
         self.prefix = package.upper() + "_"
@@ -60,6 +65,9 @@ class LocalService:
         self.ready_timeout_s = ready_timeout_s
         self.python = python
         self.inherit_output = inherit_output  # log to our terminal (invoke serve) instead of a file or nowhere
+        self.prefix_argv = list(prefix_argv or [])
+        self.command = command
+        self.ready_path = ready_path
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_file: object | None = None
 
@@ -86,11 +94,14 @@ class LocalService:
             log = None
         self._log_file = log
         self.proc = subprocess.Popen(
-            [self.python, "-m", self.package],
+            [*self.prefix_argv, *(self.command or [self.python, "-m", self.package])],
             cwd=REPO_ROOT,
             env=self.env(),
             stdout=log,
             stderr=subprocess.STDOUT,
+            # A custom command (a peer server) may fork workers that outlive its main process: give it a process
+            # group of its own, so that stop() ends all of them.
+            start_new_session=self.command is not None,
         )
         deadline = time.monotonic() + self.ready_timeout_s
         with httpx.Client(timeout=2.0) as client:
@@ -98,7 +109,7 @@ class LocalService:
                 if self.proc.poll() is not None:
                     raise ServiceStartError(f"{self.package} exited with {self.proc.returncode}: {self.log_tail()}")
                 try:
-                    if client.get(self.url + "/readyz").status_code == 200:
+                    if client.get(self.url + self.ready_path).status_code == 200:
                         return self
                 except httpx.TransportError:
                     pass
@@ -109,20 +120,34 @@ class LocalService:
     def stop(self, timeout_s: float = 30.0) -> int | None:
         """SIGTERM (the service drains), then SIGKILL after `timeout_s`; returns the exit code."""
         code: int | None = None
+        group = self.command is not None
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self._signal(signal.SIGTERM, group)
             try:
                 code = self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                self._signal(signal.SIGKILL, group)
                 code = self.proc.wait(10)
         elif self.proc is not None:
             code = self.proc.returncode
+        if group and self.proc is not None:
+            self._signal(signal.SIGKILL, group)  # whatever of the group is left (workers whose parent is gone)
         log = self._log_file
         if log is not None and hasattr(log, "close"):
             log.close()
         self._log_file = None
         return code
+
+    def _signal(self, sig: int, group: bool) -> None:
+        if self.proc is None:
+            return
+        try:
+            if group:
+                os.killpg(self.proc.pid, sig)  # the group's id is the leader's pid (start_new_session)
+            else:
+                self.proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
 
     def log_tail(self, chars: int = 3000) -> str:
         """The last characters of the service log (empty when not logging to a file)."""
@@ -142,6 +167,12 @@ class LocalService:
         # Fields after "(comm) state": utime is the 12th, stime the 13th (0-based 11, 12).
         return (int(fields[11]) + int(fields[12])) / ticks
 
+    def rss_bytes(self) -> int:
+        """Resident memory of the process and all its descendants (peer servers fork workers), from /proc."""
+        if self.proc is None:
+            return 0
+        return sum(_rss(pid) for pid in _tree(self.proc.pid))
+
     def __enter__(self) -> Self:
         return self.start()
 
@@ -152,3 +183,27 @@ class LocalService:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants, from /proc/<pid>/task/*/children."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                todo.extend(int(child) for child in task.read_text().split())
+            except OSError:
+                continue
+    return found
+
+
+def _rss(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0

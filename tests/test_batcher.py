@@ -84,6 +84,61 @@ async def test_a_lone_item_waits_at_most_max_wait() -> None:
     assert 0.09 <= elapsed < 1.0
 
 
+async def test_a_lone_item_in_sparse_traffic_is_dispatched_at_once() -> None:
+    """Adaptive batching: an item that arrives more than a window after the one before it, with no admitted
+    request still on its way (reservations), has nothing to wait for: an idle batcher runs it at once."""
+    window = 0.3
+    batcher = make(Recorder(), max_wait_ms=window * 1000)
+    try:
+        for value in (1, 2, 3):
+            await asyncio.sleep(window + 0.05)  # sparse: the previous arrival is more than a window ago
+            start = time.monotonic()
+            out, timings = await batcher.submit(value, far(), batcher.reserve())
+            elapsed = time.monotonic() - start
+            assert (out, timings.batch_size) == (2 * value, 1)
+            assert elapsed < window / 2, f"a lone request waited {elapsed:.3f}s of a {window}s window"
+    finally:
+        batcher.stop()
+
+
+async def test_the_window_still_holds_for_reserved_requests_on_their_way() -> None:
+    """A request that reserved its slot but is still decoding keeps the batch open (up to max_wait), even in sparse
+    traffic, so requests that arrive together are still batched together."""
+    run = Recorder()
+    batcher = make(run, max_wait_ms=1000.0)
+    try:
+        await asyncio.sleep(0.1)
+        early, late = batcher.reserve(), batcher.reserve()
+        first = asyncio.ensure_future(batcher.submit(1, far(), early))
+        await asyncio.sleep(0.2)  # the second request is still "decoding"
+        assert not first.done(), "the batcher dispatched while an admitted request was on its way"
+        second = await batcher.submit(2, far(), late)
+        (_, one), (_, two) = await first, second
+    finally:
+        batcher.stop()
+    assert run.batches == [[1, 2]]
+    assert one.batch_size == two.batch_size == 2
+
+
+async def test_a_released_reservation_ends_the_wait() -> None:
+    """A request refused after reserving (bad body, deadline) releases its slot: the lone item waiting for it goes."""
+    window = 1.0
+    batcher = make(Recorder(), max_wait_ms=window * 1000)
+    try:
+        await asyncio.sleep(window + 0.05)
+        mine, doomed = batcher.reserve(), batcher.reserve()
+        submitted = time.monotonic()
+        pending = asyncio.ensure_future(batcher.submit(5, far(), mine))
+        await asyncio.sleep(0.1)
+        assert not pending.done(), "the batcher dispatched while an admitted request was on its way"
+        doomed.release()
+        out, timings = await pending
+        assert time.monotonic() - submitted < window * 0.6, "the released reservation did not end the wait"
+        assert (out, timings.batch_size) == (10, 1)
+    finally:
+        batcher.stop()
+
+
 async def test_full_queue_is_refused_at_once_with_retry_after() -> None:
     gate = threading.Event()
     batcher = make(Recorder(gate=gate), max_batch_size=1, max_wait_ms=0.0, capacity=2)

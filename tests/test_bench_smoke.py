@@ -5,6 +5,7 @@ Timings are never asserted. The slow ones (a few services started, short attacks
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -26,6 +27,9 @@ from ops.capacity import (
 )
 from ops.gpuwheels import pinned_requirements, requirements_text
 from ops.load import LoadResult, StepRun, step_rates
+from ops.perf.peers import PEER_PACKAGES
+from ops.perf.pinning import UNPINNED, Pinning, parse_cpu_list, pinning_from
+from ops.perf.profile import categorize
 
 REPO = Path(__file__).resolve().parent.parent
 INVOKE = [sys.executable, "-m", "invoke"]
@@ -146,6 +150,34 @@ def test_step_rates() -> None:
     assert step_rates(10, 0, 30, increment=10) == [10, 20, 30]
     with pytest.raises(ValueError, match="factor > 1"):
         step_rates(5, 1, 40)
+
+
+def test_pinning_keeps_service_and_client_apart() -> None:
+    assert parse_cpu_list("0,2-4") == {0, 2, 3, 4}
+    pinned = pinning_from("1:0")
+    assert pinned == Pinning(service="1", client="0")
+    assert pinned.service_prefix() == ["taskset", "-c", "1"]
+    assert pinned.client_prefix() == ["taskset", "-c", "0"]
+    assert pinned.service_cpus == 1
+    assert pinning_from("none") == UNPINNED
+    assert UNPINNED.service_prefix() == []
+    assert not UNPINNED.pinned
+    with pytest.raises(ValueError, match="must not share"):
+        pinning_from("0-1:1")
+    auto = pinning_from("auto")
+    assert not auto.pinned or not parse_cpu_list(auto.service) & parse_cpu_list(auto.client)
+
+
+def test_profile_categories_go_by_the_deepest_known_frame() -> None:
+    handler = "predict (image_classifier/app.py:110)"
+    assert categorize(["run (uvicorn/server.py:1)", handler, "validate_python (pydantic/type_adapter.py:1)"]) == (
+        "validation (pydantic)"
+    )
+    assert categorize(["_loop (serving/batcher.py:1)", "forward (torch/nn/modules/conv.py:1)"]).startswith("model")
+    assert categorize(["run (anyio/_backends/_asyncio.py:1)", "decode_image (image_classifier/model.py:87)"]) == (
+        "preprocess: decode + resize"
+    )
+    assert categorize(["main (x.py:1)"]) == "other"
 
 
 def test_gpu_wheel_list_matches_the_lock() -> None:
@@ -315,10 +347,33 @@ def test_invoke_bench_quick_writes_json_and_summary(tmp_path: Path) -> None:
     ratios = json.loads((tmp_path / "ratios.json").read_text())
     assert ratios
     assert {"serving_efficiency", "batching_gain", "overhead_ms"} <= set(ratios[0])
+    assert "pinning" in ratios[0]
     summary = (tmp_path / "summary.md").read_text()
     assert "## Serving ratios" in summary
     assert "serving efficiency" in summary
     assert "torch" in summary
+    assert "core pinning" in summary
+    assert "## Targets" in summary
+
+
+@pytest.mark.bench
+def test_invoke_bench_peers_starts_each_peer_on_the_demo_bundle(tmp_path: Path) -> None:
+    """`invoke bench.peers --quick`: ours, LitServe and KServe each start once on the demo bundle and answer."""
+    missing = sorted(name for name, package in PEER_PACKAGES.items() if importlib.util.find_spec(package) is None)
+    if missing:
+        pytest.skip(f"peer packages not installed: {', '.join(missing)} (`uv sync --group peers`)")
+    run([*INVOKE, "bench.peers", "--quick", "--results", str(tmp_path)], 600)
+    peers = json.loads((tmp_path / "peers.json").read_text())
+    assert {s["server"] for s in peers["servers"]} == {"ours", "ours-json", "litserve", "kserve"}
+    for server in peers["servers"]:
+        assert server["levels"], server["server"]
+        assert all(level["ok"] == level["requests"] > 0 for level in server["levels"]), server
+        assert server["rss_mib"] > 0
+    assert set(peers["ratios"]) == {"litserve", "kserve"}
+    assert (tmp_path / "peers.png").read_bytes().startswith(b"\x89PNG")
+    summary = (tmp_path / "summary.md").read_text()
+    assert "## Peer servers, side by side" in summary
+    assert "ours >= every peer" in summary
 
 
 @pytest.mark.bench

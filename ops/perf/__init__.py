@@ -1,1 +1,1 @@
-"""Performance and reliability measurement: local services under load, benchmarks, capacity, chaos."""
+"""Performance and reliability measurement: core-pinned benchmarks, socket-to-socket profiles, peer servers, chaos."""

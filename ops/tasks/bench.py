@@ -43,6 +43,10 @@ def _results_root(c: Context, kind: str) -> Path:
         "level_duration": "Seconds per closed-loop level.",
         "quick": "CI smoke: demo model, batch 1 and 4, one round, HTTP batching-off only, 1 s load levels.",
         "results": "Results folder (default results/bench/<timestamp>).",
+        "pin": "CPU ratio runs, comma list: auto (service and client on disjoint CPUs), none (shared, the old way), "
+        "or SERVICE_CPUS:CLIENT_CPUS such as 1:0.",
+        "peers": "Also compare with the peer servers (LitServe, KServe) in the same run: peers.json, peers.png.",
+        "pytest": "Run the pytest-benchmark suites (off: only the ratios and peers).",
     },
 )
 def bench(
@@ -64,8 +68,13 @@ def bench(
     level_duration: float = 3.0,
     quick: bool = False,
     results: str = "",
+    pin: str = "auto,none",
+    peers: bool = False,
+    pytest: bool = True,
 ) -> None:
     """Run the pytest-benchmark suites and the serving ratios; write benchmarks.json, ratios.json and summary.md."""
+    import os
+
     from ops import benchratios
     from ops.benchreport import (
         PytestBenchOptions,
@@ -81,6 +90,7 @@ def bench(
     if quick:
         models, batches, max_time, min_rounds = "demo", batches or "1,4", 0.05, 1
         concurrency, level_duration, batch_size = "1,4", 1.0, 4
+        pin = pin.split(",")[0]  # one ratio run: pinned where the machine allows
     opts = PytestBenchOptions(
         results_dir=folder,
         device=device,
@@ -96,34 +106,111 @@ def bench(
         http_batching="off" if quick else "on,off",  # quick: one service start for the HTTP benchmark, not two
     )
     command = shlex.join(pytest_argv(opts))
-    commands = [command]
+    commands = [command] if pytest else []
     if c.config.run.dry:
-        c.run(command, echo=True, pty=False)
+        if pytest:
+            c.run(command, echo=True, pty=False)
         return
     from ops.benchmodels import ensure_demo_bundle
 
     ensure_demo_bundle()  # built once here, not inside a benchmark fixture
-    c.run(command, echo=True, pty=False)
+    load_before = os.getloadavg()[0]
+    if pytest:
+        c.run(command, echo=True, pty=False)
     measured: list[dict[str, Any]] = []
     if ratios:
         devices = ["cpu"] if device == "cpu" else (["cuda"] if device == "cuda" else _auto_devices())
         for ratio_device in devices:
             for model in [m for m in ratio_models.split(",") if m]:
-                cfg = benchratios.RatioConfig(
-                    model=model,
-                    device=ratio_device,
-                    batch_size=batch_size,
-                    concurrency=tuple(int(x) for x in concurrency.split(",")),
-                    level_duration_s=level_duration,
-                    overhead_requests=10 if quick else 50,
-                    model_only_min_time_s=0.2 if quick else 2.0,
-                )
-                commands.append(f"ops.benchratios.measure({cfg})")
-                result = benchratios.measure(cfg, folder, echo=console.print)
-                measured.append(result.to_dict())
+                for pinning in pin.split(",") if ratio_device == "cpu" else ["none"]:
+                    cfg = benchratios.RatioConfig(
+                        model=model,
+                        device=ratio_device,
+                        batch_size=batch_size,
+                        concurrency=tuple(int(x) for x in concurrency.split(",")),
+                        level_duration_s=level_duration,
+                        overhead_requests=10 if quick else 50,
+                        model_only_min_time_s=0.2 if quick else 2.0,
+                        pin=pinning,
+                    )
+                    commands.append(f"ops.benchratios.measure({cfg})")
+                    result = benchratios.measure(cfg, folder, echo=console.print)
+                    measured.append(result.to_dict())
         print_ratio_table(measured)
-    summary = write_summary(folder, measured, commands=commands, title="Benchmark summary")
+    if peers:
+        commands.append(_run_peers(folder, batch_size=batch_size, quick=quick, pin=pin.split(",")[0]))
+    load = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
+    summary = write_summary(folder, measured, commands=commands, title="Benchmark summary", load_average=load)
     console.print(f"summary: {summary}")
+
+
+def _run_peers(folder: Path, *, batch_size: int, quick: bool, pin: str, p99_bound: float = 100.0) -> str:
+    """The peer comparison into `folder` (peers.json, peers.png); returns the call, for the summary."""
+    from ops.benchreport import console
+    from ops.perf.peers import PeerConfig, compare
+    from ops.perf.plot import plot_peers
+
+    cfg = PeerConfig(max_batch_size=batch_size, p99_bound_ms=p99_bound, pin=pin)
+    if quick:
+        cfg.concurrency, cfg.level_duration_s = (1, 4), 1.0
+    document = compare(cfg, folder, echo=console.print)
+    if document["servers"]:
+        plot_peers(document, folder / "peers.png")
+    return f"ops.perf.peers.compare({cfg})"
+
+
+@task(
+    name="peers",
+    auto_shortflags=False,
+    help={
+        "batch_size": "Largest batch of every server's dynamic batching (the wait is 5 ms for all).",
+        "p99_bound": "Common p99 bound in ms for 'throughput within the bound'.",
+        "pin": "auto (service and client on disjoint CPUs), none, or SERVICE_CPUS:CLIENT_CPUS such as 1:0.",
+        "quick": "Smoke size: 1 and 4 clients, 1 s levels.",
+        "results": "Results folder (default results/bench/<timestamp>-peers).",
+    },
+)
+def peers_task(
+    c: Context,
+    batch_size: int = 16,
+    p99_bound: float = 100.0,
+    pin: str = "auto",
+    quick: bool = False,
+    results: str = "",
+) -> None:
+    """Our service, LitServe and KServe on the same bundle, client and cores: peers.json, peers.png, summary.md."""
+    import os
+
+    from ops.benchreport import new_results_dir, write_summary
+
+    folder = Path(results).resolve() if results else new_results_dir(_results_root(c, "bench"), "peers")
+    if c.config.run.dry:
+        print(f"would compare ours, litserve and kserve into {folder}")
+        return
+    load_before = os.getloadavg()[0]
+    command = _run_peers(folder, batch_size=batch_size, quick=quick, pin=pin, p99_bound=p99_bound)
+    load = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
+    write_summary(folder, [], commands=[command], title="Peer servers", load_average=load)
+    print(f"summary: {folder / 'summary.md'}")
+
+
+@task(
+    name="profile",
+    auto_shortflags=False,
+    help={
+        "requests": "Sequential lone requests per service (batching on, then off).",
+        "pin": "auto, none, or SERVICE_CPUS:CLIENT_CPUS such as 1:0.",
+        "rate": "py-spy samples per second.",
+        "results": "Results folder (default results/bench/<timestamp>-profile).",
+    },
+)
+def profile_task(c: Context, requests: int = 200, pin: str = "auto", rate: int = 1000, results: str = "") -> None:
+    """One request socket to socket: stage timings of lone requests and a py-spy profile of the service."""
+    from ops.benchreport import new_results_dir
+
+    folder = Path(results).resolve() if results else new_results_dir(_results_root(c, "bench"), "profile")
+    argv = ["python", "-m", "ops.perf.profile", str(folder), f"--requests={requests}", f"--pin={pin}", f"--rate={rate}"]
+    c.run(shlex.join(argv), echo=True, pty=False)
 
 
 def _auto_devices() -> list[str]:
@@ -386,4 +473,6 @@ ns = Collection("bench")
 # `invoke bench` runs the collection's default task (a root task may not share the collection's name).
 ns.add_task(bench, default=True)
 ns.add_task(wheels)
+ns.add_task(peers_task)
+ns.add_task(profile_task)
 ROOT_TASKS = [load, capacity]

@@ -38,6 +38,7 @@ class _Item(Generic[In, Out]):
     future: asyncio.Future[tuple[Out, BatchTimings]]
     loop: asyncio.AbstractEventLoop
     enqueued: float = field(default_factory=time.monotonic)
+    gap: float = 0.0  # seconds since the item before it arrived
 
 
 BatchFn = Callable[[Sequence[In]], tuple[Sequence[Out], float, float]]
@@ -46,6 +47,11 @@ BatchFn = Callable[[Sequence[In]], tuple[Sequence[Out], float, float]]
 
 class MicroBatcher(Generic[In, Out]):
     """Collects items into batches of up to `max_batch_size`, waiting at most `max_wait_ms` after the first one.
+
+    The wait is adaptive: a lone item goes at once, without waiting out the window, when nothing suggests another
+    one is coming within it: no admitted request still holds a reservation (`reserve`: reading, fetching or
+    decoding its item) and the item before it arrived more than a window earlier (sparse traffic, the common
+    case). Under load, items arrive closer together than the window and batches form as before.
 
     `submit` never blocks: a full queue raises QueueFull at once. Items whose deadline passed are dropped before
     compute and fail with DeadlineExceeded. A single worker thread runs the model, so the event loop stays free.
@@ -73,10 +79,12 @@ class MicroBatcher(Generic[In, Out]):
         self._stopping = False
         self._reserved = 0  # slots promised to requests still reading, fetching or decoding their item
         self._busy = False
+        self._last_arrival = time.monotonic()
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> None:
+        self._last_arrival = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name="inference-worker", daemon=True)
         self._thread.start()
 
@@ -116,6 +124,7 @@ class MicroBatcher(Generic[In, Out]):
     def _release(self) -> None:
         with self._cond:
             self._reserved -= 1
+            self._cond.notify()  # the worker may be waiting for this request's item, which is not coming
 
     async def submit(
         self, payload: In, deadline: float, reservation: Reservation | None = None
@@ -127,6 +136,7 @@ class MicroBatcher(Generic[In, Out]):
                 self._reserved -= 1  # the promised slot becomes this item's
             else:
                 self._refuse_if_full()
+            item.gap, self._last_arrival = item.enqueued - self._last_arrival, item.enqueued
             self._queue.append(item)
             self._metrics.queue_depth.set(len(self._queue))
             self._cond.notify()
@@ -148,6 +158,8 @@ class MicroBatcher(Generic[In, Out]):
             first_at = time.monotonic()
             flush_at = first_at + self.max_wait_s
             while len(self._queue) < self.max_batch_size and not self._stopping:
+                if self._reserved == 0 and len(self._queue) == 1 and self._queue[0].gap > self.max_wait_s:
+                    break  # a lone item in sparse traffic, nothing admitted behind it: waiting only adds latency
                 left = flush_at - time.monotonic()
                 if left <= 0:
                     break

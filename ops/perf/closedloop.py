@@ -1,0 +1,140 @@
+"""Closed-loop load with vegeta: N clients, each sending its next request when the last returns, on pinned CPUs."""
+
+from __future__ import annotations
+
+import base64
+import json
+import statistics
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Target:
+    """One HTTP request, sent over and over: what every server under test gets (or its closest equivalent)."""
+
+    url: str
+    body: bytes
+    content_type: str
+    method: str = "POST"
+
+    def vegeta_json(self) -> str:
+        return json.dumps(
+            {
+                "method": self.method,
+                "url": self.url,
+                "body": base64.b64encode(self.body).decode(),
+                "header": {"Content-Type": [self.content_type]},
+            }
+        )
+
+
+@dataclass
+class Level:
+    """One closed-loop level: `concurrency` clients, each sending the next request when the last one returns."""
+
+    concurrency: int
+    duration_s: float
+    requests: int
+    ok: int
+    throughput: float  # successful requests (= images) per second
+    p50_ms: float
+    p99_ms: float
+    client: str
+
+
+@dataclass
+class Responses:
+    """Per-response facts of a level, decoded from vegeta's results (only when asked for: they cost a decode)."""
+
+    latency_ms: list[float] = field(default_factory=list)
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+
+    def median_timing(self, keys: tuple[str, ...]) -> float | None:
+        """p50 of the first of `keys` present in the responses' `timings_ms` (None when no response has one)."""
+        values = []
+        for body in self.bodies:
+            timings = body.get("timings_ms") or {}
+            key = next((k for k in keys if k in timings), None)
+            if key is not None:
+                values.append(float(timings[key]))
+        return statistics.median(values) if values else None
+
+
+def attack(
+    vegeta: Path,
+    target: Target,
+    concurrency: int,
+    duration_s: float,
+    folder: Path,
+    prefix: list[str] | None = None,
+    keep_bodies: bool = False,
+) -> tuple[Level, Responses]:
+    """`concurrency` closed-loop clients for `duration_s`, vegeta run under `prefix` (e.g. `taskset -c 0`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    targets = folder / "targets.jsonl"
+    targets.write_text(target.vegeta_json() + "\n")
+    results = folder / f"c{concurrency}.bin"
+    # -rate=0: no pacing, each of exactly `concurrency` workers sends its next request when the previous returns.
+    subprocess.run(
+        [
+            *(prefix or []),
+            str(vegeta),
+            "attack",
+            "-format=json",
+            f"-targets={targets}",
+            "-rate=0",
+            f"-workers={concurrency}",
+            f"-max-workers={concurrency}",
+            f"-duration={duration_s}s",
+            "-timeout=30s",
+            f"-output={results}",
+        ],
+        check=True,
+    )
+    report = json.loads(
+        subprocess.run([str(vegeta), "report", "-type=json", str(results)], check=True, capture_output=True).stdout
+    )
+    lat = report["latencies"]
+    requests = int(report["requests"])
+    level = Level(
+        concurrency=concurrency,
+        duration_s=duration_s,
+        requests=requests,
+        ok=round(requests * float(report["success"])),
+        throughput=round(float(report["throughput"]), 2),
+        p50_ms=round(lat["50th"] / 1e6, 3),
+        p99_ms=round(lat["99th"] / 1e6, 3),
+        client="vegeta",
+    )
+    responses = Responses()
+    if keep_bodies:
+        encoded = subprocess.run(
+            [str(vegeta), "encode", "-to=json", str(results)], check=True, capture_output=True, text=True
+        ).stdout
+        for line in encoded.splitlines():
+            result = json.loads(line)
+            if result.get("code") != 200:
+                continue
+            responses.latency_ms.append(result["latency"] / 1e6)
+            try:
+                responses.bodies.append(json.loads(base64.b64decode(result.get("body") or "")))
+            except ValueError:
+                responses.bodies.append({})
+    return level, responses
+
+
+def knee(levels: list[Level], fraction: float = 0.95) -> Level:
+    """The lowest-concurrency level within `fraction` of the best throughput (saturation without extra queueing)."""
+    best = max(level.throughput for level in levels)
+    return next(level for level in levels if level.throughput >= fraction * best)
+
+
+def throughput_within(levels: list[Level], p99_bound_ms: float) -> float:
+    """Best throughput among levels whose p99 stays within the bound (0 when none does)."""
+    return max(
+        (level.throughput for level in levels if level.p99_ms <= p99_bound_ms and level.ok > 0),
+        default=0.0,
+    )
