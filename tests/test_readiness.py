@@ -7,7 +7,6 @@ is a state the test controls rather than a race it hopes to win.
 from __future__ import annotations
 
 import contextlib
-import http.server
 import signal
 import threading
 import time
@@ -20,7 +19,7 @@ import pytest
 
 from ops.localservice import ServiceStartError
 from serving.bundle import pack_bundle
-from testkit import Server
+from testkit import Origin, Server
 
 
 @dataclass
@@ -33,30 +32,15 @@ class GatedBundle:
 
 
 @pytest.fixture
-def gated_bundle(bundles: dict[str, Path], tmp_path: Path) -> Iterator[GatedBundle]:
+def gated_bundle(bundles: dict[str, Path], origin: Origin, tmp_path: Path) -> Iterator[GatedBundle]:
     archive = tmp_path / "image-demo.tar.gz"
     digest = pack_bundle(bundles["image-demo"], archive)
-    body, gate = archive.read_bytes(), threading.Event()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            gate.wait(60)
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    origin.files["/image-demo.tar.gz"] = archive.read_bytes()
+    origin.gate.clear()
     try:
-        yield GatedBundle(f"http://127.0.0.1:{httpd.server_address[1]}/image-demo.tar.gz", digest, gate)
+        yield GatedBundle(f"{origin.url}/image-demo.tar.gz", digest, origin.gate)
     finally:
-        gate.set()
-        httpd.shutdown()
+        origin.gate.set()
 
 
 def start_loading(bundle: GatedBundle, tmp_path: Path) -> tuple[Server, httpx.Client]:

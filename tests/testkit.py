@@ -7,6 +7,7 @@ import io
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -67,12 +68,20 @@ def run_server(module: str, env: dict[str, str], tmp: Path) -> Iterator[Server]:
 # -- a loopback HTTP server for image URLs ------------------------------------------------------------------------
 @dataclass
 class Origin:
-    """Serves `files` by path; `redirects` maps a path to a Location; everything on 127.0.0.1."""
+    """Serves `files` by path; `redirects` maps a path to a Location; everything on 127.0.0.1. While `gate` is clear,
+    every answer waits for it (up to 60 s): a download the test holds open."""
 
     url: str
     files: dict[str, bytes] = field(default_factory=dict)
     redirects: dict[str, str] = field(default_factory=dict)
     hits: list[str] = field(default_factory=list)
+    gate: threading.Event = field(default_factory=lambda: _open_gate())
+
+
+def _open_gate() -> threading.Event:
+    gate = threading.Event()
+    gate.set()
+    return gate
 
 
 def encode(image: object, fmt: str = "JPEG", **save: object) -> bytes:
