@@ -18,6 +18,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from packaging.requirements import Requirement
+
 from ops.core import REPO_ROOT, Service, cache_root, console
 from ops.images.docker import ImageError, fingerprint, run
 from ops.images.versions import Base, cpu_pins, load_versions
@@ -82,13 +84,18 @@ def normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name.strip()).lower()
 
 
+def optional_dependencies(lock_path: Path = LOCK_PATH) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """package -> extra -> the dependencies that extra adds, from uv.lock."""
+    with lock_path.open("rb") as fh:
+        lock = tomllib.load(fh)
+    return {normalize(pkg["name"]): pkg.get("optional-dependencies", {}) for pkg in lock["package"]}
+
+
 def lock_graph(lock_path: Path = LOCK_PATH) -> dict[str, set[str]]:
     """package -> its direct dependencies, from uv.lock (markers ignored: a superset is safe here)."""
     with lock_path.open("rb") as fh:
         lock = tomllib.load(fh)
-    optional: dict[str, dict[str, list[dict[str, Any]]]] = {
-        normalize(pkg["name"]): pkg.get("optional-dependencies", {}) for pkg in lock["package"]
-    }
+    optional = optional_dependencies(lock_path)
     graph: dict[str, set[str]] = {}
     for pkg in lock["package"]:
         deps: set[str] = set()
@@ -115,10 +122,18 @@ def closure(roots: Iterable[str], graph: dict[str, set[str]]) -> set[str]:
 
 
 def project_roots() -> list[str]:
-    """The runtime dependencies pyproject.toml declares (names only)."""
+    """The runtime dependencies pyproject.toml declares, with the packages their extras add (`uvicorn[standard]`
+    brings uvloop and httptools)."""
     with (REPO_ROOT / "pyproject.toml").open("rb") as fh:
         deps = tomllib.load(fh)["project"]["dependencies"]
-    return [normalize(re.split(r"[<>=!~;\[ ]", d, maxsplit=1)[0]) for d in deps]
+    optional = optional_dependencies()
+    roots: list[str] = []
+    for requirement in map(Requirement, deps):
+        name = normalize(requirement.name)
+        roots.append(name)
+        for extra in sorted(requirement.extras):
+            roots.extend(normalize(dep["name"]) for dep in optional.get(name, {}).get(extra, []))
+    return roots
 
 
 def base_packages() -> set[str]:
