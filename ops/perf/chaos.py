@@ -33,10 +33,10 @@ class ChaosRun:
 
     pin: bool = True
 
-    def cores(self) -> tuple[list[int], list[int]] | None:
-        """(load generator's cores, services' cores): disjoint halves of the cores this process may use; None when
-        pinning is off or there is a single core."""
-        allowed = sorted(os.sched_getaffinity(0))
+    def cores(self, available: set[int] | None = None) -> tuple[list[int], list[int]] | None:
+        """(load generator's cores, services' cores): disjoint halves of `available` (default: the cores this process
+        may use); None when pinning is off or there is a single core."""
+        allowed = sorted(os.sched_getaffinity(0) if available is None else available)
         if not self.pin or len(allowed) < 2:
             return None
         half = len(allowed) // 2
