@@ -1,8 +1,8 @@
 """The chaos run: the long versions of the hostile-input and overload tests, and one report of what they measured.
 
-The tests themselves (tests/test_fuzz_services.py, test_reliability.py, test_schemathesis.py) are the only code that
-attacks the services; CI runs them short. `CHAOS_SCALE` lengthens them and `CHAOS_REPORT_DIR` makes each write its
-figures as JSON, which `write_report` turns into report.md.
+The tests themselves (test_fuzz_services.py, test_reliability.py and test_schemathesis.py in tests/services/) are the
+only code that attacks the services; CI runs them short. `CHAOS_SCALE` lengthens them and `CHAOS_REPORT_DIR` makes
+each write its figures as JSON, which `write_report` turns into report.md.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 from ops import core
 from ops.core import REPO_ROOT
 
-TESTS = ("tests/test_fuzz_services.py", "tests/test_reliability.py", "tests/test_schemathesis.py")
+TESTS = tuple(f"tests/services/test_{name}.py" for name in ("fuzz_services", "reliability", "schemathesis"))
 RESULTS_ROOT = REPO_ROOT / "bench" / "results"
 
 
