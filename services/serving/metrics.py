@@ -38,6 +38,11 @@ class ServiceMetrics:
         )
         self.batch_size = Histogram(f"{p}_batch_size", "Items per executed batch.", buckets=BATCH_BUCKETS, registry=r)
         self.inflight = Gauge(f"{p}_inflight_requests", "Prediction requests being handled.", registry=r)
+        self.loop_lag = Gauge(
+            f"{p}_event_loop_lag_seconds",
+            "The event loop's worst lateness since the previous scrape (every answer waits that long).",
+            registry=r,
+        )
         self.queue_depth = Gauge(f"{p}_queue_depth", "Items waiting in the batch queue.", registry=r)
         self.rejected = Counter(f"{p}_rejected", "Items refused or dropped, by reason.", ["reason"], registry=r)
         self.ready = Gauge(

@@ -24,10 +24,12 @@ from testkit import Server, encode, run_server
 
 PNG = encode(render_sample("circle", 7), "PNG")
 JPEG = encode(render_sample("square", 8))
-# The bound on the 503s' p99 in CI. The service answers them before reading the body (~5 ms p50 here); on a 2-core
-# CI machine the load generator and the image origin share the CPUs with the service, so the bound has headroom over
-# the 50 ms aimed for in production (which the long `chaos` run measures).
-REFUSAL_P99_S = 0.5
+# The bound on the 503s' p99 in CI. The service answers them before reading the body: p99 12 ms (raw) and 24 ms
+# (image_url) here, with the load generator and the image origin sharing the 2 CPUs with the service. Before the
+# loaded heap was frozen out of the garbage collector's reach, full collections stopped the loop for ~200 ms every few
+# seconds and the image_url p99 was 210-240 ms; this bound catches that. The 50 ms aimed for in production is what
+# the long `chaos` run measures, on cores of its own.
+REFUSAL_P99_S = 0.1
 REFUSAL_P50_S = 0.05  # the median has no such excuse: ~1-20 ms here, against ~250 ms when refusals waited for work
 
 

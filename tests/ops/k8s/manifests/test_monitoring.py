@@ -33,6 +33,7 @@ REQUIRED_PANELS = {
     "latency percentiles": "_request_duration_seconds",
     "queue depth": "_queue_depth",
     "batch size": "_batch_size",
+    "event loop lag": "_event_loop_lag_seconds",
 }
 
 
