@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import math
 import os
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from serving.looplag import LoopLag
 
 # The CI versions are short. `CHAOS_SCALE` (e.g. 10) runs the long versions: more fuzz cases, longer attacks.
 # `CHAOS_REPORT_DIR` collects each test's figures as JSON, for a chaos report.
@@ -139,24 +143,44 @@ class Http11Client:
         self.idle.clear()
 
 
+@contextlib.contextmanager
+def frozen_heap() -> Iterator[None]:
+    """Keep the load generator's own heap out of its garbage collector while it measures: pytest's process holds
+    torch, hypothesis and schemathesis, and one full collection stops its loop for ~200 ms, which every request in
+    flight would count as the server's latency. (timeit turns the collector off for the same reason.)"""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 async def open_loop(
     base_url: str,
     call: Call,
     rate: float,
     seconds: float,
     timeout_s: float = 30.0,
+    lag: LoopLag | None = None,
 ) -> list[Shot]:
-    """Send at a constant `rate` for `seconds`, whatever the answers (new requests do not wait for old ones)."""
+    """Send at a constant `rate` for `seconds`, whatever the answers (new requests do not wait for old ones).
+    `lag`, if given, measures the load generator's own event loop meanwhile (its worst lateness is in `lag.peak_s`):
+    a late generator inflates every latency it measures."""
     client = Http11Client(base_url)
     await client.warm(min(64, int(rate)))
+    ticker = asyncio.ensure_future(lag.run()) if lag is not None else None
     try:
-        start = time.monotonic()
-        tasks = []
-        for i in range(int(rate * seconds)):
-            tasks.append(asyncio.ensure_future(client.send(call, timeout_s)))
-            await asyncio.sleep(max(0.0, start + (i + 1) / rate - time.monotonic()))
-        return list(await asyncio.gather(*tasks))
+        with frozen_heap():
+            start = time.monotonic()
+            tasks = []
+            for i in range(int(rate * seconds)):
+                tasks.append(asyncio.ensure_future(client.send(call, timeout_s)))
+                await asyncio.sleep(max(0.0, start + (i + 1) / rate - time.monotonic()))
+            return list(await asyncio.gather(*tasks))
     finally:
+        if ticker is not None:
+            ticker.cancel()
         client.close()
 
 

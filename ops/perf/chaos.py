@@ -104,6 +104,11 @@ def _fuzz(figures: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _generator_lag(attempt: dict[str, Any]) -> str:
+    lag = attempt.get("generator_worst_lag_s")
+    return "" if lag is None else f"; the load generator's own worst lateness {lag * 1000:.1f} ms"
+
+
 def _overload(figures: dict[str, Any]) -> list[str]:
     lines = ["## Overload at twice the measured saturation", ""]
     for path in ("raw", "image_url"):
@@ -116,6 +121,7 @@ def _overload(figures: dict[str, Any]) -> list[str]:
                 f"- **{path}** attempt {number}: saturation {attempt['saturation_per_s']}/s; at 2x "
                 f"{_counts(attempt['statuses_at_2x'])}; 503 p50 {attempt['refusal_p50_s'] * 1000:.1f} ms, "
                 f"**p99 {attempt['refusal_p99_s'] * 1000:.1f} ms**; slowest answer {attempt['slowest_s']} s"
+                + _generator_lag(attempt)
             )
     recovery = figures.get("url_recovery")
     if recovery is not None:
