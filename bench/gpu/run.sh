@@ -71,9 +71,9 @@ fi
 
 stage "bundles"
 if [[ $QUICK == 1 ]]; then  # the quick matrix uses the demo model only
-  "$PYTHON" -c "from ops.benchmodels import ensure_demo_bundle; print(ensure_demo_bundle())"
+  "$PYTHON" -c "from ops.perf.benchmodels import ensure_demo_bundle; print(ensure_demo_bundle())"
 else
-  "$PYTHON" -c "from ops.benchmodels import ensure_demo_bundle, ensure_resnet50_bundle; print(ensure_demo_bundle()); print(ensure_resnet50_bundle())"
+  "$PYTHON" -c "from ops.perf.benchmodels import ensure_demo_bundle, ensure_resnet50_bundle; print(ensure_demo_bundle()); print(ensure_resnet50_bundle())"
 fi
 
 if [[ $QUICK == 1 ]]; then
@@ -96,7 +96,7 @@ echo "+ ${BENCH_CMD[*]}"
 "${BENCH_CMD[@]}"
 
 stage "serving ratios ($DEVICE)"
-RATIO_CMD=("$PYTHON" -m ops.benchratios "$RESULTS" --device "$DEVICE" "${RATIO_ARGS[@]}")
+RATIO_CMD=("$PYTHON" -m ops.perf.ratios "$RESULTS" --device "$DEVICE" "${RATIO_ARGS[@]}")
 echo "+ ${RATIO_CMD[*]}"
 "${RATIO_CMD[@]}"
 if [[ $DEVICE == cuda && $QUICK == 0 ]]; then
@@ -104,6 +104,6 @@ if [[ $DEVICE == cuda && $QUICK == 0 ]]; then
 fi
 
 stage "summary"
-"$PYTHON" -m ops.benchreport "$RESULTS" --title "Benchmark summary ($DEVICE, bench/gpu/run.sh)" \
+"$PYTHON" -m ops.perf.report "$RESULTS" --title "Benchmark summary ($DEVICE, bench/gpu/run.sh)" \
   --command "${BENCH_CMD[*]}" --command "${RATIO_CMD[*]}"
 stage "done in $((SECONDS - START))s: $RESULTS/summary.md"
