@@ -1,4 +1,4 @@
-"""Drive a benchmark run (pytest-benchmark + serving ratios) and write its markdown summary and ratio table."""
+"""The results folders, and the markdown summary and ratio table of a benchmark run (`python -m ops.perf.report`)."""
 
 from __future__ import annotations
 
