@@ -85,7 +85,7 @@ elif [[ $DEVICE == cuda ]]; then
   RATIO_ARGS=(--models demo,resnet50 --batch-size 64 --concurrency 1,8,32,64,128,256 --level-duration 4)
 else
   BENCH_ARGS=(--bench-models=resnet50,demo --benchmark-max-time=0.5 --benchmark-min-rounds=3)
-  RATIO_ARGS=(--models demo --batch-size 16 --concurrency 1,4,16,32 --level-duration 3)
+  RATIO_ARGS=(--models demo)  # the defaults of ops/perf/bench.py: batch 16, clients 1,4,16,32, 3 s levels
 fi
 
 stage "pytest-benchmark ($DEVICE)"

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ops.perf.bench import BATCH_SIZE, LEVEL_DURATION_S, PEER_P99_BOUND_MS
+from ops.perf.bench import BATCH_SIZE, LEVEL_DURATION_S, MAX_WAIT_MS, PEER_P99_BOUND_MS
 from ops.perf.closedloop import Call, Level, attack, throughput_within
 from ops.perf.localservice import LocalService, free_port
 from ops.perf.pinning import Pinning, pinning_from
@@ -28,7 +28,7 @@ class PeerConfig:
     servers: tuple[str, ...] = SERVERS
     model: str = "demo"
     max_batch_size: int = BATCH_SIZE
-    max_wait_ms: float = 5.0
+    max_wait_ms: float = MAX_WAIT_MS
     concurrency: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     level_duration_s: float = LEVEL_DURATION_S
     p99_bound_ms: float = PEER_P99_BOUND_MS

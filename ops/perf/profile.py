@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from ops.perf.bench import MAX_WAIT_MS
 from ops.perf.pinning import Pinning, parse_cpu_list, pinning_from
 
 # Where a sampled stack's time goes: the deepest frame that matches decides (leaf first). Order matters only among
@@ -170,7 +171,7 @@ def py_spy(pid: int, output: Path, rate_hz: int, cpus: str = "") -> Iterator[Non
             proc.wait(5)
 
 
-def service_settings(batch_size: int, max_wait_ms: float = 5.0) -> dict[str, str]:
+def service_settings(batch_size: int, max_wait_ms: float = MAX_WAIT_MS) -> dict[str, str]:
     from ops.perf.benchmodels import bundle_for
 
     return {

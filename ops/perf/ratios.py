@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import torch
 
-from ops.perf.bench import BATCH_SIZE, CONCURRENCY, LEVEL_DURATION_S
+from ops.perf.bench import BATCH_SIZE, CONCURRENCY, LEVEL_DURATION_S, MAX_WAIT_MS
 from ops.perf.benchmodels import bundle_for, load_classifier, machine_info, timed_batch
 from ops.perf.closedloop import Call, Level, attack, knee, throughput_within
 from ops.perf.load import vegeta_path
@@ -52,7 +52,7 @@ class RatioConfig:
     precision: str = "fp32"
     channels_last: bool = False
     batch_size: int = BATCH_SIZE
-    max_wait_ms: float = 5.0
+    max_wait_ms: float = MAX_WAIT_MS
     concurrency: tuple[int, ...] = CONCURRENCY
     level_duration_s: float = LEVEL_DURATION_S
     overhead_requests: int = 50
