@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import torch
 
-from ops.benchmodels import MODELS, ModelCase, cuda_available, load_classifier
-from ops.benchmodels import machine_info as describe_machine
+from ops.perf.benchmodels import MODELS, ModelCase, cuda_available, load_classifier
+from ops.perf.benchmodels import machine_info as describe_machine
 
 # Small on CPU so `invoke bench` finishes in minutes on 2 cores; --bench-full for the whole matrix.
 CPU_BATCHES = (1, 8)

@@ -9,9 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
-from ops.benchmodels import bundle_for
-from ops.benchratios import sample_body
-from ops.localservice import LocalService
+from ops.perf.benchmodels import bundle_for
+from ops.perf.localservice import LocalService
+from ops.perf.ratios import sample_body
 
 BATCHING = {"batching-on": 16, "batching-off": 1}
 

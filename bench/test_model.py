@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from ops.benchmodels import ModelCase, timed_batch
+from ops.perf.benchmodels import ModelCase, timed_batch
 
 WARMUP_CALLS = 3
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from ops.benchmodels import sample_jpeg
+from ops.perf.benchmodels import sample_jpeg
 
 STAGES = ("decode", "resize", "normalize", "full")
 # A typical photo upload; the service resizes the short side to 256 and crops 224 for resnet50-sized bundles.

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from ops.core import SERVICES as REGISTRY
 from ops.core import Service
-from ops.localservice import LocalService
 from ops.models import DEFAULT_OUT
+from ops.perf.localservice import LocalService
 
 # Both services, in registry order (image, text).
 SERVICES: tuple[Service, ...] = tuple(REGISTRY.values())

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+# One request type for the benchmarks and the tests; the tests import it from here.
+from ops.perf.closedloop import Call as Call
 from serving.looplag import LoopLag
 
 # The CI versions are short. `CHAOS_SCALE` (e.g. 10) runs the long versions: more fuzz cases, longer attacks.
@@ -34,20 +36,6 @@ def record(name: str, figures: dict[str, object]) -> None:
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
         (Path(folder) / f"{name}.json").write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
-
-
-@dataclass(frozen=True)
-class Call:
-    """One request to send: path, content type, body (and method)."""
-
-    path: str
-    content_type: str
-    body: bytes
-    method: str = "POST"
-
-    @classmethod
-    def json(cls, path: str, document: object) -> Call:
-        return cls(path, "application/json", json.dumps(document).encode())
 
 
 @dataclass(frozen=True)

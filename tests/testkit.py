@@ -16,13 +16,13 @@ from typing import Any
 
 import httpx
 
-from ops.localservice import LocalService
+from ops.perf.localservice import LocalService
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 class Server(LocalService):
-    """A real `python -m <service>` process on a free loopback port (ops.localservice), plus test conveniences."""
+    """A real `python -m <service>` process on a free loopback port (ops.perf.localservice), plus test conveniences."""
 
     @property
     def process(self) -> subprocess.Popen[bytes]:
@@ -88,3 +88,10 @@ def encode(image: object, fmt: str = "JPEG", **save: object) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **save)  # type: ignore[attr-defined]
     return buffer.getvalue()
+
+
+def run_ok(argv: list[str], timeout: float, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run a command from the repository root; fail the test with its output when it exits non-zero."""
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False, **kwargs)
+    assert proc.returncode == 0, f"{argv} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc

@@ -71,9 +71,9 @@ fi
 
 stage "bundles"
 if [[ $QUICK == 1 ]]; then  # the quick matrix uses the demo model only
-  "$PYTHON" -c "from ops.benchmodels import ensure_demo_bundle; print(ensure_demo_bundle())"
+  "$PYTHON" -c "from ops.perf.benchmodels import ensure_demo_bundle; print(ensure_demo_bundle())"
 else
-  "$PYTHON" -c "from ops.benchmodels import ensure_demo_bundle, ensure_resnet50_bundle; print(ensure_demo_bundle()); print(ensure_resnet50_bundle())"
+  "$PYTHON" -c "from ops.perf.benchmodels import ensure_demo_bundle, ensure_resnet50_bundle; print(ensure_demo_bundle()); print(ensure_resnet50_bundle())"
 fi
 
 if [[ $QUICK == 1 ]]; then
@@ -85,7 +85,7 @@ elif [[ $DEVICE == cuda ]]; then
   RATIO_ARGS=(--models demo,resnet50 --batch-size 64 --concurrency 1,8,32,64,128,256 --level-duration 4)
 else
   BENCH_ARGS=(--bench-models=resnet50,demo --benchmark-max-time=0.5 --benchmark-min-rounds=3)
-  RATIO_ARGS=(--models demo --batch-size 16 --concurrency 1,4,16,32 --level-duration 3)
+  RATIO_ARGS=(--models demo)  # the defaults of ops/perf/bench.py: batch 16, clients 1,4,16,32, 3 s levels
 fi
 
 stage "pytest-benchmark ($DEVICE)"
@@ -96,7 +96,7 @@ echo "+ ${BENCH_CMD[*]}"
 "${BENCH_CMD[@]}"
 
 stage "serving ratios ($DEVICE)"
-RATIO_CMD=("$PYTHON" -m ops.benchratios "$RESULTS" --device "$DEVICE" "${RATIO_ARGS[@]}")
+RATIO_CMD=("$PYTHON" -m ops.perf.ratios "$RESULTS" --device "$DEVICE" "${RATIO_ARGS[@]}")
 echo "+ ${RATIO_CMD[*]}"
 "${RATIO_CMD[@]}"
 if [[ $DEVICE == cuda && $QUICK == 0 ]]; then
@@ -104,6 +104,6 @@ if [[ $DEVICE == cuda && $QUICK == 0 ]]; then
 fi
 
 stage "summary"
-"$PYTHON" -m ops.benchreport "$RESULTS" --title "Benchmark summary ($DEVICE, bench/gpu/run.sh)" \
+"$PYTHON" -m ops.perf.report "$RESULTS" --title "Benchmark summary ($DEVICE, bench/gpu/run.sh)" \
   --command "${BENCH_CMD[*]}" --command "${RATIO_CMD[*]}"
 stage "done in $((SECONDS - START))s: $RESULTS/summary.md"

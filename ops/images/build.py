@@ -10,16 +10,19 @@ from pathlib import Path
 from typing import Any
 
 from ops import core
-from ops.core import IMAGE_PREFIX, REPO_ROOT, SERVICE_UID, SERVICES, console
-from ops.images.docker import ImageError, fingerprint, git_tag, image_exists, image_id, image_size, run
-from ops.images.lock import serve_wheelhouse, wheelhouse_url, write_requirements, write_service_requirements
+from ops.core import IMAGE_PREFIX, REPO_ROOT, SERVICES, console
+from ops.images.docker import ImageError, fingerprint, git_tag, image_exists, image_id, image_labels, image_size, run
+from ops.images.lock import (
+    locked_base_closure,
+    serve_wheelhouse,
+    wheelhouse_url,
+    write_requirements,
+    write_service_requirements,
+)
 from ops.images.osbase import ensure_os_base, os_image
 from ops.images.versions import BASES, Base, base_version_tag, load_versions, target_archs
 
 REPORT_PATH = REPO_ROOT / "build" / "reports" / "images.json"
-
-
-APP_UID = SERVICE_UID
 
 
 @dataclass
@@ -32,6 +35,11 @@ class BuildRecord:
     cached: bool
     size_bytes: int
     notes: list[str] = field(default_factory=list)
+
+
+# The label a base carries: the fingerprint of what its build really installed (requirement file, build args, OS
+# base image id), which only the build can know (the CPU index may or may not answer; the OS base may be rebuilt).
+INSTALLED_LABEL = "org.eks-inference.installed"
 
 
 def base_build_args(base: Base, os_image: str, torch_source: str, wheel_variant: str = "") -> dict[str, str]:
@@ -65,6 +73,7 @@ def docker_build(
     *,
     no_cache: bool = False,
     context: Path = REPO_ROOT,
+    labels: dict[str, str] | None = None,
 ) -> float:
     """Legacy-builder `docker build` (context: the repo root, whitelisted by .dockerignore); returns seconds."""
     cmd = ["nice", "-n", "19", "docker", "build", "--network", "host", "-f", str(dockerfile.relative_to(context))]
@@ -74,6 +83,8 @@ def docker_build(
         cmd += ["-t", tag]
     for k, val in build_args.items():
         cmd += ["--build-arg", f"{k}={val}"]
+    for k, val in (labels or {}).items():
+        cmd += ["--label", f"{k}={val}"]
     cmd.append(".")
     started = time.monotonic()
     console.print(f"[dim]$ (cd {context})[/dim]")
@@ -89,37 +100,34 @@ def base_dockerfile(base: Base) -> Path:
 
 
 def base_ref(base: Base, offline: bool) -> str:
-    """Full reference of the base image for the current inputs (without building it)."""
-    ref, _, _ = _base_plan(base, offline)
-    return ref
-
-
-def _base_plan(base: Base, offline: bool) -> tuple[str, dict[str, str], str]:
-    """The base's reference, build args and wheel-source note; writes its requirement file for the build."""
-    os_ref = os_image(offline)
-    source, req, variant = write_requirements(base)
-    args = base_build_args(base, os_ref, source, variant)
+    """Full reference of the base image for the current inputs: a pure function of the files in the checkout (the
+    Dockerfile, the check script, the version matrix, uv.lock, the OS base's name). It starts no process and opens
+    no socket; what only a build can know goes into the image's INSTALLED_LABEL instead."""
+    v = load_versions()
     key = fingerprint(
         base_dockerfile(base).read_bytes(),
         (REPO_ROOT / "base-images" / "scripts" / "check_torch.py").read_bytes(),
-        req.read_bytes(),
-        json.dumps(args, sort_keys=True),
-        image_id(os_ref) if image_exists(os_ref) else os_ref,
+        locked_base_closure(),
+        json.dumps({"matrix": v, "base": base, "os": os_image(offline)}, sort_keys=True),
     )
-    return f"{base_repository(base)}:{base_version_tag()}-{key}", args, source
+    return f"{base_repository(base)}:{base_version_tag()}-{key}"
 
 
 def build_base(base: Base, *, offline: bool, force: bool = False) -> BuildRecord:
-    """Build the torch base (cpu or cuda) unless an image with the same inputs fingerprint exists."""
-    ensure_os_base(offline)
-    ref, args, source = _base_plan(base, offline)
+    """Build the torch base (cpu or cuda) unless an image with the same inputs fingerprint exists and installed
+    what this build would install (its INSTALLED_LABEL)."""
+    os_ref = ensure_os_base(offline)
+    ref = base_ref(base, offline)
+    source, req, variant = write_requirements(base)  # uv export, the wheelhouse, the CPU-index probe: build only
+    args = base_build_args(base, os_ref, source, variant)
+    installed = fingerprint(req.read_bytes(), json.dumps(args, sort_keys=True), image_id(os_ref))
     alias = f"{base_repository(base)}:{base_version_tag()}"
-    if image_exists(ref) and not force:
+    if image_exists(ref) and image_labels(ref).get(INSTALLED_LABEL) == installed and not force:
         run(["docker", "tag", ref, alias], quiet=True)
         console.print(f"[green]base present[/green] {ref}")
         return BuildRecord(ref, f"base-{base}", 0.0, True, image_size(ref), [source])
     with serve_wheelhouse():
-        seconds = docker_build(base_dockerfile(base), [ref, alias], args)
+        seconds = docker_build(base_dockerfile(base), [ref, alias], args, labels={INSTALLED_LABEL: installed})
     record = BuildRecord(ref, f"base-{base}", seconds, False, image_size(ref), [source])
     record_build(record)
     return record

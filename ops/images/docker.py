@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 
 from ops import core
@@ -40,6 +41,13 @@ def image_id(ref: str) -> str:
     return run(
         ["docker", "image", "inspect", "--format", "{{.Id}}", ref], capture=True, quiet=True, effect=False
     ).strip()
+
+
+def image_labels(ref: str) -> dict[str, str]:
+    """The labels of a local image."""
+    out = run(["docker", "image", "inspect", "--format", "{{json .Config.Labels}}", ref], capture=True, quiet=True,
+              effect=False)  # fmt: skip
+    return dict(json.loads(out) or {})
 
 
 def image_size(ref: str) -> int:

@@ -14,11 +14,13 @@ import time
 import tomllib
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from packaging.markers import Marker
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from ops.core import REPO_ROOT, Service, cache_root, console
 from ops.images.docker import ImageError, fingerprint, run
@@ -81,40 +83,89 @@ def split_requirements(text: str) -> dict[str, str]:
 
 
 def normalize(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name.strip()).lower()
+    """The package name as PEP 503 / `packaging` normalizes it (`Pydantic_Settings` -> `pydantic-settings`)."""
+    return str(canonicalize_name(name))
+
+
+def _lock_packages(lock_path: Path = LOCK_PATH) -> list[dict[str, Any]]:
+    with lock_path.open("rb") as fh:
+        packages: list[dict[str, Any]] = tomllib.load(fh)["package"]
+    return packages
+
+
+def locked_versions(lock_path: Path = LOCK_PATH) -> dict[str, str]:
+    """package -> its locked version."""
+    return {normalize(pkg["name"]): str(pkg["version"]) for pkg in _lock_packages(lock_path)}
+
+
+def locked_wheel_hashes(lock_path: Path = LOCK_PATH) -> dict[str, str]:
+    """Wheel file name -> sha256 for every wheel uv.lock records."""
+    return {
+        wheel["url"].rsplit("/", 1)[1]: wheel["hash"].removeprefix("sha256:")
+        for pkg in _lock_packages(lock_path)
+        for wheel in pkg.get("wheels", [])
+    }
 
 
 def optional_dependencies(lock_path: Path = LOCK_PATH) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """package -> extra -> the dependencies that extra adds, from uv.lock."""
-    with lock_path.open("rb") as fh:
-        lock = tomllib.load(fh)
-    return {normalize(pkg["name"]): pkg.get("optional-dependencies", {}) for pkg in lock["package"]}
+    return {normalize(pkg["name"]): pkg.get("optional-dependencies", {}) for pkg in _lock_packages(lock_path)}
 
 
-def lock_graph(lock_path: Path = LOCK_PATH) -> dict[str, set[str]]:
-    """package -> its direct dependencies, from uv.lock (markers ignored: a superset is safe here)."""
-    with lock_path.open("rb") as fh:
-        lock = tomllib.load(fh)
+def marker_matches(marker: str | None, python_versions: Sequence[str]) -> bool:
+    """Whether a dependency marker holds for CPython `python_versions` on x86_64 Linux (no marker: always)."""
+    if not marker:
+        return True
+    parsed = Marker(marker)
+    return any(
+        parsed.evaluate(
+            {
+                "python_version": v,
+                "python_full_version": f"{v}.0",
+                "sys_platform": "linux",
+                "platform_system": "Linux",
+                "platform_machine": "x86_64",
+                "implementation_name": "cpython",
+                "platform_python_implementation": "CPython",
+                "os_name": "posix",
+                "extra": "",
+            }
+        )
+        for v in python_versions
+    )
+
+
+def lock_graph(lock_path: Path = LOCK_PATH, python_versions: Sequence[str] | None = None) -> dict[str, set[str]]:
+    """package -> its direct dependencies, from uv.lock. Markers are ignored (a superset is safe for the images)
+    unless `python_versions` is given: then only dependencies for CPython on x86_64 Linux at those versions."""
     optional = optional_dependencies(lock_path)
     graph: dict[str, set[str]] = {}
-    for pkg in lock["package"]:
+    for pkg in _lock_packages(lock_path):
         deps: set[str] = set()
         for dep in pkg.get("dependencies", []):
+            if python_versions is not None and not marker_matches(dep.get("marker"), python_versions):
+                continue
             name = normalize(dep["name"])
             deps.add(name)
             # `torch -> cuda-toolkit[cublas,...]`: the extras' packages are torch's dependencies too.
             for extra in dep.get("extra", []):
-                deps.update(normalize(d["name"]) for d in optional.get(name, {}).get(extra, []))
+                deps.update(
+                    normalize(d["name"])
+                    for d in optional.get(name, {}).get(extra, [])
+                    if python_versions is None or marker_matches(d.get("marker"), python_versions)
+                )
         graph.setdefault(normalize(pkg["name"]), set()).update(deps)
     return graph
 
 
-def closure(roots: Iterable[str], graph: dict[str, set[str]]) -> set[str]:
+def closure(roots: Iterable[str], graph: dict[str, set[str]], stop: Iterable[str] = ()) -> set[str]:
+    """`roots` and everything they depend on, not following (nor including) the packages in `stop`."""
+    stopped = {normalize(s) for s in stop}
     seen: set[str] = set()
     todo = [normalize(r) for r in roots]
     while todo:
         name = todo.pop()
-        if name in seen:
+        if name in seen or name in stopped:
             continue
         seen.add(name)
         todo.extend(graph.get(name, ()))
@@ -139,6 +190,18 @@ def project_roots() -> list[str]:
 def base_packages() -> set[str]:
     """torch, torchvision and everything they pull in: what the base images hold."""
     return closure(["torch", "torchvision"], lock_graph())
+
+
+def locked_base_closure(lock_path: Path = LOCK_PATH) -> str:
+    """What uv.lock pins for the base images, read from the file alone: one line per package of `base_packages`
+    with its version and the sha256 of every artefact (the input of the base tags; no uv, no network)."""
+    names = base_packages()
+    lines = []
+    for pkg in sorted(_lock_packages(lock_path), key=lambda p: normalize(p["name"])):
+        if normalize(pkg["name"]) in names:
+            hashes = sorted(a["hash"] for a in [*pkg.get("wheels", []), *([pkg["sdist"]] if "sdist" in pkg else [])])
+            lines.append(f"{normalize(pkg['name'])}=={pkg['version']} {' '.join(hashes)}")
+    return "\n".join(lines)
 
 
 def service_packages(spec: Service) -> set[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -95,22 +94,12 @@ def check(templates: Sequence[Path]) -> CheckReport:
     return report
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("templates", nargs="+", type=Path)
-    args = parser.parse_args(argv)
-    report = check(args.templates)
-    print(f"cfn-lint: {len(report.cfn_lint)} finding(s) (ignored rules: {', '.join(CFN_LINT_IGNORED)})")
-    for line in report.cfn_lint:
-        print(f"  {line}")
-    print(
+def summary(report: CheckReport) -> list[str]:
+    """The report as lines: counts, every cfn-lint finding and every failed checkov check."""
+    return [
+        f"cfn-lint: {len(report.cfn_lint)} finding(s) (ignored rules: {', '.join(CFN_LINT_IGNORED)})",
+        *(f"  {line}" for line in report.cfn_lint),
         f"checkov: {len(report.checkov_passed)} passed, {len(report.checkov_failed)} failed, "
-        f"{len(report.checkov_skipped)} skipped (accepted: {', '.join(CHECKOV_ACCEPTED) or 'none'})"
-    )
-    for line in report.checkov_failed:
-        print(f"  FAILED {line}")
-    sys.exit(0 if report.ok else 1)
-
-
-if __name__ == "__main__":
-    main()
+        f"{len(report.checkov_skipped)} skipped (accepted: {', '.join(CHECKOV_ACCEPTED) or 'none'})",
+        *(f"  FAILED {line}" for line in report.checkov_failed),
+    ]

@@ -1,1 +1,2 @@
-"""Kubernetes: the kind node image and the local kind cluster (the rest of ops/ moves here by area)."""
+"""Kubernetes: render, objects, node groups, placement, schemas, policies, docs, deploy, the simulated EKS cluster, the
+kind cluster and its offline node image."""

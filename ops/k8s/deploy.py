@@ -260,6 +260,10 @@ class Kubectl:
         return proc.stdout.strip()
 
 
+# Seconds `invoke deploy` (and `invoke up` without Tilt) waits for each rollout.
+ROLLOUT_TIMEOUT_S = 300
+
+
 def deploy(
     env: str,
     allowed_contexts: Mapping[str, str | Sequence[str]],
@@ -268,7 +272,7 @@ def deploy(
     kubeconfig: Path | None = None,
     dry_run: bool = False,
     yes: bool = False,
-    timeout_s: int = 300,
+    timeout_s: int = ROLLOUT_TIMEOUT_S,
     confirm: Callable[[str], bool] | None = None,
     image_overrides: Mapping[str, str] | None = None,
     check: bool = True,

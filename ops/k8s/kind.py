@@ -397,7 +397,7 @@ def up(
     detach: bool = False,
     extra: Mapping[str, Any] | None = None,
     offline_images: bool | None = None,
-    timeout_s: int = 300,
+    timeout_s: int = deploy.ROLLOUT_TIMEOUT_S,
 ) -> UpResult:
     """Cluster, then Tilt (`tilt up`, or `tilt ci` with ci) when installed, else the same deployment without it."""
     result = UpResult(context=kind.context)

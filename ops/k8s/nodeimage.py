@@ -19,7 +19,6 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -318,19 +317,7 @@ def _scratch_dir() -> Path:
     return path
 
 
-def image_labels(tag: str) -> dict[str, str]:
-    out = image_docker.run(
-        ["docker", "image", "inspect", "--format", "{{json .Config.Labels}}", tag], capture=True, quiet=True
-    )
-    return dict(json.loads(out) or {})
-
-
 def patch_of(tag: str) -> dict[str, Any] | None:
     """The kubeadm patch an offline node image records in its labels, or None for any other image."""
-    raw = image_labels(tag).get(PATCH_LABEL)
+    raw = image_docker.image_labels(tag).get(PATCH_LABEL)
     return dict(json.loads(raw)) if raw else None
-
-
-def steps_table(report: BuildReport) -> Iterator[tuple[str, str]]:
-    for name, seconds in report.steps:
-        yield name, f"{seconds:.1f}s"

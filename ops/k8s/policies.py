@@ -35,7 +35,6 @@ from ops.k8s.schema import schema_errors, schema_version
 # Views of the service registry (ops.core): Deployment name -> settings env prefix, and which one wants a GPU.
 SERVICES = {s.name: s.env_prefix for s in core.SERVICES.values()}
 GPU_SERVICE = next(s.name for s in core.SERVICES.values() if s.gpu)
-CPU_SERVICES = tuple(s.name for s in core.SERVICES.values() if not s.gpu)
 SERVICE_UID = core.SERVICE_UID
 SERVICE_PORT = core.CONTAINER_PORT
 DEFAULT_DRAIN_TIMEOUT_S = 20.0

@@ -57,15 +57,22 @@ def node_manifest(group: NodeGroup, index: int) -> dict[str, Any]:
     }
 
 
+# Fake nodes per node group of manifests/nodegroups.yaml, spread over its zones. 3 GPU nodes for 2 image-classifier
+# replicas leave one GPU for the rollout's surge pod (maxSurge 1, maxUnavailable 0); in production the Cluster
+# Autoscaler adds that node.
+NODE_COUNTS = {"cpu-general": 3, "gpu-t4": 3}
+
+
 @dataclass
 class SimCluster:
     """A kwokctl cluster (`--runtime binary`) and the kubeconfig that reaches it.
 
-    Name and node counts have no defaults here: invoke.yaml (cluster.sim) states them for the tasks.
+    The name has no default here: invoke.yaml (cluster.sim.name) states it, next to the contexts `invoke deploy`
+    accepts.
     """
 
     name: str
-    node_counts: dict[str, int]
+    node_counts: dict[str, int] = field(default_factory=lambda: dict(NODE_COUNTS))
     workdir: Path = field(default_factory=lambda: cache_root() / "kwok")
     kubeconfig: Path | None = None  # None: kwokctl's default ($KUBECONFIG or ~/.kube/config)
 

@@ -12,19 +12,25 @@ from typing import Any
 
 
 @dataclass(frozen=True)
-class Target:
-    """One HTTP request, sent over and over: what every server under test gets (or its closest equivalent)."""
+class Call:
+    """One HTTP request to a server under test: path, content type, body (and method). The benchmarks send it
+    with vegeta, the reliability tests with tests/loadkit.py's client."""
 
-    url: str
-    body: bytes
+    path: str
     content_type: str
+    body: bytes
     method: str = "POST"
 
-    def vegeta_json(self) -> str:
+    @classmethod
+    def json(cls, path: str, document: object) -> Call:
+        return cls(path, "application/json", json.dumps(document).encode())
+
+    def vegeta_json(self, base_url: str) -> str:
+        """The call as one line of a vegeta JSON targets file, against `base_url`."""
         return json.dumps(
             {
                 "method": self.method,
-                "url": self.url,
+                "url": base_url.rstrip("/") + self.path,
                 "body": base64.b64encode(self.body).decode(),
                 "header": {"Content-Type": [self.content_type]},
             }
@@ -65,7 +71,8 @@ class Responses:
 
 def attack(
     vegeta: Path,
-    target: Target,
+    base_url: str,
+    call: Call,
     concurrency: int,
     duration_s: float,
     folder: Path,
@@ -75,7 +82,7 @@ def attack(
     """`concurrency` closed-loop clients for `duration_s`, vegeta run under `prefix` (e.g. `taskset -c 0`)."""
     folder.mkdir(parents=True, exist_ok=True)
     targets = folder / "targets.jsonl"
-    targets.write_text(target.vegeta_json() + "\n")
+    targets.write_text(call.vegeta_json(base_url) + "\n")
     results = folder / f"c{concurrency}.bin"
     # -rate=0: no pacing, each of exactly `concurrency` workers sends its next request when the previous returns.
     subprocess.run(

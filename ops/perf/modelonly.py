@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 def main(argv: Sequence[str] | None = None) -> None:
     """CFG is a RatioConfig as JSON; prints {"images_per_s", "batch1_ms", "threads"} as the last line."""
-    from ops.benchratios import RatioConfig, model_only
+    from ops.perf.ratios import RatioConfig, model_only
     from serving.settings import default_torch_threads  # type: ignore[import-untyped, unused-ignore]
 
     args = sys.argv[1:] if argv is None else list(argv)

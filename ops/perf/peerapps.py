@@ -86,8 +86,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("server", choices=["litserve", "kserve"], help="Which peer.")
     parser.add_argument("--model-uri", required=True, help="Bundle directory.")
     parser.add_argument("--port", type=int, required=True, help="HTTP port on 127.0.0.1.")
-    parser.add_argument("--max-batch-size", type=int, default=16, help="Dynamic batching: largest batch.")
-    parser.add_argument("--max-wait-ms", type=float, default=5.0, help="Dynamic batching: longest wait.")
+    parser.add_argument("--max-batch-size", type=int, required=True, help="Dynamic batching: largest batch.")
+    parser.add_argument("--max-wait-ms", type=float, required=True, help="Dynamic batching: longest wait.")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     if args.server == "litserve":

@@ -12,8 +12,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ops.localservice import LocalService, free_port
-from ops.perf.closedloop import Level, Target, attack, throughput_within
+from ops.perf.bench import BATCH_SIZE, LEVEL_DURATION_S, MAX_WAIT_MS, PEER_P99_BOUND_MS
+from ops.perf.closedloop import Call, Level, attack, throughput_within
+from ops.perf.localservice import LocalService, free_port
 from ops.perf.pinning import Pinning, pinning_from
 
 SERVERS = ("ours", "ours-json", "litserve", "kserve")
@@ -26,11 +27,11 @@ class PeerConfig:
 
     servers: tuple[str, ...] = SERVERS
     model: str = "demo"
-    max_batch_size: int = 16
-    max_wait_ms: float = 5.0
+    max_batch_size: int = BATCH_SIZE
+    max_wait_ms: float = MAX_WAIT_MS
     concurrency: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
-    level_duration_s: float = 3.0
-    p99_bound_ms: float = 100.0
+    level_duration_s: float = LEVEL_DURATION_S
+    p99_bound_ms: float = PEER_P99_BOUND_MS
     pin: str = "auto"
 
 
@@ -56,10 +57,10 @@ def peer_available(server: str) -> bool:
     return package is None or importlib.util.find_spec(package) is not None
 
 
-def server_process(server: str, cfg: PeerConfig, pinning: Pinning, log_path: Path) -> tuple[LocalService, Target]:
+def server_process(server: str, cfg: PeerConfig, pinning: Pinning, log_path: Path) -> tuple[LocalService, Call]:
     """The process serving `server` on the service CPUs, and the request it gets."""
-    from ops.benchmodels import bundle_for
-    from ops.benchratios import sample_body
+    from ops.perf.benchmodels import bundle_for
+    from ops.perf.ratios import sample_body
 
     bundle, body = str(bundle_for(cfg.model)), sample_body()
     if server in ("ours", "ours-json"):
@@ -78,9 +79,9 @@ def server_process(server: str, cfg: PeerConfig, pinning: Pinning, log_path: Pat
             prefix_argv=pinning.service_prefix(),
         )
         if server == "ours":
-            return service, Target(service.url + "/v1/predict", body, "image/jpeg")
+            return service, Call("/v1/predict", "image/jpeg", body)
         document = json.dumps({"image_b64": base64.b64encode(body).decode()}).encode()
-        return service, Target(service.url + "/v1/predict", document, "application/json")
+        return service, Call("/v1/predict", "application/json", document)
     port = free_port()
     command = [
         sys.executable,
@@ -109,7 +110,7 @@ def server_process(server: str, cfg: PeerConfig, pinning: Pinning, log_path: Pat
         ready_path=ready,
         port=port,
     )
-    return service, Target(service.url + url, target_body, content_type)
+    return service, Call(url, content_type, target_body)
 
 
 REQUESTS = {
@@ -135,15 +136,19 @@ def run_server(
     echo: Callable[[str], None],
 ) -> ServerResult:
     """Start one server, check one answer, sweep the closed-loop levels, read its memory, stop it."""
-    service, target = server_process(server, cfg, pinning, folder / f"{server}.log")
+    service, call = server_process(server, cfg, pinning, folder / f"{server}.log")
     levels: list[Level] = []
     with service, tempfile.TemporaryDirectory() as scratch:
         import httpx
 
-        answer = httpx.post(target.url, content=target.body, headers={"Content-Type": target.content_type}, timeout=30)
+        answer = httpx.post(
+            service.url + call.path, content=call.body, headers={"Content-Type": call.content_type}, timeout=30
+        )
         answer.raise_for_status()
         for concurrency in cfg.concurrency:
-            level, _ = attack(vegeta, target, concurrency, cfg.level_duration_s, Path(scratch), pinning.client_prefix())
+            level, _ = attack(
+                vegeta, service.url, call, concurrency, cfg.level_duration_s, Path(scratch), pinning.client_prefix()
+            )
             echo(
                 f"  {server:<10} c={concurrency:<3} {level.throughput:8.1f} img/s  p50 {level.p50_ms:7.2f} ms  "
                 f"p99 {level.p99_ms:8.2f} ms  ok {level.ok}/{level.requests}"
@@ -189,8 +194,8 @@ def ratios(results: Sequence[ServerResult], ours: str = "ours") -> dict[str, dic
 
 def compare(cfg: PeerConfig, folder: Path, echo: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Every server in `cfg.servers` in turn, same client and cores; writes peers.json and returns it."""
-    from ops.benchmodels import ensure_demo_bundle, machine_info
-    from ops.load import vegeta_path
+    from ops.perf.benchmodels import ensure_demo_bundle, machine_info
+    from ops.perf.load import vegeta_path
 
     folder.mkdir(parents=True, exist_ok=True)
     if cfg.model == "demo":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from ops.perf.bench import MAX_WAIT_MS
 from ops.perf.pinning import Pinning, parse_cpu_list, pinning_from
 
 # Where a sampled stack's time goes: the deepest frame that matches decides (leaf first). Order matters only among
@@ -171,8 +171,8 @@ def py_spy(pid: int, output: Path, rate_hz: int, cpus: str = "") -> Iterator[Non
             proc.wait(5)
 
 
-def service_settings(batch_size: int, max_wait_ms: float = 5.0) -> dict[str, str]:
-    from ops.benchmodels import bundle_for
+def service_settings(batch_size: int, max_wait_ms: float = MAX_WAIT_MS) -> dict[str, str]:
+    from ops.perf.benchmodels import bundle_for
 
     return {
         "MODEL_URI": str(bundle_for("demo")),
@@ -195,8 +195,8 @@ def profile(
     extra_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Lone requests with batching on and off, each service profiled with py-spy; writes profile.json."""
-    from ops.benchratios import sample_body
-    from ops.localservice import LocalService
+    from ops.perf.localservice import LocalService
+    from ops.perf.ratios import sample_body
 
     folder.mkdir(parents=True, exist_ok=True)
     body = sample_body()
@@ -221,32 +221,18 @@ def profile(
             summary["gil_ms_per_request"] = cpu_ms_by_category(raw, rate_hz, requests) if raw.exists() else {}
             runs.append(summary)
             echo(json.dumps(summary, indent=1))
-    from ops.benchmodels import machine_info
+    from ops.perf.benchmodels import machine_info
 
     result = {"pinning": pinning.to_dict(), "machine": machine_info(), "rate_hz": rate_hz, "runs": runs}
     (folder / "profile.json").write_text(json.dumps(result, indent=2))
     return result
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m ops.perf.profile RESULTS_DIR`: lone-request stages and py-spy CPU accounting, batching on/off."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("results", type=Path, help="Folder for profile.json and the py-spy stacks.")
-    parser.add_argument("--requests", type=int, default=200, help="Sequential requests per service.")
-    parser.add_argument("--pin", default="auto", help="auto, none, or SERVICE_CPUS:CLIENT_CPUS (e.g. 1:0).")
-    parser.add_argument("--rate", type=int, default=1000, help="py-spy samples per second.")
-    parser.add_argument("--batches", default="16,1", help="MAX_BATCH_SIZE of each service run.")
-    parser.add_argument("--python", default=sys.executable, help="Interpreter that runs the service.")
-    args = parser.parse_args(argv)
-    profile(
-        args.results,
-        pinning_from(args.pin),
-        args.requests,
-        args.rate,
-        [int(b) for b in args.batches.split(",")],
-        python=args.python,
-    )
+def run_profile(folder: Path, *, requests: int = 200, pin: str = "auto", rate_hz: int = 1000) -> dict[str, Any] | None:
+    """`invoke bench.profile`: `profile` into `folder`; under a dry run it only says so."""
+    from ops import core
 
-
-if __name__ == "__main__":
-    main()
+    if core.is_dry():
+        core.console.print(f"would profile {requests} lone requests per service into {folder}")
+        return None
+    return profile(folder, pinning_from(pin), requests, rate_hz)

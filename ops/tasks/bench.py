@@ -1,28 +1,26 @@
-"""invoke tasks for benchmarks and capacity: `bench` (collection default), `bench.wheels`, root `load`, `capacity`."""
+"""invoke tasks for benchmarks and capacity: `bench` (collection default), `bench.peers`, `bench.profile`,
+`bench.wheels`, `bench.load` and `bench.capacity` (also at the root). The flows live in ops.perf."""
 
 from __future__ import annotations
 
-import json
-import shlex
 from pathlib import Path
-from typing import Any
 
-from invoke import Collection, Context, Exit, task
+from invoke import Collection, Context
 
 from ops.core import REPO_ROOT
+from ops.perf import bench as bench_mod
+from ops.perf import capacity as capacity_mod
+from ops.perf import gpuwheels
+from ops.perf import load as load_mod
+from ops.perf.report import new_run_dir
+from ops.tasks.common import ops_task
 
 
-def _defaults(c: Context, section: str) -> dict[str, Any]:
-    bench_config = c.config.get("bench", {}) or {}
-    return dict(bench_config.get(section, {}) or {})
+def _folder(results: str, kind: str, label: str = "") -> Path:
+    return Path(results).resolve() if results else new_run_dir(kind, label)
 
 
-def _results_root(c: Context, kind: str) -> Path:
-    root = (c.config.get("bench", {}) or {}).get("results", "results")
-    return (REPO_ROOT / root / kind).resolve()
-
-
-@task(
+@ops_task(
     name="bench",
     auto_shortflags=False,
     help={
@@ -36,10 +34,10 @@ def _results_root(c: Context, kind: str) -> Path:
         "compare": "Compare against a saved run: 'last' or a run id/prefix (pytest-benchmark --benchmark-compare).",
         "max_time": "pytest-benchmark max seconds per benchmark (after min rounds).",
         "min_rounds": "pytest-benchmark minimum rounds per benchmark.",
-        "ratios": "Measure the serving ratios (needs the demo bundle; default on).",
+        "ratios": "Measure the serving ratios (needs the demo bundle).",
         "ratio_models": "Models served for the ratio table: demo and/or resnet50.",
         "batch_size": "Service MAX_BATCH_SIZE and model-only batch size for the ratios.",
-        "concurrency": "Closed-loop client levels for the ratios, e.g. 1,4,16,32.",
+        "concurrency": "Closed-loop client levels for the ratios.",
         "level_duration": "Seconds per closed-loop level.",
         "quick": "CI smoke: demo model, batch 1 and 4, one round, HTTP batching-off only, 1 s load levels.",
         "results": "Results folder (default results/bench/<timestamp>).",
@@ -63,9 +61,9 @@ def bench(
     min_rounds: int = 3,
     ratios: bool = True,
     ratio_models: str = "demo",
-    batch_size: int = 16,
-    concurrency: str = "1,4,16,32",
-    level_duration: float = 3.0,
+    batch_size: int = bench_mod.BATCH_SIZE,
+    concurrency: str = ",".join(map(str, bench_mod.CONCURRENCY)),
+    level_duration: float = bench_mod.LEVEL_DURATION_S,
     quick: bool = False,
     results: str = "",
     pin: str = "auto,none",
@@ -73,26 +71,8 @@ def bench(
     pytest: bool = True,
 ) -> None:
     """Run the pytest-benchmark suites and the serving ratios; write benchmarks.json, ratios.json and summary.md."""
-    import os
-
-    from ops import benchratios
-    from ops.benchreport import (
-        PytestBenchOptions,
-        console,
-        new_results_dir,
-        print_ratio_table,
-        pytest_argv,
-        write_summary,
-    )
-
-    folder = Path(results).resolve() if results else new_results_dir(_results_root(c, "bench"))
-    folder.mkdir(parents=True, exist_ok=True)
-    if quick:
-        models, batches, max_time, min_rounds = "demo", batches or "1,4", 0.05, 1
-        concurrency, level_duration, batch_size = "1,4", 1.0, 4
-        pin = pin.split(",")[0]  # one ratio run: pinned where the machine allows
-    opts = PytestBenchOptions(
-        results_dir=folder,
+    pytest_opts = bench_mod.PytestBenchOptions(
+        results_dir=_folder(results, "bench"),
         device=device,
         full=full,
         compile=compile,
@@ -103,63 +83,24 @@ def bench(
         save=save,
         compare=compare,
         select=select,
-        http_batching="off" if quick else "on,off",  # quick: one service start for the HTTP benchmark, not two
     )
-    command = shlex.join(pytest_argv(opts))
-    commands = [command] if pytest else []
-    if c.config.run.dry:
-        if pytest:
-            c.run(command, echo=True, pty=False)
-        return
-    from ops.benchmodels import ensure_demo_bundle
-
-    ensure_demo_bundle()  # built once here, not inside a benchmark fixture
-    load_before = os.getloadavg()[0]
-    if pytest:
-        c.run(command, echo=True, pty=False)
-    measured: list[dict[str, Any]] = []
-    if ratios:
-        devices = ["cpu"] if device == "cpu" else (["cuda"] if device == "cuda" else _auto_devices())
-        for ratio_device in devices:
-            for model in [m for m in ratio_models.split(",") if m]:
-                for pinning in pin.split(",") if ratio_device == "cpu" else ["none"]:
-                    cfg = benchratios.RatioConfig(
-                        model=model,
-                        device=ratio_device,
-                        batch_size=batch_size,
-                        concurrency=tuple(int(x) for x in concurrency.split(",")),
-                        level_duration_s=level_duration,
-                        overhead_requests=10 if quick else 50,
-                        model_only_min_time_s=0.2 if quick else 2.0,
-                        pin=pinning,
-                    )
-                    commands.append(f"ops.benchratios.measure({cfg})")
-                    result = benchratios.measure(cfg, folder, echo=console.print)
-                    measured.append(result.to_dict())
-        print_ratio_table(measured)
-    if peers:
-        commands.append(_run_peers(folder, batch_size=batch_size, quick=quick, pin=pin.split(",")[0]))
-    load = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
-    summary = write_summary(folder, measured, commands=commands, title="Benchmark summary", load_average=load)
-    console.print(f"summary: {summary}")
+    bench_mod.run_bench(
+        bench_mod.BenchOptions(
+            pytest=pytest_opts,
+            run_pytest=pytest,
+            ratios=ratios,
+            ratio_models=ratio_models,
+            batch_size=batch_size,
+            concurrency=concurrency,
+            level_duration=level_duration,
+            pin=pin,
+            peers=peers,
+            quick=quick,
+        )
+    )
 
 
-def _run_peers(folder: Path, *, batch_size: int, quick: bool, pin: str, p99_bound: float = 100.0) -> str:
-    """The peer comparison into `folder` (peers.json, peers.png); returns the call, for the summary."""
-    from ops.benchreport import console
-    from ops.perf.peers import PeerConfig, compare
-    from ops.perf.plot import plot_peers
-
-    cfg = PeerConfig(max_batch_size=batch_size, p99_bound_ms=p99_bound, pin=pin)
-    if quick:
-        cfg.concurrency, cfg.level_duration_s = (1, 4), 1.0
-    document = compare(cfg, folder, echo=console.print)
-    if document["servers"]:
-        plot_peers(document, folder / "peers.png")
-    return f"ops.perf.peers.compare({cfg})"
-
-
-@task(
+@ops_task(
     name="peers",
     auto_shortflags=False,
     help={
@@ -172,29 +113,18 @@ def _run_peers(folder: Path, *, batch_size: int, quick: bool, pin: str, p99_boun
 )
 def peers_task(
     c: Context,
-    batch_size: int = 16,
-    p99_bound: float = 100.0,
+    batch_size: int = bench_mod.BATCH_SIZE,
+    p99_bound: float = bench_mod.PEER_P99_BOUND_MS,
     pin: str = "auto",
     quick: bool = False,
     results: str = "",
 ) -> None:
     """Our service, LitServe and KServe on the same bundle, client and cores: peers.json, peers.png, summary.md."""
-    import os
-
-    from ops.benchreport import new_results_dir, write_summary
-
-    folder = Path(results).resolve() if results else new_results_dir(_results_root(c, "bench"), "peers")
-    if c.config.run.dry:
-        print(f"would compare ours, litserve and kserve into {folder}")
-        return
-    load_before = os.getloadavg()[0]
-    command = _run_peers(folder, batch_size=batch_size, quick=quick, pin=pin, p99_bound=p99_bound)
-    load = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
-    write_summary(folder, [], commands=[command], title="Peer servers", load_average=load)
-    print(f"summary: {folder / 'summary.md'}")
+    folder = _folder(results, "bench", "peers")
+    bench_mod.run_peers_alone(folder, batch_size=batch_size, quick=quick, pin=pin, p99_bound=p99_bound)
 
 
-@task(
+@ops_task(
     name="profile",
     auto_shortflags=False,
     help={
@@ -206,45 +136,19 @@ def peers_task(
 )
 def profile_task(c: Context, requests: int = 200, pin: str = "auto", rate: int = 1000, results: str = "") -> None:
     """One request socket to socket: stage timings of lone requests and a py-spy profile of the service."""
-    from ops.benchreport import new_results_dir
+    from ops.perf import profile
 
-    folder = Path(results).resolve() if results else new_results_dir(_results_root(c, "bench"), "profile")
-    argv = ["python", "-m", "ops.perf.profile", str(folder), f"--requests={requests}", f"--pin={pin}", f"--rate={rate}"]
-    c.run(shlex.join(argv), echo=True, pty=False)
+    profile.run_profile(_folder(results, "bench", "profile"), requests=requests, pin=pin, rate_hz=rate)
 
 
-def _auto_devices() -> list[str]:
-    from ops.benchmodels import cuda_available
-
-    return ["cpu", "cuda"] if cuda_available() else ["cpu"]
-
-
-def _service_context(url: str, model: str, log_path: Path) -> Any:
-    """Either nothing (a given URL) or a local image service allowed to fetch from the loopback image server."""
-    from contextlib import nullcontext
-
-    from ops.benchmodels import bundle_for
-    from ops.localservice import LocalService
-
-    if url:
-        return nullcontext(None)
-    settings = {
-        "MODEL_URI": str(bundle_for(model)),
-        # The loopback image server's port is chosen when it starts, after the service: any port on 127.0.0.1.
-        "FETCH_ALLOWED_HOSTS": "127.0.0.1:*",
-        "LOG_LEVEL": "warning",
-    }
-    return LocalService("image_classifier", settings, log_path=log_path)
-
-
-@task(
+@ops_task(
     name="load",
     auto_shortflags=False,
     help={
         "url": "Base URL of the image service (or a kubectl port-forward); empty: start a local one on 127.0.0.1.",
         "rate": "Requests per second (constant rate).",
-        "duration": "Attack duration, vegeta syntax (10s, 1m).",
-        "hist_buckets": "Histogram bucket bounds, vegeta syntax: 0,10ms,50ms,1s.",
+        "duration": "Attack duration, vegeta syntax (10s, 1m); per step in step mode.",
+        "hist_buckets": "Histogram bucket bounds, vegeta syntax.",
         "model": "Bundle for the local service: demo, resnet50, or a bundle directory path.",
         "step": "Step mode: raise the rate from --start-rate until the p99 SLO or the success ratio breaks.",
         "start_rate": "Step mode: first rate.",
@@ -261,89 +165,42 @@ def _service_context(url: str, model: str, log_path: Path) -> Any:
 def load(
     c: Context,
     url: str = "",
-    rate: float = 0.0,
-    duration: str = "",
-    hist_buckets: str = "",
+    rate: float = load_mod.RATE,
+    duration: str = load_mod.DURATION,
+    hist_buckets: str = load_mod.HIST_BUCKETS,
     model: str = "demo",
     step: bool = False,
-    start_rate: float = 0.0,
-    max_rate: float = 0.0,
-    factor: float = 0.0,
+    start_rate: float = load_mod.START_RATE,
+    max_rate: float = load_mod.MAX_RATE,
+    factor: float = load_mod.FACTOR,
     increment: float = 0.0,
-    slo_p99: float = 0.0,
-    min_success: float = 0.99,
-    images: int = 8,
+    slo_p99: float = load_mod.SLO_P99_MS,
+    min_success: float = load_mod.MIN_SUCCESS,
+    images: int = load_mod.IMAGES,
     results: str = "",
     raw: bool = False,
 ) -> None:
     """vegeta load test against /v1/predict with {"image_url": ...} bodies from a loopback image server."""
-    from ops import load as load_mod
-    from ops.benchmodels import machine_info
-    from ops.benchreport import console
-
-    d = _defaults(c, "load")
-    rate = rate or float(d.get("rate", 20))
-    duration = duration or str(d.get("duration", "10s"))
-    hist_buckets = hist_buckets or str(d.get("hist_buckets", load_mod.DEFAULT_HIST_BUCKETS))
-    folder = Path(results).resolve() if results else _results_root(c, "load") / load_mod.timestamp()
-    if c.config.run.dry:
-        what = "step up the rate" if step else f"attack at {rate:g} rps"
-        console.print(f"would {what} for {duration} per run against {url or 'a local image service'} into {folder}")
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    with _service_context(url, model, folder / "service.log") as service:
-        target = url or service.url
-        plan = load_mod.LoadPlan(
-            service_url=target,
-            results_root=folder.parent,
-            image_count=images,
-            hist_buckets=hist_buckets,
-            raw=raw,
-        )
-        with load_mod.LoadSession(
-            plan, folder=folder, echo=lambda line: console.print(f"$ {line}", style="dim", markup=False, soft_wrap=True)
-        ) as session:
-            if service is not None:
-                session.cpu_probe = service.cpu_seconds
-            if not step:
-                result = session.constant(rate, duration)
-                console.print((folder / "report.txt").read_text(), markup=False, highlight=False, soft_wrap=True)
-                console.print(f"results: {folder} (report.txt, report.json, hist.txt, plot.html)")
-                if result.success < 1.0:
-                    console.print(f"[yellow]success ratio {result.success:.2%}[/yellow]")
-                return
-            rates = load_mod.step_rates(
-                start_rate or float(d.get("start_rate", 5)),
-                factor or float(d.get("factor", 2)),
-                max_rate or float(d.get("max_rate", 320)),
-                increment,
-            )
-            slo = slo_p99 or float(d.get("slo_p99_ms", 250))
-
-            def report(res: load_mod.LoadResult, ok: bool) -> None:
-                mark = "[green]ok[/green]" if ok else "[red]broken[/red]"
-                console.print(
-                    f"{res.rate:>8g} rps  p99 {res.latency_ms['p99']:9.2f} ms  success {res.success:.2%}  {mark}"
-                )
-
-            run = session.step(rates, duration, slo_p99_ms=slo, min_success=min_success, on_step=report)
-            run.meta = {
-                "machine": _machine_line(machine_info()),
-                "model": model,
-                "url": target,
-            }
-            run.save(folder / "steps.json")
-            best = run.sustainable()
-            console.print(f"highest sustainable rate per pod: {best.rate if best else 0:g} rps (p99 <= {slo:g} ms)")
-            console.print(f"results: {folder / 'steps.json'}")
+    opts = load_mod.LoadOptions(
+        url=url,
+        model=model,
+        rate=rate,
+        duration=duration,
+        hist_buckets=hist_buckets,
+        images=images,
+        raw=raw,
+        step=step,
+        start_rate=start_rate,
+        factor=factor,
+        max_rate=max_rate,
+        increment=increment,
+        slo_p99_ms=slo_p99,
+        min_success=min_success,
+    )
+    load_mod.run_load(opts, _folder(results, "load"))
 
 
-def _machine_line(info: dict[str, Any]) -> str:
-    device = info.get("gpu") or "CPU only"
-    return f"{device}; {info.get('cpu')} x {info.get('cpu_count')}; torch {info.get('torch')}"
-
-
-@task(
+@ops_task(
     name="capacity",
     auto_shortflags=False,
     help={
@@ -353,7 +210,7 @@ def _machine_line(info: dict[str, Any]) -> str:
         "steps": "steps.json of a step run (default: the newest under results/load/).",
         "service": "Deployment name in the eks-prod overlay: image-classifier or text-classifier.",
         "min_replicas": "Replica floor (availability across zones).",
-        "run_step": "Run a step load test first (same flags as `load --step`, with defaults from invoke.yaml).",
+        "run_step": "Run a step load test first (as `load --step`).",
         "step_duration": "With --run-step: seconds per step, vegeta syntax.",
         "max_rate": "With --run-step: highest rate tried.",
         "results": "Report folder (default results/capacity/<timestamp>).",
@@ -361,70 +218,33 @@ def _machine_line(info: dict[str, Any]) -> str:
 )
 def capacity(
     c: Context,
-    target_rps: float = 0.0,
-    slo_p99: float = 0.0,
-    headroom: float = -1.0,
+    target_rps: float = capacity_mod.TARGET_RPS,
+    slo_p99: float = load_mod.SLO_P99_MS,
+    headroom: float = capacity_mod.HEADROOM,
     steps: str = "",
-    service: str = "image-classifier",
-    min_replicas: int = 2,
+    service: str = capacity_mod.SERVICE,
+    min_replicas: int = capacity_mod.MIN_REPLICAS,
     run_step: bool = False,
-    step_duration: str = "",
-    max_rate: float = 0.0,
+    step_duration: str = capacity_mod.STEP_DURATION,
+    max_rate: float = load_mod.MAX_RATE,
     results: str = "",
 ) -> None:
     """Capacity plan from a step run: replicas, nodes per node group, HPA target; report with a latency-vs-rate plot."""
-    from ops import capacity as cap
-    from ops.benchreport import console
-    from ops.load import StepRun, find_latest, timestamp
-
-    d = _defaults(c, "capacity")
-    target_rps = target_rps or float(d.get("target_rps", 100))
-    slo_p99 = slo_p99 or float(d.get("slo_p99_ms", 250))
-    headroom = headroom if headroom >= 0 else float(d.get("headroom", 0.3))
-    steps_path = Path(steps).resolve() if steps else None
-    if run_step or (steps_path is None and find_latest(_results_root(c, "load"), "steps.json") is None):
-        folder = _results_root(c, "load") / timestamp()
-        load(
-            c,
-            step=True,
-            slo_p99=slo_p99,
-            duration=step_duration or "5s",
-            max_rate=max_rate,
-            results=str(folder),
-        )
-        steps_path = folder / "steps.json"
-        if c.config.run.dry:
-            return
-    steps_path = steps_path or find_latest(_results_root(c, "load"), "steps.json")
-    if steps_path is None or not steps_path.is_file():
-        raise Exit(
-            f"no step run found (looked for {steps_path}); run `invoke load --step` first",
-            code=1,
-        )
-    run = StepRun.load(steps_path)
-    plan = cap.plan_capacity(
-        run,
+    opts = capacity_mod.CapacityOptions(
         service=service,
         target_rps=target_rps,
         slo_p99_ms=slo_p99,
         headroom=headroom,
         min_replicas=min_replicas,
-        steps_file=str(steps_path),
+        steps=Path(steps).resolve() if steps else None,
+        run_step=run_step,
+        step_duration=step_duration,
+        max_rate=max_rate,
     )
-    out = Path(results).resolve() if results else _results_root(c, "capacity") / timestamp()
-    written = cap.write_report(plan, run, out)
-    console.print(
-        json.dumps(
-            {k: plan.to_dict()[k] for k in ("replicas", "nodegroup", "nodes", "hpa")},
-            indent=2,
-        )
-    )
-    for note in plan.notes:
-        console.print(f"- {note}")
-    console.print(f"report: {written['report']}  plot: {written['plot']}")
+    capacity_mod.run_capacity(opts, Path(results).resolve() if results else None)
 
 
-@task(
+@ops_task(
     auto_shortflags=False,
     help={
         "dest": "Folder to fill with wheels (created).",
@@ -434,39 +254,12 @@ def capacity(
 )
 def wheels(
     c: Context,
-    dest: str = "build/gpu-wheels",
-    python_versions: str = "3.11,3.12,3.13",
+    dest: str = str(gpuwheels.DEST.relative_to(REPO_ROOT)),
+    python_versions: str = ",".join(gpuwheels.PYTHON_VERSIONS),
     vegeta: bool = True,
 ) -> None:
     """Fill a folder with the wheels bench/gpu/run.sh needs on a CUDA machine that already has torch (from uv.lock)."""
-    from ops import gpuwheels
-
-    folder = Path(dest).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
-    pins = gpuwheels.pinned_requirements()
-    requirements = folder / "requirements.txt"
-    requirements.write_text(gpuwheels.requirements_text(pins))
-    for argv in gpuwheels.download_commands(requirements, folder, python_versions.split(",")):
-        c.run(shlex.join(argv), echo=True, pty=False)
-    if vegeta and not c.config.run.dry:
-        from ops.load import vegeta_path
-
-        (folder / "bin").mkdir(exist_ok=True)
-        c.run(
-            shlex.join(["cp", str(vegeta_path()), str(folder / "bin" / "vegeta")]),
-            echo=True,
-        )
-    if c.config.run.dry:
-        return
-    verified, unlocked = gpuwheels.verify(folder)
-    missing = set(pins) - gpuwheels.wheel_projects(folder)
-    if missing:
-        raise Exit(f"no wheel downloaded for: {', '.join(sorted(missing))}", code=1)
-    gpuwheels.console.print(
-        f"{len(pins)} packages, {len(verified) + len(unlocked)} wheels -> {folder} "
-        f"({len(verified)} match uv.lock hashes; {len(unlocked)} other-CPython builds of locked versions: "
-        f"{', '.join(unlocked) or '-'}; all in SHA256SUMS)"
-    )
+    gpuwheels.fill(Path(dest).resolve(), python_versions.split(","), vegeta=vegeta)
 
 
 ns = Collection("bench")
@@ -475,4 +268,7 @@ ns.add_task(bench, default=True)
 ns.add_task(wheels)
 ns.add_task(peers_task)
 ns.add_task(profile_task)
+ns.add_task(load)
+ns.add_task(capacity)
+# Also at the root, where the docs call them: `invoke load`, `invoke capacity`.
 ROOT_TASKS = [load, capacity]

@@ -13,12 +13,11 @@ from ops.tasks.common import ops_task
 from ops.tasks.local import node_image
 
 
-def _sim(c: Context, name: str | None, kubeconfig: str | None) -> cluster_mod.SimCluster:
-    conf = c.config["cluster"]["sim"]
+def _sim(c: Context, name: str | None, kubeconfig: str | None, **node_counts: int) -> cluster_mod.SimCluster:
     return cluster_mod.SimCluster(
-        name=name or conf["name"],
+        name=name or c.config["cluster"]["sim"]["name"],
         kubeconfig=Path(kubeconfig) if kubeconfig else None,
-        node_counts={"cpu-general": int(conf["cpu_nodes"]), "gpu-t4": int(conf["gpu_nodes"])},
+        node_counts={**cluster_mod.NODE_COUNTS, **node_counts},
     )
 
 
@@ -26,11 +25,19 @@ def _sim(c: Context, name: str | None, kubeconfig: str | None) -> cluster_mod.Si
     help={
         "name": "Cluster name (default cluster.sim.name in invoke.yaml); the context is kwok-<name>.",
         "kubeconfig": "Kubeconfig file to write the context into (default $KUBECONFIG or ~/.kube/config).",
+        "cpu_nodes": "Fake nodes of node group cpu-general.",
+        "gpu_nodes": "Fake nodes of node group gpu-t4 (one more than the image-classifier's replicas: the surge).",
     }
 )
-def sim_up(c: Context, name: str | None = None, kubeconfig: str | None = None) -> None:
+def sim_up(
+    c: Context,
+    name: str | None = None,
+    kubeconfig: str | None = None,
+    cpu_nodes: int = cluster_mod.NODE_COUNTS["cpu-general"],
+    gpu_nodes: int = cluster_mod.NODE_COUNTS["gpu-t4"],
+) -> None:
     """Start kube-apiserver/etcd/controller-manager/scheduler + kwok (pinned, cached binaries) and the fake nodes."""
-    sim = _sim(c, name, kubeconfig)
+    sim = _sim(c, name, kubeconfig, **{"cpu-general": cpu_nodes, "gpu-t4": gpu_nodes})
     sim.up()
     if c.config.run.dry:
         return
@@ -60,7 +67,7 @@ def sim_down(c: Context, name: str | None = None, kubeconfig: str | None = None)
         "dry_run": "Show a server-side diff and change nothing.",
         "yes": "Skip the prod confirmation prompt.",
         "context": "Kube context to use (default: the current context); must be allowed for the env.",
-        "timeout": "Seconds to wait for each rollout (0: deploy.timeout from invoke.yaml).",
+        "timeout": "Seconds to wait for each rollout.",
     },
 )
 def deploy(
@@ -69,7 +76,7 @@ def deploy(
     dry_run: bool = False,
     yes: bool = False,
     context: str | None = None,
-    timeout: int = 0,
+    timeout: int = deploy_mod.ROLLOUT_TIMEOUT_S,
 ) -> None:
     """Render the overlay (as manifests.validate does), check schemas and policies, check the context, apply
     server-side, wait for rollouts."""
@@ -80,7 +87,7 @@ def deploy(
         context=context,
         dry_run=dry_run,
         yes=yes,
-        timeout_s=int(timeout or conf["timeout"]),
+        timeout_s=timeout,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -13,16 +14,31 @@ from ops import core
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def with_defaults(fn: Callable[..., Any], help: dict[str, str]) -> dict[str, str]:
+    """The flags' help texts, each ending with its real default (invoke's --help shows none)."""
+    described = dict(help)
+    for name, param in list(inspect.signature(fn).parameters.items())[1:]:
+        default = param.default
+        if default is inspect.Parameter.empty or default in (None, "", False) or isinstance(default, list | tuple):
+            continue
+        shown = "on" if default is True else f"{default:g}" if isinstance(default, float) else str(default)
+        text = described.get(name, "").rstrip()
+        described[name] = f"{text} [default: {shown}]".lstrip()
+    return described
+
+
 def ops_task(*args: Any, what: str = "", **kwargs: Any) -> Any:
     """`@task` (same arguments), plus: an OpsError ends the task with its message and no traceback
-    ("<what> failed: ..." with exit code 1, or "<what> refused: ..." with the error's exit code 2), and under
-    `invoke --dry` every command with a side effect that goes through `ops.core.run` is shown, not started.
+    ("<what> failed: ..." with exit code 1, or "<what> refused: ..." with the error's exit code 2), under
+    `invoke --dry` every command with a side effect that goes through `ops.core.run` is shown, not started, and
+    `--help` states each flag's default.
 
     `what` names the task in those messages (default: the task's name).
     """
 
     def decorate(fn: F) -> Any:
         label = what or kwargs.get("name") or fn.__name__.replace("_", "-")
+        kwargs["help"] = with_defaults(fn, kwargs.get("help") or {})
 
         @functools.wraps(fn)
         def run(c: Context, *a: Any, **kw: Any) -> Any:

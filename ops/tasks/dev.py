@@ -1,24 +1,17 @@
-"""invoke tasks for the development loop: lint and the full test suite."""
+"""invoke tasks for the development loop: lint and the full test suite (logic in ops.devloop)."""
 
 from __future__ import annotations
 
-import os
-
 from invoke import Collection, Context
 
-from ops.core import cache_root
+from ops import devloop
 from ops.tasks.common import ops_task
 
 
 @ops_task
 def lint(c: Context) -> None:
     """ruff and mypy over the whole repository, plus hadolint over every Dockerfile."""
-    c.run("ruff check .", echo=True, pty=False)
-    c.run("ruff format --check .", echo=True, pty=False)
-    # The cache lives outside the checkout so a fresh CI clone does not re-analyse torch from scratch.
-    cache = os.environ.get("MYPY_CACHE_DIR") or str(cache_root() / "mypy")
-    c.run("mypy", echo=True, pty=False, env={"MYPY_CACHE_DIR": cache})
-    c.run("invoke images.lint", echo=True, pty=False)
+    devloop.lint()
 
 
 @ops_task(
@@ -30,12 +23,7 @@ def lint(c: Context) -> None:
 )
 def test(c: Context, k: str = "", marker: str = "", skip_lint: bool = False) -> None:
     """Everything CI runs: the pinned toolchain (cached), demo bundles, lint, then pytest (needs a docker engine)."""
-    c.run("invoke tools.install", echo=True, pty=False)
-    c.run("invoke models.build", echo=True, pty=False)
-    if not skip_lint:
-        lint(c)
-    args = [f"-k {k!r}" if k else "", f"-m {marker!r}" if marker else ""]
-    c.run(" ".join(["pytest", *filter(None, args)]), echo=True, pty=False)
+    devloop.run_tests(k, marker, skip_lint)
 
 
 ns = Collection("dev", test, lint)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 from pathlib import Path
 
 from invoke import Collection, Context, Exit
 
+from ops import core
 from ops.core import out as console
 from ops.infra import deploy as deploy_mod
 from ops.infra import settings
@@ -30,13 +29,15 @@ def _templates(c: Context, env: list[str]) -> list[Path]:
 
 
 def _synth(c: Context, env: list[str]) -> None:
-    argv = [sys.executable, "-m", "ops.infra.synth", "--out", str(_outdir(c))]
-    for e in env:
-        argv += ["--env", e]
-    for cidr in deploy_mod.parse_allowed(str(_conf(c).get("public_access_cidrs", ""))):
-        argv += ["--public-access-cidr", cidr]
-    with c.cd(str(settings.REPO_ROOT)):
-        c.run(shlex.join(argv), echo=True)
+    cidrs = deploy_mod.parse_allowed(str(_conf(c).get("public_access_cidrs", "")))
+    if c.config.run.dry:
+        console.print(f"would synthesize {', '.join(env)} into {_outdir(c)}")
+        return
+    from ops.infra import synth as synth_mod  # aws-cdk-lib: imported only when synthesizing
+
+    result = synth_mod.synth(env, _outdir(c), cidrs)
+    for name in result.stacks:
+        console.print(f"synthesized {result.template(name)}")
 
 
 @ops_task(
@@ -54,9 +55,18 @@ def synth(c: Context, env: list[str] | None = None) -> None:
 )
 def check(c: Context, env: list[str] | None = None) -> None:
     """Synthesize, then run cfn-lint and checkov over the templates offline; fails on any finding not accepted."""
+    from ops.infra import checks
+
     names = env or list(settings.ENV_OVERLAYS)
     _synth(c, names)
-    c.run(shlex.join([sys.executable, "-m", "ops.infra.checks", *map(str, _templates(c, names))]), echo=True)
+    if c.config.run.dry:
+        console.print("would run cfn-lint and checkov over the templates")
+        return
+    report = checks.check(_templates(c, names))
+    for line in checks.summary(report):
+        console.print(line, markup=False)
+    if not report.ok:
+        raise Exit("infra check: findings not accepted (see above)", code=1)
 
 
 @ops_task(
@@ -78,8 +88,7 @@ def deploy(c: Context, env: str, yes: bool = False) -> None:
     else:
         account = deploy_mod.guard(env, dict(_conf(c).get("accounts", {})), yes=yes)
         console.print(f"AWS account {account} allowed for {env}")
-    with c.cd(str(settings.REPO_ROOT)):
-        c.run(shlex.join(command), echo=True, pty=sys.stdin.isatty())
+    core.run(command, cwd=settings.REPO_ROOT, capture=False, echo=True)
 
 
 ns = Collection("infra")

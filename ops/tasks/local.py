@@ -66,7 +66,6 @@ def up(
         ci=ci,
         extra=kind_mod.load_extra(conf.get("extra_config") or None),
         offline_images=bool(c.config.get("images", {}).get("offline")) or None,
-        timeout_s=int(c.config["deploy"]["timeout"]),
     )
     _print_steps(f"invoke up ({result.context})", result.steps)
     if result.images and not detach:

@@ -20,7 +20,7 @@ def serve(c: Context, only: str = "") -> None:
     build_all(progress=console.log)
     chosen = tuple(s for s in SERVICES if not only or s.name == only)
     if not chosen:
-        raise SystemExit(f"unknown service {only!r}; choose from {[s.name for s in SERVICES]}")
+        raise Exit(f"unknown service {only!r}; choose from {[s.name for s in SERVICES]}", code=2)
     with running(chosen) as ready:
         for name, (service, seconds) in ready.items():  # the services log to this terminal
             console.print(f"[green]{name}[/] ready in {seconds:.1f}s at {service.url}  (docs: {service.url}/docs)")

@@ -20,12 +20,12 @@ from ops.toolchain import tools as tools_mod
 def install(c: Context, name: list[str] | None = None, force: bool = False) -> None:
     """Obtain every pinned tool: cached copy, else verified download, else Go build (nice 19)."""
     names = name or None
-    if force:
+    if force and not c.config.run.dry:
         for n in names or tools_mod.load_manifest().tools:
             tools_mod.remove(n)
     results = tools_mod.install(names)
     missing = [r.name for r in results if r.required and r.path is None]
-    if missing:
+    if missing and not c.config.run.dry:
         raise Exit(f"required tools missing: {', '.join(missing)}", code=1)
 
 

@@ -594,6 +594,11 @@ def install(names: Iterable[str] | None = None) -> list[ToolStatus]:
     """Obtain every pinned tool (or `names`); optional tools that cannot be obtained are reported, not fatal."""
     m = load_manifest()
     selected = list(names) if names else list(m.tools)
+    if core.is_dry():  # `invoke --dry`: what is cached, and what would be downloaded or built
+        planned = [st for st in statuses(m) if st.name in selected]
+        for st in planned:
+            console.print(f"{st.name} {st.pinned}: {st.path or 'would download (verified) or build'}", markup=False)
+        return planned
     results: list[ToolStatus] = []
     with _progress() as progress:
         overall = progress.add_task("tools", total=len(selected))

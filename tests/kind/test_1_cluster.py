@@ -20,9 +20,10 @@ import pytest
 
 from image_classifier.demo import render_sample
 from kindkit import KindSession
-from ops import load
 from ops.k8s import kind as kind_mod
 from ops.models import DEFAULT_OUT
+from ops.perf import load
+from ops.perf.closedloop import Call
 from testkit import run_server
 
 NODE_PORTS = {"image-classifier": 30080, "text-classifier": 30081}
@@ -104,9 +105,8 @@ def test_predictions_agree_with_local_processes(kind_session: KindSession, tmp_p
 
 
 def _attack(session: KindSession, service: str, folder: Path, rate: float, duration: str) -> load.LoadResult:
-    targets = load.write_body_targets(
-        folder / "targets.json", f"http://127.0.0.1:{NODE_PORTS[service]}/v1/predict", _bodies(service)
-    )
+    calls = [Call("/v1/predict", content_type, body) for body, content_type in _bodies(service)]
+    targets = load.write_targets(folder / "targets.json", f"http://127.0.0.1:{NODE_PORTS[service]}", calls)
     # A new connection per request, like a load balancer that does not pin clients to one pod: a keep-alive
     # connection stays on the pod it first reached, through the Service, until that pod closes it.
     vegeta = load.vegeta_path()

@@ -53,6 +53,19 @@ def test_dry_images_build_starts_no_process() -> None:
     assert "base eks-inference/base-cpu:" in proc.stderr
 
 
+@pytest.mark.parametrize(
+    "task",
+    ["lint", "bench --quick", "bench.peers", "bench.profile", "load --step", "capacity --run-step", "bench.wheels",
+     "infra.synth", "infra.check"],
+)  # fmt: skip
+def test_dry_tasks_start_no_process(task: str) -> None:
+    """Tasks that would lint, measure, download or synthesize only say what they would do under `invoke --dry`."""
+    proc = _run_in_process("--dry", *task.split())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "STARTED []" in proc.stderr, proc.stderr[-3000:]
+    assert "would" in proc.stdout + proc.stderr
+
+
 def test_dry_sim_up_creates_nothing(tmp_path: Path) -> None:
     """`invoke --dry cluster.sim-up` shows the kwokctl and kubectl commands that change things, and runs none."""
     proc = subprocess.run(
@@ -123,15 +136,41 @@ def test_dry_reaches_the_runner() -> None:
     assert [a.name for a in plan.get_arguments()] == ["x"]
 
 
-# Root tasks of the performance side, which moves to ops/perf/ (and its namespace) separately.
-PERF_ROOT_TASKS = {"load", "capacity"}
-
-
 def test_every_task_sits_in_a_namespace() -> None:
     import tasks
 
     namespaced = {id(t) for coll in tasks.ns.collections.values() for t in coll.tasks.values()}
     loose = {name for name, t in tasks.ns.tasks.items() if id(t) not in namespaced}
-    assert loose <= PERF_ROOT_TASKS
-    for name in ("up", "down", "deploy", "test", "lint", "doctor", "serve", "smoke"):
+    assert loose == set()
+    for name in ("up", "down", "deploy", "test", "lint", "doctor", "serve", "smoke", "load", "capacity"):
         assert name in tasks.ns.tasks, f"`invoke {name}` is kept at the root"
+
+
+HELP_EVERY_TASK = textwrap.dedent(
+    """
+    import contextlib, io, sys
+    from invoke.main import program
+    import tasks
+    names = sorted(tasks.ns.task_names)
+    failed = []
+    for name in names:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            program.run(["invoke", "--help", name], exit=False)
+        text = out.getvalue()
+        if "Docstring:" not in text or "none" in text.split("Docstring:")[1].split("Options:")[0]:
+            failed.append(name)
+    print("TASKS", len(names), "FAILED", failed)
+    """
+)
+
+
+def test_every_listed_task_explains_itself() -> None:
+    """`invoke --help <task>` works for every task `invoke --list` shows, and each has a docstring."""
+    proc = subprocess.run(
+        [sys.executable, "-c", HELP_EVERY_TASK], cwd=core.REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    count, failed = proc.stdout.split("TASKS ")[1].split(" FAILED ")
+    assert int(count) > 30
+    assert failed.strip() == "[]"

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ops.localservice import free_port
+from ops.perf.localservice import free_port
 from serving.errors import FetchFailed, PayloadTooLarge, UrlForbidden
 from serving.fetch import SafeFetcher, is_forbidden_address
 from testkit import Origin

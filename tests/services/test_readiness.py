@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ops.localservice import ServiceStartError
+from ops.perf.localservice import ServiceStartError
 from serving.bundle import pack_bundle
 from testkit import Origin, Server
 

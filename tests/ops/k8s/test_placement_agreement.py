@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from ops import capacity, core
+from ops import core
 from ops.k8s import docs, nodegroups, objects, placement, render
+from ops.perf import capacity
 
 Obj = dict[str, Any]
 

@@ -351,9 +351,16 @@ def test_download_verified_against_a_bare_digest_file(upstream: _Upstream, cache
     ]
 
 
-def _release_with_checksums_txt(upstream: _Upstream, digest_of_ours: str | None) -> tuple[str, str]:
-    """GitHub's layout (goreleaser): releases/download/<tag>/<archive> and checksums.txt listing every asset."""
-    folder = upstream.root / "releases" / "download" / "faketool%2Fv1.2.3"
+def _release_with_checksums_txt(
+    upstream: _Upstream,
+    digest_of_ours: str | None,
+    archive: str = "faketool_v1.2.3_linux_amd64.tar.gz",
+    checksums_name: str = "checksums.txt",
+    others: tuple[str, ...] = ("faketool_v1.2.3_darwin_arm64.tar.gz", "faketool_v1.2.3_windows.zip"),
+    tag: str = "faketool%2Fv1.2.3",
+) -> tuple[str, str]:
+    """GitHub's layout (goreleaser): releases/download/<tag>/<archive> and a checksum file listing every asset."""
+    folder = upstream.root / "releases" / "download" / tag
     folder.mkdir(parents=True)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
@@ -361,14 +368,56 @@ def _release_with_checksums_txt(upstream: _Upstream, digest_of_ours: str | None)
         info = tarfile.TarInfo("faketool")
         info.size, info.mode = len(data), 0o755
         tar.addfile(info, io.BytesIO(data))
-    archive = "faketool_v1.2.3_linux_amd64.tar.gz"
     (folder / archive).write_bytes(buf.getvalue())
     ours = digest_of_ours or hashlib.sha256(buf.getvalue()).hexdigest()
-    (folder / "checksums.txt").write_text(
-        f"{'1' * 64}  faketool_v1.2.3_darwin_arm64.tar.gz\n{ours}  {archive}\n{'2' * 64}  faketool_v1.2.3_windows.zip\n"
-    )
-    base = upstream.url("releases/download/faketool%252Fv1.2.3")
-    return f"{base}/{archive}", f"{base}/checksums.txt"
+    lines = [f"{str(i) * 64}  {name}" for i, name in enumerate(others, 1)]
+    lines.insert(len(lines) // 2, f"{ours}  {archive}")
+    (folder / checksums_name).write_text("\n".join(lines) + "\n")
+    base = upstream.url("releases/download/" + tag.replace("%", "%25"))
+    return f"{base}/{archive}", f"{base}/{checksums_name}"
+
+
+# The layouts of the upstreams pinned with a checksum file (tools.toml says where each was read): vegeta's release
+# job runs `sha256sum *` into vegeta_<version>_checksums.txt; tilt's goreleaser writes checksums.txt, where the
+# alpine archive's name differs from ours by one word.
+LAYOUTS = {
+    "vegeta": (
+        "vegeta_12.13.0_linux_amd64.tar.gz",
+        "vegeta_12.13.0_checksums.txt",
+        ("vegeta_12.13.0_darwin_amd64.tar.gz", "vegeta_12.13.0_linux_arm64.tar.gz", "vegeta_12.13.0_pubkey.asc"),
+        "v12.13.0",
+    ),
+    "tilt": (
+        "tilt.0.37.6.linux.x86_64.tar.gz",
+        "checksums.txt",
+        ("tilt.0.37.6.linux-alpine.x86_64.tar.gz", "tilt.0.37.6.mac.x86_64.tar.gz", "tilt.0.37.6.windows.x86_64.zip"),
+        "v0.37.6",
+    ),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_the_pinned_checksum_layouts_verify_and_catch_a_mismatch(
+    layout: str, upstream: _Upstream, cache_home: Path, tmp_path: Path
+) -> None:
+    archive, checksums_name, others, tag = LAYOUTS[layout]
+    pinned = tools.load_manifest().tools[layout].download
+    assert pinned is not None
+    assert pinned.checksums is not None
+    assert (pinned.url.rsplit("/", 1)[1], pinned.checksums.rsplit("/", 1)[1]) == (archive, checksums_name)
+    assert pinned.checksums.rsplit("/", 1)[0] == pinned.url.rsplit("/", 1)[0]  # beside the asset, same tag
+    url, checksums = _release_with_checksums_txt(upstream, None, archive, checksums_name, others, tag)
+    manifest = write_manifest(tmp_path / "tools.toml", url, tools.UNVERIFIED, member="faketool", checksums=checksums)
+    status = tools.obtain("faketool", manifest)
+    assert (status.source, status.found) == ("download", "v1.2.3"), status.notes
+    tools.remove("faketool")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    url, checksums = _release_with_checksums_txt(upstream, "0" * 64, archive, checksums_name, others, tag + "-bad")
+    manifest = write_manifest(bad / "tools.toml", url, tools.UNVERIFIED, member="faketool", checksums=checksums)
+    status = tools.obtain("faketool", manifest)
+    assert status.path is None
+    assert any("sha256 mismatch" in n for n in status.notes), status.notes
 
 
 def test_download_verified_against_checksums_txt(upstream: _Upstream, cache_home: Path, tmp_path: Path) -> None:

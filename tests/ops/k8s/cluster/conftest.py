@@ -18,7 +18,6 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimCluster]:
         name="eks-sim-test",
         workdir=root / "workdir",
         kubeconfig=root / "kubeconfig.yaml",
-        node_counts={"cpu-general": 3, "gpu-t4": 3},
     )
     try:
         cluster.up(timeout_s=300)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import functools
 import http.server
 import json
@@ -12,41 +11,43 @@ import subprocess
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-DEFAULT_HIST_BUCKETS = "0,5ms,10ms,25ms,50ms,100ms,250ms,500ms,1s,2.5s,5s"
-DEFAULT_ATTACK_TIMEOUT = "10s"
+from ops.core import OpsError, console, is_dry, out
+from ops.perf.closedloop import Call
+from ops.perf.report import timestamp
+
+# The defaults of `invoke load` (and of the step run `invoke capacity` starts): stated here only.
+RATE = 20.0
+DURATION = "10s"
+HIST_BUCKETS = "0,5ms,10ms,25ms,50ms,100ms,250ms,500ms,1s,2.5s,5s"
+START_RATE = 5.0
+FACTOR = 2.0
+MAX_RATE = 320.0
+SLO_P99_MS = 250.0
+MIN_SUCCESS = 0.99
+IMAGES = 8
+ATTACK_TIMEOUT = "10s"
 # vegeta opens workers as needed to hold the rate; cap them so an overloaded service cannot exhaust the machine.
-DEFAULT_MAX_WORKERS = 256
+MAX_WORKERS = 256
 
 
 def vegeta_path() -> Path:
-    """The vegeta binary: $VEGETA, else the pinned one from ops.tools.ensure("vegeta"), else PATH."""
+    """The vegeta binary: $VEGETA (bench/gpu/run.sh sets it), else the pinned one (ops.toolchain), else PATH."""
     if os.environ.get("VEGETA"):
         return Path(os.environ["VEGETA"])
+    from ops.toolchain import tools  # inside the function: the GPU runner imports this module without the toolchain
+
     try:
-        from ops.toolchain import tools
-    except ImportError:  # a machine with only the benchmark runner's packages (bench/gpu/run.sh)
-        tools = None  # type: ignore[assignment]
-    if tools is not None:
-        try:
-            return Path(tools.ensure("vegeta"))
-        except Exception as error:  # fall back to PATH, and say why if that fails too
-            reason = f"ops.tools.ensure failed: {error}"
-    else:
-        reason = "ops.tools is not importable"
+        return Path(tools.ensure("vegeta"))
+    except OpsError as error:  # fall back to PATH, and say why if that fails too
+        reason = str(error)
     found = shutil.which("vegeta")
     if not found:
         raise FileNotFoundError(f"vegeta not found ({reason}): `invoke tools.install -n vegeta`, or set VEGETA")
     return Path(found)
-
-
-def timestamp() -> str:
-    """A folder-name-safe UTC timestamp, e.g. 20261128T235900Z."""
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
 def write_sample_images(folder: Path, count: int = 8, size: int = 224) -> list[str]:
@@ -100,24 +101,9 @@ class ImageServer:
         self.thread.join(5)
 
 
-def write_targets(path: Path, predict_url: str, image_urls: Sequence[str]) -> Path:
-    """Write a vegeta JSON-format targets file: one POST per image, body {"image_url": ...}."""
-    bodies = [(json.dumps({"image_url": u}).encode(), "application/json") for u in image_urls]
-    return write_body_targets(path, predict_url, bodies)
-
-
-def write_body_targets(path: Path, url: str, bodies: Sequence[tuple[bytes, str]]) -> Path:
-    """Write a vegeta JSON-format targets file: one POST per (body, content type), sent round-robin."""
-    lines = []
-    for body, content_type in bodies:
-        target = {
-            "method": "POST",
-            "url": url,
-            "body": base64.b64encode(body).decode(),
-            "header": {"Content-Type": [content_type]},
-        }
-        lines.append(json.dumps(target))
-    path.write_text("\n".join(lines) + "\n")
+def write_targets(path: Path, base_url: str, calls: Sequence[Call]) -> Path:
+    """Write a vegeta JSON-format targets file: the calls against `base_url`, sent round-robin."""
+    path.write_text("".join(call.vegeta_json(base_url) + "\n" for call in calls))
     return path
 
 
@@ -183,9 +169,9 @@ def attack(
     *,
     rate: float,
     duration: str,
-    hist_buckets: str = DEFAULT_HIST_BUCKETS,
-    timeout: str = DEFAULT_ATTACK_TIMEOUT,
-    max_workers: int = DEFAULT_MAX_WORKERS,
+    hist_buckets: str = HIST_BUCKETS,
+    timeout: str = ATTACK_TIMEOUT,
+    max_workers: int = MAX_WORKERS,
     title: str = "",
     echo: Callable[[str], None] | None = None,
     extra_args: Sequence[str] = (),
@@ -245,13 +231,16 @@ class LoadPlan:
 
     service_url: str
     results_root: Path
-    image_count: int = 8
-    hist_buckets: str = DEFAULT_HIST_BUCKETS
-    timeout: str = DEFAULT_ATTACK_TIMEOUT
-    max_workers: int = DEFAULT_MAX_WORKERS
+    image_count: int = IMAGES
+    hist_buckets: str = HIST_BUCKETS
+    timeout: str = ATTACK_TIMEOUT
+    max_workers: int = MAX_WORKERS
     # Send the sample images as raw JPEG bodies instead of {"image_url": ...}: for a service that cannot reach
     # this machine's loopback image server (a pod in a cluster, behind a port-forward or a NodePort).
     raw: bool = False
+
+
+PREDICT = "/v1/predict"
 
 
 class LoadSession:
@@ -275,15 +264,13 @@ class LoadSession:
         self.cpu_probe: Callable[[], float] | None = None
 
     def __enter__(self) -> Self:
-        predict = self.plan.service_url.rstrip("/") + "/v1/predict"
         if self.plan.raw:
             folder = self.folder / "images"
-            bodies = [((folder / name).read_bytes(), "image/jpeg") for name in self.image_names]
-            write_body_targets(self.targets, predict, bodies)
-            return self
-        self.image_server.__enter__()
-        urls = [f"{self.image_server.url}/{name}" for name in self.image_names]
-        write_targets(self.targets, predict, urls)
+            calls = [Call(PREDICT, "image/jpeg", (folder / name).read_bytes()) for name in self.image_names]
+        else:
+            self.image_server.__enter__()
+            calls = [Call.json(PREDICT, {"image_url": f"{self.image_server.url}/{n}"}) for n in self.image_names]
+        write_targets(self.targets, self.plan.service_url, calls)
         return self
 
     def __exit__(
@@ -320,7 +307,7 @@ class LoadSession:
         step_duration: str,
         *,
         slo_p99_ms: float,
-        min_success: float = 0.99,
+        min_success: float = MIN_SUCCESS,
         on_step: Callable[[LoadResult, bool], None] | None = None,
     ) -> StepRun:
         """Raise the rate step by step until the p99 SLO or the success ratio breaks; writes steps.json."""
@@ -395,3 +382,69 @@ def find_latest(root: Path, name: str) -> Path | None:
     """The newest `<root>/<timestamp>/<name>` (run folders sort by time), or None."""
     candidates = sorted(p for p in root.glob(f"*/{name}") if p.is_file())
     return candidates[-1] if candidates else None
+
+
+@dataclass
+class LoadOptions:
+    """What `invoke load` was asked for: a constant-rate attack, or a step run with `step`."""
+
+    url: str = ""  # empty: start a local image service on 127.0.0.1
+    model: str = "demo"
+    rate: float = RATE
+    duration: str = DURATION
+    hist_buckets: str = HIST_BUCKETS
+    images: int = IMAGES
+    raw: bool = False
+    step: bool = False
+    start_rate: float = START_RATE
+    factor: float = FACTOR
+    max_rate: float = MAX_RATE
+    increment: float = 0.0
+    slo_p99_ms: float = SLO_P99_MS
+    min_success: float = MIN_SUCCESS
+
+
+def run_load(opts: LoadOptions, folder: Path) -> LoadResult | StepRun | None:
+    """The `invoke load` flow into `folder`: a local service unless a URL is given, the image server, the attack(s)
+    and the printed report. Under a dry run it says what it would do and returns None."""
+    if is_dry():
+        what = "step up the rate" if opts.step else f"attack at {opts.rate:g} rps"
+        against = opts.url or "a local image service"
+        console.print(f"would {what} for {opts.duration} per run against {against} into {folder}")
+        return None
+    from ops.perf.benchmodels import local_image_service, machine_line
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with local_image_service(opts.url, opts.model, folder / "service.log") as service:
+        target = service.url if service is not None else opts.url
+        plan = LoadPlan(target, folder.parent, image_count=opts.images, hist_buckets=opts.hist_buckets, raw=opts.raw)
+        echo = functools.partial(console.print, style="dim", markup=False, soft_wrap=True)
+        with LoadSession(plan, folder=folder, echo=lambda line: echo(f"$ {line}")) as session:
+            if service is not None:
+                session.cpu_probe = service.cpu_seconds
+            if not opts.step:
+                result = session.constant(opts.rate, opts.duration)
+                out.print((folder / "report.txt").read_text(), markup=False, highlight=False, soft_wrap=True)
+                console.print(f"results: {folder} (report.txt, report.json, hist.txt, plot.html)")
+                if result.success < 1.0:
+                    console.print(f"[yellow]success ratio {result.success:.2%}[/yellow]")
+                return result
+            rates = step_rates(opts.start_rate, opts.factor, opts.max_rate, opts.increment)
+
+            def report(res: LoadResult, ok: bool) -> None:
+                mark = "[green]ok[/green]" if ok else "[red]broken[/red]"
+                console.print(
+                    f"{res.rate:>8g} rps  p99 {res.latency_ms['p99']:9.2f} ms  success {res.success:.2%}  {mark}"
+                )
+
+            run = session.step(
+                rates, opts.duration, slo_p99_ms=opts.slo_p99_ms, min_success=opts.min_success, on_step=report
+            )
+            run.meta = {"machine": machine_line(), "model": opts.model, "url": target}
+            run.save(folder / "steps.json")
+            best = run.sustainable()
+            console.print(
+                f"highest sustainable rate per pod: {best.rate if best else 0:g} rps (p99 <= {opts.slo_p99_ms:g} ms)"
+            )
+            console.print(f"results: {folder / 'steps.json'}")
+            return run

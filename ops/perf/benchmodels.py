@@ -7,6 +7,7 @@ import os
 import platform
 import tempfile
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -14,6 +15,7 @@ from typing import Any, cast
 import torch
 
 from ops.core import REPO_ROOT, cache_root
+from ops.perf.localservice import LocalService
 
 DEMO_BUNDLE = REPO_ROOT / "models" / "image-demo"
 # Random-init resnet50 bundle (weights do not change latency); cached outside the checkout, rebuilt when missing.
@@ -180,3 +182,19 @@ def machine_info() -> dict[str, Any]:
         info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
         info["gpu_capability"] = f"sm_{props.major}{props.minor}"
     return info
+
+
+def machine_line(info: dict[str, Any] | None = None) -> str:
+    """One line for a result file: device, CPU, torch."""
+    info = info or machine_info()
+    device = info.get("gpu") or "CPU only"
+    return f"{device}; {info.get('cpu')} x {info.get('cpu_count')}; torch {info.get('torch')}"
+
+
+def local_image_service(url: str, model: str, log_path: Path) -> AbstractContextManager[LocalService | None]:
+    """Nothing when a URL is given; else a local image service on `model`'s bundle that may fetch from any port
+    of 127.0.0.1 (the loopback image server's port is chosen when it starts, after the service)."""
+    if url:
+        return nullcontext(None)
+    settings = {"MODEL_URI": str(bundle_for(model)), "FETCH_ALLOWED_HOSTS": "127.0.0.1:*", "LOG_LEVEL": "warning"}
+    return LocalService("image_classifier", settings, log_path=log_path)

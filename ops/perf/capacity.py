@@ -12,14 +12,24 @@ from typing import Any
 import yaml
 
 from ops import core
+from ops.core import console, is_dry, out
 from ops.k8s import placement
 from ops.k8s.nodegroups import NodeGroup
 from ops.k8s.nodegroups import load_nodegroups as _load_nodegroups
 from ops.k8s.objects import GPU_RESOURCE, Obj, parse_quantity
 from ops.k8s.render import MANIFESTS_DIR, OVERLAYS_DIR, ManifestError, render
-from ops.load import StepRun
+from ops.perf import load
+from ops.perf.load import StepRun
+from ops.perf.report import new_run_dir, results_dir
 
 PROD_OVERLAY = "eks-prod"
+# The defaults of `invoke capacity` (its SLO is the load test's, ops.perf.load.SLO_P99_MS): stated here only.
+TARGET_RPS = 100.0
+HEADROOM = 0.3
+MIN_REPLICAS = 2
+SERVICE = "image-classifier"
+# Seconds per step of the step run `invoke capacity --run-step` starts.
+STEP_DURATION = "5s"
 # Only what the planner counts; other resources (ephemeral-storage, ...) do not bound pods per node here.
 PLANNED_RESOURCES = ("cpu", "memory", GPU_RESOURCE)
 
@@ -216,8 +226,8 @@ def plan_capacity(
     service: str,
     target_rps: float,
     slo_p99_ms: float,
-    headroom: float = 0.3,
-    min_replicas: int = 2,
+    headroom: float = HEADROOM,
+    min_replicas: int = MIN_REPLICAS,
     spec: PodSpec | None = None,
     groups: list[NodeGroup] | None = None,
     steps_file: str = "",
@@ -390,3 +400,55 @@ def write_report(plan: CapacityPlan, run: StepRun, folder: Path) -> dict[str, Pa
     (folder / "plan.json").write_text(json.dumps(plan.to_dict(), indent=2))
     (folder / "capacity.md").write_text(render_markdown(plan, run, png.name))
     return {"plan": folder / "plan.json", "report": folder / "capacity.md", "plot": png}
+
+
+@dataclass
+class CapacityOptions:
+    """What `invoke capacity` was asked for."""
+
+    service: str = SERVICE
+    target_rps: float = TARGET_RPS
+    slo_p99_ms: float = load.SLO_P99_MS
+    headroom: float = HEADROOM
+    min_replicas: int = MIN_REPLICAS
+    steps: Path | None = None  # steps.json of a step run; default: the newest under results/load/
+    run_step: bool = False  # run a step load test first
+    step_duration: str = STEP_DURATION
+    max_rate: float = load.MAX_RATE
+
+
+def run_capacity(opts: CapacityOptions, folder: Path | None = None) -> CapacityPlan | None:
+    """The `invoke capacity` flow: a step run when asked (or when there is none), the plan, the report in `folder`
+    (default results/capacity/<timestamp>). Under a dry run it plans the step run and returns None."""
+    steps = opts.steps
+    if opts.run_step or (steps is None and load.find_latest(results_dir("load"), "steps.json") is None):
+        step_folder = new_run_dir("load")
+        load.run_load(
+            load.LoadOptions(
+                step=True, slo_p99_ms=opts.slo_p99_ms, duration=opts.step_duration, max_rate=opts.max_rate
+            ),
+            step_folder,
+        )
+        steps = step_folder / "steps.json"
+    if is_dry():
+        console.print(f"would plan {opts.service} for {opts.target_rps:g} rps from {steps or 'the newest step run'}")
+        return None
+    steps = steps or load.find_latest(results_dir("load"), "steps.json")
+    if steps is None or not steps.is_file():
+        raise core.OpsError(f"no step run found (looked for {steps}); run `invoke load --step` first")
+    run = StepRun.load(steps)
+    plan = plan_capacity(
+        run,
+        service=opts.service,
+        target_rps=opts.target_rps,
+        slo_p99_ms=opts.slo_p99_ms,
+        headroom=opts.headroom,
+        min_replicas=opts.min_replicas,
+        steps_file=str(steps),
+    )
+    written = write_report(plan, run, folder or new_run_dir("capacity"))
+    out.print(json.dumps({k: plan.to_dict()[k] for k in ("replicas", "nodegroup", "nodes", "hpa")}, indent=2))
+    for note in plan.notes:
+        out.print(f"- {note}")
+    console.print(f"report: {written['report']}  plot: {written['plot']}")
+    return plan

@@ -1,11 +1,9 @@
-"""Drive a benchmark run (pytest-benchmark + serving ratios) and write its markdown summary and ratio table."""
+"""The results folders, and the markdown summary and ratio table of a benchmark run (`python -m ops.perf.report`)."""
 
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,74 +11,26 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from ops.core import REPO_ROOT
+from ops.core import REPO_ROOT, console, out
 
-RESULTS_ROOT = REPO_ROOT / "results" / "bench"
-console = Console()
-
-
-@dataclass
-class PytestBenchOptions:
-    """How `pytest bench` is called."""
-
-    results_dir: Path
-    device: str = "auto"
-    full: bool = False
-    compile: bool = False
-    models: str = "resnet50,demo"
-    batches: str = ""
-    max_time: float = 0.5
-    min_rounds: int = 3
-    save: str = ""
-    compare: str = ""
-    select: str = ""
-    http_batching: str = "on,off"
-    python: str = sys.executable
+# Every run folder of `invoke bench` (results/bench/<ts>), `invoke load` (results/load/<ts>) and `invoke capacity`
+# (results/capacity/<ts>) is under it; gitignored.
+RESULTS_ROOT = REPO_ROOT / "results"
 
 
-def pytest_argv(opts: PytestBenchOptions) -> list[str]:
-    """argv for the pytest-benchmark run; JSON always goes to <results_dir>/benchmarks.json."""
-    argv = [
-        opts.python,
-        "-m",
-        "pytest",
-        str(REPO_ROOT / "bench"),
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        f"--rootdir={REPO_ROOT}",
-        f"--benchmark-json={opts.results_dir / 'benchmarks.json'}",
-        f"--benchmark-max-time={opts.max_time}",
-        f"--benchmark-min-rounds={opts.min_rounds}",
-        "--benchmark-columns=median,iqr,ops,rounds",
-        "--benchmark-sort=name",
-        f"--benchmark-storage={REPO_ROOT / '.benchmarks'}",
-        f"--bench-device={opts.device}",
-        f"--bench-models={opts.models}",
-    ]
-    if opts.http_batching != "on,off":
-        argv.append(f"--bench-http-batching={opts.http_batching}")
-    if opts.full:
-        argv.append("--bench-full")
-    if opts.compile:
-        argv.append("--bench-compile")
-    if opts.batches:
-        argv.append(f"--bench-batches={opts.batches}")
-    if opts.save:
-        argv.append(f"--benchmark-save={opts.save}")
-    if opts.compare:
-        argv.append("--benchmark-compare" if opts.compare == "last" else f"--benchmark-compare={opts.compare}")
-    if opts.select:
-        argv += ["-k", opts.select]
-    return argv
+def timestamp() -> str:
+    """A folder-name-safe UTC timestamp, e.g. 20261128T235900Z."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
-def new_results_dir(root: Path = RESULTS_ROOT, label: str = "") -> Path:
-    """results/bench/<UTC timestamp>[-label]/"""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    folder = root / (f"{stamp}-{label}" if label else stamp)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+def results_dir(kind: str) -> Path:
+    """`results/<kind>`: where the run folders of `invoke <kind>` go."""
+    return RESULTS_ROOT / kind
+
+
+def new_run_dir(kind: str, label: str = "") -> Path:
+    """A new run folder `results/<kind>/<UTC timestamp>[-<label>]` (not created)."""
+    return results_dir(kind) / (f"{timestamp()}-{label}" if label else timestamp())
 
 
 def _fmt(value: float, digits: int = 2) -> str:
@@ -175,7 +125,7 @@ def ratio_table(ratios: Sequence[dict[str, Any]]) -> Table:
 
 def print_ratio_table(ratios: Sequence[dict[str, Any]]) -> None:
     """Print the ratio table; logs and pipes get a wide page instead of rich's 80-column default."""
-    wide = console if console.is_terminal else Console(width=220)  # rich caps print(width=) at the console's width
+    wide = out if out.is_terminal else Console(width=220)  # rich caps print(width=) at the console's width
     wide.print(ratio_table(ratios))
 
 
@@ -272,7 +222,7 @@ def peer_section(peers: dict[str, Any]) -> list[str]:
 
 
 def target_section(ratios: Sequence[dict[str, Any]], peers: dict[str, Any] | None) -> list[str]:
-    """Each target of issue 13 with met or missed (never asserted anywhere)."""
+    """Each performance target (ratios.TARGETS, and ours against every peer) with met or missed; never asserted."""
     lines = ["## Targets", ""]
     for r in ratios:
         if not (r.get("pinning") or {}).get("pinned"):
@@ -514,7 +464,7 @@ def load_ratios(results_dir: Path) -> list[dict[str, Any]]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m ops.benchreport RESULTS_DIR`: (re)write summary.md from benchmarks.json and ratios-*.json."""
+    """`python -m ops.perf.report RESULTS_DIR`: (re)write summary.md from benchmarks.json and ratios-*.json."""
     import argparse
 
     parser = argparse.ArgumentParser(description="Write the markdown summary of a benchmark results folder.")

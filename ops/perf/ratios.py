@@ -24,22 +24,23 @@ from typing import Any
 import httpx
 import torch
 
-from ops.benchmodels import bundle_for, load_classifier, machine_info, timed_batch
-from ops.localservice import LocalService
-from ops.perf.closedloop import Level, Target, attack, knee, throughput_within
+from ops.perf.bench import BATCH_SIZE, CONCURRENCY, LEVEL_DURATION_S, MAX_WAIT_MS
+from ops.perf.benchmodels import bundle_for, load_classifier, machine_info, timed_batch
+from ops.perf.closedloop import Call, Level, attack, knee, throughput_within
+from ops.perf.load import vegeta_path
+from ops.perf.localservice import LocalService
 from ops.perf.pinning import Pinning, pinning_from
 
 __all__ = ["Level", "RatioConfig", "RatioResult", "knee", "measure", "throughput_within"]
 
-# Targets from the issues: reported next to the numbers, never asserted. The CPU serving-efficiency target (0.9)
-# assumes pinned cores; an unpinned run shares its CPUs with the load generator.
+# The performance targets (docs/bench.md): reported next to the numbers, never asserted. The CPU serving-efficiency
+# target (0.9) assumes pinned cores; an unpinned run shares its CPUs with the load generator.
 TARGETS = {
     "cpu": {"serving_efficiency": 0.9, "overhead_ms": 1.0, "lone_p50_gap_ms": 1.0},
     "cuda": {"serving_efficiency": 0.7, "batching_gain": 4.0},
 }
 # Keys the service may use in timings_ms for the model call; the first present wins.
 INFERENCE_KEYS = ("inference", "inference_ms", "model", "predict")
-KNEE_FRACTION = 0.95
 
 
 @dataclass
@@ -50,10 +51,10 @@ class RatioConfig:
     device: str = "cpu"
     precision: str = "fp32"
     channels_last: bool = False
-    batch_size: int = 16
-    max_wait_ms: float = 5.0
-    concurrency: tuple[int, ...] = (1, 4, 16, 32)
-    level_duration_s: float = 3.0
+    batch_size: int = BATCH_SIZE
+    max_wait_ms: float = MAX_WAIT_MS
+    concurrency: tuple[int, ...] = CONCURRENCY
+    level_duration_s: float = LEVEL_DURATION_S
     overhead_requests: int = 50
     model_only_min_time_s: float = 2.0
     p99_bound_ms: float | None = None
@@ -199,10 +200,8 @@ def find_vegeta(client: str = "auto") -> Path | None:
     if client not in ("auto", "vegeta"):
         return None
     try:
-        from ops.load import vegeta_path
-
         return vegeta_path()
-    except Exception:
+    except FileNotFoundError:
         if client == "vegeta":
             raise
         return None
@@ -218,19 +217,26 @@ def sweep(
 ) -> tuple[list[Level], Any]:
     """Closed-loop levels at each concurrency, lowest first; also the responses of the one-client level (vegeta)."""
     vegeta = find_vegeta(cfg.client)
-    target = Target(service.url + "/v1/predict", body, "image/jpeg")
+    call = Call("/v1/predict", "image/jpeg", body)
     levels = []
     lone = None
     for concurrency in cfg.concurrency:
         if vegeta is not None:
             prefix = pinning.client_prefix() if pinning else []
             level, responses = attack(
-                vegeta, target, concurrency, cfg.level_duration_s, folder, prefix, keep_bodies=concurrency == 1
+                vegeta,
+                service.url,
+                call,
+                concurrency,
+                cfg.level_duration_s,
+                folder,
+                prefix,
+                keep_bodies=concurrency == 1,
             )
             if concurrency == 1:
                 lone = responses
         else:
-            level = asyncio.run(_httpx_level_async(target.url, body, concurrency, cfg.level_duration_s))
+            level = asyncio.run(_httpx_level_async(service.url + call.path, body, concurrency, cfg.level_duration_s))
         echo(
             f"  c={concurrency:<4} {level.throughput:9.1f} img/s  p50 {level.p50_ms:8.2f} ms  "
             f"p99 {level.p99_ms:8.2f} ms  ok {level.ok}/{level.requests}"
@@ -365,10 +371,11 @@ def measure(cfg: RatioConfig, folder: Path, echo: Callable[[str], None] = lambda
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m ops.benchratios RESULTS_DIR ...`: the ratio runner for machines without invoke (bench/gpu/run.sh)."""
+    """`python -m ops.perf.ratios RESULTS_DIR ...`: the ratio runner for machines without invoke (bench/gpu/run.sh)."""
     import argparse
 
-    from ops.benchreport import console, load_ratios, print_ratio_table
+    from ops.core import console
+    from ops.perf.report import load_ratios, print_ratio_table
 
     parser = argparse.ArgumentParser(description="Measure serving efficiency, batching gain and overhead.")
     parser.add_argument("results", type=Path, help="Folder for ratios-<model>-<device>.json.")
@@ -389,11 +396,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--batch-size",
         type=int,
-        default=16,
+        default=BATCH_SIZE,
         help="Service MAX_BATCH_SIZE and model-only batch.",
     )
-    parser.add_argument("--concurrency", default="1,4,16,32", help="Closed-loop client levels.")
-    parser.add_argument("--level-duration", type=float, default=3.0, help="Seconds per level.")
+    parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)), help="Closed-loop client levels.")
+    parser.add_argument("--level-duration", type=float, default=LEVEL_DURATION_S, help="Seconds per level.")
     parser.add_argument(
         "--overhead-requests",
         type=int,

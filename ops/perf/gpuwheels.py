@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import sys
-import tomllib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from packaging.markers import Marker
 from packaging.utils import canonicalize_name, parse_wheel_filename
-from rich.console import Console
 
-from ops.core import REPO_ROOT
+from ops import core
+from ops.images.lock import LOCK_PATH, closure, lock_graph, locked_versions, locked_wheel_hashes
 
-LOCK = REPO_ROOT / "uv.lock"
-console = Console()
+# CPython versions the GPU machine may run (binary wheels are fetched for each).
+PYTHON_VERSIONS = ("3.11", "3.12", "3.13")
+# Where `invoke bench.wheels` fills the folder bench/gpu/run.sh --wheels reads.
+DEST = core.REPO_ROOT / "build" / "gpu-wheels"
 
 # What the image service and the benchmark runner import that a torch machine lacks.
 ROOTS = (
@@ -28,7 +29,7 @@ ROOTS = (
     "rich",
     "pytest-timeout",
 )
-# Already on the GPU machine (ENVIRONMENT.md): never shipped, and their dependencies are not followed.
+# Already on the GPU machine (bench/gpu/run.sh lists them): never shipped, and their dependencies not followed.
 PRESENT = (
     "torch",
     "torchvision",
@@ -42,57 +43,17 @@ PRESENT = (
 PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64")
 
 
-def _marker_matches(marker: str | None, python_versions: Sequence[str]) -> bool:
-    if not marker:
-        return True
-    parsed = Marker(marker)
-    environments = [
-        {
-            "python_version": v,
-            "python_full_version": f"{v}.0",
-            "sys_platform": "linux",
-            "platform_system": "Linux",
-            "platform_machine": "x86_64",
-            "implementation_name": "cpython",
-            "platform_python_implementation": "CPython",
-            "os_name": "posix",
-            "extra": "",
-        }
-        for v in python_versions
-    ]
-    return any(parsed.evaluate(env) for env in environments)
-
-
 def pinned_requirements(
-    lock: Path = LOCK,
+    lock: Path = LOCK_PATH,
     roots: Iterable[str] = ROOTS,
     present: Iterable[str] = PRESENT,
-    python_versions: Sequence[str] = ("3.11", "3.12", "3.13"),
+    python_versions: Sequence[str] = PYTHON_VERSIONS,
 ) -> dict[str, str]:
-    """name -> version for the dependency closure of `roots` in uv.lock, minus what the GPU machine has."""
-    packages = {canonicalize_name(p["name"]): p for p in tomllib.loads(lock.read_text())["package"]}
-    stop = {canonicalize_name(n) for n in present}
-    pins: dict[str, str] = {}
-    todo = [canonicalize_name(r) for r in roots]
-    while todo:
-        name = todo.pop()
-        if name in pins or name in stop:
-            continue
-        package = packages[name]
-        pins[name] = package["version"]
-        for dep in package.get("dependencies", []):
-            if _marker_matches(dep.get("marker"), python_versions):
-                todo.append(canonicalize_name(dep["name"]))
-    return dict(sorted(pins.items()))
-
-
-def lock_hashes(lock: Path = LOCK) -> dict[str, str]:
-    """Wheel file name -> sha256 for every wheel uv.lock records."""
-    hashes = {}
-    for package in tomllib.loads(lock.read_text())["package"]:
-        for wheel in package.get("wheels", []):
-            hashes[wheel["url"].rsplit("/", 1)[1]] = wheel["hash"].removeprefix("sha256:")
-    return hashes
+    """name -> version for the dependency closure of `roots` in uv.lock (ops.images.lock, the images' closure),
+    minus what the GPU machine has."""
+    names = closure(roots, lock_graph(lock, python_versions), stop=present)
+    versions = locked_versions(lock)
+    return {name: versions[name] for name in sorted(names)}
 
 
 def requirements_text(pins: dict[str, str]) -> str:
@@ -126,9 +87,9 @@ def download_commands(requirements: Path, dest: Path, python_versions: Sequence[
     return commands
 
 
-def verify(dest: Path, lock: Path = LOCK) -> tuple[list[str], list[str]]:
+def verify(dest: Path, lock: Path = LOCK_PATH) -> tuple[list[str], list[str]]:
     """Check downloaded wheels against uv.lock's hashes; write SHA256SUMS. Returns (verified, not in lock)."""
-    known = lock_hashes(lock)
+    known = locked_wheel_hashes(lock)
     verified, unlocked, sums = [], [], []
     for wheel in sorted(dest.glob("*.whl")):
         digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
@@ -146,3 +107,31 @@ def verify(dest: Path, lock: Path = LOCK) -> tuple[list[str], list[str]]:
 def wheel_projects(dest: Path) -> set[str]:
     """Canonical project names of the wheels in a folder."""
     return {canonicalize_name(parse_wheel_filename(w.name)[0]) for w in dest.glob("*.whl")}
+
+
+def fill(dest: Path = DEST, python_versions: Sequence[str] = PYTHON_VERSIONS, vegeta: bool = True) -> None:
+    """`invoke bench.wheels`: requirements.txt, the wheels (pip download, checked against uv.lock's hashes),
+    SHA256SUMS and, with `vegeta`, bin/vegeta. Under a dry run the downloads are only shown."""
+    pins = pinned_requirements()
+    requirements = dest / "requirements.txt"
+    if not core.is_dry():
+        dest.mkdir(parents=True, exist_ok=True)
+        requirements.write_text(requirements_text(pins))
+    for argv in download_commands(requirements, dest, python_versions):
+        core.run(argv, capture=False, echo=True)
+    if core.is_dry():
+        return
+    if vegeta:
+        from ops.perf.load import vegeta_path
+
+        (dest / "bin").mkdir(exist_ok=True)
+        shutil.copy2(vegeta_path(), dest / "bin" / "vegeta")
+    verified, unlocked = verify(dest)
+    missing = set(pins) - wheel_projects(dest)
+    if missing:
+        raise core.OpsError(f"no wheel downloaded for: {', '.join(sorted(missing))}")
+    core.console.print(
+        f"{len(pins)} packages, {len(verified) + len(unlocked)} wheels -> {dest} "
+        f"({len(verified)} match uv.lock hashes; {len(unlocked)} other-CPython builds of locked versions: "
+        f"{', '.join(unlocked) or '-'}; all in SHA256SUMS)"
+    )
