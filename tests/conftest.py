@@ -9,10 +9,8 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
-import torch
 from hypothesis import HealthCheck, settings
 
-from ops.models import build_all
 from testkit import REPO, Origin, Server, run_server
 
 # The CI machines are small and busy: no per-example deadlines, and no health check on generation speed.
@@ -21,17 +19,23 @@ settings.load_profile("ci")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items:
+        return  # torch is imported only where a test needs it: the manifest and ops tests never load it
+    import torch
+
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs an NVIDIA GPU with CUDA; torch.cuda.is_available() is False here")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+    for item in gpu_items:
+        item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
 def bundles() -> dict[str, Path]:
     """The demo bundles, built (or reused) in models/ exactly as `invoke models.build` does."""
+    from ops.models import build_all  # torch: imported by the tests that use bundles, not by every test
+
     return build_all(REPO / "models")
 
 
