@@ -76,7 +76,9 @@ def docker_build(
     labels: dict[str, str] | None = None,
 ) -> float:
     """Legacy-builder `docker build` (context: the repo root, whitelisted by .dockerignore); returns seconds."""
-    cmd = ["nice", "-n", "19", "docker", "build", "--network", "host", "-f", str(dockerfile.relative_to(context))]
+    # --force-rm: a failed step's container goes too (it would pin a ~6 GB intermediate image).
+    cmd = ["nice", "-n", "19", "docker", "build", "--force-rm", "--network", "host"]
+    cmd += ["-f", str(dockerfile.relative_to(context))]
     if no_cache:
         cmd.append("--no-cache")
     for tag in tags:

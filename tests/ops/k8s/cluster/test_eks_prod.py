@@ -16,7 +16,7 @@ import yaml
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
-from ops.k8s import deploy, render
+from ops.k8s import deploy, policies, render
 from ops.k8s.nodegroups import load_nodegroups
 from ops.k8s.sim import SimCluster, node_manifest, wait_until
 
@@ -169,6 +169,26 @@ def test_prod_deploy_rolls_out_every_workload(prod: ProdDeploy) -> None:
         assert ready == desired, rows[name]
         assert int(desired) > 0, rows[name]
     assert rows[f"Deployment/{GPU_SERVICE}"][1] == NAMESPACE
+
+
+def test_the_cluster_holds_exactly_what_validate_checked(prod: ProdDeploy, sim: SimCluster) -> None:
+    """On the real apiserver: the YAML `invoke manifests.validate` checked, diffed server-side against what
+    `invoke deploy` left in the cluster, as the deploy's own field manager, shows no change at all."""
+    report = policies.validate_overlay(deploy.OVERLAYS["prod"])
+    assert report.ok, report
+    kubectl = deploy.Kubectl(sim.context, sim.kubeconfig)
+    diff = kubectl.run(
+        "diff",
+        "--server-side",
+        f"--field-manager={deploy.FIELD_MANAGER}",
+        "--force-conflicts",
+        "-f",
+        "-",
+        input_text=yaml.safe_dump_all(report.objects),
+        ok_codes=(0, 1),
+    )
+    assert diff.returncode == 0, diff.stdout[-4000:]
+    assert diff.stdout == ""
 
 
 # --- placement ---------------------------------------------------------------------------------------
