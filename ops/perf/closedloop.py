@@ -6,6 +6,7 @@ import base64
 import json
 import statistics
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,14 @@ class Responses:
             if key is not None:
                 values.append(float(timings[key]))
         return statistics.median(values) if values else None
+
+
+def admission_for(concurrency: Sequence[int]) -> dict[str, str]:
+    """The service's admission settings for a closed-loop run up to max(concurrency) clients: every client's request
+    admitted (twice the clients in flight, a queue four times as deep), so the levels measure serving, not the
+    production admission limit (64 in flight), which would answer the clients beyond it with fast 503s."""
+    clients = max(concurrency)
+    return {"MAX_INFLIGHT": str(max(64, 2 * clients)), "QUEUE_CAPACITY": str(max(256, 4 * clients))}
 
 
 def attack(

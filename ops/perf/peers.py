@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ops.perf.bench import BATCH_SIZE, LEVEL_DURATION_S, MAX_WAIT_MS, PEER_P99_BOUND_MS
-from ops.perf.closedloop import Call, Level, attack, throughput_within
+from ops.perf.closedloop import Call, Level, admission_for, attack, throughput_within
 from ops.perf.localservice import LocalService, free_port
 from ops.perf.pinning import Pinning, pinning_from
 
@@ -71,7 +71,7 @@ def server_process(server: str, cfg: PeerConfig, pinning: Pinning, log_path: Pat
                 "DEVICE": "cpu",
                 "MAX_BATCH_SIZE": str(cfg.max_batch_size),
                 "MAX_WAIT_MS": str(cfg.max_wait_ms),
-                "QUEUE_CAPACITY": str(max(256, 4 * max(cfg.concurrency))),
+                **admission_for(cfg.concurrency),
                 "LOG_LEVEL": "warning",
                 "REQUEST_TIMEOUT_S": "30",
             },

@@ -26,7 +26,7 @@ import torch
 
 from ops.perf.bench import BATCH_SIZE, CONCURRENCY, LEVEL_DURATION_S, MAX_WAIT_MS
 from ops.perf.benchmodels import bundle_for, load_classifier, machine_info, timed_batch
-from ops.perf.closedloop import Call, Level, attack, knee, throughput_within
+from ops.perf.closedloop import Call, Level, admission_for, attack, knee, throughput_within
 from ops.perf.load import vegeta_path
 from ops.perf.localservice import LocalService
 from ops.perf.pinning import Pinning, pinning_from
@@ -297,7 +297,7 @@ def measure(cfg: RatioConfig, folder: Path, echo: Callable[[str], None] = lambda
         "PRECISION": cfg.precision,
         "CHANNELS_LAST": str(cfg.channels_last).lower(),
         "MAX_WAIT_MS": str(cfg.max_wait_ms),
-        "QUEUE_CAPACITY": str(max(256, 4 * max(cfg.concurrency))),
+        **admission_for(cfg.concurrency),
         "LOG_LEVEL": "warning",
         "REQUEST_TIMEOUT_S": "30",
     }

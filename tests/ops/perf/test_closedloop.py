@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import json
 
-from ops.perf.closedloop import Call, Level, knee, throughput_within
+import pytest
+
+from ops.perf.closedloop import Call, Level, admission_for, knee, throughput_within
 
 
 def _level(concurrency: int, throughput: float, p99: float, ok: int = 10) -> Level:
@@ -33,3 +35,17 @@ def test_a_call_is_one_vegeta_target_line() -> None:
     assert target["header"] == {"Content-Type": ["image/jpeg"]}
     assert base64.b64decode(target["body"]) == b"\xff\xd8"
     assert Call.json("/v1/predict", {"text": "hi"}).body == b'{"text": "hi"}'
+
+
+@pytest.mark.parametrize("clients", [1, 32, 64, 128, 256])
+def test_a_closed_loop_service_admits_every_client(clients: int) -> None:
+    """The levels measure serving: no client is refused by the production admission limit (64 in flight)."""
+    from image_classifier.settings import Settings
+
+    env = admission_for([1, clients])
+    settings = Settings(
+        model_uri="unused", max_inflight=int(env["MAX_INFLIGHT"]), queue_capacity=int(env["QUEUE_CAPACITY"])
+    )
+    assert settings.max_inflight >= clients
+    assert settings.queue_capacity >= clients
+    assert settings.max_inflight >= Settings(model_uri="unused").max_inflight  # never below the production default
