@@ -168,7 +168,15 @@ class ImageClassifier(Model[bytes, torch.Tensor, list[dict[str, Any]]]):
         ]
 
     def warmup_item(self) -> torch.Tensor:
-        return torch.zeros(3, self.spec.input_size, self.spec.input_size, dtype=torch.uint8)
+        """An item made the way a request's is, from encoded bytes of every allowed format: the first request would
+        otherwise pay for Pillow's plugins and the resize path (40 ms against 0.9 ms for a small JPEG here)."""
+        item = torch.zeros(3, self.spec.input_size, self.spec.input_size, dtype=torch.uint8)
+        side = max(self.spec.resize_size, self.settings.min_image_side) + 16
+        for fmt in sorted(self.settings.allowed_formats):
+            encoded = io.BytesIO()
+            Image.new("RGB", (side, side), (127, 127, 127)).save(encoded, fmt)
+            item = self.preprocess(encoded.getvalue())
+        return item
 
     def describe(self) -> dict[str, Any]:
         return {
