@@ -73,9 +73,15 @@ class Responses:
 def admission_for(concurrency: Sequence[int]) -> dict[str, str]:
     """The service's admission settings for a closed-loop run up to max(concurrency) clients: every client's request
     admitted (twice the clients in flight, a queue four times as deep), so the levels measure serving, not the
-    production admission limit (64 in flight), which would answer the clients beyond it with fast 503s."""
-    clients = max(concurrency)
-    return {"MAX_INFLIGHT": str(max(64, 2 * clients)), "QUEUE_CAPACITY": str(max(256, 4 * clients))}
+    production admission limit (64 in flight), which would answer the clients beyond it with fast 503s. Never below
+    the service's own defaults."""
+    from serving.settings import ServingSettings  # type: ignore[import-untyped, unused-ignore]
+
+    defaults, clients = ServingSettings.model_fields, max(concurrency)
+    return {
+        "MAX_INFLIGHT": str(max(defaults["max_inflight"].default, 2 * clients)),
+        "QUEUE_CAPACITY": str(max(defaults["queue_capacity"].default, 4 * clients)),
+    }
 
 
 def attack(
