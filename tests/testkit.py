@@ -65,6 +65,51 @@ def run_server(module: str, env: dict[str, str], tmp: Path) -> Iterator[Server]:
         raise
 
 
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(url: str) -> Samples:
+    """Every sample a service's /metrics exports, by (name, sorted labels); counters keep their `_total` name."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+@dataclass(frozen=True)
+class WorkCounts:
+    """What a service counted between two scrapes: answers by status, refusals by reason, work begun by stage."""
+
+    answers: dict[str, float]
+    refused: dict[str, float]
+    started: dict[str, float]
+
+    @classmethod
+    def between(cls, service: str, before: Samples, after: Samples) -> WorkCounts:
+        def delta(name: str, label: str, **match: str) -> dict[str, float]:
+            out: dict[str, float] = {}
+            for (sample, labels), value in after.items():
+                named = dict(labels)
+                if sample == f"{service}_{name}" and all(named.get(k) == v for k, v in match.items()):
+                    gained = value - before.get((sample, labels), 0.0)
+                    if gained:
+                        out[named[label]] = gained
+            return out
+
+        return cls(
+            answers=delta("requests_total", "status", endpoint="/v1/predict"),
+            refused=delta("rejected_total", "reason"),
+            started=delta("stage_started_total", "stage"),
+        )
+
+    def stage(self, name: str) -> float:
+        return self.started.get(name, 0.0)
+
+
 # -- a loopback HTTP server for image URLs ------------------------------------------------------------------------
 @dataclass
 class Origin:

@@ -1,8 +1,9 @@
 """The chaos run: the long versions of the hostile-input and overload tests, and one report of what they measured.
 
-The tests themselves (test_fuzz_services.py, test_reliability.py and test_schemathesis.py in tests/services/) are the
-only code that attacks the services; CI runs them short. `CHAOS_SCALE` lengthens them and `CHAOS_REPORT_DIR` makes
-each write its figures as JSON, which `write_report` turns into report.md.
+The tests themselves (tests/services/) are the only code that attacks the services; CI runs them short and asserts
+only behaviour. `CHAOS_SCALE` lengthens them and `CHAOS_REPORT_DIR` makes each write its figures as JSON, which
+`write_report` turns into report.md: the timings CI does not assert (a slower machine would miss any latency bound
+that holds on this one) are stated here against their targets, as met or missed.
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ from typing import Any
 from ops import core
 from ops.core import REPO_ROOT
 
-TESTS = tuple(f"tests/services/test_{name}.py" for name in ("fuzz_services", "reliability", "schemathesis"))
+_SUITES = ("fuzz_services", "reliability", "schemathesis", "overload_and_shutdown", "batcher", "fetch_liveness")
+TESTS = (
+    *(f"tests/services/test_{name}.py" for name in _SUITES),
+    "tests/services/test_readiness.py::test_sigterm_while_loading_exits_at_once_and_cleanly",
+)
 RESULTS_ROOT = REPO_ROOT / "bench" / "results"
 
 
@@ -109,6 +114,16 @@ def _generator_lag(attempt: dict[str, Any]) -> str:
     return "" if lag is None else f"; the load generator's own worst lateness {lag * 1000:.1f} ms"
 
 
+def _met(seconds: float | None, target_s: float | None) -> str:
+    if seconds is None or target_s is None:
+        return ""
+    return f" (target {target_s * 1000:g} ms: {'met' if seconds <= target_s else '**missed**'})"
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
+
+
 def _overload(figures: dict[str, Any]) -> list[str]:
     lines = ["## Overload at twice the measured saturation", ""]
     for path in ("raw", "image_url"):
@@ -117,11 +132,15 @@ def _overload(figures: dict[str, Any]) -> list[str]:
             lines.append(f"- {path}: no figures")
             continue
         for number, attempt in enumerate(run["attempts"], 1):
+            p99 = attempt["refusal_p99_s"]
+            work = attempt.get("work_started")
             lines.append(
                 f"- **{path}** attempt {number}: saturation {attempt['saturation_per_s']}/s; at 2x "
-                f"{_counts(attempt['statuses_at_2x'])}; 503 p50 {attempt['refusal_p50_s'] * 1000:.1f} ms, "
-                f"**p99 {attempt['refusal_p99_s'] * 1000:.1f} ms**; slowest answer {attempt['slowest_s']} s"
+                f"{_counts(attempt['statuses_at_2x'])}; 503 p50 {_ms(attempt['refusal_p50_s'])}, "
+                f"**p99 {_ms(p99)}**{_met(p99, attempt.get('refusal_target_p99_s'))}; slowest answer "
+                f"{attempt['slowest_s']} s"
                 + _generator_lag(attempt)
+                + ("" if work is None else f"; work begun by stage (the service's counters): {_counts(work)}")
             )
     recovery = figures.get("url_recovery")
     if recovery is not None:
@@ -149,6 +168,22 @@ def _shutdown(figures: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _timings(figures: dict[str, Any]) -> list[str]:
+    timings = {name.removeprefix("timing_"): t for name, t in figures.items() if name.startswith("timing_")}
+    if not timings:
+        return []
+    lines = [
+        "## Timings the tests measure and CI does not assert",
+        "",
+        "| what | measured | target | |",
+        "|---|---|---|---|",
+    ]
+    for name, t in sorted(timings.items()):
+        verdict = "met" if t["seconds"] <= t["target_s"] else "**missed**"
+        lines.append(f"| {t['what']} (`{name}`) | {_ms(t['seconds'])} | {_ms(t['target_s'])} | {verdict} |")
+    return [*lines, ""]
+
+
 def render_report(figures: dict[str, Any], run: ChaosRun, outcome: str, started: datetime) -> str:
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     head = [
@@ -160,7 +195,7 @@ def render_report(figures: dict[str, Any], run: ChaosRun, outcome: str, started:
         f"- pinning: {run.pinning()}",
         "",
     ]
-    return "\n".join(head + _fuzz(figures) + _overload(figures) + _shutdown(figures))
+    return "\n".join(head + _fuzz(figures) + _overload(figures) + _shutdown(figures) + _timings(figures))
 
 
 def run_chaos(run: ChaosRun) -> tuple[bool, Path | None]:

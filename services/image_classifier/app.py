@@ -24,10 +24,9 @@ from serving.app import (
     get_runtime,
     json_request_body,
     parse_json_body,
-    read_body_capped,
     require_exactly_one,
 )
-from serving.errors import InvalidRequest, UnsupportedMediaType
+from serving.errors import InvalidRequest, Overloaded, UnsupportedMediaType
 from serving.fetch import SafeFetcher
 
 SERVICE = "image_classifier"
@@ -82,8 +81,7 @@ ImageRuntimeDep = Annotated[ImageRuntime, Depends(get_runtime)]
 
 async def image_bytes(request: Request, runtime: ImageRuntime, deadline: float) -> bytes:
     """The image the client means, from whichever of the three request forms it used."""
-    settings = runtime.settings
-    body = await read_body_capped(request, settings.max_body_bytes, deadline)
+    body = await runtime.read_body(request, deadline)
     if content_type(request) in RAW_IMAGE_TYPES:
         return body
     if content_type(request) != "application/json":
@@ -96,7 +94,12 @@ async def image_bytes(request: Request, runtime: ImageRuntime, deadline: float) 
         return decode_b64(parsed.image_b64)
     assert parsed.image_url is not None
     await ensure_client_waits(request)
-    return await runtime.resources.fetch(parsed.image_url, deadline)
+    runtime.metrics.stages.labels("fetch").inc()
+    try:
+        return await runtime.resources.fetch(parsed.image_url, deadline)
+    except Overloaded:
+        runtime.metrics.rejected.labels("fetch_overloaded").inc()  # the fetch bound, after the body was read
+        raise
 
 
 def register_routes(app: FastAPI) -> None:

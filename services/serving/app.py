@@ -7,6 +7,7 @@ import contextlib
 import gc
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -106,6 +107,7 @@ class Runtime(Generic[SettingsT, ResourcesT]):
         """The model's preprocessing within the deadline, timed: in a worker thread (at most `preprocess_threads` at
         once), or on the event loop for a model whose preprocessing costs less than a thread hop (`inline`)."""
         start = time.perf_counter()
+        self.metrics.stages.labels("preprocess").inc()
         try:
             with anyio.fail_after(remaining(deadline, "before preprocessing")):
                 if self.model.preprocess_inline:
@@ -123,7 +125,14 @@ class Runtime(Generic[SettingsT, ResourcesT]):
         """A batch queue slot for one item, taken before any work (QueueFull, 503, at once when there is none)."""
         if self.batcher is None or not self.ready:
             raise NotReady("the model is not loaded yet")
-        return self.batcher.reserve()
+        reservation = self.batcher.reserve()
+        self.metrics.stages.labels("admitted").inc()
+        return reservation
+
+    async def read_body(self, request: Request, deadline: float) -> bytes:
+        """The request's body, capped at `max_body_bytes` (see read_body_capped), counted as work begun."""
+        self.metrics.stages.labels("body").inc()
+        return await read_body_capped(request, self.settings.max_body_bytes, deadline)
 
     async def infer(
         self, item: Any, deadline: float, reservation: Reservation | None = None
@@ -536,6 +545,8 @@ def create_service_app(
             "request_timeout_s": s.request_timeout_s,
             "max_inflight": s.max_inflight,
             "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "openmp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             **model.describe(),
         }
 

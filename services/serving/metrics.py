@@ -44,6 +44,13 @@ class ServiceMetrics:
             registry=r,
         )
         self.queue_depth = Gauge(f"{p}_queue_depth", "Items waiting in the batch queue.", registry=r)
+        self.stages = Counter(
+            f"{p}_stage_started",
+            "Prediction work begun, by stage (admitted: a queue slot reserved; body, fetch, preprocess): a request "
+            "refused at admission begins none of them.",
+            ["stage"],
+            registry=r,
+        )
         self.rejected = Counter(f"{p}_rejected", "Items refused or dropped, by reason.", ["reason"], registry=r)
         self.ready = Gauge(
             f"{p}_ready", "1 when the model is loaded and warm and the server is not draining.", registry=r

@@ -72,6 +72,12 @@ class ServingSettings(BaseSettings):
     )
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     torch_threads: int = Field(default=0, ge=0, description="0 = the container's CPU limit, read from cgroups.")
+    openmp_wait_policy: Literal["passive", "active"] = Field(
+        default="passive",
+        description="OMP_WAIT_POLICY for torch's CPU thread pool, set before torch loads (an OMP_WAIT_POLICY "
+        "already in the environment wins). passive: idle pool threads sleep; active: they spin, taking CPU from the "
+        "event loop, so refusals and every other answer wait behind them on a busy node.",
+    )
 
     host: str = "0.0.0.0"  # noqa: S104 - a server in a pod listens on all interfaces
     port: int = 8080
@@ -82,3 +88,11 @@ class ServingSettings(BaseSettings):
 
     def resolved_torch_threads(self) -> int:
         return self.torch_threads or default_torch_threads()
+
+    def prepare_native_runtime(self) -> None:
+        """What must happen before torch is imported: libgomp reads OMP_WAIT_POLICY once, when torch loads it.
+
+        Measured on 2 cores with the load generator beside the service (the CI layout), at twice the image_url
+        path's saturation: spinning pool threads took 0.7 of a core, CPU per answered request fell from 9.4-11.5 ms
+        to 6.1-6.8 ms with `passive`, and the 503s' p99 from 9-37 ms to 2-7 ms, at the same throughput."""
+        os.environ.setdefault("OMP_WAIT_POLICY", self.openmp_wait_policy.upper())

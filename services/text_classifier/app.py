@@ -19,7 +19,6 @@ from serving.app import (
     get_runtime,
     json_request_body,
     parse_json_body,
-    read_body_capped,
     require_exactly_one,
 )
 from serving.errors import InvalidRequest
@@ -97,7 +96,7 @@ def register_routes(app: FastAPI) -> None:
         start = time.perf_counter()
         deadline = runtime.deadline_of(request)
         settings = runtime.settings
-        body = await read_body_capped(request, settings.max_body_bytes, deadline)
+        body = await runtime.read_body(request, deadline)
         texts = parse_json_body(request, body, PredictRequest).items()
         check_texts(texts, settings)
         await ensure_client_waits(request)

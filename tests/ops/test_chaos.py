@@ -41,8 +41,8 @@ def test_the_report_counts_5xx_and_states_every_overload_attempt(tmp_path: Path)
         json.dumps(
             {
                 "attempts": [
-                    {**attempt, "refusal_p50_s": 0.2, "refusal_p99_s": 0.9},
-                    {**attempt, "refusal_p50_s": 0.002, "refusal_p99_s": 0.0125},
+                    {**attempt, "refusal_p50_s": 0.2, "refusal_p99_s": 0.9, "refusal_target_p99_s": 0.05},
+                    {**attempt, "refusal_p50_s": 0.002, "refusal_p99_s": 0.0125, "refusal_target_p99_s": 0.05},
                 ]
             }
         )
@@ -52,10 +52,23 @@ def test_the_report_counts_5xx_and_states_every_overload_attempt(tmp_path: Path)
     assert "**5xx: 10**" in report  # 503 and 500 from the fuzz are both server errors
     assert "RSS 800 MiB after warm-up, 810 MiB after (growth 10 MiB)" in report
     assert "attempt 1" in report
-    assert "**p99 900.0 ms**" in report
-    assert "**p99 12.5 ms**" in report
+    assert "**p99 900.0 ms** (target 50 ms: **missed**)" in report
+    assert "**p99 12.5 ms** (target 50 ms: met)" in report
     assert "text: no figures" in report
     assert "pinning: none" in report
+
+
+def test_timings_ci_does_not_assert_are_stated_against_their_targets(tmp_path: Path) -> None:
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    for name, seconds in (("fast_thing", 0.004), ("slow_thing", 3.2)):
+        what = name.replace("_", " ")
+        (figures / f"timing_{name}.json").write_text(json.dumps({"seconds": seconds, "target_s": 1.0, "what": what}))
+    report = chaos.render_report(
+        chaos.read_figures(figures), chaos.ChaosRun(scale=1, out=tmp_path, pin=False), "passed", datetime.now(UTC)
+    )
+    assert "| fast thing (`fast_thing`) | 4.0 ms | 1000.0 ms | met |" in report
+    assert "| slow thing (`slow_thing`) | 3200.0 ms | 1000.0 ms | **missed** |" in report
 
 
 def test_a_dry_chaos_run_starts_nothing_and_writes_nothing(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from loadkit import report_timing
 from serving.errors import DeadlineExceeded, Overloaded
 from serving.fetch import SafeFetcher
 
@@ -93,8 +94,8 @@ async def test_cancelled_callers_never_wedge_the_fetcher(slow_origin: str) -> No
             await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.sleep(0.5)  # let abandoned fetches finish (they hold their slots until they do)
         start = time.monotonic()
-        assert await f.fetch(f"{slow_origin}/fast", time.monotonic() + 5) == BODY
-        assert time.monotonic() - start < 1.0
+        assert await f.fetch(f"{slow_origin}/fast", time.monotonic() + 5) == BODY  # a wedged pool fails this
+        report_timing("fetch_after_cancellations", time.monotonic() - start, 1.0, "a fetch after 30 cancelled rounds")
         assert f.inflight == 0
 
 
@@ -113,7 +114,7 @@ async def test_a_lost_pool_slot_is_healed_by_replacing_the_client(slow_origin: s
         await asyncio.gather(*queued, return_exceptions=True)
         start = time.monotonic()
         assert await f.fetch(f"{slow_origin}/fast", time.monotonic() + 5) == BODY
-        assert time.monotonic() - start < 2.5
+        report_timing("fetch_pool_healed", time.monotonic() - start, 2.5, "a fetch through a wedged pool, healed")
         assert f.client_resets == 1
         assert await f.fetch(f"{slow_origin}/fast", time.monotonic() + 5) == BODY  # and the new client is healthy
         assert f.client_resets == 1
@@ -123,10 +124,9 @@ async def test_fetch_concurrency_is_bounded_with_a_fast_503(slow_origin: str) ->
     async with fetcher(max_concurrency=2, retry_after_s=3) as f:
         busy = [asyncio.ensure_future(f.fetch(f"{slow_origin}/slow", time.monotonic() + 5)) for _ in range(2)]
         await asyncio.sleep(0.05)
-        start = time.monotonic()
         with pytest.raises(Overloaded) as refused:
             await f.fetch(f"{slow_origin}/fast", time.monotonic() + 5)
-        assert time.monotonic() - start < 0.05
+        assert not any(task.done() for task in busy), "the refusal waited for a slot"
         assert refused.value.status_code == 503
         assert refused.value.headers == {"Retry-After": "3"}
         assert await asyncio.gather(*busy) == [BODY, BODY]
@@ -138,6 +138,7 @@ async def test_a_trickling_upstream_is_cut_at_the_deadline(slow_origin: str) -> 
         with pytest.raises(DeadlineExceeded):
             await f.fetch(f"{slow_origin}/trickle", time.monotonic() + 1.0)
         elapsed = time.monotonic() - start
-        assert 0.9 < elapsed < 1.3, elapsed
+        report_timing("fetch_trickle_cut", elapsed, 1.3, "a trickling upstream cut at a 1 s deadline")
+        assert 0.9 < elapsed < 30, elapsed  # the deadline ended it; uncut, the trickle lasts 100 s
         await asyncio.sleep(0.3)  # the abandoned fetch ends itself (the deadline is checked between reads)
         assert f.inflight == 0

@@ -11,7 +11,8 @@ from contextlib import AbstractContextManager
 import httpx
 
 from image_classifier.demo import render_sample
-from testkit import Server, encode
+from loadkit import report_timing
+from testkit import Server, WorkCounts, encode, scrape
 
 JPEG = {"content-type": "image/jpeg"}
 
@@ -19,26 +20,31 @@ JPEG = {"content-type": "image/jpeg"}
 async def test_full_queue_rejects_fast_with_retry_after(
     image_server_factory: Callable[..., AbstractContextManager[Server]],
 ) -> None:
-    # One slow batch at a time (big batches that wait long to fill) and a queue of 4: most of 40 requests must bounce.
-    with image_server_factory(MAX_BATCH_SIZE="4", MAX_WAIT_MS="1500", QUEUE_CAPACITY="4") as server:
+    # A queue of 4 and batches of up to 8 that wait 1.5 s to fill: at most 4 of 40 requests are admitted, and their
+    # batch cannot fill, so it is served no sooner than 1.5 s after it began; the other 36 must bounce before that.
+    with image_server_factory(MAX_BATCH_SIZE="8", MAX_WAIT_MS="1500", QUEUE_CAPACITY="4") as server:
         image = encode(render_sample("circle", 1))
+        before = await asyncio.to_thread(scrape, server.url)
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
 
             async def one() -> tuple[int, float, str | None]:
-                start = time.monotonic()
                 response = await client.post("/v1/predict", content=image, headers=JPEG)
-                return response.status_code, time.monotonic() - start, response.headers.get("retry-after")
+                return response.status_code, time.monotonic(), response.headers.get("retry-after")
 
+            started = time.monotonic()
             results = await asyncio.gather(*(one() for _ in range(40)))
-            metrics = (await client.get("/metrics")).text
+        work = WorkCounts.between("image_classifier", before, await asyncio.to_thread(scrape, server.url))
     rejected = [r for r in results if r[0] == 503]
     served = [r for r in results if r[0] == 200]
     assert rejected, "expected some requests to be refused"
     assert served, "the queued requests must still be served"
     assert len(rejected) + len(served) == 40
     assert all(retry == "1" for _, _, retry in rejected)
-    assert max(elapsed for _, elapsed, _ in rejected) < 1.0, "a refusal must not wait for the queue"
-    assert 'image_classifier_rejected_total{reason="queue_full"}' in metrics
+    report_timing("queue_full_refusal", max(at for _, at, _ in rejected) - started, 1.0, "the last of 40 refusals")
+    # Refused at once: every refusal was answered before the first batch (which waits up to 1.5 s to fill) was served.
+    assert max(at for _, at, _ in rejected) < min(at for _, at, _ in served), "a refusal waited for the queue"
+    assert work.refused == {"queue_full": len(rejected)}, work
+    assert work.stage("admitted") == work.stage("body") == work.stage("preprocess") == len(served), work
 
 
 async def test_request_past_its_deadline_gets_504(

