@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -69,6 +70,28 @@ SYSTEM_PRIORITY_FLOOR = 1_000_000_000
 # GPU node agents run on every GPU node whatever else wants the room.
 NODE_AGENT_PRIORITY_CLASS = "system-node-critical"
 DNS_PORT = 53
+# Services whose API fetches caller-given URLs (`image_url`), from the service registry: they need internet
+# egress, and only they may have it.
+FETCHING_SERVICES = tuple(s.name for s in core.SERVICES.values() if s.fetches_urls)
+# Where URL fetching connects (http and https default ports; other ports need FETCH_ALLOWED_HOSTS).
+FETCH_PORTS = (80, 443)
+IPv4Net = ipaddress.IPv4Network
+INTERNET_V4 = ipaddress.IPv4Network("0.0.0.0/0")
+# What a NetworkPolicy must never open to a service's egress on any port: the NetworkPolicy half of the SSRF
+# defence (the fetcher's own guard, serving.fetch.is_forbidden_address, refuses these and more).
+NON_PUBLIC_V4: tuple[IPv4Net, ...] = tuple(
+    ipaddress.IPv4Network(n)
+    for n in (
+        "10.0.0.0/8",  # RFC 1918
+        "172.16.0.0/12",  # RFC 1918
+        "192.168.0.0/16",  # RFC 1918
+        "100.64.0.0/10",  # CGNAT, RFC 6598
+        "169.254.0.0/16",  # link-local: instance metadata, the Pod Identity agent
+        "127.0.0.0/8",  # loopback
+    )
+)
+# The VPC CNI bug an ipBlock `except` triggers next to a ports-only rule or a second block of the same CIDR.
+VPC_CNI_EXCEPT_BUG = "aws/aws-network-policy-agent#326"
 
 # What an overlay declares about the platform it runs on: annotations on its Namespace. The platform
 # (not this repository) installs the metrics adapters, so the overlay says which ones it has.
@@ -583,9 +606,119 @@ def dns_egress_allowed(objects: list[Obj], namespace: str, labels: Mapping[str, 
     return True
 
 
+def _egress_rules(objects: list[Obj], namespace: str, labels: Mapping[str, str]) -> list[Obj]:
+    return [
+        rule
+        for np_ in _policies_selecting(objects, namespace, labels, "Egress")
+        for rule in np_["spec"].get("egress") or []
+    ]
+
+
+def _minus(nets: Iterable[IPv4Net], holes: Iterable[IPv4Net]) -> list[IPv4Net]:
+    """The addresses of `nets` outside every one of `holes`, as networks."""
+    out = list(nets)
+    for hole in holes:
+        next_out: list[IPv4Net] = []
+        for net in out:
+            if net.subnet_of(hole):
+                continue
+            if hole.subnet_of(net):
+                next_out.extend(net.address_exclude(hole))
+            else:
+                next_out.append(net)
+        out = next_out
+    return out
+
+
+def _rule_v4_networks(rule: Obj) -> list[IPv4Net]:
+    """IPv4 networks one egress rule reaches by address, on whatever ports it names.
+
+    A rule with no `to` reaches every address; ipBlocks count with their `except`s taken out. Pod and
+    namespace selectors reach pods, not addresses outside the cluster, so they add nothing here.
+    """
+    if not rule.get("to"):
+        return [INTERNET_V4]
+    out: list[IPv4Net] = []
+    for peer in rule["to"]:
+        block = peer.get("ipBlock")
+        if not block:
+            continue
+        cidr = ipaddress.ip_network(block["cidr"], strict=False)
+        if isinstance(cidr, IPv4Net):
+            holes = [ipaddress.IPv4Network(e, strict=False) for e in block.get("except") or [] if ":" not in e]
+            out.extend(_minus([cidr], holes))
+    return out
+
+
+def egress_v4_networks(
+    objects: list[Obj], namespace: str, labels: Mapping[str, str], port: int | None = None
+) -> list[IPv4Net]:
+    """IPv4 networks the NetworkPolicies let pods with `labels` reach by address on TCP `port` (None: any port)."""
+    return [
+        net
+        for rule in _egress_rules(objects, namespace, labels)
+        if port is None or not rule.get("ports") or any(_port_matches(p, port, {}) for p in rule["ports"])
+        for net in _rule_v4_networks(rule)
+    ]
+
+
+def _vpc_cni_except_bugs(objects: list[Obj], namespace: str, labels: Mapping[str, str]) -> list[str]:
+    """Shapes the VPC CNI mis-enforces once an egress ipBlock has an `except` (aws/aws-network-policy-agent#326:
+    a ports-only rule gets the `except` applied too, so DNS to a private ClusterIP drops; #180 and
+    amazon-network-policy-controller-k8s#121: another rule on the same CIDR merges with it)."""
+    rules = _egress_rules(objects, namespace, labels)
+    excepting = [p["ipBlock"] for r in rules for p in r.get("to") or [] if p.get("ipBlock", {}).get("except")]
+    if not excepting:
+        return []
+    out = []
+    if any(rule.get("ports") and not rule.get("to") for rule in rules):
+        out.append(
+            f"an egress ipBlock with `except` next to a ports-only egress rule (no `to`): the VPC CNI applies the "
+            f"`except` to that rule too ({VPC_CNI_EXCEPT_BUG}); name the rule's peers"
+        )
+    cidrs = [p["ipBlock"]["cidr"] for r in rules for p in r.get("to") or [] if p.get("ipBlock")]
+    for block in excepting:
+        if cidrs.count(block["cidr"]) > 1:
+            out.append(
+                f"ipBlock {block['cidr']} with `except` appears in more than one egress rule: the VPC CNI merges "
+                f"them and mis-applies the `except` ({VPC_CNI_EXCEPT_BUG}, aws/aws-network-policy-agent#180)"
+            )
+    return out
+
+
+def _egress_matches_contract(objects: list[Obj], dep: Obj, labels: Mapping[str, str]) -> list[str]:
+    """Fetching services reach the public internet on the fetch ports and never a non-public range; others reach
+    no address at all (DNS goes to CoreDNS pods by selector)."""
+    name = dep["metadata"]["name"]
+    out = []
+    for port in FETCH_PORTS:
+        reachable = egress_v4_networks(objects, SERVICE_NAMESPACE, labels, port)
+        if name in FETCHING_SERVICES:
+            missing = _minus(_minus([INTERNET_V4], NON_PUBLIC_V4), reachable)
+            if missing:
+                out.append(
+                    f"{ref(dep)}: fetches caller-given URLs (image_url; fetches_urls in ops/core.py) but no "
+                    f"NetworkPolicy lets it reach all public IPv4 addresses on TCP {port}; image_url requests "
+                    "would fail (403 url_forbidden after the connect timeout)"
+                )
+        elif reachable:
+            out.append(
+                f"{ref(dep)}: fetches no URLs (ops/core.py) but a NetworkPolicy lets it reach addresses outside "
+                f"the cluster on TCP {port}; it needs DNS egress only"
+            )
+    # Any port: a rule for some other port must not open these ranges either.
+    reachable = egress_v4_networks(objects, SERVICE_NAMESPACE, labels)
+    leaks = [str(n) for n in NON_PUBLIC_V4 if any(r.overlaps(n) for r in reachable)]
+    if leaks:
+        out.append(f"{ref(dep)}: its egress reaches non-public ranges {leaks} (VPC, metadata, loopback)")
+    out.extend(f"{ref(dep)}: {v}" for v in _vpc_cni_except_bugs(objects, SERVICE_NAMESPACE, labels))
+    return out
+
+
 @policy("network-policy")
 def check_network_policy(overlay: str, objects: list[Obj]) -> list[str]:
-    """EKS: default-deny in the services' namespace, then their Service ports, their metrics port and DNS egress."""
+    """EKS: default-deny in the services' namespace, then their Service ports, their metrics port, DNS egress, and
+    internet egress exactly for the services that fetch URLs (public IPv4 on TCP 80/443, no non-public range)."""
     if not is_eks(overlay):
         return []
     out = []
@@ -627,6 +760,8 @@ def check_network_policy(overlay: str, objects: list[Obj]) -> list[str]:
                         out.append(f"{ref(dep)}: no NetworkPolicy admits the metrics scrape on port {port_text}")
         if not dns_egress_allowed(objects, SERVICE_NAMESPACE, labels):
             out.append(f"{ref(dep)}: no NetworkPolicy allows DNS egress (port {DNS_PORT}, UDP and TCP)")
+        if dep["metadata"]["name"] in SERVICES:
+            out.extend(_egress_matches_contract(objects, dep, labels))
     return out
 
 
