@@ -13,6 +13,7 @@ import yaml
 
 from ops import core
 from ops.images.versions import load_versions as versions
+from ops.k8s import addons
 from ops.k8s.nodegroups import ACCELERATOR_LABEL, GPU_TAINT_KEY, NODEGROUPS_PATH, load_nodegroups
 from ops.k8s.objects import (
     GPU_RESOURCE,
@@ -763,6 +764,37 @@ def check_network_policy(overlay: str, objects: list[Obj]) -> list[str]:
         if dep["metadata"]["name"] in SERVICES:
             out.extend(_egress_matches_contract(objects, dep, labels))
     return out
+
+
+# HPA metric types served by the Metrics API (metrics.k8s.io), which only metrics-server serves here.
+RESOURCE_METRIC_TYPES = ("Resource", "ContainerResource")
+
+
+def overlay_platform(overlay: str) -> addons.Platform:
+    """Where an overlay runs: EKS, or the kind cluster of `invoke up`."""
+    return "eks" if is_eks(overlay) else "kind"
+
+
+@policy("cluster-addons")
+def check_cluster_addons(overlay: str, objects: list[Obj]) -> list[str]:
+    """What the rendered objects need from the cluster is in manifests/cluster-addons.yaml for the overlay's platform.
+
+    An HPA on Resource metrics needs the Metrics API (metrics-server): EKS deploys none by default, and without
+    it the HPA holds its minimum forever. NetworkPolicies need an engine, or they are only documentation.
+    """
+    platform = overlay_platform(overlay)
+    needs: dict[str, list[str]] = {}
+    for hpa in find(objects, "HorizontalPodAutoscaler"):
+        if any(m.get("type") in RESOURCE_METRIC_TYPES for m in hpa["spec"].get("metrics", [])):
+            needs.setdefault(addons.METRICS_API, []).append(ref(hpa))
+    policies_ = find(objects, "NetworkPolicy")
+    if policies_:
+        needs.setdefault(addons.NETWORK_POLICY_ENGINE, []).append(f"{len(policies_)} NetworkPolicies")
+    return [
+        f"{', '.join(users)} need {capability}, but no add-on in {addons.ADDONS_PATH.name} provides it on {platform}"
+        for capability, users in needs.items()
+        if not addons.provided(capability, platform)
+    ]
 
 
 @policy("priority-and-quota")
