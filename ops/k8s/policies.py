@@ -13,7 +13,7 @@ import yaml
 
 from ops import core
 from ops.images.versions import load_versions as versions
-from ops.k8s import addons
+from ops.k8s import addons, platform
 from ops.k8s.nodegroups import ACCELERATOR_LABEL, GPU_TAINT_KEY, NODEGROUPS_PATH, load_nodegroups
 from ops.k8s.objects import (
     GPU_RESOURCE,
@@ -105,6 +105,10 @@ METRIC_PROVIDERS = {
     "Object": (CUSTOM_METRICS_PROVIDER_ANNOTATION, ("prometheus-adapter", "datadog-cluster-agent")),
 }
 DATADOG_METRIC_PREFIX = "datadogmetric@"
+# The ConfigMap that names an EKS overlay's cluster (generated, so its rendered name has a content hash).
+CLUSTER_SETTINGS_CONFIGMAP = "cluster-autoscaler-settings"
+# Kubernetes' built-in PriorityClasses: not rendered, always there.
+BUILTIN_PRIORITIES = {"system-cluster-critical": 2_000_000_000, "system-node-critical": 2_000_001_000}
 
 
 Policy = Callable[[str, list[Obj]], list[str]]
@@ -924,6 +928,76 @@ def _datadog_metric_is_collected(objects: list[Obj], hpa: Obj, dm: Obj) -> list[
         f"{ref(dm)}: queries {prefix}.{metric}, but no Datadog openmetrics check on {ref(dep)} collects it "
         "(enable the monitoring component)"
     ]
+
+
+def rendered_cluster_name(objects: list[Obj]) -> str | None:
+    """The overlay's cluster name, as the Cluster Autoscaler's settings carry it (CLUSTER_NAME)."""
+    for cm in find(objects, "ConfigMap"):
+        if cm["metadata"]["name"].startswith(CLUSTER_SETTINGS_CONFIGMAP):
+            name = cm.get("data", {}).get("CLUSTER_NAME")
+            return None if name is None else str(name)
+    return None
+
+
+def _query_tags(query: str) -> list[str]:
+    """The tags of a Datadog query's scope: `sum:m{a:b,c:d}` -> ["a:b", "c:d"]."""
+    match = re.search(r"\{([^}]*)\}", query)
+    return [t.strip() for t in match.group(1).split(",")] if match else []
+
+
+@policy("platform-contract")
+def check_platform_contract(overlay: str, objects: list[Obj]) -> list[str]:
+    """EKS: what the overlay needs from the platform's Datadog is what manifests/platform-contract.yaml promises.
+
+    The Agent tolerates every node group's taints (else the GPU nodes send no metrics), no service outranks the
+    Agent's priority (else the services preempt it), the Cluster Agent serves what the overlay reads, and every
+    DatadogMetric query names this cluster (else staging and prod add up each other's values).
+    """
+    if not is_eks(overlay):
+        return []
+    contract, where = platform.load_contract(), platform.CONTRACT_PATH.name
+    out = []
+    for group in load_nodegroups().values():
+        for taint in group.taints:
+            if not tolerates(list(contract.agent_tolerations), taint):
+                out.append(
+                    f"{where}: the Datadog Agent does not tolerate {taint['key']}={taint.get('value', '')}:"
+                    f"{taint['effect']} of node group {group.name}; its nodes would send no DCGM or queue-depth metrics"
+                )
+    priorities = {
+        **BUILTIN_PRIORITIES,
+        **{o["metadata"]["name"]: int(o["value"]) for o in find(objects, "PriorityClass")},
+    }
+    for name in SERVICES:
+        for dep in find(objects, "Deployment", name):
+            cls = dep["spec"]["template"]["spec"].get("priorityClassName")
+            value = priorities.get(cls, 0) if cls else 0
+            if value > contract.agent_priority:
+                out.append(
+                    f"{ref(dep)}: priority {value} ({cls}) exceeds the Datadog Agent's {contract.agent_priority} "
+                    f"({contract.agent_priority_class}, {where}); its pods would preempt the Agent on a full node"
+                )
+    declared = _namespace_annotations(objects, SERVICE_NAMESPACE).get(EXTERNAL_METRICS_PROVIDER_ANNOTATION)
+    if declared == "datadog-cluster-agent" and not contract.external_metrics_provider:
+        out.append(
+            f"Namespace/{SERVICE_NAMESPACE} declares {EXTERNAL_METRICS_PROVIDER_ANNOTATION}={declared}, but {where} "
+            "does not promise the Cluster Agent's external metrics provider"
+        )
+    metrics = find(objects, "DatadogMetric")
+    if metrics and not contract.datadog_metrics:
+        out.append(f"{len(metrics)} DatadogMetrics rendered, but {where} does not promise DatadogMetric support")
+    cluster = rendered_cluster_name(objects)
+    for dm in metrics:
+        if cluster is None:
+            out.append(f"{ref(dm)}: no {CLUSTER_SETTINGS_CONFIGMAP} CLUSTER_NAME rendered to scope its query by")
+            continue
+        wanted = f"{contract.cluster_tag}:{cluster}"
+        if wanted not in _query_tags(dm["spec"]["query"]):
+            out.append(
+                f"{ref(dm)}: query {dm['spec']['query']!r} is not scoped to this cluster ({wanted}); every cluster "
+                "reporting the same metric would be added up"
+            )
+    return out
 
 
 def policy_violations(overlay: str, objects: list[Obj]) -> dict[str, list[str]]:

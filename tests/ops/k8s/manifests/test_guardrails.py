@@ -1,20 +1,24 @@
-"""The EKS guardrails: NetworkPolicies, PriorityClass, GPU ResourceQuota, node agents, and metrics providers."""
+"""The EKS guardrails: NetworkPolicies, PriorityClass, GPU ResourceQuota, node agents, metrics providers, platform."""
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from ops import core
+from ops.infra import settings as infra_settings
 from ops.k8s import objects as k8s_objects
+from ops.k8s import platform, render, schema
 from ops.k8s import policies as k8s_policies
-from ops.k8s import render, schema
 
 Obj = dict[str, Any]
-QUEUE = "eks-prod+gpu-queue-autoscaling"
+QUEUE_COMPONENT = "gpu-queue-autoscaling"
+QUEUE = f"eks-prod+{QUEUE_COMPONENT}"
 
 
 def _violations(policy: str, overlay: str, objects: list[Obj]) -> list[str]:
@@ -355,3 +359,95 @@ def test_a_datadog_metric_with_an_unknown_field_fails_its_schema(rendered: dict[
     broken = {**dm, "spec": {**dm["spec"], "querry": "typo"}}
     (error,) = schema.schema_errors([broken])
     assert "querry" in error
+
+
+# --- the platform contract (manifests/platform-contract.yaml) -----------------------------------------
+
+
+def _edited_contract(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edit: Callable[[Obj], None]) -> None:
+    data = yaml.safe_load(platform.CONTRACT_PATH.read_text())
+    edit(data["datadog"])
+    path = tmp_path / "platform-contract.yaml"
+    path.write_text(yaml.safe_dump(data))
+    monkeypatch.setattr(platform, "CONTRACT_PATH", path)
+
+
+def test_queue_depth_query_names_its_cluster_and_staging_differs_from_prod(rendered: dict[str, list[Obj]]) -> None:
+    """Both clusters send eks_inference.image_classifier_queue_depth from the same namespace and Deployment."""
+    queries = {}
+    for env, overlay in infra_settings.ENV_OVERLAYS.items():
+        objects = (
+            rendered[QUEUE] if overlay == "eks-prod" else render.render_with_components(overlay, [QUEUE_COMPONENT])
+        )
+        (dm,) = k8s_objects.find(objects, "DatadogMetric")
+        queries[env] = dm["spec"]["query"]
+        cluster = infra_settings.environment(env).cluster_name
+        assert f"kube_cluster_name:{cluster}" in queries[env].split("{")[1].rstrip("}").split(",")
+        assert k8s_policies.check_platform_contract(overlay, objects) == []
+    assert queries["staging"] != queries["prod"]
+
+
+def test_an_unscoped_query_fails(fresh: Callable[[str], list[Obj]]) -> None:
+    """The query as it was: namespace and Deployment, no cluster."""
+    objects = fresh(QUEUE)
+    (dm,) = k8s_objects.find(objects, "DatadogMetric")
+    dm["spec"]["query"] = (
+        "sum:eks_inference.image_classifier_queue_depth{kube_namespace:inference,kube_deployment:image-classifier}"
+    )
+    (found,) = _violations("platform-contract", "eks-prod", objects)
+    assert "is not scoped to this cluster (kube_cluster_name:eks-inference-prod)" in found
+
+
+def test_the_other_clusters_name_fails(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh(QUEUE)
+    (dm,) = k8s_objects.find(objects, "DatadogMetric")
+    dm["spec"]["query"] = dm["spec"]["query"].replace("eks-inference-prod", "eks-inference-staging")
+    (found,) = _violations("platform-contract", "eks-prod", objects)
+    assert "not scoped to this cluster" in found
+
+
+def test_an_agent_that_does_not_tolerate_the_gpu_taint_fails(
+    rendered: dict[str, list[Obj]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert k8s_policies.check_platform_contract("eks-prod", rendered["eks-prod"]) == []
+    _edited_contract(tmp_path, monkeypatch, lambda d: d["agent"].update(tolerations=[]))
+    assert _violations("platform-contract", "eks-prod", rendered["eks-prod"]) == [
+        "platform-contract.yaml: the Datadog Agent does not tolerate nvidia.com/gpu=true:NoSchedule of node group "
+        "gpu-t4; its nodes would send no DCGM or queue-depth metrics"
+    ]
+
+
+def test_a_service_above_the_agents_priority_fails(
+    rendered: dict[str, list[Obj]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (pc,) = k8s_objects.find(rendered["eks-prod"], "PriorityClass")
+    _edited_contract(tmp_path, monkeypatch, lambda d: d["agent"].update(priority=int(pc["value"]) - 1))
+    found = _violations("platform-contract", "eks-prod", rendered["eks-prod"])
+    assert found == [
+        f"Deployment/{name}: priority {pc['value']} (eks-inference-serving) exceeds the Datadog Agent's "
+        f"{int(pc['value']) - 1} (datadog-agent, platform-contract.yaml); its pods would preempt the Agent on a "
+        "full node"
+        for name in k8s_policies.SERVICES
+    ]
+
+
+def test_a_service_at_a_system_priority_fails(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh("eks-prod")
+    (dep,) = k8s_objects.find(objects, "Deployment", "text-classifier")
+    dep["spec"]["template"]["spec"]["priorityClassName"] = "system-node-critical"
+    (found,) = _violations("platform-contract", "eks-prod", objects)
+    assert found.startswith("Deployment/text-classifier: priority 2000001000 (system-node-critical) exceeds")
+
+
+def test_the_cluster_agent_must_serve_what_the_overlay_reads(
+    rendered: dict[str, list[Obj]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_provider(d: Obj) -> None:
+        d["clusterAgent"].update(externalMetricsProvider=False, datadogMetrics=False)
+
+    _edited_contract(tmp_path, monkeypatch, no_provider)
+    assert _violations("platform-contract", "eks-prod", rendered[QUEUE]) == [
+        "Namespace/inference declares eks-inference.io/external-metrics-provider=datadog-cluster-agent, but "
+        "platform-contract.yaml does not promise the Cluster Agent's external metrics provider",
+        "1 DatadogMetrics rendered, but platform-contract.yaml does not promise DatadogMetric support",
+    ]
