@@ -34,6 +34,8 @@ class KindAddon:
     install: Path | None = None
     builtin: str | None = None
     absent: str | None = None
+    # What it provides on kind when that is less than on EKS (kindnetd is a pod network, not a policy engine).
+    provides: tuple[str, ...] | None = None
 
     @property
     def present(self) -> bool:
@@ -48,6 +50,14 @@ class ClusterAddon:
     provides: tuple[str, ...]
     eks: EksAddon | None
     kind: KindAddon | None
+
+    def provides_on(self, platform: Platform) -> tuple[str, ...]:
+        """The capabilities it brings to `platform` (none where it does not run)."""
+        if not self.on(platform):
+            return ()
+        if platform == "kind" and self.kind is not None and self.kind.provides is not None:
+            return self.kind.provides
+        return self.provides
 
     def on(self, platform: Platform) -> bool:
         """Whether the add-on runs on `platform`."""
@@ -78,6 +88,7 @@ def load_addons(path: Path | None = None) -> dict[str, ClusterAddon]:
                 install=REPO_ROOT / kind["install"] if kind.get("install") else None,
                 builtin=kind.get("builtin"),
                 absent=kind.get("absent"),
+                provides=None if kind.get("provides") is None else tuple(str(p) for p in kind["provides"]),
             ),
         )
         out[addon.name] = addon
@@ -86,7 +97,7 @@ def load_addons(path: Path | None = None) -> dict[str, ClusterAddon]:
 
 def provided(capability: str, platform: Platform, path: Path | None = None) -> list[str]:
     """Names of the add-ons that provide `capability` on `platform`."""
-    return [a.name for a in load_addons(path).values() if capability in a.provides and a.on(platform)]
+    return [a.name for a in load_addons(path).values() if capability in a.provides_on(platform)]
 
 
 def eks_addons(path: Path | None = None) -> list[ClusterAddon]:
