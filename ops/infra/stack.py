@@ -15,6 +15,7 @@ from constructs import Construct
 
 from ops.infra import settings
 from ops.infra.settings import Environment
+from ops.k8s import addons
 from ops.k8s.nodegroups import NodeGroup
 
 # aws-cdk-lib's enum member per Kubernetes minor (settings.versions()["eks"]["kubernetes_minor"]).
@@ -48,8 +49,14 @@ AUTOSCALER_READ_ACTIONS = (
     "ec2:GetInstanceTypesFromInstanceRequirements",
 )
 AUTOSCALER_WRITE_ACTIONS = ("autoscaling:SetDesiredCapacity", "autoscaling:TerminateInstanceInAutoScalingGroup")
-# Managed add-ons. vpc-cni enforces the NetworkPolicies of manifests/components/network-policies.
-VPC_CNI_CONFIGURATION = {"enableNetworkPolicy": "true"}
+# EKS add-ons come from manifests/cluster-addons.yaml. Construct ids of the first four stay as they were deployed
+# (a new logical id replaces the add-on); the others derive from the add-on's name.
+ADDON_CONSTRUCT_IDS = {
+    "vpc-cni": "VpcCni",
+    "kube-proxy": "KubeProxy",
+    "eks-pod-identity-agent": "PodIdentityAgent",
+    "coredns": "CoreDns",
+}
 
 
 def discovery_tags(cluster_name: str) -> dict[str, str]:
@@ -162,17 +169,7 @@ class ClusterStack(cdk.Stack):
         # jsii's Python typing misses that Cluster implements ICluster.
         cluster_ref = cast(eks.ICluster, self.cluster)
         # Networking add-ons first: a node without a CNI never becomes Ready.
-        network_addons = [
-            eks.Addon(
-                self,
-                "VpcCni",
-                cluster=cluster_ref,
-                addon_name="vpc-cni",
-                configuration_values=VPC_CNI_CONFIGURATION,
-            ),
-            eks.Addon(self, "KubeProxy", cluster=cluster_ref, addon_name="kube-proxy"),
-            eks.Addon(self, "PodIdentityAgent", cluster=cluster_ref, addon_name="eks-pod-identity-agent"),
-        ]
+        network_addons = self._cluster_addons(cluster_ref, after_nodes=False)
 
         self.nodegroups: dict[str, eks.Nodegroup] = {}
         for group in groups:
@@ -202,16 +199,31 @@ class ClusterStack(cdk.Stack):
             for addon in network_addons:
                 nodegroup.node.add_dependency(addon)
             self.nodegroups[group.name] = nodegroup
-        # CoreDNS needs a node to run on: after the CPU group (minSize > 0).
-        coredns = eks.Addon(self, "CoreDns", cluster=cluster_ref, addon_name="coredns")
-        for group in groups:
-            if group.min_size > 0:
-                coredns.node.add_dependency(self.nodegroups[group.name])
+        # CoreDNS and metrics-server need a node to run on: after the CPU group (minSize > 0).
+        for addon in self._cluster_addons(cluster_ref, after_nodes=True):
+            for group in groups:
+                if group.min_size > 0:
+                    addon.node.add_dependency(self.nodegroups[group.name])
 
         self.autoscaler_role = self._autoscaler_role(environment)
 
         cdk.CfnOutput(self, "ClusterName", value=self.cluster.cluster_name)
         cdk.CfnOutput(self, "AutoscalerRoleArn", value=self.autoscaler_role.role_arn)
+
+    def _cluster_addons(self, cluster: eks.ICluster, *, after_nodes: bool) -> list[eks.Addon]:
+        """The EKS add-ons of manifests/cluster-addons.yaml whose pods need a node (`after_nodes`) or not."""
+        return [
+            eks.Addon(
+                self,
+                ADDON_CONSTRUCT_IDS.get(a.name) or a.name.title().replace("-", ""),
+                cluster=cluster,
+                addon_name=a.eks.addon,
+                addon_version=a.eks.version,
+                configuration_values=a.eks.configuration or None,
+            )
+            for a in addons.eks_addons()
+            if a.eks is not None and a.eks.after_nodes == after_nodes
+        ]
 
     def _autoscaler_role(self, environment: Environment) -> iam.Role:
         """The Cluster Autoscaler's IAM role, bound to kube-system/cluster-autoscaler with EKS Pod Identity."""

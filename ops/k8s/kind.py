@@ -31,11 +31,10 @@ from ops.core import REPO_ROOT, OpsError, console
 from ops.images import build as image_build
 from ops.images import docker as image_docker
 from ops.images import versions as image_versions
-from ops.k8s import deploy, nodeimage
+from ops.k8s import addons, deploy, nodeimage
 from ops.toolchain import tools
 
 CLUSTER_CONFIG = REPO_ROOT / "kind" / "cluster.yaml"
-METRICS_SERVER = REPO_ROOT / "kind" / "addons" / "metrics-server.yaml"
 KIND_NETWORK = "kind"
 CLUSTER_LABEL = "io.x-k8s.kind.cluster"
 NAMESPACE = "inference"
@@ -223,9 +222,17 @@ def _network_containers(name: str) -> list[str]:
     return out.split()
 
 
+def addon_manifest(name: str) -> Path:
+    """The manifest `invoke up` applies for add-on `name` (its `kind.install` in manifests/cluster-addons.yaml)."""
+    addon = addons.load_addons().get(name)
+    if addon is None or addon.kind is None or addon.kind.install is None:
+        raise KindError(f"{addons.ADDONS_PATH.name} has no kind manifest for {name}")
+    return addon.kind.install
+
+
 def metrics_server_manifest() -> str:
-    """kind/addons/metrics-server.yaml with the image pinned in tools.toml (the one the offline node ships)."""
-    docs = [d for d in yaml.safe_load_all(METRICS_SERVER.read_text()) if d]
+    """metrics-server's kind manifest with the image pinned in tools.toml (the one the offline node ships)."""
+    docs = [d for d in yaml.safe_load_all(addon_manifest("metrics-server").read_text()) if d]
     ref = nodeimage.metrics_server_ref()
     for doc in docs:
         if doc["kind"] == "Deployment":
@@ -265,7 +272,7 @@ class UpResult:
 def ensure_cluster(
     kind: Kind, result: UpResult, *, mode: NodeImageMode = "auto", extra: Mapping[str, Any] | None = None
 ) -> None:
-    """Create the cluster unless it exists, then make sure metrics-server runs in it."""
+    """Create the cluster unless it exists, then install the add-ons manifests/cluster-addons.yaml lists for kind."""
     if kind.exists():
         console.print(f"[green]cluster {kind.name} exists[/green]: reusing it")
     else:
@@ -276,8 +283,18 @@ def ensure_cluster(
             kind.create(render_config(result.node_image, extra))
         result.created = True
     kubectl = deploy.Kubectl(kind.context, kind.kubeconfig)
-    with result.step("metrics-server"):
+    for addon in addons.kind_installs():
+        with result.step(addon.name):
+            install_addon(kubectl, addon.name, kind)
+
+
+def install_addon(kubectl: deploy.Kubectl, name: str, kind: Kind | None = None) -> None:
+    """Apply one add-on's kind manifest; metrics-server also waits until the apiserver serves the Metrics API."""
+    if name == "metrics-server":
         install_metrics_server(kubectl, kind)
+        return
+    manifest = addon_manifest(name).read_text()
+    kubectl.run("apply", "--server-side", "--field-manager=eks-inference-up", "-f", "-", input_text=manifest)
 
 
 def install_metrics_server(kubectl: deploy.Kubectl, kind: Kind | None = None, timeout_s: float = 90) -> None:

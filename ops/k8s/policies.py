@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -12,6 +13,7 @@ import yaml
 
 from ops import core
 from ops.images.versions import load_versions as versions
+from ops.k8s import addons, platform
 from ops.k8s.nodegroups import ACCELERATOR_LABEL, GPU_TAINT_KEY, NODEGROUPS_PATH, load_nodegroups
 from ops.k8s.objects import (
     GPU_RESOURCE,
@@ -69,6 +71,28 @@ SYSTEM_PRIORITY_FLOOR = 1_000_000_000
 # GPU node agents run on every GPU node whatever else wants the room.
 NODE_AGENT_PRIORITY_CLASS = "system-node-critical"
 DNS_PORT = 53
+# Services whose API fetches caller-given URLs (`image_url`), from the service registry: they need internet
+# egress, and only they may have it.
+FETCHING_SERVICES = tuple(s.name for s in core.SERVICES.values() if s.fetches_urls)
+# Where URL fetching connects (http and https default ports; other ports need FETCH_ALLOWED_HOSTS).
+FETCH_PORTS = (80, 443)
+IPv4Net = ipaddress.IPv4Network
+INTERNET_V4 = ipaddress.IPv4Network("0.0.0.0/0")
+# What a NetworkPolicy must never open to a service's egress on any port: the NetworkPolicy half of the SSRF
+# defence (the fetcher's own guard, serving.fetch.is_forbidden_address, refuses these and more).
+NON_PUBLIC_V4: tuple[IPv4Net, ...] = tuple(
+    ipaddress.IPv4Network(n)
+    for n in (
+        "10.0.0.0/8",  # RFC 1918
+        "172.16.0.0/12",  # RFC 1918
+        "192.168.0.0/16",  # RFC 1918
+        "100.64.0.0/10",  # CGNAT, RFC 6598
+        "169.254.0.0/16",  # link-local: instance metadata, the Pod Identity agent
+        "127.0.0.0/8",  # loopback
+    )
+)
+# The VPC CNI bug an ipBlock `except` triggers next to a ports-only rule or a second block of the same CIDR.
+VPC_CNI_EXCEPT_BUG = "aws/aws-network-policy-agent#326"
 
 # What an overlay declares about the platform it runs on: annotations on its Namespace. The platform
 # (not this repository) installs the metrics adapters, so the overlay says which ones it has.
@@ -81,6 +105,10 @@ METRIC_PROVIDERS = {
     "Object": (CUSTOM_METRICS_PROVIDER_ANNOTATION, ("prometheus-adapter", "datadog-cluster-agent")),
 }
 DATADOG_METRIC_PREFIX = "datadogmetric@"
+# The ConfigMap that names an EKS overlay's cluster (generated, so its rendered name has a content hash).
+CLUSTER_SETTINGS_CONFIGMAP = "cluster-autoscaler-settings"
+# Kubernetes' built-in PriorityClasses: not rendered, always there.
+BUILTIN_PRIORITIES = {"system-cluster-critical": 2_000_000_000, "system-node-critical": 2_000_001_000}
 
 
 Policy = Callable[[str, list[Obj]], list[str]]
@@ -583,9 +611,119 @@ def dns_egress_allowed(objects: list[Obj], namespace: str, labels: Mapping[str, 
     return True
 
 
+def _egress_rules(objects: list[Obj], namespace: str, labels: Mapping[str, str]) -> list[Obj]:
+    return [
+        rule
+        for np_ in _policies_selecting(objects, namespace, labels, "Egress")
+        for rule in np_["spec"].get("egress") or []
+    ]
+
+
+def _minus(nets: Iterable[IPv4Net], holes: Iterable[IPv4Net]) -> list[IPv4Net]:
+    """The addresses of `nets` outside every one of `holes`, as networks."""
+    out = list(nets)
+    for hole in holes:
+        next_out: list[IPv4Net] = []
+        for net in out:
+            if net.subnet_of(hole):
+                continue
+            if hole.subnet_of(net):
+                next_out.extend(net.address_exclude(hole))
+            else:
+                next_out.append(net)
+        out = next_out
+    return out
+
+
+def _rule_v4_networks(rule: Obj) -> list[IPv4Net]:
+    """IPv4 networks one egress rule reaches by address, on whatever ports it names.
+
+    A rule with no `to` reaches every address; ipBlocks count with their `except`s taken out. Pod and
+    namespace selectors reach pods, not addresses outside the cluster, so they add nothing here.
+    """
+    if not rule.get("to"):
+        return [INTERNET_V4]
+    out: list[IPv4Net] = []
+    for peer in rule["to"]:
+        block = peer.get("ipBlock")
+        if not block:
+            continue
+        cidr = ipaddress.ip_network(block["cidr"], strict=False)
+        if isinstance(cidr, IPv4Net):
+            holes = [ipaddress.IPv4Network(e, strict=False) for e in block.get("except") or [] if ":" not in e]
+            out.extend(_minus([cidr], holes))
+    return out
+
+
+def egress_v4_networks(
+    objects: list[Obj], namespace: str, labels: Mapping[str, str], port: int | None = None
+) -> list[IPv4Net]:
+    """IPv4 networks the NetworkPolicies let pods with `labels` reach by address on TCP `port` (None: any port)."""
+    return [
+        net
+        for rule in _egress_rules(objects, namespace, labels)
+        if port is None or not rule.get("ports") or any(_port_matches(p, port, {}) for p in rule["ports"])
+        for net in _rule_v4_networks(rule)
+    ]
+
+
+def _vpc_cni_except_bugs(objects: list[Obj], namespace: str, labels: Mapping[str, str]) -> list[str]:
+    """Shapes the VPC CNI mis-enforces once an egress ipBlock has an `except` (aws/aws-network-policy-agent#326:
+    a ports-only rule gets the `except` applied too, so DNS to a private ClusterIP drops; #180 and
+    amazon-network-policy-controller-k8s#121: another rule on the same CIDR merges with it)."""
+    rules = _egress_rules(objects, namespace, labels)
+    excepting = [p["ipBlock"] for r in rules for p in r.get("to") or [] if p.get("ipBlock", {}).get("except")]
+    if not excepting:
+        return []
+    out = []
+    if any(rule.get("ports") and not rule.get("to") for rule in rules):
+        out.append(
+            f"an egress ipBlock with `except` next to a ports-only egress rule (no `to`): the VPC CNI applies the "
+            f"`except` to that rule too ({VPC_CNI_EXCEPT_BUG}); name the rule's peers"
+        )
+    cidrs = [p["ipBlock"]["cidr"] for r in rules for p in r.get("to") or [] if p.get("ipBlock")]
+    for block in excepting:
+        if cidrs.count(block["cidr"]) > 1:
+            out.append(
+                f"ipBlock {block['cidr']} with `except` appears in more than one egress rule: the VPC CNI merges "
+                f"them and mis-applies the `except` ({VPC_CNI_EXCEPT_BUG}, aws/aws-network-policy-agent#180)"
+            )
+    return out
+
+
+def _egress_matches_contract(objects: list[Obj], dep: Obj, labels: Mapping[str, str]) -> list[str]:
+    """Fetching services reach the public internet on the fetch ports and never a non-public range; others reach
+    no address at all (DNS goes to CoreDNS pods by selector)."""
+    name = dep["metadata"]["name"]
+    out = []
+    for port in FETCH_PORTS:
+        reachable = egress_v4_networks(objects, SERVICE_NAMESPACE, labels, port)
+        if name in FETCHING_SERVICES:
+            missing = _minus(_minus([INTERNET_V4], NON_PUBLIC_V4), reachable)
+            if missing:
+                out.append(
+                    f"{ref(dep)}: fetches caller-given URLs (image_url; fetches_urls in ops/core.py) but no "
+                    f"NetworkPolicy lets it reach all public IPv4 addresses on TCP {port}; image_url requests "
+                    "would fail (403 url_forbidden after the connect timeout)"
+                )
+        elif reachable:
+            out.append(
+                f"{ref(dep)}: fetches no URLs (ops/core.py) but a NetworkPolicy lets it reach addresses outside "
+                f"the cluster on TCP {port}; it needs DNS egress only"
+            )
+    # Any port: a rule for some other port must not open these ranges either.
+    reachable = egress_v4_networks(objects, SERVICE_NAMESPACE, labels)
+    leaks = [str(n) for n in NON_PUBLIC_V4 if any(r.overlaps(n) for r in reachable)]
+    if leaks:
+        out.append(f"{ref(dep)}: its egress reaches non-public ranges {leaks} (VPC, metadata, loopback)")
+    out.extend(f"{ref(dep)}: {v}" for v in _vpc_cni_except_bugs(objects, SERVICE_NAMESPACE, labels))
+    return out
+
+
 @policy("network-policy")
 def check_network_policy(overlay: str, objects: list[Obj]) -> list[str]:
-    """EKS: default-deny in the services' namespace, then their Service ports, their metrics port and DNS egress."""
+    """EKS: default-deny in the services' namespace, then their Service ports, their metrics port, DNS egress, and
+    internet egress exactly for the services that fetch URLs (public IPv4 on TCP 80/443, no non-public range)."""
     if not is_eks(overlay):
         return []
     out = []
@@ -627,7 +765,40 @@ def check_network_policy(overlay: str, objects: list[Obj]) -> list[str]:
                         out.append(f"{ref(dep)}: no NetworkPolicy admits the metrics scrape on port {port_text}")
         if not dns_egress_allowed(objects, SERVICE_NAMESPACE, labels):
             out.append(f"{ref(dep)}: no NetworkPolicy allows DNS egress (port {DNS_PORT}, UDP and TCP)")
+        if dep["metadata"]["name"] in SERVICES:
+            out.extend(_egress_matches_contract(objects, dep, labels))
     return out
+
+
+# HPA metric types served by the Metrics API (metrics.k8s.io), which only metrics-server serves here.
+RESOURCE_METRIC_TYPES = ("Resource", "ContainerResource")
+
+
+def overlay_platform(overlay: str) -> addons.Platform:
+    """Where an overlay runs: EKS, or the kind cluster of `invoke up`."""
+    return "eks" if is_eks(overlay) else "kind"
+
+
+@policy("cluster-addons")
+def check_cluster_addons(overlay: str, objects: list[Obj]) -> list[str]:
+    """What the rendered objects need from the cluster is in manifests/cluster-addons.yaml for the overlay's platform.
+
+    An HPA on Resource metrics needs the Metrics API (metrics-server): EKS deploys none by default, and without
+    it the HPA holds its minimum forever. NetworkPolicies need an engine, or they are only documentation.
+    """
+    platform = overlay_platform(overlay)
+    needs: dict[str, list[str]] = {}
+    for hpa in find(objects, "HorizontalPodAutoscaler"):
+        if any(m.get("type") in RESOURCE_METRIC_TYPES for m in hpa["spec"].get("metrics", [])):
+            needs.setdefault(addons.METRICS_API, []).append(ref(hpa))
+    policies_ = find(objects, "NetworkPolicy")
+    if policies_:
+        needs.setdefault(addons.NETWORK_POLICY_ENGINE, []).append(f"{len(policies_)} NetworkPolicies")
+    return [
+        f"{', '.join(users)} need {capability}, but no add-on in {addons.ADDONS_PATH.name} provides it on {platform}"
+        for capability, users in needs.items()
+        if not addons.provided(capability, platform)
+    ]
 
 
 @policy("priority-and-quota")
@@ -757,6 +928,76 @@ def _datadog_metric_is_collected(objects: list[Obj], hpa: Obj, dm: Obj) -> list[
         f"{ref(dm)}: queries {prefix}.{metric}, but no Datadog openmetrics check on {ref(dep)} collects it "
         "(enable the monitoring component)"
     ]
+
+
+def rendered_cluster_name(objects: list[Obj]) -> str | None:
+    """The overlay's cluster name, as the Cluster Autoscaler's settings carry it (CLUSTER_NAME)."""
+    for cm in find(objects, "ConfigMap"):
+        if cm["metadata"]["name"].startswith(CLUSTER_SETTINGS_CONFIGMAP):
+            name = cm.get("data", {}).get("CLUSTER_NAME")
+            return None if name is None else str(name)
+    return None
+
+
+def _query_tags(query: str) -> list[str]:
+    """The tags of a Datadog query's scope: `sum:m{a:b,c:d}` -> ["a:b", "c:d"]."""
+    match = re.search(r"\{([^}]*)\}", query)
+    return [t.strip() for t in match.group(1).split(",")] if match else []
+
+
+@policy("platform-contract")
+def check_platform_contract(overlay: str, objects: list[Obj]) -> list[str]:
+    """EKS: what the overlay needs from the platform's Datadog is what manifests/platform-contract.yaml promises.
+
+    The Agent tolerates every node group's taints (else the GPU nodes send no metrics), no service outranks the
+    Agent's priority (else the services preempt it), the Cluster Agent serves what the overlay reads, and every
+    DatadogMetric query names this cluster (else staging and prod add up each other's values).
+    """
+    if not is_eks(overlay):
+        return []
+    contract, where = platform.load_contract(), platform.CONTRACT_PATH.name
+    out = []
+    for group in load_nodegroups().values():
+        for taint in group.taints:
+            if not tolerates(list(contract.agent_tolerations), taint):
+                out.append(
+                    f"{where}: the Datadog Agent does not tolerate {taint['key']}={taint.get('value', '')}:"
+                    f"{taint['effect']} of node group {group.name}; its nodes would send no DCGM or queue-depth metrics"
+                )
+    priorities = {
+        **BUILTIN_PRIORITIES,
+        **{o["metadata"]["name"]: int(o["value"]) for o in find(objects, "PriorityClass")},
+    }
+    for name in SERVICES:
+        for dep in find(objects, "Deployment", name):
+            cls = dep["spec"]["template"]["spec"].get("priorityClassName")
+            value = priorities.get(cls, 0) if cls else 0
+            if value > contract.agent_priority:
+                out.append(
+                    f"{ref(dep)}: priority {value} ({cls}) exceeds the Datadog Agent's {contract.agent_priority} "
+                    f"({contract.agent_priority_class}, {where}); its pods would preempt the Agent on a full node"
+                )
+    declared = _namespace_annotations(objects, SERVICE_NAMESPACE).get(EXTERNAL_METRICS_PROVIDER_ANNOTATION)
+    if declared == "datadog-cluster-agent" and not contract.external_metrics_provider:
+        out.append(
+            f"Namespace/{SERVICE_NAMESPACE} declares {EXTERNAL_METRICS_PROVIDER_ANNOTATION}={declared}, but {where} "
+            "does not promise the Cluster Agent's external metrics provider"
+        )
+    metrics = find(objects, "DatadogMetric")
+    if metrics and not contract.datadog_metrics:
+        out.append(f"{len(metrics)} DatadogMetrics rendered, but {where} does not promise DatadogMetric support")
+    cluster = rendered_cluster_name(objects)
+    for dm in metrics:
+        if cluster is None:
+            out.append(f"{ref(dm)}: no {CLUSTER_SETTINGS_CONFIGMAP} CLUSTER_NAME rendered to scope its query by")
+            continue
+        wanted = f"{contract.cluster_tag}:{cluster}"
+        if wanted not in _query_tags(dm["spec"]["query"]):
+            out.append(
+                f"{ref(dm)}: query {dm['spec']['query']!r} is not scoped to this cluster ({wanted}); every cluster "
+                "reporting the same metric would be added up"
+            )
+    return out
 
 
 def policy_violations(overlay: str, objects: list[Obj]) -> dict[str, list[str]]:

@@ -10,6 +10,7 @@ from aws_cdk.assertions import Match, Template
 from ops.infra import settings
 from ops.infra.stack import AUTOSCALER_READ_ACTIONS, AUTOSCALER_WRITE_ACTIONS, KUBELET_OWNED_LABELS
 from ops.infra.synth import Synthesized, build
+from ops.k8s import addons as k8s_addons
 from ops.k8s import nodegroups as k8s_nodegroups
 from ops.k8s import objects, policies, render
 from ops.k8s.nodegroups import load_nodegroups
@@ -117,7 +118,24 @@ def test_vpc_cni_enforces_network_policies(prod: Template) -> None:
         {"AddonName": "vpc-cni", "ConfigurationValues": '{"enableNetworkPolicy":"true"}'},
     )
     addons = {r["Properties"]["AddonName"] for r in prod.find_resources("AWS::EKS::Addon").values()}
-    assert addons == {"vpc-cni", "kube-proxy", "coredns", "eks-pod-identity-agent"}
+    assert addons == {a.eks.addon for a in k8s_addons.eks_addons() if a.eks is not None}
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_metrics_server_is_an_eks_addon(templates: dict[str, Template], env: str) -> None:
+    """The CPU HPAs read the Metrics API, which EKS does not deploy: the community add-on, pinned, after a node."""
+    template = templates[settings.environment(env).stack_name]
+    eks = k8s_addons.load_addons()["metrics-server"].eks
+    assert eks is not None
+    template.has_resource_properties("AWS::EKS::Addon", {"AddonName": "metrics-server", "AddonVersion": eks.version})
+    (logical,) = [
+        k
+        for k, r in template.find_resources("AWS::EKS::Addon").items()
+        if r["Properties"]["AddonName"] == "metrics-server"
+    ]
+    nodegroups = template.find_resources("AWS::EKS::Nodegroup")
+    cpu = next(k for k, r in nodegroups.items() if r["Properties"]["NodegroupName"] == "cpu-general")
+    assert cpu in template.find_resources("AWS::EKS::Addon")[logical]["DependsOn"]
 
 
 def test_nodes_wait_for_the_cni_and_coredns_for_a_node(prod: Template) -> None:

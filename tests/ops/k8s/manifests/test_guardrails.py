@@ -1,18 +1,24 @@
-"""The EKS guardrails: NetworkPolicies, PriorityClass, GPU ResourceQuota, node agents, and metrics providers."""
+"""The EKS guardrails: NetworkPolicies, PriorityClass, GPU ResourceQuota, node agents, metrics providers, platform."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from ops import core
+from ops.infra import settings as infra_settings
 from ops.k8s import objects as k8s_objects
+from ops.k8s import platform, render, schema
 from ops.k8s import policies as k8s_policies
-from ops.k8s import render, schema
 
 Obj = dict[str, Any]
-QUEUE = "eks-prod+gpu-queue-autoscaling"
+QUEUE_COMPONENT = "gpu-queue-autoscaling"
+QUEUE = f"eks-prod+{QUEUE_COMPONENT}"
 
 
 def _violations(policy: str, overlay: str, objects: list[Obj]) -> list[str]:
@@ -31,7 +37,7 @@ def _without(objects: list[Obj], kind: str, name: str) -> list[Obj]:
 @pytest.mark.parametrize("overlay", render.EKS_OVERLAYS)
 def test_eks_overlays_render_the_network_policies(overlay: str, rendered: dict[str, list[Obj]]) -> None:
     policies = {o["metadata"]["name"]: o for o in k8s_objects.find(rendered[overlay], "NetworkPolicy")}
-    assert set(policies) == {"default-deny", "allow-inference-http", "allow-dns-egress"}
+    assert set(policies) == {"default-deny", "allow-inference-http", "allow-dns-egress", "allow-image-fetch-egress"}
     assert {o["metadata"]["namespace"] for o in policies.values()} == {"inference"}
     assert policies["default-deny"]["spec"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
 
@@ -79,6 +85,112 @@ def test_dns_egress_needs_both_protocols(fresh: Callable[[str], list[Obj]], prot
     rule["ports"] = [p for p in rule["ports"] if p["protocol"] != protocol]
     found = _violations("network-policy", "eks-prod", objects)
     assert "Deployment/image-classifier: no NetworkPolicy allows DNS egress (port 53, UDP and TCP)" in found
+
+
+def _fetch_rule(objects: list[Obj]) -> Obj:
+    (np_,) = k8s_objects.find(objects, "NetworkPolicy", "allow-image-fetch-egress")
+    rule: Obj = np_["spec"]["egress"][0]
+    return rule
+
+
+def test_only_the_fetching_service_may_reach_the_internet(rendered: dict[str, list[Obj]]) -> None:
+    """The egress follows each service's contract: image_url fetching for one, DNS only for the other."""
+    assert k8s_policies.FETCHING_SERVICES == ("image-classifier",)
+    objects = rendered["eks-prod"]
+    for name in k8s_policies.SERVICES:
+        (dep,) = k8s_objects.find(objects, "Deployment", name)
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        on_443 = k8s_policies.egress_v4_networks(objects, "inference", labels, 443)
+        reachable = {str(a) for a in ("93.184.215.14", "1.1.1.1") if any(ipaddress.ip_address(a) in n for n in on_443)}
+        assert reachable == ({"93.184.215.14", "1.1.1.1"} if name == "image-classifier" else set())
+        everywhere = k8s_policies.egress_v4_networks(objects, "inference", labels)
+        for address in ("169.254.169.254", "169.254.170.23", "10.40.0.10", "172.20.0.1", "100.64.0.1", "127.0.0.1"):
+            assert not any(ipaddress.ip_address(address) in n for n in everywhere), (name, address)
+
+
+def test_deny_all_egress_for_the_fetching_service_fails(fresh: Callable[[str], list[Obj]]) -> None:
+    """The day-one outage of issue 19: default deny plus DNS only, and every image_url request fails."""
+    objects = _without(fresh("eks-prod"), "NetworkPolicy", "allow-image-fetch-egress")
+    assert _violations("network-policy", "eks-prod", objects) == [
+        "Deployment/image-classifier: fetches caller-given URLs (image_url; fetches_urls in ops/core.py) but no "
+        f"NetworkPolicy lets it reach all public IPv4 addresses on TCP {port}; image_url requests would fail "
+        "(403 url_forbidden after the connect timeout)"
+        for port in (80, 443)
+    ]
+
+
+def test_fetch_egress_on_one_port_only_fails(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh("eks-prod")
+    rule = _fetch_rule(objects)
+    rule["ports"] = [p for p in rule["ports"] if p["port"] != 80]
+    (found,) = _violations("network-policy", "eks-prod", objects)
+    assert "reach all public IPv4 addresses on TCP 80" in found
+
+
+@pytest.mark.parametrize("hole", ["169.254.0.0/16", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8"])
+def test_fetch_egress_without_a_non_public_except_fails(fresh: Callable[[str], list[Obj]], hole: str) -> None:
+    """Metadata, the VPC, CGNAT and loopback stay unreachable even if the SSRF guard were bypassed."""
+    objects = fresh("eks-prod")
+    block = _fetch_rule(objects)["to"][0]["ipBlock"]
+    block["except"].remove(hole)
+    assert _violations("network-policy", "eks-prod", objects) == [
+        f"Deployment/image-classifier: its egress reaches non-public ranges ['{hole}'] (VPC, metadata, loopback)"
+    ]
+
+
+def test_internet_egress_for_a_service_that_fetches_nothing_fails(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh("eks-prod")
+    (np_,) = k8s_objects.find(objects, "NetworkPolicy", "allow-image-fetch-egress")
+    np_["spec"]["podSelector"] = {}
+    found = _violations("network-policy", "eks-prod", objects)
+    assert found == [
+        "Deployment/text-classifier: fetches no URLs (ops/core.py) but a NetworkPolicy lets it reach addresses "
+        f"outside the cluster on TCP {port}; it needs DNS egress only"
+        for port in (80, 443)
+    ]
+
+
+def test_a_ports_only_dns_rule_next_to_the_except_fails(fresh: Callable[[str], list[Obj]]) -> None:
+    """aws/aws-network-policy-agent#326: the VPC CNI applies the `except` to a ports-only rule, so DNS to the
+    CoreDNS ClusterIP (private) drops. Open DNS by its peers instead."""
+    objects = fresh("eks-prod")
+    (dns,) = k8s_objects.find(objects, "NetworkPolicy", "allow-dns-egress")
+    del dns["spec"]["egress"][0]["to"]
+    found = _violations("network-policy", "eks-prod", objects)
+    assert any("next to a ports-only egress rule" in v and "#326" in v for v in found), found
+    assert all(v.startswith("Deployment/image-classifier: ") for v in found if "#326" in v)
+
+
+def test_a_second_rule_on_the_excepted_cidr_fails(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh("eks-prod")
+    (np_,) = k8s_objects.find(objects, "NetworkPolicy", "allow-image-fetch-egress")
+    np_["spec"]["egress"].append(
+        {"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}], "ports": [{"protocol": "UDP", "port": 53}]}
+    )
+    found = _violations("network-policy", "eks-prod", objects)
+    assert any("ipBlock 0.0.0.0/0 with `except` appears in more than one egress rule" in v for v in found), found
+
+
+def test_the_non_public_ranges_are_what_the_ssrf_guard_refuses() -> None:
+    """The policy is the second control behind the fetcher's guard: every address it keeps closed, the guard
+    refuses too (first and last address of each range, and the metadata addresses)."""
+    from serving.fetch import METADATA_ADDRESSES, is_forbidden_address
+
+    for net in k8s_policies.NON_PUBLIC_V4:
+        assert is_forbidden_address(net.network_address), net
+        assert is_forbidden_address(net.broadcast_address), net
+    for address in METADATA_ADDRESSES:
+        if address.version == 4:
+            assert any(address in net for net in k8s_policies.NON_PUBLIC_V4), address
+
+
+def test_the_fetching_fact_matches_the_services_settings() -> None:
+    """`fetches_urls` in the registry is true exactly for the services whose settings configure a URL fetcher."""
+    import importlib
+
+    for service in core.SERVICES.values():
+        settings = importlib.import_module(f"{service.package}.settings").Settings
+        assert ("fetch_allowed_hosts" in settings.model_fields) == service.fetches_urls, service.name
 
 
 # --- PriorityClass and the GPU quota -------------------------------------------------------------
@@ -247,3 +359,95 @@ def test_a_datadog_metric_with_an_unknown_field_fails_its_schema(rendered: dict[
     broken = {**dm, "spec": {**dm["spec"], "querry": "typo"}}
     (error,) = schema.schema_errors([broken])
     assert "querry" in error
+
+
+# --- the platform contract (manifests/platform-contract.yaml) -----------------------------------------
+
+
+def _edited_contract(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edit: Callable[[Obj], None]) -> None:
+    data = yaml.safe_load(platform.CONTRACT_PATH.read_text())
+    edit(data["datadog"])
+    path = tmp_path / "platform-contract.yaml"
+    path.write_text(yaml.safe_dump(data))
+    monkeypatch.setattr(platform, "CONTRACT_PATH", path)
+
+
+def test_queue_depth_query_names_its_cluster_and_staging_differs_from_prod(rendered: dict[str, list[Obj]]) -> None:
+    """Both clusters send eks_inference.image_classifier_queue_depth from the same namespace and Deployment."""
+    queries = {}
+    for env, overlay in infra_settings.ENV_OVERLAYS.items():
+        objects = (
+            rendered[QUEUE] if overlay == "eks-prod" else render.render_with_components(overlay, [QUEUE_COMPONENT])
+        )
+        (dm,) = k8s_objects.find(objects, "DatadogMetric")
+        queries[env] = dm["spec"]["query"]
+        cluster = infra_settings.environment(env).cluster_name
+        assert f"kube_cluster_name:{cluster}" in queries[env].split("{")[1].rstrip("}").split(",")
+        assert k8s_policies.check_platform_contract(overlay, objects) == []
+    assert queries["staging"] != queries["prod"]
+
+
+def test_an_unscoped_query_fails(fresh: Callable[[str], list[Obj]]) -> None:
+    """The query as it was: namespace and Deployment, no cluster."""
+    objects = fresh(QUEUE)
+    (dm,) = k8s_objects.find(objects, "DatadogMetric")
+    dm["spec"]["query"] = (
+        "sum:eks_inference.image_classifier_queue_depth{kube_namespace:inference,kube_deployment:image-classifier}"
+    )
+    (found,) = _violations("platform-contract", "eks-prod", objects)
+    assert "is not scoped to this cluster (kube_cluster_name:eks-inference-prod)" in found
+
+
+def test_the_other_clusters_name_fails(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh(QUEUE)
+    (dm,) = k8s_objects.find(objects, "DatadogMetric")
+    dm["spec"]["query"] = dm["spec"]["query"].replace("eks-inference-prod", "eks-inference-staging")
+    (found,) = _violations("platform-contract", "eks-prod", objects)
+    assert "not scoped to this cluster" in found
+
+
+def test_an_agent_that_does_not_tolerate_the_gpu_taint_fails(
+    rendered: dict[str, list[Obj]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert k8s_policies.check_platform_contract("eks-prod", rendered["eks-prod"]) == []
+    _edited_contract(tmp_path, monkeypatch, lambda d: d["agent"].update(tolerations=[]))
+    assert _violations("platform-contract", "eks-prod", rendered["eks-prod"]) == [
+        "platform-contract.yaml: the Datadog Agent does not tolerate nvidia.com/gpu=true:NoSchedule of node group "
+        "gpu-t4; its nodes would send no DCGM or queue-depth metrics"
+    ]
+
+
+def test_a_service_above_the_agents_priority_fails(
+    rendered: dict[str, list[Obj]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (pc,) = k8s_objects.find(rendered["eks-prod"], "PriorityClass")
+    _edited_contract(tmp_path, monkeypatch, lambda d: d["agent"].update(priority=int(pc["value"]) - 1))
+    found = _violations("platform-contract", "eks-prod", rendered["eks-prod"])
+    assert found == [
+        f"Deployment/{name}: priority {pc['value']} (eks-inference-serving) exceeds the Datadog Agent's "
+        f"{int(pc['value']) - 1} (datadog-agent, platform-contract.yaml); its pods would preempt the Agent on a "
+        "full node"
+        for name in k8s_policies.SERVICES
+    ]
+
+
+def test_a_service_at_a_system_priority_fails(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh("eks-prod")
+    (dep,) = k8s_objects.find(objects, "Deployment", "text-classifier")
+    dep["spec"]["template"]["spec"]["priorityClassName"] = "system-node-critical"
+    (found,) = _violations("platform-contract", "eks-prod", objects)
+    assert found.startswith("Deployment/text-classifier: priority 2000001000 (system-node-critical) exceeds")
+
+
+def test_the_cluster_agent_must_serve_what_the_overlay_reads(
+    rendered: dict[str, list[Obj]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_provider(d: Obj) -> None:
+        d["clusterAgent"].update(externalMetricsProvider=False, datadogMetrics=False)
+
+    _edited_contract(tmp_path, monkeypatch, no_provider)
+    assert _violations("platform-contract", "eks-prod", rendered[QUEUE]) == [
+        "Namespace/inference declares eks-inference.io/external-metrics-provider=datadog-cluster-agent, but "
+        "platform-contract.yaml does not promise the Cluster Agent's external metrics provider",
+        "1 DatadogMetrics rendered, but platform-contract.yaml does not promise DatadogMetric support",
+    ]
