@@ -31,10 +31,12 @@ from ops.core import REPO_ROOT, OpsError, console
 from ops.images import build as image_build
 from ops.images import docker as image_docker
 from ops.images import versions as image_versions
-from ops.k8s import addons, deploy, nodeimage
+from ops.k8s import addons, deploy, nodegroups, nodeimage
 from ops.toolchain import tools
 
 CLUSTER_CONFIG = REPO_ROOT / "kind" / "cluster.yaml"
+PARITY_CONFIG = REPO_ROOT / "kind" / "parity.yaml"
+ZONE_LABEL = "topology.kubernetes.io/zone"
 KIND_NETWORK = "kind"
 CLUSTER_LABEL = "io.x-k8s.kind.cluster"
 NAMESPACE = "inference"
@@ -97,13 +99,46 @@ def choose_node_image(mode: NodeImageMode = "auto") -> NodeImage:
     return NodeImage(report.tag, True, nodeimage.patch_of(report.tag), why)
 
 
-def render_config(node: NodeImage, extra: Mapping[str, Any] | None = None) -> str:
-    """kind/cluster.yaml with the node image set, the image's kubeadm patch and an optional extra config merged.
+def parity_config(path: Path = PARITY_CONFIG) -> dict[str, Any]:
+    """The parity cluster's kind config: nodes generated from manifests/nodegroups.yaml, counts from kind/parity.yaml.
+
+    Every node gets its group's labels and a zone of the group's in turn; taints go in through kubeadm's
+    nodeRegistration (kind has no taint field). The control plane (the first node) loses its control-plane taint.
+    The top-level kubeadm and containerd patches are kind/cluster.yaml's, so both clusters boot the same way.
+    """
+    wanted = yaml.safe_load(path.read_text())
+    groups = nodegroups.load_nodegroups()
+    base = yaml.safe_load(CLUSTER_CONFIG.read_text())
+    nodes: list[dict[str, Any]] = []
+    for group_name, count in wanted["nodes"].items():
+        group = groups[group_name]
+        for i in range(int(count)):
+            role = "control-plane" if not nodes else "worker"
+            taints = [{"key": t["key"], "value": t["value"], "effect": t["effect"]} for t in group.taints]
+            registration = "InitConfiguration" if role == "control-plane" else "JoinConfiguration"
+            nodes.append(
+                {
+                    "role": role,
+                    "labels": {**group.labels, ZONE_LABEL: group.zones[i % len(group.zones)]},
+                    "kubeadmConfigPatches": [
+                        yaml.safe_dump({"kind": registration, "nodeRegistration": {"taints": taints}}, sort_keys=False)
+                    ],
+                }
+            )
+    config = {k: v for k, v in base.items() if k not in ("name", "nodes")}
+    return {**config, "name": wanted["name"], "nodes": nodes}
+
+
+def render_config(
+    node: NodeImage, extra: Mapping[str, Any] | None = None, base: Mapping[str, Any] | None = None
+) -> str:
+    """kind/cluster.yaml (or `base`, e.g. `parity_config()`) with the node image set, the image's kubeadm patch
+    and an optional extra config merged.
 
     `extra` (invoke.yaml cluster.kind.extra_config, a YAML file) may add `extraMounts` to every node and
     `containerdConfigPatches` / `kubeadmConfigPatches`; CI uses it for the sandbox adaptation in .ci/.
     """
-    config = yaml.safe_load(CLUSTER_CONFIG.read_text())
+    config = dict(base) if base is not None else yaml.safe_load(CLUSTER_CONFIG.read_text())
     patches = list(config.get("kubeadmConfigPatches", []))
     if node.patch:
         patches.append(yaml.safe_dump(node.patch, sort_keys=False))

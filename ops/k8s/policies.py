@@ -31,7 +31,15 @@ from ops.k8s.objects import (
     workloads,
 )
 from ops.k8s.placement import placement, tolerates
-from ops.k8s.render import ManifestError, is_eks, kustomize_version, render, render_with_components
+from ops.k8s.render import (
+    PARITY_COMPONENT,
+    ManifestError,
+    is_eks,
+    is_parity,
+    kustomize_version,
+    render,
+    render_with_components,
+)
 from ops.k8s.schema import schema_errors, schema_version
 
 # Views of the service registry (ops.core): Deployment name -> settings env prefix, and which one wants a GPU.
@@ -204,7 +212,7 @@ def _tmp_is_emptydir(obj: Obj, spec: Obj, container: Obj) -> list[str]:
 
 def service_base(name: str, overlay: str) -> str:
     """Which image build (`invoke images.build` base) a service runs in an overlay: cuda or cpu."""
-    return "cuda" if name == GPU_SERVICE and is_eks(overlay) else "cpu"
+    return "cuda" if name == GPU_SERVICE and is_eks(overlay) and not is_parity(overlay) else "cpu"
 
 
 @policy("image-tags")
@@ -218,7 +226,13 @@ def check_image_tags(overlay: str, objects: list[Obj]) -> list[str]:
                 continue
             if tag is None or tag == "latest":
                 out.append(f"{ref(obj)} container {c['name']}: image {image} must have a pinned tag (not latest)")
-            if c["name"] in SERVICES and not re.match(
+            if is_parity(overlay):
+                # The parity cluster's nodes run the CPU builds `kind load` put there (components/kind-parity).
+                if c["name"] in SERVICES and image != f"{core.IMAGE_PREFIX}/{c['name']}:dev-cpu":
+                    out.append(
+                        f"{ref(obj)} container {c['name']}: parity image should be the kind-loaded dev-cpu build"
+                    )
+            elif c["name"] in SERVICES and not re.match(
                 r"^\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com/eks-inference/" + re.escape(c["name"]) + ":", image
             ):
                 out.append(f"{ref(obj)} container {c['name']}: image {image} is not the ECR eks-inference image")
@@ -250,7 +264,7 @@ def check_gpu_isolation(overlay: str, objects: list[Obj]) -> list[str]:
         ):
             out.append(f"{ref(obj)}: tolerates the GPU taint but is neither the GPU workload nor a GPU node agent")
     if is_eks(overlay):
-        out.extend(_gpu_service_shape(objects))
+        out.extend(_gpu_service_shape(objects, gpu=not is_parity(overlay)))
     else:
         for dep in find(objects, "Deployment", GPU_SERVICE):
             for c in dep["spec"]["template"]["spec"]["containers"]:
@@ -260,7 +274,8 @@ def check_gpu_isolation(overlay: str, objects: list[Obj]) -> list[str]:
     return out
 
 
-def _gpu_service_shape(objects: list[Obj]) -> list[str]:
+def _gpu_service_shape(objects: list[Obj], gpu: bool = True) -> list[str]:
+    """The GPU service's EKS shape; `gpu=False` for the parity cluster, where it keeps prod's placement on CPU."""
     out = []
     deps = find(objects, "Deployment", GPU_SERVICE)
     if not deps:
@@ -268,10 +283,16 @@ def _gpu_service_shape(objects: list[Obj]) -> list[str]:
     dep = deps[0]
     spec = dep["spec"]["template"]["spec"]
     c = next(c for c in spec["containers"] if c["name"] == GPU_SERVICE)
-    if str(c.get("resources", {}).get("limits", {}).get(GPU_RESOURCE)) != "1":
+    limit = c.get("resources", {}).get("limits", {}).get(GPU_RESOURCE)
+    device = container_env(objects, spec, c).get("IMAGE_CLASSIFIER_DEVICE")
+    if gpu and str(limit) != "1":
         out.append(f"{ref(dep)}: limits must have {GPU_RESOURCE}: 1")
-    if container_env(objects, spec, c).get("IMAGE_CLASSIFIER_DEVICE") != "cuda":
+    if gpu and device != "cuda":
         out.append(f"{ref(dep)}: IMAGE_CLASSIFIER_DEVICE must be cuda")
+    if not gpu and (limit is not None or device != "cpu"):
+        out.append(
+            f"{ref(dep)}: on the parity cluster it requests no {GPU_RESOURCE} and runs on cpu ({PARITY_COMPONENT})"
+        )
     supported = sorted(g["accelerator_label"] for g in versions()["gpus"])
     terms = (
         spec.get("affinity", {})
@@ -775,8 +796,8 @@ RESOURCE_METRIC_TYPES = ("Resource", "ContainerResource")
 
 
 def overlay_platform(overlay: str) -> addons.Platform:
-    """Where an overlay runs: EKS, or the kind cluster of `invoke up`."""
-    return "eks" if is_eks(overlay) else "kind"
+    """Where an overlay runs: EKS, or a kind cluster (`invoke up`, or the parity cluster for eks-prod+kind-parity)."""
+    return "eks" if is_eks(overlay) and not is_parity(overlay) else "kind"
 
 
 @policy("cluster-addons")
@@ -1034,7 +1055,9 @@ def validate_overlay(overlay: str, components: Iterable[str] = ()) -> OverlayRep
         objects = render_with_components(overlay, components) if components else render(overlay)
     except ManifestError as exc:
         return OverlayReport(label, render_error=str(exc))
-    return check_objects(overlay, objects, label)
+    # The parity render is checked as what it is (its label names the component), so the policies apply
+    # prod's rules except the documented parity differences.
+    return check_objects(label if PARITY_COMPONENT in components else overlay, objects, label)
 
 
 def check_objects(overlay: str, objects: list[Obj], label: str | None = None) -> OverlayReport:

@@ -39,6 +39,15 @@ class KustomizeWarning(ManifestError):
     """Kustomize rendered the overlay but warned (for example about a deprecated field)."""
 
 
+# The parity cluster's component: eks-prod on kind, with only the differences a laptop forces (issue 19).
+PARITY_COMPONENT = "kind-parity"
+
+
+def is_parity(overlay: str) -> bool:
+    """Whether an overlay label ("eks-prod+kind-parity") is an EKS overlay rendered for the kind parity cluster."""
+    return PARITY_COMPONENT in str(overlay).split("+")[1:]
+
+
 def is_eks(overlay: str) -> bool:
     """Whether an overlay targets EKS (everything except the kind overlays `local` and Tilt's `local-live`)."""
     return Path(str(overlay)).name not in LOCAL_OVERLAYS

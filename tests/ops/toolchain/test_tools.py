@@ -28,7 +28,7 @@ KUBE_TOOLS = (
 )  # fmt: skip
 # Built for the offline kind node image (kind/node-image) beside the Kubernetes binaries.
 NODE_IMAGE_TOOLS = ("coredns", "metrics-server", "crictl")
-OPTIONAL = {"tilt", "cluster-autoscaler"}
+OPTIONAL = {"tilt", "cluster-autoscaler", "kube-router"}
 
 
 # --- tools.toml ------------------------------------------------------------------------------------
@@ -38,7 +38,7 @@ def test_every_tool_is_pinned_at_an_exact_version() -> None:
     manifest = tools.load_manifest()
     expected = {
         *KUBE_TOOLS, *NODE_IMAGE_TOOLS, "kustomize", "etcd", "kwok", "kwokctl", "kind", "vegeta", "tilt",
-        "cluster-autoscaler",
+        "cluster-autoscaler", "kube-router",
     }  # fmt: skip
     assert set(manifest.tools) == expected
     for spec in manifest.tools.values():
