@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CI / sandbox bootstrap, not something users run on their laptops: make sure a Docker engine is
 # answering on this machine. Installs Debian's docker.io (and debootstrap, for the offline base
-# image) when dockerd is missing, starts dockerd in the background when it is not running, and
+# image; ipset and iptables, for tests/parity) when they are missing, starts dockerd in the background when it is not running, and
 # waits until `docker info` answers. Idempotent: a second run with the engine up does nothing.
 set -euo pipefail
 
@@ -22,6 +22,10 @@ fi
 missing=()
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+# tests/parity runs the NetworkPolicy engine (kube-router) in network namespaces: iptables with ipset.
+command -v ipset >/dev/null 2>&1 || missing+=(ipset)
+command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 if [ "${#missing[@]}" -gt 0 ]; then
     log "installing ${missing[*]} from the configured Debian mirror"
     export DEBIAN_FRONTEND=noninteractive
