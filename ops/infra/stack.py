@@ -16,7 +16,7 @@ from constructs import Construct
 from ops.infra import access, settings
 from ops.infra.settings import Environment
 from ops.k8s import render
-from ops.k8s.nodegroups import NodeGroup, managed_nodegroups
+from ops.k8s.nodegroups import NodeGroup
 
 # aws-cdk-lib's enum member per Kubernetes minor (settings.versions()["eks"]["kubernetes_minor"]).
 KUBERNETES_VERSIONS = {"1.34": eks.KubernetesVersion.V1_34, "1.35": eks.KubernetesVersion.V1_35}
@@ -208,7 +208,7 @@ class ClusterStack(cdk.Stack):
                 )
         # CoreDNS needs a node to run on: after the CPU group (minSize > 0).
         coredns = eks.Addon(self, "CoreDns", cluster=cluster_ref, addon_name="coredns")
-        for group in managed_nodegroups().values():
+        for group in (m for entry in groups for m in entry.managed()):
             if group.min_size > 0:
                 coredns.node.add_dependency(self.nodegroups[group.name])
 
@@ -228,7 +228,7 @@ class ClusterStack(cdk.Stack):
     ) -> eks.Nodegroup:
         """One EKS managed node group: a nodegroups.yaml entry, or one zone of a per-zone entry."""
         eks_versions = settings.versions()["eks"]
-        # Nodegroup-<name> for single groups keeps their logical ids; per-zone ones get their zone's subnet.
+        # A zone's group of a per-zone entry lives in that zone's private subnet only; the others span all three.
         subnets = (
             ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS, availability_zones=list(group.zones))
             if group.family
