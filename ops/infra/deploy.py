@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from ops.core import OpsError
-from ops.infra import settings
+from ops.infra import access, settings
 
 # The CDK CLI (npm package aws-cdk) that deploys the synthesized assembly; the library is aws-cdk-lib (PyPI).
 DEFAULT_CDK_CLI = "aws-cdk@3.0.0"
@@ -51,10 +51,22 @@ def check_account(env: str, account: str, allowed: Sequence[str]) -> None:
         )
 
 
+def check_access(env: str, access_conf: Mapping[str, object]) -> dict[str, str]:
+    """The admin and deploy role ARNs of `env` (infra.access in invoke.yaml); refuses when one is unset.
+
+    Checked before any AWS call: a cluster without them has no admin but CloudFormation's own role.
+    """
+    try:
+        return access.access_roles(env, access_conf, settings.environment(env).account)
+    except access.AccessNotConfigured as exc:
+        raise InfraDeployRefused(str(exc)) from exc
+
+
 def guard(
     env: str,
     allowed_accounts: Mapping[str, str | Sequence[str]],
     *,
+    access_conf: Mapping[str, object],
     yes: bool = False,
     account: str | None = None,
     confirm: Callable[[str], bool] | None = None,
@@ -62,6 +74,7 @@ def guard(
     """Everything `invoke infra.deploy` checks before it changes AWS; returns the account."""
     if env not in settings.ENV_OVERLAYS:
         raise InfraDeployRefused(f"unknown env {env!r}; expected one of {', '.join(settings.ENV_OVERLAYS)}")
+    check_access(env, access_conf)
     account = account or caller_account()
     check_account(env, account, parse_allowed(allowed_accounts.get(env, "")))
     if env == "prod" and not yes:
@@ -80,8 +93,27 @@ def _ask(question: str) -> bool:
     return Confirm.ask(question, default=False)
 
 
-def deploy_command(env: str, outdir: Path, cli: str = DEFAULT_CDK_CLI) -> list[str]:
-    """The `cdk deploy` of the already synthesized assembly: the account's registry stack, then the cluster."""
-    stacks = [settings.REGISTRY_STACK, settings.environment(env).stack_name]
+def deploy_command(env: str, outdir: Path, roles: Mapping[str, str], cli: str = DEFAULT_CDK_CLI) -> list[str]:
+    """The `cdk deploy` of the already synthesized assembly: the account's registry stack, then the cluster.
+
+    `roles` (from `check_access`) fill the cluster stack's access-entry parameters.
+    """
+    stack = settings.environment(env).stack_name
+    stacks = [settings.REGISTRY_STACK, stack]
+    parameters = [
+        f"--parameters={stack}:{access.ADMIN_ROLE_PARAMETER}={roles['admin_role_arn']}",
+        f"--parameters={stack}:{access.DEPLOY_ROLE_PARAMETER}={roles['deploy_role_arn']}",
+    ]
     # Prod: stop for any IAM or security-group widening; staging: same rule, so a surprise shows up there first.
-    return ["npx", "--yes", cli, "deploy", "--app", str(outdir), "--require-approval", "broadening", *stacks]
+    return [
+        "npx",
+        "--yes",
+        cli,
+        "deploy",
+        "--app",
+        str(outdir),
+        "--require-approval",
+        "broadening",
+        *parameters,
+        *stacks,
+    ]

@@ -13,9 +13,9 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from ops.infra import settings
+from ops.infra import access, settings
 from ops.infra.settings import Environment
-from ops.k8s import addons
+from ops.k8s import addons, render
 from ops.k8s.nodegroups import NodeGroup
 
 # aws-cdk-lib's enum member per Kubernetes minor (settings.versions()["eks"]["kubernetes_minor"]).
@@ -57,6 +57,25 @@ ADDON_CONSTRUCT_IDS = {
     "eks-pod-identity-agent": "PodIdentityAgent",
     "coredns": "CoreDns",
 }
+# EKS standard support only: when the pinned minor's standard support ends ([eks].standard_support_end in
+# versions.toml), EKS upgrades the control plane instead of billing extended support.
+UPGRADE_SUPPORT_TYPE = "STANDARD"
+# Node root volumes (launch templates): gp3, encrypted, throughput above gp3's 125 MiB/s baseline so
+# that unpacking the CUDA image's layers is not disk-bound. The AL2023 EKS AMIs boot from /dev/xvda.
+ROOT_DEVICE = "/dev/xvda"
+ROOT_VOLUME_THROUGHPUT_MIBPS = 250
+ROOT_VOLUME_IOPS = 3000
+# Instance metadata: IMDSv2 only, and one hop, so containers (one hop further) cannot reach the node role.
+IMDS_HOP_LIMIT = 1
+# Private paths to the AWS APIs a node boot and an image pull need (the S3 gateway carries the ECR layers).
+INTERFACE_ENDPOINTS = {
+    "EcrApi": ec2.InterfaceVpcEndpointAwsService.ECR,
+    "EcrDocker": ec2.InterfaceVpcEndpointAwsService.ECR_DOCKER,
+    "Sts": ec2.InterfaceVpcEndpointAwsService.STS,
+    "EksAuth": ec2.InterfaceVpcEndpointAwsService.EKS_AUTH,
+}
+# The policies a node role needs (what CDK's node group would create per group; here one role per entry).
+NODE_ROLE_POLICIES = ("AmazonEKSWorkerNodePolicy", "AmazonEKS_CNI_Policy", "AmazonEC2ContainerRegistryReadOnly")
 
 
 def discovery_tags(cluster_name: str) -> dict[str, str]:
@@ -163,8 +182,12 @@ class ClusterStack(cdk.Stack):
                 eks.ClusterLoggingTypes.SCHEDULER,
             ],
             secrets_encryption_key=secrets_key,
+            # Every admin is an explicit access entry (below); not whoever ran CloudFormation.
+            bootstrap_cluster_creator_admin_permissions=False,
             tags={"app.kubernetes.io/part-of": "eks-inference", "environment": environment.name},
         )
+        self._upgrade_policy()
+        self._vpc_endpoints()
 
         # jsii's Python typing misses that Cluster implements ICluster.
         cluster_ref = cast(eks.ICluster, self.cluster)
@@ -172,40 +195,21 @@ class ClusterStack(cdk.Stack):
         network_addons = self._cluster_addons(cluster_ref, after_nodes=False)
 
         self.nodegroups: dict[str, eks.Nodegroup] = {}
-        for group in groups:
-            nodegroup = self.cluster.add_nodegroup_capacity(
-                "Nodegroup-" + group.name,
-                nodegroup_name=group.name,
-                instance_types=[ec2.InstanceType(group.instance_type)],
-                ami_type=AMI_TYPES[group.ami_type],
-                # The GPU AMI is pinned: driver and CUDA compatibility are checked against it (versions.toml).
-                release_version=eks_versions["gpu_ami_release_version"] if group.gpus_per_node else None,
-                capacity_type=eks.CapacityType.ON_DEMAND,
-                min_size=group.min_size,
-                max_size=group.max_size,
-                desired_size=group.min_size,
-                disk_size=group.disk_size_gib,
-                labels=nodegroup_labels(group),
-                taints=[
-                    eks.TaintSpec(key=t["key"], value=t["value"], effect=TAINT_EFFECTS[t["effect"]])
-                    for t in group.taints
-                ],
-                # EKS tags the node group's ASG with the same discovery tags itself; stating them here
-                # keeps the contract with the autoscaler's --node-group-auto-discovery visible.
-                tags={**discovery_tags(environment.cluster_name), "eks-inference/role": group.role},
-                subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS),
-                max_unavailable=1,
-            )
-            for addon in network_addons:
-                nodegroup.node.add_dependency(addon)
-            self.nodegroups[group.name] = nodegroup
+        for entry in groups:
+            node_role = self._node_role(entry)
+            launch_template = self._launch_template(entry)
+            for group in entry.managed():
+                self.nodegroups[group.name] = self._nodegroup(
+                    group, environment, node_role, launch_template, network_addons
+                )
         # CoreDNS and metrics-server need a node to run on: after the CPU group (minSize > 0).
         for addon in self._cluster_addons(cluster_ref, after_nodes=True):
-            for group in groups:
+            for group in (m for entry in groups for m in entry.managed()):
                 if group.min_size > 0:
                     addon.node.add_dependency(self.nodegroups[group.name])
 
         self.autoscaler_role = self._autoscaler_role(environment)
+        self._access_entries()
 
         cdk.CfnOutput(self, "ClusterName", value=self.cluster.cluster_name)
         cdk.CfnOutput(self, "AutoscalerRoleArn", value=self.autoscaler_role.role_arn)
@@ -224,6 +228,166 @@ class ClusterStack(cdk.Stack):
             for a in addons.eks_addons()
             if a.eks is not None and a.eks.after_nodes == after_nodes
         ]
+
+    def _nodegroup(
+        self,
+        group: NodeGroup,
+        environment: Environment,
+        node_role: iam.IRole,
+        launch_template: ec2.LaunchTemplate,
+        network_addons: list[eks.Addon],
+    ) -> eks.Nodegroup:
+        """One EKS managed node group: a nodegroups.yaml entry, or one zone of a per-zone entry."""
+        eks_versions = settings.versions()["eks"]
+        # A zone's group of a per-zone entry lives in that zone's private subnet only; the others span all three.
+        subnets = (
+            ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS, availability_zones=list(group.zones))
+            if group.family
+            else ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)
+        )
+        nodegroup = self.cluster.add_nodegroup_capacity(
+            "Nodegroup-" + group.name,
+            nodegroup_name=group.name,
+            instance_types=[ec2.InstanceType(group.instance_type)],
+            ami_type=AMI_TYPES[group.ami_type],
+            # The GPU AMI is pinned: driver and CUDA compatibility are checked against it (versions.toml).
+            release_version=eks_versions["gpu_ami_release_version"] if group.gpus_per_node else None,
+            capacity_type=eks.CapacityType.ON_DEMAND,
+            min_size=group.min_size,
+            max_size=group.max_size,
+            desired_size=group.min_size,
+            # The root volume is the launch template's (a managed node group refuses both).
+            launch_template_spec=eks.LaunchTemplateSpec(
+                id=launch_template.launch_template_id or "",
+                version=launch_template.latest_version_number,
+            ),
+            node_role=node_role,
+            # EKS replaces nodes that turn NotReady, or report an unhealthy accelerator, kernel, network,
+            # storage or runtime condition (the node monitoring agent's conditions), instead of leaving them.
+            enable_node_auto_repair=True,
+            labels=nodegroup_labels(group),
+            taints=[
+                eks.TaintSpec(key=t["key"], value=t["value"], effect=TAINT_EFFECTS[t["effect"]]) for t in group.taints
+            ],
+            # EKS tags the node group's ASG with the same discovery tags itself; stating them here
+            # keeps the contract with the autoscaler's --node-group-auto-discovery visible.
+            tags={
+                **discovery_tags(environment.cluster_name),
+                "eks-inference/role": group.role,
+                "eks-inference/nodegroups-entry": group.entry,
+            },
+            subnets=subnets,
+            max_unavailable=1,
+        )
+        for addon in network_addons:
+            nodegroup.node.add_dependency(addon)
+        return nodegroup
+
+    def _node_role(self, entry: NodeGroup) -> iam.Role:
+        """The nodes' IAM role, one per nodegroups.yaml entry (its per-zone groups share it)."""
+        return iam.Role(
+            self,
+            "NodeRole-" + entry.name,
+            description=f"Nodes of {entry.name} ({self.eks_environment.cluster_name})",
+            assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
+            managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name(p) for p in NODE_ROLE_POLICIES],
+        )
+
+    def _launch_template(self, entry: NodeGroup) -> ec2.LaunchTemplate:
+        """IMDSv2 with one hop, and an encrypted gp3 root volume of the entry's diskSizeGiB."""
+        return ec2.LaunchTemplate(
+            self,
+            "LaunchTemplate-" + entry.name,
+            require_imdsv2=True,
+            http_put_response_hop_limit=IMDS_HOP_LIMIT,
+            http_tokens=ec2.LaunchTemplateHttpTokens.REQUIRED,
+            http_endpoint=True,
+            block_devices=[
+                ec2.BlockDevice(
+                    device_name=ROOT_DEVICE,
+                    volume=ec2.BlockDeviceVolume.ebs(
+                        entry.disk_size_gib,
+                        volume_type=ec2.EbsDeviceVolumeType.GP3,
+                        encrypted=True,
+                        delete_on_termination=True,
+                        iops=ROOT_VOLUME_IOPS,
+                        throughput=ROOT_VOLUME_THROUGHPUT_MIBPS,
+                    ),
+                )
+            ],
+        )
+
+    def _upgrade_policy(self) -> None:
+        """UpgradePolicy stated, not left to EKS's default (extended support, billed per cluster-hour)."""
+        cfn = cast(eks.CfnCluster, self.cluster.node.default_child)
+        cfn.add_property_override("UpgradePolicy", {"SupportType": UPGRADE_SUPPORT_TYPE})
+
+    def _vpc_endpoints(self) -> None:
+        """S3 gateway (ECR's layers), interface endpoints for ECR, STS and EKS Pod Identity, in the nodes' subnets."""
+        nodes = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)
+        self.vpc.add_gateway_endpoint("S3Endpoint", service=ec2.GatewayVpcEndpointAwsService.S3, subnets=[nodes])
+        # One security group for every interface endpoint: HTTPS from inside the VPC, nothing out.
+        endpoints = ec2.SecurityGroup(
+            self,
+            "EndpointSecurityGroup",
+            vpc=self.vpc,
+            description="HTTPS from the VPC to the AWS API interface endpoints",
+            allow_all_outbound=False,
+        )
+        endpoints.add_ingress_rule(ec2.Peer.ipv4(self.vpc.vpc_cidr_block), ec2.Port.tcp(443), "AWS APIs from the VPC")
+        for name, service in INTERFACE_ENDPOINTS.items():
+            self.vpc.add_interface_endpoint(
+                name + "Endpoint",
+                service=service,
+                subnets=nodes,
+                private_dns_enabled=True,
+                security_groups=[endpoints],
+                open=False,
+            )
+
+    def _access_entries(self) -> None:
+        """Break-glass admin and CI deploy roles as EKS access entries; their ARNs are stack parameters."""
+        admin = cdk.CfnParameter(
+            self,
+            access.ADMIN_ROLE_PARAMETER,
+            type="String",
+            allowed_pattern=access.ROLE_ARN.pattern,
+            description="IAM role of the break-glass cluster admins (infra.access.<env>.admin_role_arn)",
+        )
+        deployer = cdk.CfnParameter(
+            self,
+            access.DEPLOY_ROLE_PARAMETER,
+            type="String",
+            allowed_pattern=access.ROLE_ARN.pattern,
+            description="IAM role CI runs `invoke deploy` as (infra.access.<env>.deploy_role_arn)",
+        )
+        eks.AccessEntry(
+            self,
+            "AdminAccess",
+            cluster=cast(eks.ICluster, self.cluster),
+            principal=admin.value_as_string,
+            access_policies=[
+                eks.AccessPolicy.from_access_policy_name(
+                    access.CLUSTER_ADMIN_POLICY, access_scope_type=eks.AccessScopeType.CLUSTER
+                )
+            ],
+        )
+        grant = access.deploy_access(render.render(self.eks_environment.overlay))
+        eks.AccessEntry(
+            self,
+            "DeployAccess",
+            cluster=cast(eks.ICluster, self.cluster),
+            principal=deployer.value_as_string,
+            access_policies=[
+                eks.AccessPolicy.from_access_policy_name(
+                    grant.policy,
+                    access_scope_type=eks.AccessScopeType.CLUSTER
+                    if grant.cluster_scope
+                    else eks.AccessScopeType.NAMESPACE,
+                    namespaces=None if grant.cluster_scope else list(grant.namespaces),
+                )
+            ],
+        )
 
     def _autoscaler_role(self, environment: Environment) -> iam.Role:
         """The Cluster Autoscaler's IAM role, bound to kube-system/cluster-autoscaler with EKS Pod Identity."""

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from ops.core import REPO_ROOT
+from ops.k8s import budget
 from ops.k8s.nodegroups import NodeGroup, load_nodegroups
 from ops.k8s.objects import GPU_RESOURCE, Obj, containers, hpa_for, ref, workloads
 from ops.k8s.placement import placement
@@ -51,6 +52,13 @@ def _workload_label(objects: list[Obj], obj: Obj, spec: Obj) -> str:
     return "<br/>".join(parts)
 
 
+def sizes(group: NodeGroup) -> str:
+    """'2-10 nodes', or for a per-zone entry '0-2 nodes per zone, 3 zones' (one managed group each)."""
+    if group.per_zone:
+        return f"{group.min_size}-{group.max_size} nodes per zone, {len(group.zones)} zones"
+    return f"{group.min_size}-{group.max_size} nodes"
+
+
 def mermaid(overlay: str = DIAGRAM_OVERLAY, objects: list[Obj] | None = None) -> str:
     """A Mermaid flowchart: node groups as boxes, each workload inside the group(s) it can run on."""
     objects = render(overlay) if objects is None else objects
@@ -61,7 +69,7 @@ def mermaid(overlay: str = DIAGRAM_OVERLAY, objects: list[Obj] | None = None) ->
     for g in groups:
         taints = ", ".join(f"{t['key']}={t['value']}:{t['effect']}" for t in g.taints) or "no taints"
         selector = "workload-class=" + g.labels.get("workload-class", "?")
-        title = f"node group {g.name}: {g.instance_type}, {g.min_size}-{g.max_size} nodes<br/>{selector}; {taints}"
+        title = f"node group {g.name}: {g.instance_type}, {sizes(g)}<br/>{selector}; {taints}"
         lines.append(f'  subgraph {_node_id(g.name)}["{title}"]')
         for workload, fits in where.items():
             if fits == [g.name]:
@@ -140,7 +148,7 @@ def scale_from_zero_markdown() -> str:
     """The scale-from-zero template of every node group as Markdown tables."""
     lines = []
     for g in load_nodegroups().values():
-        lines += [f"**{g.name}** ({g.min_size}-{g.max_size} nodes)", ""]
+        lines += [f"**{g.name}** ({sizes(g)})", ""]
         lines += ["| template node | value | the autoscaler reads it from |", "|---|---|---|"]
         lines += [f"| {what} | {value} | {source} |" for what, value, source in scale_from_zero_template(g)]
         lines.append("")
@@ -149,9 +157,11 @@ def scale_from_zero_markdown() -> str:
 
 def generated_sections(overlay: str = DIAGRAM_OVERLAY) -> dict[str, str]:
     """Name -> generated Markdown of each generated section of docs/manifests.md."""
+    objects = render(overlay)
     return {
-        "placement-diagram": f"```mermaid\n{mermaid(overlay)}```\n",
+        "placement-diagram": f"```mermaid\n{mermaid(overlay, objects)}```\n",
         "scale-from-zero": scale_from_zero_markdown(),
+        "gpu-budget": budget.markdown(objects),
     }
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -13,6 +13,9 @@ from ops.k8s.objects import GPU_RESOURCE, parse_quantity
 NODEGROUPS_PATH = REPO_ROOT / "manifests" / "nodegroups.yaml"
 GPU_TAINT_KEY = "nvidia.com/gpu"
 ACCELERATOR_LABEL = "k8s.amazonaws.com/accelerator"
+# The label EKS puts on every node of a managed node group: the managed node group's name.
+NODEGROUP_LABEL = "eks.amazonaws.com/nodegroup"
+ZONE_LABEL = "topology.kubernetes.io/zone"
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,50 @@ class NodeGroup:
     # EKS managed node group AMI type (AL2023_x86_64_STANDARD | AL2023_x86_64_NVIDIA) and root volume size.
     ami_type: str = "AL2023_x86_64_STANDARD"
     disk_size_gib: int = 20
+    # perZone: one EKS managed node group per zone, each with this entry's minSize/maxSize, so the Cluster
+    # Autoscaler can choose the zone a new node lands in (--balance-similar-node-groups; a zone-spread pod
+    # that is pending in one zone scales that zone's group). False: one group spanning every zone.
+    per_zone: bool = False
+    # The entry of nodegroups.yaml a per-zone managed group was expanded from (empty for the entries themselves).
+    family: str = ""
+
+    @property
+    def entry(self) -> str:
+        """The name of the nodegroups.yaml entry this group is (or was expanded from)."""
+        return self.family or self.name
+
+    def managed(self) -> tuple[NodeGroup, ...]:
+        """The EKS managed node groups this entry becomes: itself, or one per zone (`<name>-<zone>`)."""
+        if not self.per_zone:
+            return (self,)
+        return tuple(
+            replace(
+                self,
+                name=f"{self.name}-{zone}",
+                zones=(zone,),
+                labels={**self.labels, NODEGROUP_LABEL: f"{self.name}-{zone}"} if NODEGROUP_LABEL in self.labels
+                else dict(self.labels),
+                per_zone=False,
+                family=self.name,
+            )
+            for zone in self.zones
+        )  # fmt: skip
+
+    @property
+    def total_min_size(self) -> int:
+        """Nodes the entry keeps at least, over all its managed groups."""
+        return sum(g.min_size for g in self.managed())
+
+    @property
+    def total_max_size(self) -> int:
+        """Nodes the entry may grow to, over all its managed groups."""
+        return sum(g.max_size for g in self.managed())
+
+    def zone_max_sizes(self) -> dict[str, int]:
+        """zone -> the most nodes the entry may have there (a multi-zone group could put them all in one zone)."""
+        if self.per_zone:
+            return {g.zones[0]: g.max_size for g in self.managed()}
+        return dict.fromkeys(self.zones, self.max_size)
 
     def allocatable_amount(self, resource: str) -> float:
         """What a node offers pods of `resource` (cores, bytes, count); 0 when it has none."""
@@ -62,6 +109,12 @@ def load_nodegroups(path: Path = NODEGROUPS_PATH) -> dict[str, NodeGroup]:
             taints=tuple({k: str(v) for k, v in t.items()} for t in g.get("taints") or ()),
             ami_type=str(g.get("amiType", "AL2023_x86_64_STANDARD")),
             disk_size_gib=int(g.get("diskSizeGiB", 20)),
+            per_zone=bool(g.get("perZone", False)),
         )
         groups[group.name] = group
     return groups
+
+
+def managed_nodegroups(path: Path = NODEGROUPS_PATH) -> dict[str, NodeGroup]:
+    """The EKS managed node groups, keyed by name: every entry, per-zone entries expanded (what infra/ creates)."""
+    return {m.name: m for group in load_nodegroups(path).values() for m in group.managed()}

@@ -13,8 +13,8 @@ import yaml
 
 from ops import core
 from ops.images.versions import load_versions as versions
-from ops.k8s import addons, platform
-from ops.k8s.nodegroups import ACCELERATOR_LABEL, GPU_TAINT_KEY, NODEGROUPS_PATH, load_nodegroups
+from ops.k8s import addons, budget, platform
+from ops.k8s.nodegroups import ACCELERATOR_LABEL, GPU_TAINT_KEY, NODEGROUPS_PATH, ZONE_LABEL, load_nodegroups
 from ops.k8s.objects import (
     GPU_RESOURCE,
     Obj,
@@ -51,6 +51,10 @@ DEFAULT_DRAIN_TIMEOUT_S = 20.0
 
 # Workloads (kind/name) that may tolerate the GPU taint without requesting a GPU: node agents.
 GPU_NODE_AGENTS = ("DaemonSet/nvidia-device-plugin", "DaemonSet/dcgm-exporter")
+# The optional standing GPU headroom (components/gpu-headroom): a pause pod that holds one GPU node warm
+# at a negative priority, preempted by the first GPU pod that needs the room.
+GPU_HEADROOM = "Deployment/gpu-headroom"
+HEADROOM_PRIORITY_CLASS = "eks-inference-headroom"
 # Workloads that must stay on the CPU node group in the EKS overlays.
 CPU_POOL_WORKLOADS = ("Deployment/text-classifier", "Deployment/cluster-autoscaler")
 GPU_POOL_WORKLOADS = ("Deployment/image-classifier", *GPU_NODE_AGENTS)
@@ -69,6 +73,7 @@ RUNS_AS_ROOT = {
 }
 NO_PROBES = {
     "nvidia-device-plugin": "has no health endpoint; it re-registers with the kubelet by itself",
+    "pause": "the GPU headroom placeholder only holds room; it serves nothing and has nothing to probe",
 }
 
 # The namespace the EKS overlays put the services in, and the guardrails there.
@@ -257,6 +262,7 @@ def check_gpu_isolation(overlay: str, objects: list[Obj]) -> list[str]:
             for kind in ("requests", "limits")
         )
         is_gpu_service = obj["kind"] == "Deployment" and obj["metadata"]["name"] == GPU_SERVICE
+        is_gpu_service = is_gpu_service or ref(obj) == GPU_HEADROOM  # holds a GPU for the GPU service
         if requests_gpu and not (is_gpu_service and is_eks(overlay)):
             out.append(f"{ref(obj)}: requests {GPU_RESOURCE} but is not the GPU workload of an EKS overlay")
         if tolerates(spec.get("tolerations", []), taint) and not (
@@ -317,7 +323,9 @@ def check_node_pools(overlay: str, objects: list[Obj]) -> list[str]:
     out = []
     where = placement(objects)
     roles = {g.name: g.role for g in load_nodegroups().values()}
-    for workload, role in [*((w, "cpu") for w in CPU_POOL_WORKLOADS), *((w, "gpu") for w in GPU_POOL_WORKLOADS)]:
+    optional = [GPU_HEADROOM] if GPU_HEADROOM in where else []
+    pools = [*((w, "cpu") for w in CPU_POOL_WORKLOADS), *((w, "gpu") for w in [*GPU_POOL_WORKLOADS, *optional])]
+    for workload, role in pools:
         if workload not in where:
             out.append(f"{workload}: missing from the overlay")
             continue
@@ -435,8 +443,28 @@ def pod_gpus(spec: Obj) -> int:
 
 
 def gpu_capacity() -> int:
-    """GPUs the GPU node groups can hold at their maxSize."""
-    return sum(g.max_size * g.gpus_per_node for g in load_nodegroups().values() if g.role == "gpu")
+    """GPUs the GPU node groups can hold at their maxSize (every zone's group of a per-zone entry)."""
+    return sum(g.total_max_size * g.gpus_per_node for g in load_nodegroups().values() if g.role == "gpu")
+
+
+def gpu_zone_capacity() -> dict[str, int]:
+    """zone -> GPUs the GPU node groups can hold there at their maxSize."""
+    out: dict[str, int] = {}
+    for g in load_nodegroups().values():
+        if g.role == "gpu":
+            for zone, most in g.zone_max_sizes().items():
+                out[zone] = out.get(zone, 0) + most * g.gpus_per_node
+    return out
+
+
+def zone_spread(spec: Obj) -> Obj | None:
+    """A pod spec's topology spread constraint on the zone label, if it has one."""
+    return next((t for t in spec.get("topologySpreadConstraints", []) if t["topologyKey"] == ZONE_LABEL), None)
+
+
+def most_in_one_zone(pods: int, zones: int, max_skew: int) -> int:
+    """The most of `pods` a hard zone spread (maxSkew) lets land in one of `zones`: x + (zones-1)(x - skew) <= pods."""
+    return min(pods, (pods + (zones - 1) * max_skew) // zones)
 
 
 def gpu_peak(objects: list[Obj]) -> int:
@@ -476,6 +504,80 @@ def check_gpu_capacity(overlay: str, objects: list[Obj]) -> list[str]:
             f"a rollout at the HPA maximum needs {peak} GPUs (maxReplicas + maxSurge) but the GPU node groups "
             f"hold {total}: raise the GPU node group maxSize, lower maxReplicas, or roll with maxSurge 0"
         )
+    out.extend(_gpu_zone_capacity(objects, most, peak))
+    return out
+
+
+def _gpu_zone_capacity(objects: list[Obj], most: int, peak: int) -> list[str]:
+    """The same arithmetic per zone, for a hard (DoNotSchedule) zone spread of the GPU service.
+
+    All zones up: the spread may put up to most_in_one_zone(peak) pods in any one zone, so every zone's groups
+    must hold that many. One zone lost: the others must still hold the HPA maximum.
+    """
+    deps = find(objects, "Deployment", GPU_SERVICE)
+    spread = zone_spread(deps[0]["spec"]["template"]["spec"]) if deps else None
+    if spread is None or spread.get("whenUnsatisfiable") != "DoNotSchedule":
+        return []
+    zones = gpu_zone_capacity()
+    skew = int(spread.get("maxSkew", 1))
+    out = [
+        f"node group {g.name} spans {len(g.zones)} zones: a hard zone spread needs one GPU node group per zone "
+        "(nodegroups.yaml perZone), or a pod pending for one zone may get its node in another"
+        for g in load_nodegroups().values()
+        if g.role == "gpu" and not g.per_zone and len(g.zones) > 1
+    ]
+    need = most_in_one_zone(peak, len(zones), skew)
+    for zone, held in sorted(zones.items()):
+        if held < need:
+            out.append(
+                f"zone {zone}: a rollout at the HPA maximum spreads {peak} GPU pods over {len(zones)} zones "
+                f"(maxSkew {skew}), up to {need} in one zone, but its GPU node groups hold {held}"
+            )
+    for lost in sorted(zones):
+        rest = {z: n for z, n in zones.items() if z != lost}
+        if not rest:
+            out.append(f"zone {lost} is the only GPU zone: losing it leaves no GPU")
+            continue
+        need_rest = most_in_one_zone(most, len(rest), skew)
+        short = [z for z, n in sorted(rest.items()) if n < need_rest]
+        if sum(rest.values()) < most or short:
+            out.append(
+                f"without zone {lost} the other GPU zones hold {sum(rest.values())} GPUs "
+                f"({', '.join(f'{z}: {n}' for z, n in sorted(rest.items()))}); the HPA maximum {most} needs "
+                f"{need_rest} in each"
+            )
+    return out
+
+
+@policy("gpu-provisioning-budget")
+def check_gpu_provisioning_budget(overlay: str, objects: list[Obj]) -> list[str]:
+    """EKS: the GPU service's budget parts are stated (autoscaler flag, image-pull allowance, startup probe), and
+    its progressDeadlineSeconds is the budget (ops.k8s.budget), not Kubernetes' 600 s default."""
+    if not is_eks(overlay):
+        return []
+    out = []
+    autoscalers = find(objects, "Deployment", budget.AUTOSCALER)
+    flags = [
+        a
+        for dep in autoscalers
+        for c in containers(dep["spec"]["template"]["spec"])
+        for a in [*c.get("command", []), *c.get("args", [])]
+    ]
+    if autoscalers and not any(f.startswith(budget.PROVISION_TIME_FLAG + "=") for f in flags):
+        out.append(f"Deployment/{budget.AUTOSCALER}: state {budget.PROVISION_TIME_FLAG} (a part of the GPU budget)")
+    try:
+        found = budget.gpu_provisioning_budget(objects)
+    except budget.BudgetError as exc:
+        return [*out, str(exc)]
+    if found is None:
+        return out
+    for dep in budget.gpu_deployments(objects):
+        deadline = dep["spec"].get("progressDeadlineSeconds")
+        if deadline is None or int(deadline) < found.progress_deadline_s:
+            out.append(
+                f"{ref(dep)}: progressDeadlineSeconds {deadline} < the GPU provisioning budget "
+                f"{found.progress_deadline_s} s: a rollout waiting for a new GPU node would be reported as failed"
+            )
     return out
 
 
@@ -530,9 +632,14 @@ def check_service_shape(overlay: str, objects: list[Obj]) -> list[str]:
         if SERVICE_PORT not in [p["containerPort"] for p in c.get("ports", [])]:
             out.append(f"{ref(dep)}: container port {SERVICE_PORT} not declared")
         spread = {t["topologyKey"]: t for t in spec.get("topologySpreadConstraints", [])}
-        zone = spread.get("topology.kubernetes.io/zone")
-        if zone is None or zone["whenUnsatisfiable"] != "ScheduleAnyway":
-            out.append(f"{ref(dep)}: needs a ScheduleAnyway spread on topology.kubernetes.io/zone")
+        zone = spread.get(ZONE_LABEL)
+        # EKS GPU service: a hard zone spread (one GPU node group per zone); everything else prefers spreading.
+        hard = name == GPU_SERVICE and is_eks(overlay)
+        wanted = "DoNotSchedule" if hard else "ScheduleAnyway"
+        if zone is None or zone["whenUnsatisfiable"] != wanted:
+            out.append(f"{ref(dep)}: needs a {wanted} spread on {ZONE_LABEL}")
+        elif hard and zone.get("nodeTaintsPolicy") != "Honor":
+            out.append(f"{ref(dep)}: its zone spread needs nodeTaintsPolicy Honor (a dead zone's tainted nodes)")
         if "kubernetes.io/hostname" not in spread:
             out.append(f"{ref(dep)}: needs a spread on kubernetes.io/hostname")
         for t in spread.values():

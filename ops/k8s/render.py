@@ -15,6 +15,7 @@ import yaml
 
 from ops import core
 from ops.core import REPO_ROOT, OpsError
+from ops.k8s import budget
 from ops.k8s.objects import Obj
 from ops.toolchain import tools
 
@@ -28,7 +29,7 @@ OVERLAYS = ("local", "local-live", "eks-staging", "eks-prod")
 EKS_OVERLAYS = ("eks-staging", "eks-prod")
 LOCAL_OVERLAYS = ("local", "local-live")
 # Off by default; the tests render them on top of eks-prod.
-OPTIONAL_COMPONENTS = ("gpu-queue-autoscaling", "nvidia-device-plugin/time-slicing")
+OPTIONAL_COMPONENTS = ("gpu-queue-autoscaling", "nvidia-device-plugin/time-slicing", "gpu-headroom")
 
 
 class ManifestError(OpsError):
@@ -117,8 +118,13 @@ def available_overlays() -> list[str]:
     return sorted(p.parent.name for p in OVERLAYS_DIR.glob("*/kustomization.yaml"))
 
 
-def render_text(overlay: str | os.PathLike[str]) -> str:
-    """The overlay rendered as multi-document YAML. Raises on errors and on any Kustomize warning."""
+def render_text(overlay: str | os.PathLike[str], budget_scale: float = 1.0) -> str:
+    """The overlay rendered as multi-document YAML. Raises on errors and on any Kustomize warning.
+
+    Fields derived from facts stated elsewhere in the manifests are filled in here, after Kustomize (which
+    cannot compute): the GPU Deployment's progressDeadlineSeconds, from the GPU provisioning budget
+    (ops.k8s.budget; `budget_scale` shrinks it for tests). Overlays without a GPU Deployment pass unchanged.
+    """
     path = overlay_path(overlay)
     argv = [*kustomize_command(), str(path)]
     proc = core.run(argv, cwd=REPO_ROOT, timeout=120, ok_codes=range(256), effect=False)
@@ -126,12 +132,22 @@ def render_text(overlay: str | os.PathLike[str]) -> str:
         raise ManifestError(f"{' '.join(argv)} failed:\n{proc.stderr.strip()}")
     if proc.stderr.strip():
         raise KustomizeWarning(f"{' '.join(argv)} warned:\n{proc.stderr.strip()}")
-    return proc.stdout
+    try:
+        return derive(proc.stdout, budget_scale)
+    except budget.BudgetError as exc:
+        raise ManifestError(f"{path}: {exc}") from exc
 
 
-def render(overlay: str | os.PathLike[str]) -> list[Obj]:
+def derive(kustomized: str, budget_scale: float = 1.0) -> str:
+    """Kustomize's output with the derived fields filled in (see `render_text`); unchanged when there are none."""
+    docs = [doc for doc in yaml.safe_load_all(kustomized) if doc]
+    derived = budget.with_progress_deadline(docs, budget_scale)
+    return yaml.safe_dump_all(docs, sort_keys=False) if derived else kustomized
+
+
+def render(overlay: str | os.PathLike[str], budget_scale: float = 1.0) -> list[Obj]:
     """The overlay rendered as a list of Kubernetes objects."""
-    return [doc for doc in yaml.safe_load_all(render_text(overlay)) if doc]
+    return [doc for doc in yaml.safe_load_all(render_text(overlay, budget_scale)) if doc]
 
 
 def render_with_components(overlay: str, components: Iterable[str]) -> list[Obj]:

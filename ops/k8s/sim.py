@@ -12,7 +12,7 @@ from typing import Any
 from ops import core
 from ops.core import cache_root, console
 from ops.k8s.deploy import MUTATING_VERBS
-from ops.k8s.nodegroups import NodeGroup, load_nodegroups
+from ops.k8s.nodegroups import ZONE_LABEL, NodeGroup, load_nodegroups
 from ops.toolchain import tools
 
 REGION = "us-east-1"
@@ -29,17 +29,21 @@ CONTROL_PLANE_TOOLS = (
 
 
 def node_manifest(group: NodeGroup, index: int) -> dict[str, Any]:
-    """A fake Node for kwok: the group's labels, taints, capacity and a zone spread round-robin."""
+    """A fake Node for kwok: the group's labels, taints, capacity and a zone spread round-robin.
+
+    A per-zone entry's node carries its zone's managed group name (eks.amazonaws.com/nodegroup), as EKS sets it.
+    """
     zone = group.zones[index % len(group.zones)]
     name = f"{group.name}-{index}"
+    managed = next(m for m in group.managed() if zone in m.zones)
     labels = {
         "kubernetes.io/arch": "amd64",
         "kubernetes.io/os": "linux",
         "kubernetes.io/hostname": name,
         "topology.kubernetes.io/region": REGION,
-        "topology.kubernetes.io/zone": zone,
+        ZONE_LABEL: zone,
         "type": "kwok",
-        **group.labels,
+        **managed.labels,
     }
     return {
         "apiVersion": "v1",
@@ -57,9 +61,9 @@ def node_manifest(group: NodeGroup, index: int) -> dict[str, Any]:
     }
 
 
-# Fake nodes per node group of manifests/nodegroups.yaml, spread over its zones. 3 GPU nodes for 2 image-classifier
-# replicas leave one GPU for the rollout's surge pod (maxSurge 1, maxUnavailable 0); in production the Cluster
-# Autoscaler adds that node.
+# Fake nodes per entry of manifests/nodegroups.yaml, spread over its zones (gpu-t4: one in each zone's group).
+# 3 GPU nodes for 2 image-classifier replicas leave one GPU for the rollout's surge pod (maxSurge 1,
+# maxUnavailable 0); in production the Cluster Autoscaler adds that node.
 NODE_COUNTS = {"cpu-general": 3, "gpu-t4": 3}
 
 

@@ -143,7 +143,8 @@ def base_pod_spec(service: str, overlay: str = PROD_OVERLAY) -> PodSpec:
         for patch in yaml.safe_load((folder / "kustomization.yaml").read_text()).get("patches") or []:
             target = patch.get("target") or {}
             doc = yaml.safe_load((folder / patch["path"]).read_text()) if "path" in patch else None
-            if not doc or doc.get("kind") != "Deployment":
+            # JSON 6902 patches (lists of operations) edit no resources: only strategic-merge ones matter here.
+            if not isinstance(doc, dict) or doc.get("kind") != "Deployment":
                 continue
             if (target.get("name") or doc["metadata"]["name"]) != service:
                 continue
@@ -254,11 +255,12 @@ def plan_capacity(
     planned = per_pod * (1 - headroom)
     by_load = math.ceil(target_rps / planned) if planned > 0 else 0
     replicas = max(by_load, min_replicas)
-    nodes = max(group.min_size, math.ceil(replicas / fit)) if fit > 0 else 0
+    # A per-zone entry (nodegroups.yaml perZone) is one managed group per zone: count all of them.
+    nodes = max(group.total_min_size, math.ceil(replicas / fit)) if fit > 0 else 0
     if fit == 0:
         notes.append(f"a pod does not fit on one {group.instance_type} node at all")
-    if nodes > group.max_size:
-        notes.append(f"needs {nodes} nodes but node group {group.name} has maxSize {group.max_size}")
+    if nodes > group.total_max_size:
+        notes.append(f"needs {nodes} nodes but node group {group.name} has maxSize {group.total_max_size}")
     hpa: dict[str, Any] = {
         "minReplicas": min_replicas,
         "maxReplicas": max(replicas, math.ceil(replicas * 1.5)),
@@ -292,7 +294,7 @@ def plan_capacity(
         instance_type=group.instance_type,
         pods_per_node=fit,
         nodes=nodes,
-        nodes_within_max=nodes <= group.max_size,
+        nodes_within_max=nodes <= group.total_max_size,
         hpa=hpa,
         pod_requests=spec.requests,
         pod_requests_source=spec.source,

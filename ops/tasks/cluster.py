@@ -67,7 +67,8 @@ def sim_down(c: Context, name: str | None = None, kubeconfig: str | None = None)
         "dry_run": "Show a server-side diff and change nothing.",
         "yes": "Skip the prod confirmation prompt.",
         "context": "Kube context to use (default: the current context); must be allowed for the env.",
-        "timeout": "Seconds to wait for each rollout.",
+        "timeout": "Seconds to wait for each rollout (default: 300 s, and for the GPU service the GPU provisioning "
+        "budget's rollout wait, docs/manifests.md).",
     },
 )
 def deploy(
@@ -76,7 +77,7 @@ def deploy(
     dry_run: bool = False,
     yes: bool = False,
     context: str | None = None,
-    timeout: int = deploy_mod.ROLLOUT_TIMEOUT_S,
+    timeout: int = 0,
 ) -> None:
     """Render the overlay (as manifests.validate does), check schemas and policies, check the context, apply
     server-side, wait for rollouts."""
@@ -87,7 +88,7 @@ def deploy(
         context=context,
         dry_run=dry_run,
         yes=yes,
-        timeout_s=timeout,
+        timeout_s=timeout or None,
     )
 
 

@@ -77,16 +77,21 @@ def check(c: Context, env: list[str] | None = None) -> None:
     },
 )
 def deploy(c: Context, env: str, yes: bool = False) -> None:
-    """Synthesize, check the AWS account (infra.accounts in invoke.yaml), confirm for prod, then `cdk deploy`."""
+    """Check the access roles (infra.access), synthesize, check the AWS account (infra.accounts), confirm for prod,
+    then `cdk deploy` with the roles as the stack's access-entry parameters."""
     if env not in settings.ENV_OVERLAYS:
         raise Exit(f"infra deploy refused: unknown env {env!r}; expected one of {ENVS}", code=2)
+    access_conf = dict(_conf(c).get("access", {}))
+    # Before synth and before any AWS call: without both roles nobody could reach the cluster.
+    roles = deploy_mod.check_access(env, access_conf)
     _synth(c, [env])
-    command = deploy_mod.deploy_command(env, _outdir(c), str(_conf(c).get("cdk_cli", deploy_mod.DEFAULT_CDK_CLI)))
+    cli = str(_conf(c).get("cdk_cli", deploy_mod.DEFAULT_CDK_CLI))
+    command = deploy_mod.deploy_command(env, _outdir(c), roles, cli)
     if c.config.run.dry:
         # The guard calls AWS STS; a dry run only shows the plan.
         console.print(f"(dry run: the AWS account guard for {env!r} would run here)")
     else:
-        account = deploy_mod.guard(env, dict(_conf(c).get("accounts", {})), yes=yes)
+        account = deploy_mod.guard(env, dict(_conf(c).get("accounts", {})), access_conf=access_conf, yes=yes)
         console.print(f"AWS account {account} allowed for {env}")
     core.run(command, cwd=settings.REPO_ROOT, capture=False, echo=True)
 

@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import pytest
 from aws_cdk.assertions import Match, Template
 
-from ops.infra import settings
-from ops.infra.stack import AUTOSCALER_READ_ACTIONS, AUTOSCALER_WRITE_ACTIONS, KUBELET_OWNED_LABELS
+from ops.infra import access, settings
+from ops.infra.stack import (
+    AUTOSCALER_READ_ACTIONS,
+    AUTOSCALER_WRITE_ACTIONS,
+    IMDS_HOP_LIMIT,
+    INTERFACE_ENDPOINTS,
+    KUBELET_OWNED_LABELS,
+    ROOT_DEVICE,
+    UPGRADE_SUPPORT_TYPE,
+)
 from ops.infra.synth import Synthesized, build
 from ops.k8s import addons as k8s_addons
 from ops.k8s import nodegroups as k8s_nodegroups
 from ops.k8s import objects, policies, render
-from ops.k8s.nodegroups import load_nodegroups
+from ops.k8s.nodegroups import load_nodegroups, managed_nodegroups
+
+# The day this test suite is about (the support-end test compares against the real clock, not this).
+TODAY = datetime.date.today()
 
 ENVS = sorted(settings.ENV_OVERLAYS)
 
@@ -30,11 +42,20 @@ def _one(template: Template, kind: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("env", ENVS)
-def test_one_managed_node_group_per_nodegroups_yaml_entry(templates: dict[str, Template], env: str) -> None:
+def test_one_managed_node_group_per_nodegroups_yaml_entry_or_zone(templates: dict[str, Template], env: str) -> None:
     environment = settings.environment(env)
     groups = _nodegroups(templates[environment.stack_name])
-    expected = load_nodegroups()
-    assert set(groups) == set(expected)
+    expected = managed_nodegroups()
+    assert (
+        set(groups)
+        == set(expected)
+        == {
+            "cpu-general",
+            "gpu-t4-us-east-1a",
+            "gpu-t4-us-east-1b",
+            "gpu-t4-us-east-1c",
+        }
+    )
     for name, group in expected.items():
         props = groups[name]
         assert props["InstanceTypes"] == [group.instance_type]
@@ -44,7 +65,9 @@ def test_one_managed_node_group_per_nodegroups_yaml_entry(templates: dict[str, T
             "MaxSize": group.max_size,
             "DesiredSize": group.min_size,
         }
-        assert props["DiskSize"] == group.disk_size_gib
+        assert "DiskSize" not in props  # the launch template's root volume instead
+        assert props["NodeRepairConfig"] == {"Enabled": True}
+        assert props["Tags"]["eks-inference/nodegroups-entry"] == group.entry
         assert props["CapacityType"] == "ON_DEMAND"
         # Every label of nodegroups.yaml that the node group may set (EKS and the kubelet set the rest).
         assert props["Labels"] == {k: v for k, v in group.labels.items() if k not in KUBELET_OWNED_LABELS}
@@ -56,10 +79,11 @@ def test_one_managed_node_group_per_nodegroups_yaml_entry(templates: dict[str, T
         assert props["Tags"][f"k8s.io/cluster-autoscaler/{environment.cluster_name}"] == "owned"
 
 
-def test_gpu_group_is_the_pinned_nvidia_al2023_ami(prod: Template) -> None:
+@pytest.mark.parametrize("zone", ["us-east-1a", "us-east-1b", "us-east-1c"])
+def test_gpu_group_is_the_pinned_nvidia_al2023_ami(prod: Template, zone: str) -> None:
     groups = _nodegroups(prod)
     eks = settings.versions()["eks"]
-    gpu = groups["gpu-t4"]
+    gpu = groups[f"gpu-t4-{zone}"]
     assert gpu["AmiType"] == "AL2023_x86_64_NVIDIA" == eks["gpu_ami_family"]
     assert gpu["ReleaseVersion"] == eks["gpu_ami_release_version"]
     # The release version and the AMI name agree on the Kubernetes minor and the build date.
@@ -73,21 +97,35 @@ def test_gpu_group_is_the_pinned_nvidia_al2023_ami(prod: Template) -> None:
     assert groups["cpu-general"]["AmiType"] == "AL2023_x86_64_STANDARD"
 
 
-def test_gpu_group_holds_the_hpa_maximum_plus_a_rollout_surge(prod: Template) -> None:
-    gpu = _nodegroups(prod)["gpu-t4"]
-    assert (
-        gpu["ScalingConfig"]["MaxSize"] * 1 == policies.gpu_capacity() == policies.gpu_peak(render.render("eks-prod"))
-    )
+def _subnet_zones(template: Template) -> dict[str, str]:
+    """Logical id of each subnet -> its availability zone."""
+    return {k: r["Properties"]["AvailabilityZone"] for k, r in template.find_resources("AWS::EC2::Subnet").items()}
+
+
+def test_each_gpu_group_lives_in_its_own_zone(prod: Template) -> None:
+    """One zone per GPU group: a pending pod's zone decides which group the autoscaler grows."""
+    zones = _subnet_zones(prod)
+    for name, props in _nodegroups(prod).items():
+        group_zones = {zones[s["Ref"]] for s in props["Subnets"]}
+        assert group_zones == set(managed_nodegroups()[name].zones), name
+    assert len({zones[s["Ref"]] for s in _nodegroups(prod)["cpu-general"]["Subnets"]}) == 3
+
+
+def test_gpu_groups_hold_the_hpa_maximum_plus_a_rollout_surge(prod: Template) -> None:
+    gpu = [g for name, g in _nodegroups(prod).items() if name.startswith("gpu-t4-")]
+    total = sum(g["ScalingConfig"]["MaxSize"] for g in gpu)
+    assert total == policies.gpu_capacity() >= policies.gpu_peak(render.render("eks-prod"))
 
 
 def test_node_groups_follow_nodegroups_yaml(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
-    """Generated, not copied: a change in nodegroups.yaml is a change in the template."""
+    """Generated, not copied: a change in nodegroups.yaml's one GPU entry is a change in all three zones' groups."""
     groups = list(load_nodegroups().values())
     bigger = [g if g.name != "gpu-t4" else type(g)(**{**g.__dict__, "max_size": 9}) for g in groups]
     monkeypatch.setattr(settings, "nodegroups", lambda: bigger)
     _, stacks = build(["staging"], tmp_path / "out")
     template = Template.from_stack(stacks[settings.environment("staging").stack_name])
-    assert _nodegroups(template)["gpu-t4"]["ScalingConfig"]["MaxSize"] == 9
+    found = {n: g["ScalingConfig"]["MaxSize"] for n, g in _nodegroups(template).items() if n.startswith("gpu-t4-")}
+    assert found == {"gpu-t4-us-east-1a": 9, "gpu-t4-us-east-1b": 9, "gpu-t4-us-east-1c": 9}
 
 
 @pytest.mark.parametrize("env", ENVS)
@@ -102,7 +140,129 @@ def test_cluster(templates: dict[str, Template], env: str) -> None:
     vpc = cluster["ResourcesVpcConfig"]
     assert vpc["EndpointPrivateAccess"] is True
     assert vpc["PublicAccessCidrs"] == ["203.0.113.0/24"]
-    assert cluster["AccessConfig"]["AuthenticationMode"] == "API"
+    assert cluster["AccessConfig"] == {"AuthenticationMode": "API", "BootstrapClusterCreatorAdminPermissions": False}
+    assert cluster["UpgradePolicy"] == {"SupportType": UPGRADE_SUPPORT_TYPE} == {"SupportType": "STANDARD"}
+
+
+def test_the_pinned_minor_is_still_in_standard_support() -> None:
+    """Fails from the day EKS standard support of [eks].kubernetes_minor ends: upgrade before, not after.
+
+    With UpgradePolicy STANDARD, EKS upgrades the control plane itself on that day (the node groups and
+    the pinned GPU AMI would then lag a minor behind); with EXTENDED it would bill extended support.
+    """
+    eks = settings.versions()["eks"]
+    end = datetime.date.fromisoformat(eks["standard_support_end"])
+    assert end > TODAY, (
+        f"EKS standard support of {eks['kubernetes_minor']} ended on {end}: move [eks] in base-images/versions.toml "
+        "(kubernetes_minor, standard_support_end, the GPU AMI), cluster-autoscaler and tools.toml to the next minor"
+    )
+    if eks["kubernetes_minor"] == "1.35":
+        assert end == datetime.date(2027, 3, 27)  # the EKS release calendar's date for 1.35
+
+
+def _access_entries(template: Template) -> dict[str, dict[str, Any]]:
+    """Access entries by the stack parameter their principal comes from."""
+    found = template.find_resources("AWS::EKS::AccessEntry")
+    return {r["Properties"]["PrincipalArn"]["Ref"]: r["Properties"] for r in found.values()}
+
+
+def _policy_name(policy: dict[str, Any]) -> str:
+    return str(policy["PolicyArn"]["Fn::Join"][1][-1]).rsplit("/", 1)[1]
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_access_entries_for_the_admin_and_deploy_roles(templates: dict[str, Template], env: str) -> None:
+    """Someone can kubectl in: two explicit entries, their principals parameters (no ARN in the template)."""
+    template = templates[settings.environment(env).stack_name]
+    entries = _access_entries(template)
+    assert set(entries) == {access.ADMIN_ROLE_PARAMETER, access.DEPLOY_ROLE_PARAMETER}
+    (admin,) = entries[access.ADMIN_ROLE_PARAMETER]["AccessPolicies"]
+    assert _policy_name(admin) == "AmazonEKSClusterAdminPolicy"
+    assert admin["AccessScope"] == {"Type": "cluster"}
+    (deployer,) = entries[access.DEPLOY_ROLE_PARAMETER]["AccessPolicies"]
+    grant = access.deploy_access(render.render(settings.environment(env).overlay))
+    assert _policy_name(deployer) == grant.policy
+    # The overlays apply cluster-scoped RBAC (the autoscaler's ClusterRole) and PriorityClasses, which no
+    # EKS access policy short of cluster admin may create.
+    assert grant.cluster_scope
+    assert {"ClusterRole", "ClusterRoleBinding", "PriorityClass"} <= set(grant.cluster_kinds)
+    assert deployer["AccessScope"] == {"Type": "cluster"}
+    parameters = template.to_json()["Parameters"]
+    for name in entries:
+        assert parameters[name]["Type"] == "String"
+        assert "Default" not in parameters[name]  # never a hard-coded principal
+        assert parameters[name]["AllowedPattern"] == access.ROLE_ARN.pattern
+    assert "arn:aws:iam::" not in str(template.to_json())
+
+
+def test_deploy_access_is_namespaced_when_the_overlay_is() -> None:
+    """The deploy role's grant follows what the overlay applies: namespaced objects only -> AmazonEKSAdminPolicy."""
+    rendered = render.render("eks-prod")
+    namespaced = [o for o in rendered if o["metadata"].get("namespace")]
+    grant = access.deploy_access(namespaced)
+    assert grant == access.Grant("AmazonEKSAdminPolicy", False, ("inference", "kube-system"))
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_launch_templates_enforce_imdsv2_and_encrypted_gp3(templates: dict[str, Template], env: str) -> None:
+    template = templates[settings.environment(env).stack_name]
+    launch_templates = template.find_resources("AWS::EC2::LaunchTemplate")
+    assert len(launch_templates) == len(load_nodegroups())  # one per nodegroups.yaml entry
+    by_id = {k: r["Properties"]["LaunchTemplateData"] for k, r in launch_templates.items()}
+    for name, props in _nodegroups(template).items():
+        data = by_id[props["LaunchTemplate"]["Id"]["Ref"]]
+        assert data["MetadataOptions"] == {
+            "HttpEndpoint": "enabled",
+            "HttpTokens": "required",
+            "HttpPutResponseHopLimit": IMDS_HOP_LIMIT,
+        }
+        assert IMDS_HOP_LIMIT == 1
+        (root,) = data["BlockDeviceMappings"]
+        assert root["DeviceName"] == ROOT_DEVICE
+        ebs = root["Ebs"]
+        assert ebs["VolumeType"] == "gp3"
+        assert ebs["Encrypted"] is True
+        assert ebs["VolumeSize"] == managed_nodegroups()[name].disk_size_gib
+        assert ebs["Throughput"] > 125  # above gp3's baseline: layer unpacking is disk-bound
+        assert "UserData" not in data
+        assert "ImageId" not in data
+    gpu_disk = load_nodegroups()["gpu-t4"].disk_size_gib
+    assert gpu_disk >= 100
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_vpc_endpoints_for_image_pulls_and_pod_identity(templates: dict[str, Template], env: str) -> None:
+    template = templates[settings.environment(env).stack_name]
+    endpoints = [r["Properties"] for r in template.find_resources("AWS::EC2::VPCEndpoint").values()]
+
+    def service(e: dict[str, Any]) -> tuple[str, str]:
+        name = e["ServiceName"]
+        suffix = name if isinstance(name, str) else name["Fn::Join"][1][-1]  # the S3 gateway names the region by Ref
+        return suffix.rsplit(".", 2)[-1] if suffix.endswith((".api", ".dkr")) else suffix.rsplit(".", 1)[-1], (
+            e.get("VpcEndpointType", "Gateway")
+        )
+
+    found = sorted(service(e) for e in endpoints)
+    assert [(n if n not in ("api", "dkr") else "ecr." + n, k) for n, k in found] == [
+        ("ecr.api", "Interface"),
+        ("ecr.dkr", "Interface"),
+        ("eks-auth", "Interface"),
+        ("s3", "Gateway"),
+        ("sts", "Interface"),
+    ]
+    assert len(INTERFACE_ENDPOINTS) == 4
+    for e in endpoints:
+        if e.get("VpcEndpointType") == "Interface":
+            assert e["PrivateDnsEnabled"] is True
+            assert len(e["SubnetIds"]) == 3  # the nodes' private subnets, one per zone
+        else:
+            assert len(e["RouteTableIds"]) == 3
+    (sg,) = [
+        r["Properties"]
+        for r in template.find_resources("AWS::EC2::SecurityGroup").values()
+        if "interface endpoints" in r["Properties"]["GroupDescription"]
+    ]
+    assert [(i["FromPort"], i["ToPort"]) for i in sg["SecurityGroupIngress"]] == [(443, 443)]
 
 
 def test_the_cluster_name_is_the_one_the_autoscaler_discovers(rendered_prod: list[dict[str, Any]]) -> None:
@@ -244,6 +404,7 @@ def test_every_synthesized_resource_type(templates: dict[str, Template]) -> None
         "AWS::EC2::EIP",
         "AWS::EC2::FlowLog",
         "AWS::EC2::InternetGateway",
+        "AWS::EC2::LaunchTemplate",
         "AWS::EC2::NatGateway",
         "AWS::EC2::Route",
         "AWS::EC2::RouteTable",
@@ -251,7 +412,9 @@ def test_every_synthesized_resource_type(templates: dict[str, Template]) -> None
         "AWS::EC2::Subnet",
         "AWS::EC2::SubnetRouteTableAssociation",
         "AWS::EC2::VPC",
+        "AWS::EC2::VPCEndpoint",
         "AWS::EC2::VPCGatewayAttachment",
+        "AWS::EKS::AccessEntry",
         "AWS::EKS::Addon",
         "AWS::EKS::Cluster",
         "AWS::EKS::Nodegroup",

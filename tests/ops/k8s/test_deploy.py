@@ -83,7 +83,9 @@ def test_deploy_refuses_yaml_that_fails_a_policy(monkeypatch: pytest.MonkeyPatch
     for obj in objects:
         if obj["kind"] == "Deployment" and obj["metadata"]["name"] == "text-classifier":
             obj["spec"]["replicas"] = 3  # the HPA owns replicas: policy hpa-owns-replicas
-    monkeypatch.setattr(render, "render_text", lambda overlay: yaml.safe_dump_all(objects, sort_keys=False))
+    monkeypatch.setattr(
+        render, "render_text", lambda overlay, budget_scale=1.0: yaml.safe_dump_all(objects, sort_keys=False)
+    )
     with pytest.raises(deploy.DeployRefused, match="hpa-owns-replicas"):
         deploy.deploy("prod", {"prod": "fake"}, context="fake", yes=True)
     assert kubectl == []  # refused before any kubectl ran
@@ -93,9 +95,9 @@ def test_deploy_renders_through_the_one_render_path(monkeypatch: pytest.MonkeyPa
     seen: list[str] = []
     real = render.render_text
 
-    def spy(overlay: str) -> str:
+    def spy(overlay: str, budget_scale: float = 1.0) -> str:
         seen.append(str(overlay))
-        return real(overlay)
+        return real(overlay, budget_scale)
 
     monkeypatch.setattr(render, "render_text", spy)
     assert deploy.render("staging") == real("eks-staging")

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ops.k8s.nodegroups import load_nodegroups
+from ops.k8s.nodegroups import NODEGROUP_LABEL, managed_nodegroups
 from ops.k8s.sim import SimCluster
 
 
@@ -29,7 +29,5 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimCluster]:
 @pytest.fixture(scope="session")
 def node_roles(sim: SimCluster) -> dict[str, str]:
     """node name -> role (cpu|gpu), from nodegroups.yaml via the nodes the simulator created."""
-    groups = load_nodegroups()
-    return {
-        n["metadata"]["name"]: groups[n["metadata"]["labels"]["eks.amazonaws.com/nodegroup"]].role for n in sim.nodes()
-    }
+    groups = managed_nodegroups()
+    return {n["metadata"]["name"]: groups[n["metadata"]["labels"][NODEGROUP_LABEL]].role for n in sim.nodes()}

@@ -22,7 +22,7 @@ import yaml
 
 from ops.images import versions as image_versions
 from ops.k8s import nodegroups, objects, render
-from ops.k8s.nodegroups import load_nodegroups
+from ops.k8s.nodegroups import load_nodegroups, managed_nodegroups
 from ops.k8s.sim import SimCluster, node_manifest, wait_until
 
 BINARY_ENV = "EKS_INFERENCE_CLUSTER_AUTOSCALER"
@@ -76,7 +76,8 @@ def template_nodes() -> dict[str, Any]:
     adopt nodes it did not create, so cpu-general's minimum (2) stands as the pre-created node instead.
     """
     items = []
-    for group in load_nodegroups().values():
+    # One template per EKS managed node group: gpu-t4 is one per zone, as production balances them.
+    for group in managed_nodegroups().values():
         node = node_manifest(group, 0)
         node["metadata"]["name"] = f"{group.name}-template"
         node["metadata"]["annotations"] = {
@@ -135,6 +136,7 @@ def autoscaler(ca_sim: SimCluster, tmp_path_factory: pytest.TempPathFactory) -> 
         "--scan-interval=2s",
         # Production's expander and pod rules (components/cluster-autoscaler), with timings in seconds.
         "--expander=least-waste",
+        "--balance-similar-node-groups",
         "--skip-nodes-with-local-storage=false",
         "--skip-nodes-with-system-pods=false",
         "--scale-down-delay-after-add=10s",
@@ -168,7 +170,9 @@ def autoscaler(ca_sim: SimCluster, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def nodes_of(sim: SimCluster, group: str) -> list[str]:
-    out = sim.kubectl("get", "nodes", "-l", f"{GROUP_LABEL}={group}", "-o", "jsonpath={.items[*].metadata.name}")
+    """Nodes of a nodegroups.yaml entry (every zone's managed group of a per-zone one)."""
+    names = ",".join(m.name for m in load_nodegroups()[group].managed())
+    out = sim.kubectl("get", "nodes", "-l", f"{GROUP_LABEL} in ({names})", "-o", "jsonpath={.items[*].metadata.name}")
     return [n for n in out.split() if not n.endswith("-template")]
 
 

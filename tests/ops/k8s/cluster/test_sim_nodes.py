@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from ops.k8s.nodegroups import load_nodegroups
+from ops.k8s.nodegroups import NODEGROUP_LABEL, load_nodegroups, managed_nodegroups
 from ops.k8s.sim import SimCluster
 
 pytestmark = pytest.mark.cluster
@@ -20,12 +20,13 @@ def live_nodes(sim: SimCluster) -> list[dict[str, Any]]:
 
 def test_every_node_mirrors_its_node_group(sim: SimCluster) -> None:
     groups = load_nodegroups()
+    managed = managed_nodegroups()
     nodes = live_nodes(sim)
     by_group: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for node in nodes:
         labels = node["metadata"]["labels"]
-        group = groups[labels["eks.amazonaws.com/nodegroup"]]
-        by_group[group.name].append(node)
+        group = managed[labels[NODEGROUP_LABEL]]  # per zone for gpu-t4: gpu-t4-us-east-1a, ...
+        by_group[group.entry].append(node)
         assert group.labels.items() <= labels.items()
         assert labels["topology.kubernetes.io/zone"] in group.zones
         taints = [{k: t[k] for k in ("key", "value", "effect")} for t in node["spec"].get("taints", [])]
@@ -36,7 +37,12 @@ def test_every_node_mirrors_its_node_group(sim: SimCluster) -> None:
     for name, members in by_group.items():
         zones = {n["metadata"]["labels"]["topology.kubernetes.io/zone"] for n in members}
         assert len(zones) == min(len(members), len(groups[name].zones)), f"{name} not spread over zones"
-        assert groups[name].min_size <= len(members) <= groups[name].max_size
+        assert groups[name].total_min_size <= len(members) <= groups[name].total_max_size
+    assert {m["metadata"]["labels"][NODEGROUP_LABEL] for m in by_group["gpu-t4"]} == {
+        "gpu-t4-us-east-1a",
+        "gpu-t4-us-east-1b",
+        "gpu-t4-us-east-1c",
+    }
 
 
 def test_nodes_are_ready_and_kept_alive_by_kwok(sim: SimCluster) -> None:

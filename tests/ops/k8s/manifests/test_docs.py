@@ -55,8 +55,10 @@ def test_gpu_group_scale_from_zero_template() -> None:
     flags = ca["spec"]["template"]["spec"]["containers"][0]["command"]
     discovery = "asg:tag=k8s.io/cluster-autoscaler/enabled,k8s.io/cluster-autoscaler/$(CLUSTER_NAME)"
     assert f"--node-group-auto-discovery={discovery}" in flags
-    # One multi-zone group per instance type: nothing for --balance-similar-node-groups to balance.
-    assert "--balance-similar-node-groups" not in flags
+    # One GPU managed node group per zone: balanced, so a zone-spread pod's zone decides which one grows.
+    assert "--balance-similar-node-groups" in flags
+    assert gpu.per_zone
+    assert len(gpu.managed()) == len(gpu.zones) == 3
 
 
 def test_cluster_name_reaches_the_autoscaler(rendered: dict[str, list[dict[str, Any]]]) -> None:

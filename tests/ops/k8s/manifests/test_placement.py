@@ -25,12 +25,14 @@ def test_nodegroups_contract_is_what_the_components_select_on() -> None:
 
 @pytest.mark.parametrize("overlay", [*render.EKS_OVERLAYS, *(f"eks-prod+{c}" for c in render.OPTIONAL_COMPONENTS)])
 def test_eks_placement(overlay: str, rendered: dict[str, list[Obj]]) -> None:
+    headroom = {"Deployment/gpu-headroom": ["gpu-t4"]} if overlay.endswith("+gpu-headroom") else {}
     assert placement.placement(rendered[overlay]) == {
         "Deployment/image-classifier": ["gpu-t4"],
         "Deployment/text-classifier": ["cpu-general"],
         "Deployment/cluster-autoscaler": ["cpu-general"],
         "DaemonSet/nvidia-device-plugin": ["gpu-t4"],
         "DaemonSet/dcgm-exporter": ["gpu-t4"],
+        **headroom,
     }
 
 

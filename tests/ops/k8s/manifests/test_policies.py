@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -304,12 +305,16 @@ def test_local_leaves_replicas_to_its_hpas(rendered: dict[str, list[Obj]]) -> No
         assert policies.check_hpa_owns_replicas(overlay, rendered[overlay]) == []
 
 
+def _without_zone_checks(violations: list[str]) -> list[str]:
+    return [v for v in violations if not v.startswith(("zone ", "without zone "))]
+
+
 def test_gpu_hpa_beyond_the_gpu_node_group(fresh: Callable[[str], list[Obj]]) -> None:
     objects = fresh("eks-prod")
     (hpa,) = k8s_objects.find(objects, "HorizontalPodAutoscaler", "image-classifier")
-    hpa["spec"]["maxReplicas"] = 6
-    assert _violations("gpu-capacity", "eks-prod", objects) == [
-        "HorizontalPodAutoscaler/image-classifier: maxReplicas 6 > 5 GPUs in the GPU node groups"
+    hpa["spec"]["maxReplicas"] = 7
+    assert _without_zone_checks(_violations("gpu-capacity", "eks-prod", objects)) == [
+        "HorizontalPodAutoscaler/image-classifier: maxReplicas 7 > 6 GPUs in the GPU node groups"
     ]
 
 
@@ -317,15 +322,49 @@ def test_a_rollout_at_the_hpa_maximum_needs_a_gpu_for_its_surge(fresh: Callable[
     """The issue's stall: maxReplicas equal to the GPU capacity with maxSurge 1 and maxUnavailable 0."""
     objects = fresh("eks-prod")
     (hpa,) = k8s_objects.find(objects, "HorizontalPodAutoscaler", "image-classifier")
-    hpa["spec"]["maxReplicas"] = 5  # == gpu-t4 maxSize 5 x 1 GPU
-    assert _violations("gpu-capacity", "eks-prod", objects) == [
-        "a rollout at the HPA maximum needs 6 GPUs (maxReplicas + maxSurge) but the GPU node groups hold 5: "
+    hpa["spec"]["maxReplicas"] = 6  # == gpu-t4 maxSize 2 x 3 zones x 1 GPU
+    assert _without_zone_checks(_violations("gpu-capacity", "eks-prod", objects)) == [
+        "a rollout at the HPA maximum needs 7 GPUs (maxReplicas + maxSurge) but the GPU node groups hold 6: "
         "raise the GPU node group maxSize, lower maxReplicas, or roll with maxSurge 0"
     ]
-    # Rolling with maxSurge 0 (one pod down at a time) always progresses at any size.
+    # Rolling with maxSurge 0 (one pod down at a time) always progresses at any size (the zone checks aside).
     (dep,) = k8s_objects.find(objects, "Deployment", "image-classifier")
     dep["spec"]["strategy"]["rollingUpdate"] = {"maxSurge": 0, "maxUnavailable": 1}
+    assert _without_zone_checks(policies.check_gpu_capacity("eks-prod", objects)) == []
+
+
+def test_the_gpu_capacity_is_checked_per_zone(
+    fresh: Callable[[str], list[Obj]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a hard zone spread, every zone must hold its share of the peak, and two zones the HPA maximum."""
+    objects = fresh("eks-prod")
     assert policies.check_gpu_capacity("eks-prod", objects) == []
+    assert policies.gpu_zone_capacity() == {"us-east-1a": 2, "us-east-1b": 2, "us-east-1c": 2}
+    assert policies.most_in_one_zone(5, 3, 1) == 2  # 4 pods + 1 surge over 3 zones: 2/2/1
+    assert policies.most_in_one_zone(4, 2, 1) == 2
+    # The HPA maximum at 5 still fits the 6 GPUs in all (no surge: maxSurge 0), but not two zones of 2.
+    (hpa,) = k8s_objects.find(objects, "HorizontalPodAutoscaler", "image-classifier")
+    hpa["spec"]["maxReplicas"] = 5
+    (dep,) = k8s_objects.find(objects, "Deployment", "image-classifier")
+    dep["spec"]["strategy"]["rollingUpdate"] = {"maxSurge": 0, "maxUnavailable": 1}
+    assert policies.check_gpu_capacity("eks-prod", objects) == [
+        f"without zone {lost} the other GPU zones hold 4 GPUs ({rest}); the HPA maximum 5 needs 3 in each"
+        for lost, rest in (
+            ("us-east-1a", "us-east-1b: 2, us-east-1c: 2"),
+            ("us-east-1b", "us-east-1a: 2, us-east-1c: 2"),
+            ("us-east-1c", "us-east-1a: 2, us-east-1b: 2"),
+        )
+    ]
+    # One multi-zone group instead (the old nodegroups.yaml, maxSize 5) holds the totals, but the autoscaler
+    # cannot choose a zone for it: a pod pending for zone b may get its new node in zone a.
+    gpu = nodegroups.load_nodegroups()["gpu-t4"]
+    single = dataclasses.replace(gpu, per_zone=False, max_size=5)
+    monkeypatch.setattr(policies, "load_nodegroups", lambda: {**nodegroups.load_nodegroups(), "gpu-t4": single})
+    assert policies.gpu_capacity() == 5
+    assert policies.check_gpu_capacity("eks-prod", fresh("eks-prod")) == [
+        "node group gpu-t4 spans 3 zones: a hard zone spread needs one GPU node group per zone "
+        "(nodegroups.yaml perZone), or a pod pending for one zone may get its node in another"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -422,7 +461,8 @@ def test_only_the_gpu_workload_requests_gpus(overlay: str, rendered: dict[str, l
         for c in k8s_objects.containers(spec)
         if "nvidia.com/gpu" in {**c["resources"].get("limits", {}), **c["resources"].get("requests", {})}
     }
-    assert requesting == (set() if overlay in render.LOCAL_OVERLAYS else {"Deployment/image-classifier"})
+    headroom = {"Deployment/gpu-headroom"} if overlay.endswith("+gpu-headroom") else set()
+    assert requesting == (set() if overlay in render.LOCAL_OVERLAYS else {"Deployment/image-classifier", *headroom})
 
 
 @pytest.mark.parametrize("overlay", ALL)

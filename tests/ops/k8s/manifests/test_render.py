@@ -140,4 +140,5 @@ def test_the_venv_kubectl_renders_identically() -> None:
             check=True,
             timeout=120,
         )
-        assert proc.stdout == render.render_text(overlay), overlay
+        # render_text = Kustomize's output + the derived fields (the GPU Deployment's progressDeadlineSeconds).
+        assert render.derive(proc.stdout) == render.render_text(overlay), overlay
