@@ -196,12 +196,14 @@ def v2_binary_call(model: str, input_name: str, elements: Sequence[bytes]) -> Ca
 # -- one sweep -----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SweepOptions:
-    """One perf_analyzer level per concurrency: three measurement windows of `window_s` each, reported as their
-    average (perf_analyzer's own method). Stability is not required (`-s`): on a shared machine a level that
+    """One perf_analyzer level per concurrency: `windows` measurement windows of `window_s` each (or, with
+    `window_requests`, of at least that many requests each: what a smoke test on a busy machine wants), reported as
+    their average (perf_analyzer's own method). Stability is not required (`-s`): on a shared machine a level that
     varies is reported as measured rather than retried without end."""
 
     concurrency: tuple[int, ...] = (1, 2, 4)
     window_s: float = 1.0
+    window_requests: int = 0
     windows: int = 3
     stability_percent: int = 1000
     timeout_s: float = 300.0
@@ -246,8 +248,9 @@ def sweep(
             "-i", "http",
             "--input-data", str(input_data),
             "--concurrency-range", f"{concurrency}:{concurrency}",
-            "--measurement-mode", "time_windows",
-            "-p", str(round(options.window_s * 1000)),
+            *(["--measurement-mode", "count_windows", "--measurement-request-count", str(options.window_requests)]
+              if options.window_requests else
+              ["--measurement-mode", "time_windows", "-p", str(round(options.window_s * 1000))]),
             "-r", str(options.windows),
             "-s", str(options.stability_percent),
             "--percentile", "99",
@@ -257,7 +260,8 @@ def sweep(
         (folder / f"perf_analyzer-c{concurrency}.log").write_text(proc.stdout + proc.stderr)
         if proc.returncode != 0 or not report.is_file():
             raise OpsError(
-                f"perf_analyzer at concurrency {concurrency} exited {proc.returncode}:\n{proc.stdout[-3000:]}"
+                f"perf_analyzer at concurrency {concurrency} exited {proc.returncode}:\n"
+                f"{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}"
             )
         levels.append(level_from_csv(report, concurrency, options.window_s * options.windows))
     return levels
