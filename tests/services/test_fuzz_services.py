@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import random
+import struct
 from collections import Counter
 from collections.abc import Callable
 
@@ -92,7 +94,53 @@ def random_json(rng: random.Random, depth: int = 0) -> object:
     return {rng.choice(["text", "texts", "image_url", "image_b64", "x"]): random_json(rng, depth + 1) for _ in range(3)}
 
 
+V2_SHARE = 0.25  # of each service's cases: Open Inference Protocol requests (serving.v2)
+
+
+def v2_section(elements: list[bytes]) -> bytes:
+    return b"".join(struct.pack("<I", len(e)) + e for e in elements)
+
+
+def v2_case(rng: random.Random, model: str, input_name: str, element: bytes) -> Call:
+    """A mangled /v2 infer request: binary sections cut or padded, header lengths anywhere, wrong tensors, hostile
+    JSON, random element bytes; now and then a well-formed one."""
+    count = rng.choice([0, 1, 1, 2, 4, 40])
+    elements = [rng.choice([element, element[: rng.randrange(len(element) + 1)], rng.randbytes(rng.randrange(64))])
+                for _ in range(count)]  # fmt: skip
+    data = v2_section(elements)
+    roll = rng.random()
+    if roll < 0.2:
+        cut = rng.randrange(len(data) + 1)
+        data = rng.choice([data[:cut], data + rng.randbytes(rng.randrange(1, 16)), rng.randbytes(len(data))])
+    tensor: dict[str, object] = {
+        "name": rng.choice([input_name, input_name, "INPUT0", ""]),
+        "shape": rng.choice([[count], [count], [count, 1], [], [-1], [2**40], [count + 1]]),
+        "datatype": rng.choice(["BYTES", "BYTES", "BYTES", "FP32", "UINT8", "bytes", ""]),
+        "parameters": {"binary_data_size": rng.choice([len(data), len(data), len(data) + 1, -1, "x", None])},
+    }
+    document: dict[str, object] = {"inputs": [tensor]}
+    if roll < 0.3:
+        document["outputs"] = [{"name": rng.choice(["labels", "scores", "probabilities", "logits", 7])}
+                               for _ in range(rng.randrange(3))]  # fmt: skip
+    if 0.3 <= roll < 0.4:
+        document["parameters"] = {"top_k": rng.choice([0, 1, 3, 99, -1, "3", True, None]), "binary_data_output": 1}
+    if 0.4 <= roll < 0.5:
+        tensor.pop("parameters")
+        tensor["data"] = rng.choice([[base64.b64encode(element).decode()], ["%%%"], [[["a"]]], [1, 2], "x", None])
+    header = (json.dumps(document) if roll < 0.9 else json_escaped(rng, 40)).encode()
+    if roll >= 0.95:
+        header = nested(rng, "inputs")
+    length = rng.choice([len(header), len(header), len(header), 0, -1, len(header) + len(data) + 1, 3, "x"])
+    path = rng.choice([f"/v2/models/{model}/infer", f"/v2/models/{model}/infer", "/v2/models/nope/infer",
+                       f"/v2/models/{model}/versions/0/infer", f"/v2/models/{model}%2F/infer"])  # fmt: skip
+    headers = () if roll < 0.45 else (("Inference-Header-Content-Length", str(length)),)
+    content_type = rng.choice(["application/octet-stream", "application/json", ""])
+    return Call(path, content_type, header + data, headers=headers)
+
+
 def image_case(rng: random.Random) -> Call:
+    if rng.random() < V2_SHARE:
+        return v2_case(rng, "image-demo", "IMAGE", JPEG)
     roll = rng.random()
     if roll < 0.25:
         url = rng.choice(HOSTILE_URLS)
@@ -136,7 +184,9 @@ def image_case(rng: random.Random) -> Call:
             rng.randbytes(rng.randrange(0, 200)),
         )
     return Call(
-        rng.choice(["/v1/predict", "/v1/models", "/nope", "/v1/predict/../metrics"]),
+        rng.choice(
+            ["/v1/predict", "/v1/models", "/nope", "/v1/predict/../metrics", "/v2/models/image-demo/infer", "/v2"]
+        ),
         "application/json",
         b"{}",
         rng.choice(["GET", "PUT", "DELETE", "PATCH"]),
@@ -144,6 +194,8 @@ def image_case(rng: random.Random) -> Call:
 
 
 def text_case(rng: random.Random) -> Call:
+    if rng.random() < V2_SHARE:
+        return v2_case(rng, "text-demo", "TEXT", json_escaped(rng, rng.randrange(1, 20)).encode()[1:-1])
     roll = rng.random()
     if roll < 0.35:
         return Call(
