@@ -306,6 +306,18 @@ BAD_V2_IMAGE: dict[str, tuple[str, bytes, dict[str, str], int, str]] = {
 }
 
 
+# What the message must name, where the status and code alone could come from another check.
+MENTIONS = {
+    "wrong datatype": "datatype 'FP32'",
+    "shape mismatch": "shape [3] but carries 1 elements",
+    "truncated binary section": "truncated binary data",
+    "element length past its section": "truncated binary data",
+    "header length past the body": "Inference-Header-Content-Length is 1000000",
+    "header length not a number": "Inference-Header-Content-Length must be a byte count",
+    "elements that are not images": "input 'IMAGE'[1]",
+}
+
+
 @pytest.mark.parametrize("case", BAD_V2_IMAGE, ids=list(BAD_V2_IMAGE))
 def test_bad_v2_image_input_gets_a_4xx_v2_error(image_service: Server, case: str) -> None:
     model, body, headers, status, code = BAD_V2_IMAGE[case]
@@ -317,6 +329,7 @@ def test_bad_v2_image_input_gets_a_4xx_v2_error(image_service: Server, case: str
     assert isinstance(document["error"], str), document
     assert document["error"], document
     assert document["code"] == code, document
+    assert MENTIONS.get(case, "") in document["error"]
 
 
 @pytest.mark.parametrize(
