@@ -125,6 +125,7 @@ def clients_task(
     results: str = "",
 ) -> None:
     """perf_analyzer (v2 binary) and vegeta (the same v2 request, and /v1 raw JPEG) against one image service."""
+    from ops import core
     from ops.perf.clients import ClientsConfig, compare_clients
 
     cfg = ClientsConfig(
@@ -135,6 +136,9 @@ def clients_task(
         pin=pin,
     )
     folder = _folder(results, "bench", "clients")
+    if core.is_dry():
+        console.print(f"would drive one image service with perf_analyzer and vegeta ({cfg}) into {folder}")
+        return
     compare_clients(cfg, folder, echo=console.print)
     console.print((folder / "clients.md").read_text(), markup=False)
 
