@@ -12,6 +12,7 @@ import random
 import struct
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -102,40 +103,55 @@ def v2_section(elements: list[bytes]) -> bytes:
 
 
 def v2_case(rng: random.Random, model: str, input_name: str, element: bytes) -> Call:
-    """A mangled /v2 infer request: binary sections cut or padded, header lengths anywhere, wrong tensors, hostile
-    JSON, random element bytes; now and then a well-formed one."""
-    count = rng.choice([0, 1, 1, 2, 4, 40])
-    elements = [rng.choice([element, element[: rng.randrange(len(element) + 1)], rng.randbytes(rng.randrange(64))])
-                for _ in range(count)]  # fmt: skip
-    data = v2_section(elements)
-    roll = rng.random()
-    if roll < 0.2:
-        cut = rng.randrange(len(data) + 1)
-        data = rng.choice([data[:cut], data + rng.randbytes(rng.randrange(1, 16)), rng.randbytes(len(data))])
-    tensor: dict[str, object] = {
-        "name": rng.choice([input_name, input_name, "INPUT0", ""]),
-        "shape": rng.choice([[count], [count], [count, 1], [], [-1], [2**40], [count + 1]]),
-        "datatype": rng.choice(["BYTES", "BYTES", "BYTES", "FP32", "UINT8", "bytes", ""]),
-        "parameters": {"binary_data_size": rng.choice([len(data), len(data), len(data) + 1, -1, "x", None])},
-    }
+    """A /v2 infer request built valid, then mangled in one or two places (so each mangling reaches the code
+    past every check before it): elements cut or random, sections cut or padded, header lengths anywhere, wrong
+    names, datatypes, shapes, sizes, outputs, parameters, JSON forms, hostile JSON, other paths."""
+    count = rng.choice([1, 1, 2, 4])
+    elements = [element] * count
+    tensor: dict[str, object] = {"name": input_name, "shape": [count], "datatype": "BYTES", "parameters": {}}
     document: dict[str, object] = {"inputs": [tensor]}
-    if roll < 0.3:
-        document["outputs"] = [{"name": rng.choice(["labels", "scores", "probabilities", "logits", 7])}
-                               for _ in range(rng.randrange(3))]  # fmt: skip
-    if 0.3 <= roll < 0.4:
-        document["parameters"] = {"top_k": rng.choice([0, 1, 3, 99, -1, "3", True, None]), "binary_data_output": 1}
-    if 0.4 <= roll < 0.5:
-        tensor.pop("parameters")
-        tensor["data"] = rng.choice([[base64.b64encode(element).decode()], ["%%%"], [[["a"]]], [1, 2], "x", None])
-    header = (json.dumps(document) if roll < 0.9 else json_escaped(rng, 40)).encode()
-    if roll >= 0.95:
-        header = nested(rng, "inputs")
-    length = rng.choice([len(header), len(header), len(header), 0, -1, len(header) + len(data) + 1, 3, "x"])
-    path = rng.choice([f"/v2/models/{model}/infer", f"/v2/models/{model}/infer", "/v2/models/nope/infer",
-                       f"/v2/models/{model}/versions/0/infer", f"/v2/models/{model}%2F/infer"])  # fmt: skip
-    headers = () if roll < 0.45 else (("Inference-Header-Content-Length", str(length)),)
+    state: dict[str, Any] = {"cut": None, "pad": b"", "length": None, "header": None, "no_length": False}
+    path = f"/v2/models/{model}/infer"
+    manglers = [
+        lambda: elements.__setitem__(0, element[: rng.randrange(len(element) + 1)]),
+        lambda: elements.__setitem__(rng.randrange(count), rng.randbytes(rng.randrange(64))),
+        lambda: state.__setitem__("cut", rng.randrange(4 * count + 1)),
+        lambda: state.__setitem__("pad", rng.randbytes(rng.randrange(1, 16))),
+        lambda: state.__setitem__("length", rng.choice([0, -1, 3, 10**9, "x", "", " 12", "1e3"])),
+        lambda: state.__setitem__("no_length", True),
+        lambda: tensor.__setitem__("name", rng.choice(["INPUT0", "", input_name.lower(), 7])),
+        lambda: tensor.__setitem__("datatype", rng.choice(["FP32", "UINT8", "bytes", "", None, "STRING"])),
+        lambda: tensor.__setitem__("shape", rng.choice([[count, 1], [], [-1], [2**40], [count + 1], ["1"], None])),
+        lambda: tensor.__setitem__("parameters", {"binary_data_size": rng.choice([-1, "x", None, 1.5, True, 2**70])}),
+        lambda: document.__setitem__("outputs", [{"name": rng.choice(["labels", "probabilities", "logits", 7]),
+                                                  "parameters": {rng.choice(["binary_data", "classification"]):
+                                                                 rng.choice([True, 0, 2, 99, -1, "yes", None])}}]),
+        lambda: document.__setitem__("parameters", {rng.choice(["top_k", "binary_data_output"]):
+                                                    rng.choice([0, 1, 3, 99, -1, "3", True, None, 2.5])}),
+        lambda: tensor.__setitem__("data", rng.choice([[base64.b64encode(element).decode()] * count, ["%%%"],
+                                                       [[["a"]]], [1, 2], "x", None, [None]])),
+        lambda: document.__setitem__("inputs", rng.choice([[], [tensor, tensor], "x", [None]])),
+        lambda: state.__setitem__("header", json_escaped(rng, 40).encode()),
+        lambda: state.__setitem__("header", nested(rng, "inputs")),
+    ]  # fmt: skip
+    for _ in range(rng.choice([0, 1, 1, 1, 2])):
+        rng.choice(manglers)()
+    data = v2_section(elements)
+    cut = state["cut"]
+    data = (data[:cut] if isinstance(cut, int) else data) + state["pad"]
+    parameters = tensor.get("parameters")
+    if isinstance(parameters, dict) and not parameters and "data" not in tensor:
+        parameters["binary_data_size"] = len(data)
+    header = state["header"] or json.dumps(document).encode()
+    assert isinstance(header, bytes)
+    length = state["length"] if state["length"] is not None else len(header)
+    headers = () if state["no_length"] else (("Inference-Header-Content-Length", str(length)),)
+    if rng.random() < 0.05:
+        path = rng.choice(
+            ["/v2/models/nope/infer", f"/v2/models/{model}/versions/0/infer", f"/v2/models/{model}%2F/infer"]
+        )
     content_type = rng.choice(["application/octet-stream", "application/json", ""])
-    return Call(path, content_type, header + data, headers=headers)
+    return Call(path, content_type, header + (b"" if "data" in tensor else data), headers=headers)
 
 
 def image_case(rng: random.Random) -> Call:
