@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, Path, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -465,6 +466,7 @@ ModelVersion = Annotated[str, Path(description="The served model's version.")]
 def register_v2(app: FastAPI, spec: V2Spec) -> None:
     """Add the protocol's routes (with and without `/versions/{version}`) and its error bodies to a service app."""
     app.add_middleware(V2ErrorBodies)
+    app.openapi = lambda: openapi_naming_the_model(app)  # type: ignore[method-assign]
 
     def ready_model(runtime: AnyRuntime[Any, Any], name: str, version: str | None) -> Any:
         retry = {"Retry-After": str(runtime.settings.retry_after_s)}
@@ -581,6 +583,29 @@ def register_v2(app: FastAPI, spec: V2Spec) -> None:
     ]
     for suffix, method, handler, options in model_routes:
         add_model_route(app, suffix, method, handler, options)
+
+
+def openapi_naming_the_model(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's OpenAPI document, with the served model's name and version as the only values (and examples) of
+    the v2 paths' `{name}` and `{version}` (so a client, or schemathesis, finds the real model). Cached once the
+    model is loaded; before that the document names no model and is built anew on each request."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    document = get_openapi(title=app.title, version=app.version, routes=app.routes)
+    runtime = getattr(app.state, "runtime", None)
+    if runtime is None or not runtime.ready:
+        return document
+    examples = {"name": runtime.model.name, "version": runtime.model.version}
+    for path, operations in document.get("paths", {}).items():
+        if not path.startswith("/v2/models/"):
+            continue
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                if parameter.get("in") == "path" and parameter.get("name") in examples:
+                    parameter["schema"]["enum"] = [examples[parameter["name"]]]  # the only one served (else 404)
+                    parameter["example"] = examples[parameter["name"]]
+    app.openapi_schema = document
+    return document
 
 
 def add_model_route(
