@@ -104,7 +104,9 @@ class Http11Client:
         try:
             head = (
                 f"{call.method} {call.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-                f"Content-Type: {call.content_type}\r\nContent-Length: {len(call.body)}\r\n\r\n"
+                f"Content-Type: {call.content_type}\r\nContent-Length: {len(call.body)}\r\n"
+                + "".join(f"{name}: {value}\r\n" for name, value in call.headers)
+                + "\r\n"
             )
             writer.write(head.encode() + call.body)
             written.append(time.monotonic())
@@ -127,8 +129,10 @@ class Http11Client:
             self.idle.append((reader, writer, time.monotonic()))
         code = None
         if status != 200 and headers.get("content-type", "").startswith("application/json"):
-            with contextlib.suppress(ValueError, AttributeError):
-                code = json.loads(body)["error"]["code"]
+            with contextlib.suppress(ValueError, AttributeError, KeyError, TypeError):
+                document = json.loads(body)
+                error = document["error"]  # ours: {"code", "message"}; the v2 protocol's: a string, "code" beside it
+                code = error["code"] if isinstance(error, dict) else document["code"]
         return Shot(status, seconds, headers.get("retry-after"), code, written_at=written[0])
 
     def close(self) -> None:

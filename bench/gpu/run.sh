@@ -7,6 +7,8 @@
 #   --wheels     folder from `invoke bench.wheels` (bench/gpu/wheels.txt lists them exactly); unpacked into a
 #                temporary folder put first on PYTHONPATH. bin/vegeta in it, if present, drives the load.
 #   --quick      a smaller matrix (CI / CPU check: seconds per stage, not minutes)
+#   PERF_ANALYZER (env) or --wheels DIR with bin/perf_analyzer: also drive the service with Triton's perf_analyzer
+#                beside vegeta (clients.md); skipped, saying so, without one
 #
 # Needs on the machine: python3 with torch, torchvision, pillow, httpx, prometheus-client, pytest-benchmark.
 # Everything else comes from --wheels. No network: the service fetches nothing, the load is on 127.0.0.1.
@@ -43,6 +45,7 @@ if [[ -n $WHEELS ]]; then
   "$PYTHON" bench/gpu/install_wheels.py "$WHEELS" "$SITE" --requirements bench/gpu/wheels.txt
   export PYTHONPATH="$SITE:$PYTHONPATH"
   [[ -x $WHEELS/bin/vegeta ]] && export VEGETA="$WHEELS/bin/vegeta"
+  [[ -z ${PERF_ANALYZER:-} && -x $WHEELS/bin/perf_analyzer ]] && export PERF_ANALYZER="$WHEELS/bin/perf_analyzer"
 fi
 export PYTHONDONTWRITEBYTECODE=1
 
@@ -101,6 +104,18 @@ echo "+ ${RATIO_CMD[*]}"
 "${RATIO_CMD[@]}"
 if [[ $DEVICE == cuda && $QUICK == 0 ]]; then
   "${RATIO_CMD[@]}" --precision fp16 --models resnet50
+fi
+
+stage "perf_analyzer beside vegeta ($DEVICE)"
+if [[ -n ${PERF_ANALYZER:-} ]]; then
+  if [[ $QUICK == 1 ]]; then CLIENT_ARGS=(--concurrency 1,4 --level-duration 1.5 --batch-size 4)
+  elif [[ $DEVICE == cuda ]]; then CLIENT_ARGS=(--concurrency 1,8,32,64 --level-duration 3 --batch-size 64)
+  else CLIENT_ARGS=(); fi
+  CLIENTS_CMD=("$PYTHON" -m ops.perf.clients "$RESULTS" --device "$DEVICE" "${CLIENT_ARGS[@]}")
+  echo "+ ${CLIENTS_CMD[*]}"
+  "${CLIENTS_CMD[@]}" || echo "perf_analyzer stage failed (above); the other results stand"
+else
+  echo "skipped: no PERF_ANALYZER (a perf_analyzer binary: PyPI perf-analyzer, or \$WHEELS/bin/perf_analyzer)"
 fi
 
 stage "summary"

@@ -93,6 +93,7 @@ class BenchOptions:
     level_duration: float = LEVEL_DURATION_S
     pin: str = "auto,none"
     peers: bool = False
+    perf_analyzer: bool = False
     quick: bool = False
 
 
@@ -163,6 +164,8 @@ def run_bench(opts: BenchOptions) -> Path | None:
         print_ratio_table(measured)
     if opts.peers:
         commands.append(run_peers(folder, batch_size=opts.batch_size, quick=opts.quick, pin=opts.pin.split(",")[0]))
+    if opts.perf_analyzer:
+        commands.append(run_clients(folder, batch_size=opts.batch_size, quick=opts.quick, pin=opts.pin.split(",")[0]))
     load = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
     summary = write_summary(folder, measured, commands=commands, title="Benchmark summary", load_average=load)
     console.print(f"summary: {summary}")
@@ -188,6 +191,18 @@ def run_peers(
     if document["servers"]:
         plot_peers(document, folder / "peers.png")
     return f"ops.perf.peers.compare({cfg})"
+
+
+def run_clients(folder: Path, *, batch_size: int = BATCH_SIZE, quick: bool = False, pin: str = "auto") -> str:
+    """perf_analyzer beside vegeta against one image service (clients.json, clients.md); returns the call."""
+    from ops.perf.clients import ClientsConfig, compare_clients
+
+    cfg = ClientsConfig(max_batch_size=batch_size, pin=pin)
+    if quick:
+        cfg.concurrency, cfg.level_duration_s = (1, 4), 1.5
+    compare_clients(cfg, folder, echo=console.print)
+    console.print((folder / "clients.md").read_text(), markup=False)
+    return f"ops.perf.clients.compare_clients({cfg})"
 
 
 def run_peers_alone(folder: Path, **kwargs: Any) -> Path | None:

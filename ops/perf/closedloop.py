@@ -21,6 +21,7 @@ class Call:
     content_type: str
     body: bytes
     method: str = "POST"
+    headers: tuple[tuple[str, str], ...] = ()  # beside Content-Type (the v2 binary extension's header length)
 
     @classmethod
     def json(cls, path: str, document: object) -> Call:
@@ -33,7 +34,7 @@ class Call:
                 "method": self.method,
                 "url": base_url.rstrip("/") + self.path,
                 "body": base64.b64encode(self.body).decode(),
-                "header": {"Content-Type": [self.content_type]},
+                "header": {"Content-Type": [self.content_type], **{k: [v] for k, v in self.headers}},
             }
         )
 

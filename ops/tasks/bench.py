@@ -7,7 +7,7 @@ from pathlib import Path
 
 from invoke import Collection, Context
 
-from ops.core import REPO_ROOT
+from ops.core import REPO_ROOT, console
 from ops.perf import bench as bench_mod
 from ops.perf import capacity as capacity_mod
 from ops.perf import gpuwheels
@@ -44,6 +44,7 @@ def _folder(results: str, kind: str, label: str = "") -> Path:
         "pin": "CPU ratio runs, comma list: auto (service and client on disjoint CPUs), none (shared, the old way), "
         "or SERVICE_CPUS:CLIENT_CPUS such as 1:0.",
         "peers": "Also compare with the peer servers (LitServe, KServe) in the same run: peers.json, peers.png.",
+        "perf_analyzer": "Also drive the image service with Triton's perf_analyzer beside vegeta: clients.md.",
         "pytest": "Run the pytest-benchmark suites (off: only the ratios and peers).",
     },
 )
@@ -68,6 +69,7 @@ def bench(
     results: str = "",
     pin: str = "auto,none",
     peers: bool = False,
+    perf_analyzer: bool = False,
     pytest: bool = True,
 ) -> None:
     """Run the pytest-benchmark suites and the serving ratios; write benchmarks.json, ratios.json and summary.md."""
@@ -95,9 +97,50 @@ def bench(
             level_duration=level_duration,
             pin=pin,
             peers=peers,
+            perf_analyzer=perf_analyzer,
             quick=quick,
         )
     )
+
+
+@ops_task(
+    name="clients",
+    auto_shortflags=False,
+    help={
+        "concurrency": "Closed-loop client counts, comma list.",
+        "level_duration": "Seconds per client count and client.",
+        "batch_size": "Service MAX_BATCH_SIZE.",
+        "model": "demo, resnet50 or a bundle directory.",
+        "pin": "auto (service and client on disjoint CPUs), none, or SERVICE_CPUS:CLIENT_CPUS such as 1:0.",
+        "results": "Results folder (default results/bench/<timestamp>-clients).",
+    },
+)
+def clients_task(
+    c: Context,
+    concurrency: str = "1,2,4,8,16",
+    level_duration: float = 3.0,
+    batch_size: int = bench_mod.BATCH_SIZE,
+    model: str = "demo",
+    pin: str = "auto",
+    results: str = "",
+) -> None:
+    """perf_analyzer (v2 binary) and vegeta (the same v2 request, and /v1 raw JPEG) against one image service."""
+    from ops import core
+    from ops.perf.clients import ClientsConfig, compare_clients
+
+    cfg = ClientsConfig(
+        model=model,
+        max_batch_size=batch_size,
+        concurrency=tuple(int(x) for x in concurrency.split(",")),
+        level_duration_s=level_duration,
+        pin=pin,
+    )
+    folder = _folder(results, "bench", "clients")
+    if core.is_dry():
+        console.print(f"would drive one image service with perf_analyzer and vegeta ({cfg}) into {folder}")
+        return
+    compare_clients(cfg, folder, echo=console.print)
+    console.print((folder / "clients.md").read_text(), markup=False)
 
 
 @ops_task(
@@ -267,6 +310,7 @@ ns = Collection("bench")
 ns.add_task(bench, default=True)
 ns.add_task(wheels)
 ns.add_task(peers_task)
+ns.add_task(clients_task)
 ns.add_task(profile_task)
 ns.add_task(load)
 ns.add_task(capacity)

@@ -28,6 +28,7 @@ from serving.app import (
 )
 from serving.errors import InvalidRequest, Overloaded, UnsupportedMediaType
 from serving.fetch import SafeFetcher
+from serving.v2 import V2Spec, register_v2
 
 SERVICE = "image_classifier"
 RAW_IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/webp"})
@@ -67,12 +68,25 @@ class PredictResponse(BaseModel):
 _LINE_BREAKS = re.compile(r"[\r\n]+")
 
 
-def decode_b64(data: str) -> bytes:
+def decode_b64(data: str, what: str = "image_b64") -> bytes:
     """Standard base64; line breaks (MIME and GNU `base64` wrap at 76 columns) are allowed, nothing else is."""
     try:
         return base64.b64decode(_LINE_BREAKS.sub("", data), validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise InvalidRequest(f"image_b64 is not valid base64: {exc}") from exc
+        raise InvalidRequest(f"{what} is not valid base64: {exc}") from exc
+
+
+# The Open Inference Protocol (serving.v2): IMAGE, BYTES [-1], each element an encoded image.
+V2 = V2Spec(
+    input_name="IMAGE",
+    platform="pytorch_torchvision",
+    from_binary=bytes,
+    from_json=lambda element: decode_b64(element, "the element"),
+    probabilities=lambda top: top.probabilities,
+    max_items=lambda settings: settings.max_images,
+    default_top_k=lambda settings: settings.top_k,
+    json_form="the image's base64: JSON cannot carry raw bytes",
+)
 
 
 ImageRuntime = Runtime[Settings, SafeFetcher]
@@ -137,6 +151,8 @@ def register_routes(app: FastAPI) -> None:
                 "total": round((time.perf_counter() - start) * 1000, 3),
             },
         }
+
+    register_v2(app, V2)
 
 
 async def open_fetcher(settings: Settings, stack: AsyncExitStack) -> SafeFetcher:

@@ -107,7 +107,14 @@ def decode_image(
         raise InvalidImage("corrupt or truncated image", detail=f"{type(exc).__name__}: {exc}") from exc
 
 
-class ImageClassifier(Model[bytes, torch.Tensor, list[dict[str, Any]]]):
+class TopK(list[dict[str, Any]]):
+    """One image's top-k predictions, as /v1/predict answers them; `probabilities` keeps its whole softmax row (in
+    label order) for the Open Inference Protocol's outputs (serving.v2), at no extra device work."""
+
+    probabilities: np.ndarray
+
+
+class ImageClassifier(Model[bytes, torch.Tensor, TopK]):
     """Top-k classifier: preprocess per image on CPU (uint8), normalize and run per batch on the device."""
 
     def __init__(self, settings: Settings) -> None:
@@ -159,13 +166,15 @@ class ImageClassifier(Model[bytes, torch.Tensor, list[dict[str, Any]]]):
                 logits = self.network(x)
             return torch.softmax(logits.float(), dim=1)
 
-    def postprocess(self, outputs: torch.Tensor) -> list[list[dict[str, Any]]]:
-        scores, indices = outputs.topk(self.top_k, dim=1)
-        scores_l, indices_l = scores.cpu().tolist(), indices.cpu().tolist()
-        return [
-            [{"label": self.labels[i], "score": round(s, 6)} for s, i in zip(row_s, row_i, strict=True)]
-            for row_s, row_i in zip(scores_l, indices_l, strict=True)
-        ]
+    def postprocess(self, outputs: torch.Tensor) -> list[TopK]:
+        probabilities = outputs.cpu()
+        scores, indices = probabilities.topk(self.top_k, dim=1)
+        results = []
+        for row, row_s, row_i in zip(probabilities.numpy(), scores.tolist(), indices.tolist(), strict=True):
+            top = TopK({"label": self.labels[i], "score": round(s, 6)} for s, i in zip(row_s, row_i, strict=True))
+            top.probabilities = row
+            results.append(top)
+        return results
 
     def warmup_item(self) -> torch.Tensor:
         """An item made the way a request's is, from encoded bytes of every allowed format: the first request would

@@ -18,6 +18,9 @@ class Settings(ServingSettings):
     port: int = 8080
     channels_last: bool = Field(default=False, description="NHWC memory layout (faster convolutions on CUDA).")
     top_k: int = Field(default=3, ge=1, le=20)
+    max_images: int = Field(
+        default=32, ge=1, le=1024, description="Most images one Open Inference Protocol request may carry (/v2)."
+    )
     max_image_pixels: int = Field(default=40_000_000, ge=1, description="Decompression-bomb cap on width*height.")
     min_image_side: int = Field(default=8, ge=1, description="Images smaller than this on either side are refused.")
     allowed_formats: Annotated[frozenset[str], NoDecode] = frozenset({"JPEG", "PNG", "WEBP"})

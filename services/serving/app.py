@@ -48,9 +48,28 @@ from serving.settings import ServingSettings
 log = logging.getLogger(__name__)
 
 PREDICT_PATH = "/v1/predict"
+# The Open Inference Protocol's infer path (serving.v2): admitted, timed and counted like /v1/predict.
+V2_INFER_PATH = re.compile(r"/v2/models/[^/]+(?:/versions/[^/]+)?/infer")
+V2_MODEL_PATH = re.compile(r"/v2/models/[^/]+(?:/versions/[^/]+)?(/ready|/config)?")
 DEADLINE_KEY = "serving.deadline"  # set in the ASGI scope on arrival: one deadline for every stage of a request
 MAX_JSON_DEPTH = 32
-KNOWN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v1/models", PREDICT_PATH, "/docs", "/openapi.json"})
+KNOWN_PATHS = frozenset(
+    {"/healthz", "/readyz", "/metrics", "/v1/models", PREDICT_PATH, "/docs", "/openapi.json"}
+    | {"/v2", "/v2/health/live", "/v2/health/ready"}
+)
+
+
+def endpoint_of(path: str) -> tuple[str, bool]:
+    """The metrics label of a path (model names folded into `{name}`, so labels stay few) and whether it is a
+    prediction, which admission, the deadline and the in-flight count apply to."""
+    if path in KNOWN_PATHS:
+        return path, path == PREDICT_PATH
+    if V2_INFER_PATH.fullmatch(path):
+        return "/v2/models/{name}/infer", True
+    model_path = V2_MODEL_PATH.fullmatch(path)
+    if model_path:
+        return "/v2/models/{name}" + (model_path.group(1) or ""), False
+    return "other", False
 
 
 SettingsT = TypeVar("SettingsT", bound=ServingSettings)
@@ -227,6 +246,11 @@ def parse_json_body(request: Request, body: bytes, model: type[RequestModel]) ->
     """Validate a JSON body against `model`: wrong type is a 415, any other problem a 400, never a 500."""
     if content_type(request) != "application/json":
         raise UnsupportedMediaType(f"content type {content_type(request) or '(none)'!r} is not accepted here")
+    return parse_json(body, model)
+
+
+def parse_json(body: bytes, model: type[RequestModel]) -> RequestModel:
+    """Validate JSON bytes against `model`; every problem is a 400 InvalidRequest, never a 500."""
     if json_too_deep(body):
         raise InvalidRequest(f"body nests arrays/objects deeper than {MAX_JSON_DEPTH} levels")
     try:
@@ -360,9 +384,7 @@ class MetricsMiddleware:
         if scope["type"] != "http" or runtime is None:
             await self.app(scope, receive, send)
             return
-        path = scope["path"]
-        endpoint = path if path in KNOWN_PATHS else "other"
-        is_predict = path == PREDICT_PATH
+        endpoint, is_predict = endpoint_of(scope["path"])
         status = {"code": 500}
 
         async def send_wrapper(message: Message) -> None:

@@ -34,6 +34,12 @@ class InvalidImage(ServingError):
     status_code, code = 400, "invalid_image"
 
 
+class ModelNotFound(ServingError):
+    """A model name (or version) this service does not serve (the Open Inference Protocol's paths name it)."""
+
+    status_code, code = 404, "model_not_found"
+
+
 class UnsupportedMediaType(ServingError):
     status_code, code = 415, "unsupported_media_type"
 

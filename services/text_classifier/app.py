@@ -22,6 +22,7 @@ from serving.app import (
     require_exactly_one,
 )
 from serving.errors import InvalidRequest
+from serving.v2 import V2Spec, register_v2
 from text_classifier.model import TextClassifier
 from text_classifier.settings import Settings
 
@@ -80,6 +81,30 @@ def check_texts(texts: list[str], settings: Settings) -> None:
             )
 
 
+def utf8(element: bytes) -> str:
+    try:
+        return element.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+
+
+def probabilities(prediction: dict[str, Any]) -> list[float]:
+    """A prediction's scores in label order (the `scores` dict keeps the model's label order)."""
+    return list(prediction["scores"].values())
+
+
+# The Open Inference Protocol (serving.v2): TEXT, BYTES [-1], each element one UTF-8 text; top-1 by default.
+V2 = V2Spec(
+    input_name="TEXT",
+    platform="pytorch_transformers",
+    from_binary=utf8,
+    from_json=str,
+    probabilities=probabilities,
+    max_items=lambda settings: settings.max_texts,
+    default_top_k=lambda settings: 1,
+    check=check_texts,
+)
+
 TextRuntimeDep = Annotated[Runtime[Settings, None], Depends(get_runtime)]
 
 
@@ -116,6 +141,8 @@ def register_routes(app: FastAPI) -> None:
                 "total": round((time.perf_counter() - start) * 1000, 3),
             },
         }
+
+    register_v2(app, V2)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

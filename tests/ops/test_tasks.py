@@ -55,8 +55,8 @@ def test_dry_images_build_starts_no_process() -> None:
 
 @pytest.mark.parametrize(
     "task",
-    ["lint", "bench --quick", "bench.peers", "bench.profile", "load --step", "capacity --run-step", "bench.wheels",
-     "infra.synth", "infra.check"],
+    ["lint", "bench --quick", "bench.peers", "bench.clients", "bench.profile", "load --step", "capacity --run-step",
+     "bench.wheels", "infra.synth", "infra.check"],
 )  # fmt: skip
 def test_dry_tasks_start_no_process(task: str) -> None:
     """Tasks that would lint, measure, download or synthesize only say what they would do under `invoke --dry`."""

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import random
+import struct
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -92,7 +95,68 @@ def random_json(rng: random.Random, depth: int = 0) -> object:
     return {rng.choice(["text", "texts", "image_url", "image_b64", "x"]): random_json(rng, depth + 1) for _ in range(3)}
 
 
+V2_SHARE = 0.25  # of each service's cases: Open Inference Protocol requests (serving.v2)
+
+
+def v2_section(elements: list[bytes]) -> bytes:
+    return b"".join(struct.pack("<I", len(e)) + e for e in elements)
+
+
+def v2_case(rng: random.Random, model: str, input_name: str, element: bytes) -> Call:
+    """A /v2 infer request built valid, then mangled in one or two places (so each mangling reaches the code
+    past every check before it): elements cut or random, sections cut or padded, header lengths anywhere, wrong
+    names, datatypes, shapes, sizes, outputs, parameters, JSON forms, hostile JSON, other paths."""
+    count = rng.choice([1, 1, 2, 4])
+    elements = [element] * count
+    tensor: dict[str, object] = {"name": input_name, "shape": [count], "datatype": "BYTES", "parameters": {}}
+    document: dict[str, object] = {"inputs": [tensor]}
+    state: dict[str, Any] = {"cut": None, "pad": b"", "length": None, "header": None, "no_length": False}
+    path = f"/v2/models/{model}/infer"
+    manglers = [
+        lambda: elements.__setitem__(0, element[: rng.randrange(len(element) + 1)]),
+        lambda: elements.__setitem__(rng.randrange(count), rng.randbytes(rng.randrange(64))),
+        lambda: state.__setitem__("cut", rng.randrange(4 * count + 1)),
+        lambda: state.__setitem__("pad", rng.randbytes(rng.randrange(1, 16))),
+        lambda: state.__setitem__("length", rng.choice([0, -1, 3, 10**9, "x", "", " 12", "1e3"])),
+        lambda: state.__setitem__("no_length", True),
+        lambda: tensor.__setitem__("name", rng.choice(["INPUT0", "", input_name.lower(), 7])),
+        lambda: tensor.__setitem__("datatype", rng.choice(["FP32", "UINT8", "bytes", "", None, "STRING"])),
+        lambda: tensor.__setitem__("shape", rng.choice([[count, 1], [], [-1], [2**40], [count + 1], ["1"], None])),
+        lambda: tensor.__setitem__("parameters", {"binary_data_size": rng.choice([-1, "x", None, 1.5, True, 2**70])}),
+        lambda: document.__setitem__("outputs", [{"name": rng.choice(["labels", "probabilities", "logits", 7]),
+                                                  "parameters": {rng.choice(["binary_data", "classification"]):
+                                                                 rng.choice([True, 0, 2, 99, -1, "yes", None])}}]),
+        lambda: document.__setitem__("parameters", {rng.choice(["top_k", "binary_data_output"]):
+                                                    rng.choice([0, 1, 3, 99, -1, "3", True, None, 2.5])}),
+        lambda: tensor.__setitem__("data", rng.choice([[base64.b64encode(element).decode()] * count, ["%%%"],
+                                                       [[["a"]]], [1, 2], "x", None, [None]])),
+        lambda: document.__setitem__("inputs", rng.choice([[], [tensor, tensor], "x", [None]])),
+        lambda: state.__setitem__("header", json_escaped(rng, 40).encode()),
+        lambda: state.__setitem__("header", nested(rng, "inputs")),
+    ]  # fmt: skip
+    for _ in range(rng.choice([0, 1, 1, 1, 2])):
+        rng.choice(manglers)()
+    data = v2_section(elements)
+    cut = state["cut"]
+    data = (data[:cut] if isinstance(cut, int) else data) + state["pad"]
+    parameters = tensor.get("parameters")
+    if isinstance(parameters, dict) and not parameters and "data" not in tensor:
+        parameters["binary_data_size"] = len(data)
+    header = state["header"] or json.dumps(document).encode()
+    assert isinstance(header, bytes)
+    length = state["length"] if state["length"] is not None else len(header)
+    headers = () if state["no_length"] else (("Inference-Header-Content-Length", str(length)),)
+    if rng.random() < 0.05:
+        path = rng.choice(
+            ["/v2/models/nope/infer", f"/v2/models/{model}/versions/0/infer", f"/v2/models/{model}%2F/infer"]
+        )
+    content_type = rng.choice(["application/octet-stream", "application/json", ""])
+    return Call(path, content_type, header + (b"" if "data" in tensor else data), headers=headers)
+
+
 def image_case(rng: random.Random) -> Call:
+    if rng.random() < V2_SHARE:
+        return v2_case(rng, "image-demo", "IMAGE", JPEG)
     roll = rng.random()
     if roll < 0.25:
         url = rng.choice(HOSTILE_URLS)
@@ -136,7 +200,9 @@ def image_case(rng: random.Random) -> Call:
             rng.randbytes(rng.randrange(0, 200)),
         )
     return Call(
-        rng.choice(["/v1/predict", "/v1/models", "/nope", "/v1/predict/../metrics"]),
+        rng.choice(
+            ["/v1/predict", "/v1/models", "/nope", "/v1/predict/../metrics", "/v2/models/image-demo/infer", "/v2"]
+        ),
         "application/json",
         b"{}",
         rng.choice(["GET", "PUT", "DELETE", "PATCH"]),
@@ -144,6 +210,8 @@ def image_case(rng: random.Random) -> Call:
 
 
 def text_case(rng: random.Random) -> Call:
+    if rng.random() < V2_SHARE:
+        return v2_case(rng, "text-demo", "TEXT", json_escaped(rng, rng.randrange(1, 20)).encode()[1:-1])
     roll = rng.random()
     if roll < 0.35:
         return Call(
