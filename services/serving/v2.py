@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.app import Runtime as AnyRuntime
-from serving.app import RuntimeDep, ensure_client_waits, parse_json, read_body_capped
+from serving.app import RuntimeDep, ensure_client_waits, parse_json
 from serving.batcher import Reservation
 from serving.errors import (
     InvalidRequest,
@@ -548,7 +548,8 @@ def register_v2(app: FastAPI, spec: V2Spec) -> None:
     async def infer(request: Request, runtime: AnyRuntime[Any, Any], name: str, version: str | None) -> Response:
         model = ready_model(runtime, name, version)
         settings = runtime.settings
-        body = await read_body_capped(request, settings.max_body_bytes, runtime.deadline_of(request))
+        # The body comes first here: how many items a request holds (its admission) is written in it.
+        body = await runtime.read_body(request, runtime.deadline_of(request))
         document, raws = parse_infer(request, body, spec)
         where, limit = f"input {spec.input_name!r}", spec.max_items(settings)
         if len(raws) > limit:
