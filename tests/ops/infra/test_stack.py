@@ -282,6 +282,17 @@ def test_vpc_cni_enforces_network_policies(prod: Template) -> None:
 
 
 @pytest.mark.parametrize("env", ENVS)
+def test_auto_repair_sees_gpu_health(templates: dict[str, Template], env: str) -> None:
+    """Every node group repairs itself, and the node monitoring agent that turns Xid errors into the
+    AcceleratedHardwareReady condition auto-repair acts on is an add-on of the cluster."""
+    template = templates[settings.environment(env).stack_name]
+    template.has_resource_properties("AWS::EKS::Addon", {"AddonName": "eks-node-monitoring-agent"})
+    groups = template.find_resources("AWS::EKS::Nodegroup").values()
+    assert any(g["Properties"]["NodegroupName"].startswith("gpu-") for g in groups)
+    assert all(g["Properties"]["NodeRepairConfig"] == {"Enabled": True} for g in groups)
+
+
+@pytest.mark.parametrize("env", ENVS)
 def test_metrics_server_is_an_eks_addon(templates: dict[str, Template], env: str) -> None:
     """The CPU HPAs read the Metrics API, which EKS does not deploy: the community add-on, pinned, after a node."""
     template = templates[settings.environment(env).stack_name]

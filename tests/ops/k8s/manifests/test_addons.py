@@ -37,6 +37,7 @@ def test_the_list_provides_what_the_manifests_need() -> None:
         "eks-pod-identity-agent",
         "coredns",
         "metrics-server",
+        "eks-node-monitoring-agent",
     ]
 
 
