@@ -42,6 +42,10 @@ PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 # Connections past max_connections that only a probe or a scrape may use: the kubelet's three probes and the Agent
 # each open one at a time, so 16 leaves room for several rounds of them arriving together.
 PROBE_MARGIN = 16
+# After an error answer the connection reads and drops what the client still sends, for up to this long, before it
+# closes: closing with unread bytes would reset it, and a client still sending (a 1 MB header) would then lose the
+# answer to the reset (nginx's lingering close does the same).
+LINGER_S = 2.0
 # Per request line and per header: the method, the spaces and ": ", and the line ends, which the parser's callbacks
 # do not report.
 LINE_OVERHEAD = 4
@@ -93,6 +97,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._bound = self.binding.limits
         self._on_refusal = self.binding.on_refusal
         self._head_timer: asyncio.TimerHandle | None = None
+        self._linger: asyncio.TimerHandle | None = None
         self._between_requests = True  # no byte of a request since the connection opened or its last request ended
         self._in_head = True  # the bytes arriving now belong to a request line or headers
         self._head_bytes_read = 0  # bytes received while the head is incomplete (it may be buffered in the parser)
@@ -106,13 +111,15 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         open_now = len(self.connections)  # this one included
         if open_now > self._bound.max_connections + PROBE_MARGIN:
-            self._answer(self._overloaded(), "too_many_connections")
+            self._answer(self._overloaded(), "too_many_connections", linger=False)  # shed it now: no lingering
             return
         self._over_cap = open_now > self._bound.max_connections
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._linger is not None:
+            self._linger.cancel()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -211,9 +218,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._answer(error, reason)
         raise _Answered
 
-    def _answer(self, error: ServingError, reason: str | None) -> None:
-        """Answer `error` as `{"error": ...}` JSON and close the connection, unless a response is being written on it
-        (a pipelined request's head went wrong): then that response is the last one."""
+    def _answer(self, error: ServingError, reason: str | None, linger: bool = True) -> None:
+        """Answer `error` as `{"error": ...}` JSON and close the connection (after LINGER_S at most, dropping what the
+        client still sends), unless a response is being written on it (a pipelined request's head went wrong): then
+        that response is the last one."""
         self._disarm()
         self._answered = True
         if reason is not None:
@@ -233,7 +241,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         ]
         head = b"".join([STATUS_LINE[error.status_code], *(name + b": " + value + b"\r\n" for name, value in headers)])
         self.transport.write(head + b"\r\n" + body)
-        self.transport.close()
+        if linger and self.transport.can_write_eof():
+            self.transport.write_eof()  # the client reads the answer, then the end; its own close ends ours
+            self._linger = self.loop.call_later(LINGER_S, self.transport.close)
+        else:
+            self.transport.close()
 
 
 def limited_protocol(
