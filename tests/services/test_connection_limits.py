@@ -5,10 +5,12 @@ its own 5xx and fetch outcome. Deadlines are set short here (1 s); every wait is
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
@@ -17,13 +19,15 @@ from pathlib import Path
 import pytest
 
 from image_classifier.demo import render_sample
+from loadkit import SCALE, Call, Http11Client, p99, record
 from serving.protocol import PROBE_MARGIN
 from testkit import UPSTREAM_FAILURES, FailingUpstreams, Server, encode, run_server
 
 HEADER_TIMEOUT_S = 1.0
 PATIENCE_S = 60.0  # how long a test waits for what the server must do within HEADER_TIMEOUT_S
 PARTIAL_HEAD = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-One: 1\r\n"  # the request line and two headers, then nothing
-SLOWLORIS_CONNECTIONS = 50
+SLOWLORIS_CONNECTIONS = int(50 * SCALE)  # `invoke chaos` (scale 10): 500
+STORM_FETCHES = 200  # concurrent image_url requests in the slow-upstream storm (the issue's probe)
 MAX_CONNECTIONS = 8
 
 
@@ -132,6 +136,17 @@ def test_slowloris_connections_get_408_and_are_closed_while_a_normal_client_is_s
             served = [client.get("/healthz").status_code, client.get("/readyz").status_code]
             predicted = client.post("/v1/predict", content=image, headers={"content-type": "image/jpeg"})
         answers = [read_answer(sock) for sock in held]  # each blocks until the server answers or closes
+    held_open = sum(not (a.status == 408 and a.closed) for a in answers)
+    record(
+        "slowloris",
+        {
+            "connections": SLOWLORIS_CONNECTIONS,
+            "header_timeout_s": HEADER_TIMEOUT_S,
+            "answers": {str(k): v for k, v in Counter(a.status for a in answers).items()},
+            "held_after_deadline": held_open,
+            "normal_client": [*served, predicted.status_code],
+        },
+    )
     assert served == [200, 200]
     assert predicted.status_code == 200, predicted.text
     assert {(a.status, a.code, a.closed) for a in answers} == {(408, "request_timeout", True)}, answers[:3]
@@ -183,10 +198,15 @@ HEADS = {
 }
 
 
+HEAD_ANSWERS: dict[str, int] = {}
+
+
 @pytest.mark.parametrize("name", list(HEADS))
 def test_heads_past_the_limits_get_431_and_the_connection_is_closed(limited: Server, name: str) -> None:
     head, status = HEADS[name]
     answer = ask(limited, head)
+    HEAD_ANSWERS[name] = answer.status
+    record("header_limits", dict(HEAD_ANSWERS))
     assert answer.status == status, (name, answer)
     if status == 431:
         assert (answer.code, answer.closed) == ("headers_too_large", True)
@@ -205,6 +225,34 @@ def test_each_upstream_failure_has_its_status_and_outcome(
         response = client.post("/v1/predict", json={"image_url": failing.urls[kind]})
     assert (response.status_code, response.json()["error"]["code"]) == (status, code), response.text
     assert metric(limited, "fetch_total", outcome=code) - before == 1
+
+
+def test_a_slow_upstream_storm_gets_fast_refusals_and_timeouts_only(limited: Server, failing: FailingUpstreams) -> None:
+    """200 concurrent fetches of a trickling allowed host: the fetches admitted end 504 `upstream_timeout` at the
+    deadline, the rest are refused 503 at once; nothing else. The refusal times are reported, not asserted."""
+
+    async def storm() -> list[tuple[int, str | None, float]]:
+        client = Http11Client(limited.url)
+        call = Call.json("/v1/predict", {"image_url": failing.urls["trickle"]})
+        shots = await asyncio.gather(*(client.send(call, PATIENCE_S) for _ in range(STORM_FETCHES)))
+        client.close()
+        return [(s.status, s.code, s.seconds) for s in shots]
+
+    shots = asyncio.run(storm())
+    statuses = Counter(f"{status} {code}" for status, code, _ in shots)
+    refusals = sorted(seconds for status, _, seconds in shots if status == 503)
+    record(
+        "slow_upstream_storm",
+        {
+            "fetches": STORM_FETCHES,
+            "statuses": dict(statuses),
+            "refusal_p50_s": round(refusals[len(refusals) // 2], 4) if refusals else None,
+            "refusal_p99_s": round(p99(refusals), 4) if refusals else None,
+        },
+    )
+    assert set(statuses) <= {"503 overloaded", "504 upstream_timeout"}, statuses
+    assert statuses["503 overloaded"] > 0
+    assert statuses["504 upstream_timeout"] > 0
 
 
 def test_a_forbidden_target_stays_403_and_is_counted(limited: Server) -> None:
@@ -251,4 +299,17 @@ def test_past_the_connection_cap_requests_get_503_probes_pass_and_it_recovers(ca
     assert (at_once.status, at_once.code, at_once.closed) == (503, "overloaded", True)
     # Recovery: once the held connections are gone, requests are served again.
     wait_for(lambda: ask(capped, get("/v1/models")).status == 200, "the cap frees up")
-    assert metric(capped, "rejected_total", reason="too_many_connections") >= 2
+    refusals = metric(capped, "rejected_total", reason="too_many_connections")
+    record(
+        "connection_cap",
+        {
+            "max_connections": MAX_CONNECTIONS,
+            "probe_margin": PROBE_MARGIN,
+            "past_the_cap": refused.status,
+            "probes_past_the_cap": probes,
+            "past_the_margin": at_once.status,
+            "recovered": True,
+            "refusals_counted": refusals,
+        },
+    )
+    assert refusals >= 2
