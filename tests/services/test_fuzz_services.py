@@ -20,7 +20,7 @@ from testkit import UPSTREAM_FAILURES, FailingUpstreams, Server, encode
 
 SEED = 20261130
 REQUESTS_PER_SERVICE = int(1100 * SCALE)  # CHAOS_SCALE=5: the 10k-case long version (both services)
-UPSTREAM_CASES = int(120 * SCALE)  # against image hosts that fail (each case may wait for the 2 s deadline)
+UPSTREAM_CASES = int(80 * SCALE)  # against image hosts that fail (each case may wait for the 2 s deadline)
 CONCURRENCY = 8
 JPEG = encode(render_sample("triangle", 3))
 
