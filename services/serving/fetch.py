@@ -248,7 +248,10 @@ class SafeFetcher:
     async def _fetch_within(self, url: str, deadline: float | None) -> bytes:
         if deadline is None:
             deadline = time.monotonic() + self.connect_timeout_s + self.read_timeout_s
-        parse_target(url)  # malformed and disallowed URLs are refused without taking a slot
+        target = parse_target(url)  # malformed and disallowed URLs are refused without taking a slot
+        literal = _literal(target.host)
+        if literal is not None:  # so is a forbidden IP literal: a refusal must not turn into a 503 under load
+            self._check(target, [literal])
         if self._inflight >= self.max_concurrency:
             raise Overloaded(
                 f"too many image URLs are being fetched ({self.max_concurrency}); retry later",
@@ -331,10 +334,7 @@ class SafeFetcher:
 
     async def _checked_address(self, target: Target) -> IPAddress:
         host = target.host
-        try:
-            literal: IPAddress | None = ipaddress.ip_address(host)
-        except ValueError:
-            literal = None
+        literal = _literal(host)
         if literal is not None:
             addresses = [literal]
         else:
@@ -345,13 +345,18 @@ class SafeFetcher:
             addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
         if not addresses:
             raise self._unresolvable(target, f"host {host!r} has no addresses")
+        self._check(target, addresses)
+        return addresses[0]
+
+    def _check(self, target: Target, addresses: list[IPAddress]) -> None:
+        """The address policy: every address public, unless the target is allow-listed."""
         if not self._allow_listed(target):
             forbidden = [a for a in addresses if is_forbidden_address(a)]
             if forbidden:
                 raise UrlForbidden(
-                    f"{host}:{target.port} resolves to a non-public address ({forbidden[0]}) and is not allow-listed"
+                    f"{target.host}:{target.port} resolves to a non-public address ({forbidden[0]}) and is not "
+                    "allow-listed"
                 )
-        return addresses[0]
 
     def _unresolvable(self, target: Target, detail: str) -> ServingError:
         """A name that does not resolve: an outage when the policy allows the name, else a refusal like any other
@@ -415,6 +420,13 @@ class SafeFetcher:
             return None, bytes(body)
         finally:
             await response.aclose()
+
+
+def _literal(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
 
 
 def _left(deadline: float) -> float:
