@@ -1,10 +1,12 @@
-"""Test helpers: real service processes on free loopback ports, a loopback origin server, image encoding."""
+"""Test helpers: real service processes on free loopback ports, loopback origin servers (also failing ones), images."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import os
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -140,3 +142,90 @@ def run_ok(argv: list[str], timeout: float, **kwargs: Any) -> subprocess.Complet
     proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False, **kwargs)
     assert proc.returncode == 0, f"{argv} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return proc
+
+
+# -- image hosts that fail -------------------------------------------------------------------------------------------
+UNRESOLVABLE_HOST = "x" * 64 + ".invalid"  # a 64-character label: getaddrinfo refuses it locally, no DNS query is sent
+# How the fetcher must answer each way an allowed image host can fail: (status, error code = fetch outcome).
+UPSTREAM_FAILURES: dict[str, tuple[int, str]] = {
+    "unresolvable": (502, "upstream_unavailable"),
+    "refused": (502, "upstream_unavailable"),
+    "reset": (502, "upstream_unavailable"),
+    "http_503": (502, "upstream_unavailable"),
+    "connect_timeout": (504, "upstream_timeout"),
+    "read_timeout": (504, "upstream_timeout"),
+    "trickle": (504, "upstream_timeout"),
+}
+
+
+class FailingUpstreams:
+    """Loopback image hosts that fail in every way `UPSTREAM_FAILURES` names; `urls[kind]` reaches each, and
+    `allow_list` is the FETCH_ALLOWED_HOSTS value that permits them all. Use with `with`; threads are daemons.
+
+    connect_timeout is a listener that never accepts, its one-connection backlog filled, so the kernel drops further
+    SYNs; read_timeout accepts and never answers; trickle sends one byte of its body every 0.2 s; reset accepts and
+    resets the connection; refused is a port nothing listens on."""
+
+    def __init__(self) -> None:
+        self._sockets: list[socket.socket] = []
+        self._stop = threading.Event()
+        self.urls: dict[str, str] = {}
+
+    def __enter__(self) -> FailingUpstreams:
+        self.urls["unresolvable"] = f"http://{UNRESOLVABLE_HOST}/x.jpg"
+        from ops.perf.localservice import free_port
+
+        self.urls["refused"] = f"http://127.0.0.1:{free_port()}/x.jpg"
+        for kind in ("reset", "http_503", "read_timeout", "trickle"):
+            listener = self._listen(backlog=64)
+            threading.Thread(target=self._serve, args=(listener, kind), daemon=True).start()
+            self.urls[kind] = f"http://127.0.0.1:{listener.getsockname()[1]}/x.jpg"
+        blackhole = self._listen(backlog=0)
+        for _ in range(3):  # fill the accept queue: later SYNs are dropped and connects time out
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(blackhole.getsockname())
+            self._sockets.append(filler)
+        self.urls["connect_timeout"] = f"http://127.0.0.1:{blackhole.getsockname()[1]}/x.jpg"
+        return self
+
+    @property
+    def allow_list(self) -> str:
+        return ",".join(url.split("/")[2] for url in self.urls.values())
+
+    def _listen(self, backlog: int) -> socket.socket:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(backlog)
+        self._sockets.append(listener)
+        return listener
+
+    def _serve(self, listener: socket.socket, kind: str) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn, kind), daemon=True).start()
+
+    def _answer(self, conn: socket.socket, kind: str) -> None:
+        with contextlib.suppress(OSError), conn:
+            conn.recv(65536)
+            if kind == "reset":
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            elif kind == "http_503":
+                conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            elif kind == "read_timeout":
+                self._stop.wait(60)
+            elif kind == "trickle":
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+                for _ in range(1000):
+                    if self._stop.wait(0.2):
+                        return
+                    conn.sendall(b"t")
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for sock in self._sockets:
+            sock.close()

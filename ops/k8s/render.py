@@ -24,6 +24,7 @@ COMPONENTS_DIR = MANIFESTS_DIR / "components"
 OVERLAYS_DIR = REPO_ROOT / "overlays"
 TOOLS_PATH = REPO_ROOT / "tools.toml"
 DASHBOARD_PATH = COMPONENTS_DIR / "monitoring" / "dashboards" / "eks-inference.json"
+MONITORS_DIR = COMPONENTS_DIR / "monitoring" / "monitors"  # Datadog monitor definitions, one JSON file each
 
 OVERLAYS = ("local", "local-live", "eks-staging", "eks-prod")
 EKS_OVERLAYS = ("eks-staging", "eks-prod")

@@ -22,9 +22,12 @@ from ops import core
 from ops.core import REPO_ROOT
 
 _SUITES = ("fuzz_services", "reliability", "schemathesis", "overload_and_shutdown", "batcher", "fetch_liveness")
+# Connection limits and image-host failures: their figures are the report's "Connections" section.
+CONNECTION_TESTS = ("tests/services/test_connection_limits.py",)
 TESTS = (
     *(f"tests/services/test_{name}.py" for name in _SUITES),
     "tests/services/test_readiness.py::test_sigterm_while_loading_exits_at_once_and_cleanly",
+    *CONNECTION_TESTS,
 )
 RESULTS_ROOT = REPO_ROOT / "bench" / "results"
 
@@ -184,6 +187,43 @@ def _timings(figures: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _connections(figures: dict[str, Any]) -> list[str]:
+    """Slowloris, oversized heads, the connection cap and the slow-upstream storm (tests/services/test_connection_
+    limits.py), and the fuzz against failing image hosts."""
+    lines = ["## Connections and image hosts", ""]
+    loris = figures.get("slowloris")
+    if loris is not None:
+        lines.append(
+            f"- **slowloris**: {loris['connections']} connections sent a partial request; after the "
+            f"{loris['header_timeout_s']:g} s header deadline: answers {_counts(loris['answers'])}, **held open: "
+            f"{loris['held_after_deadline']}**; a normal client meanwhile got {loris['normal_client']}"
+        )
+    heads = figures.get("header_limits")
+    if heads is not None:
+        lines.append("- **header limits**: " + "; ".join(f"{name} -> {status}" for name, status in heads.items()))
+    cap = figures.get("connection_cap")
+    if cap is not None:
+        lines.append(
+            f"- **connection cap** {cap['max_connections']} (+{cap['probe_margin']} for probes): past it "
+            f"{cap['past_the_cap']}, probes {cap['probes_past_the_cap']}, past the margin {cap['past_the_margin']} at "
+            f"once; recovered: {cap['recovered']}"
+        )
+    storm = figures.get("slow_upstream_storm")
+    if storm is not None:
+        p50, p99 = storm["refusal_p50_s"], storm["refusal_p99_s"]
+        times = "" if p50 is None else f"; 503 p50 {p50 * 1000:.1f} ms, **p99 {p99 * 1000:.1f} ms**"
+        lines.append(
+            f"- **slow-upstream storm**: {storm['fetches']} concurrent fetches of a trickling allowed host: "
+            f"{_counts(storm['statuses'])}{times}"
+        )
+    upstreams = figures.get("fuzz_upstreams")
+    if upstreams is not None:
+        lines.append(f"- **failing image hosts** ({upstreams['cases']} seeded cases): {_counts(upstreams['outcomes'])}")
+    if len(lines) == 2:
+        lines.append("- no figures")
+    return [*lines, ""]
+
+
 def render_report(figures: dict[str, Any], run: ChaosRun, outcome: str, started: datetime) -> str:
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     head = [
@@ -195,7 +235,9 @@ def render_report(figures: dict[str, Any], run: ChaosRun, outcome: str, started:
         f"- pinning: {run.pinning()}",
         "",
     ]
-    return "\n".join(head + _fuzz(figures) + _overload(figures) + _shutdown(figures) + _timings(figures))
+    return "\n".join(
+        head + _fuzz(figures) + _overload(figures) + _shutdown(figures) + _connections(figures) + _timings(figures)
+    )
 
 
 def run_chaos(run: ChaosRun) -> tuple[bool, Path | None]:

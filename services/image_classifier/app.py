@@ -16,6 +16,7 @@ from pydantic.json_schema import SkipJsonSchema
 from image_classifier.model import ImageClassifier
 from image_classifier.settings import Settings
 from serving.app import (
+    FETCH_ERRORS,
     PREDICT_ERRORS,
     Runtime,
     content_type,
@@ -28,6 +29,7 @@ from serving.app import (
 )
 from serving.errors import InvalidRequest, Overloaded, UnsupportedMediaType
 from serving.fetch import SafeFetcher
+from serving.metrics import ServiceMetrics
 from serving.v2 import V2Spec, register_v2
 
 SERVICE = "image_classifier"
@@ -120,7 +122,7 @@ def register_routes(app: FastAPI) -> None:
     @app.post(
         "/v1/predict",
         response_model=PredictResponse,
-        responses=PREDICT_ERRORS,
+        responses={**PREDICT_ERRORS, **FETCH_ERRORS},
         tags=["model"],
         summary="Classify one image given as {image_url}, {image_b64}, or a raw image body.",
         openapi_extra=json_request_body(
@@ -155,7 +157,7 @@ def register_routes(app: FastAPI) -> None:
     register_v2(app, V2)
 
 
-async def open_fetcher(settings: Settings, stack: AsyncExitStack) -> SafeFetcher:
+async def open_fetcher(settings: Settings, stack: AsyncExitStack, metrics: ServiceMetrics) -> SafeFetcher:
     fetcher = SafeFetcher(
         max_bytes=settings.fetch_max_bytes,
         allowed_hosts=settings.fetch_allowed_hosts,
@@ -164,6 +166,7 @@ async def open_fetcher(settings: Settings, stack: AsyncExitStack) -> SafeFetcher
         max_redirects=settings.fetch_max_redirects,
         max_concurrency=settings.fetch_max_concurrency,
         retry_after_s=settings.retry_after_s,
+        on_outcome=lambda outcome: metrics.fetches.labels(outcome).inc(),
     )
     return await stack.enter_async_context(fetcher)
 

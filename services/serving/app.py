@@ -53,6 +53,7 @@ V2_INFER_PATH = re.compile(r"/v2/models/[^/]+(?:/versions/[^/]+)?/infer")
 V2_MODEL_PATH = re.compile(r"/v2/models/[^/]+(?:/versions/[^/]+)?(/ready|/config)?")
 DEADLINE_KEY = "serving.deadline"  # set in the ASGI scope on arrival: one deadline for every stage of a request
 MAX_JSON_DEPTH = 32
+OPEN_CONNECTIONS_KEY = "open_connections"  # app.state: how many connections the server holds (serving.server)
 KNOWN_PATHS = frozenset(
     {"/healthz", "/readyz", "/metrics", "/v1/models", PREDICT_PATH, "/docs", "/openapi.json"}
     | {"/v2", "/v2/health/live", "/v2/health/ready"}
@@ -285,17 +286,31 @@ class ErrorBody(BaseModel):
 _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
 PREDICT_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "Invalid request, image or URL (`invalid_request`, `invalid_image`)."},
-    403: {"model": ErrorBody, "description": "The image URL is not allowed or cannot be reached (`url_forbidden`)."},
-    408: {"model": ErrorBody, "description": "The body did not arrive before the deadline (`request_timeout`)."},
+    403: {"model": ErrorBody, "description": "The image URL is not allowed (`url_forbidden`)."},
+    408: {
+        "model": ErrorBody,
+        "description": "The headers (header deadline) or the body (request deadline) were late (`request_timeout`).",
+    },
     413: {"model": ErrorBody, "description": "Body or fetched image too large (`payload_too_large`)."},
     415: {"model": ErrorBody, "description": "Content type not accepted (`unsupported_media_type`)."},
     422: {"model": ErrorBody, "description": "The model failed on this input alone (`unprocessable_input`)."},
+    431: {"model": ErrorBody, "description": "Request line and headers over the limits (`headers_too_large`)."},
     503: {
         "model": ErrorBody,
-        "description": "Refused before any work: `overloaded`, `queue_full`, `draining` or `not_ready`.",
+        "description": "Refused before any work: `overloaded` (also past the connection cap), `queue_full`, "
+        "`draining` or `not_ready`.",
         "headers": _RETRY_AFTER,
     },
     504: {"model": ErrorBody, "description": "The request's deadline passed (`deadline_exceeded`)."},
+}
+# What only a service that fetches image URLs answers: the image host (allowed by the policy) failed.
+FETCH_ERRORS: dict[int | str, dict[str, Any]] = {
+    502: {"model": ErrorBody, "description": "The image host could not be reached (`upstream_unavailable`)."},
+    504: {
+        "model": ErrorBody,
+        "description": "The request's deadline passed (`deadline_exceeded`), or the image host did not connect or "
+        "answer in time (`upstream_timeout`).",
+    },
 }
 
 
@@ -442,10 +457,11 @@ def create_service_app(
     settings: SettingsT,
     model_factory: Callable[[SettingsT], Model[Any, Any, Any]],
     register_routes: Callable[[FastAPI], None],
-    resources: Callable[[SettingsT, AsyncExitStack], Awaitable[ResourcesT]] | None = None,
+    resources: Callable[[SettingsT, AsyncExitStack, ServiceMetrics], Awaitable[ResourcesT]] | None = None,
 ) -> FastAPI:
     """Build a service app. Nothing heavy happens here: the model loads in the lifespan. `resources` opens what the
-    handlers need beside the model (closed through the exit stack at shutdown); `Runtime.resources` holds it."""
+    handlers need beside the model (closed through the exit stack at shutdown, counting in the service's metrics);
+    `Runtime.resources` holds it."""
 
     async def load(runtime: Runtime[SettingsT, ResourcesT], stack: AsyncExitStack) -> None:
         """Load, warm up, start the batcher, then turn ready. Runs while the listener already answers (503 loading)."""
@@ -455,7 +471,7 @@ def create_service_app(
             for note in model.notes:
                 log.warning(note)
             if resources is not None:
-                runtime.opened = await resources(settings, stack)
+                runtime.opened = await resources(settings, stack, runtime.metrics)
         except Exception as exc:
             log.exception("the model failed to load: the server exits")
             runtime.load_error = f"{type(exc).__name__}: {exc}"
@@ -500,6 +516,9 @@ def create_service_app(
         runtime.preprocess_limiter = anyio.CapacityLimiter(settings.preprocess_threads or threads)
         app.state.runtime = runtime
         runtime.metrics.loop_lag.set_function(runtime.loop_lag.take_peak)
+        open_connections: Callable[[], int] | None = getattr(app.state, OPEN_CONNECTIONS_KEY, None)
+        if open_connections is not None:  # set by serving.server when it runs the app
+            runtime.metrics.connections.set_function(open_connections)
         # The exit stack outlives the loader's task group: the batcher and the resources close after the load stops.
         async with AsyncExitStack() as stack, anyio.create_task_group() as loader:
             loader.start_soon(load, runtime, stack)

@@ -18,6 +18,7 @@ class ServingError(Exception):
 
     status_code = 500
     code = "internal_error"
+    log_traceback = True  # for a 5xx other than 503: where in our code it happened
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None, detail: str | None = None) -> None:
         super().__init__(detail or message)
@@ -55,12 +56,24 @@ class UnprocessableInput(ServingError):
 
 
 class UrlForbidden(ServingError):
-    """A target that is not allowed or cannot be reached. One public answer for every such case (not allowed,
-    non-public address, unresolvable, connection refused or timed out), so answers cannot map hosts or ports;
-    the reason goes to the log."""
+    """A target the policy does not allow: not http(s), credentials, not allow-listed and not public, or a host that
+    is not allow-listed and does not resolve (resolution is part of the check, so answers cannot map names). Refused
+    before any connection, with one public answer for every such case; the reason goes to the log."""
 
     status_code, code = 403, "url_forbidden"
-    PUBLIC_MESSAGE = "the image URL is not allowed or cannot be reached"
+    PUBLIC_MESSAGE = "the image URL is not allowed"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(self.PUBLIC_MESSAGE, detail=detail)
+
+
+class UpstreamUnavailable(ServingError):
+    """A target the policy allows could not be reached (DNS failure of an allow-listed host, connection refused or
+    reset, an upstream 5xx): the image host's outage, not the client's mistake."""
+
+    status_code, code = 502, "upstream_unavailable"
+    log_traceback = False  # the upstream failed, not our code: the reason is in the message
+    PUBLIC_MESSAGE = "the image host could not be reached"
 
     def __init__(self, detail: str) -> None:
         super().__init__(self.PUBLIC_MESSAGE, detail=detail)
@@ -97,7 +110,8 @@ class ClientClosedRequest(ServingError):
 
 
 class RequestTimeout(ServingError):
-    """The client did not send its body before the request's deadline."""
+    """The client did not send its request line and headers before the header deadline (answered by the connection,
+    see serving.protocol), or its body before the request's deadline."""
 
     status_code, code = 408, "request_timeout"
 
@@ -108,6 +122,20 @@ class NotReady(ServingError):
 
 class DeadlineExceeded(ServingError):
     status_code, code = 504, "deadline_exceeded"
+
+
+class UpstreamTimeout(DeadlineExceeded):
+    """A target the policy allows did not connect or answer in time (connect or read timeout, or the request's
+    deadline passed while fetching it)."""
+
+    status_code, code = 504, "upstream_timeout"
+    log_traceback = False  # the upstream failed, not our code: the reason is in the message
+
+
+class HeadersTooLarge(ServingError):
+    """The request line and headers are larger, or more numerous, than the server's limits (nginx and Envoy: 431)."""
+
+    status_code, code = 431, "headers_too_large"
 
 
 class ModelLoadError(ServingError):
@@ -123,7 +151,7 @@ def error_response(exc: ServingError) -> JSONResponse:
     Used by the exception handler and by admission, which refuses before any route runs."""
     if exc.status_code >= 500 and exc.status_code != 503:
         # A fault or a deadline: the traceback says where it happened. Refusals (503) are load, not faults.
-        log.warning("request failed (%s): %s", exc.code, exc.detail, exc_info=exc)
+        log.warning("request failed (%s): %s", exc.code, exc.detail, exc_info=exc if exc.log_traceback else None)
     elif exc.detail != exc.message:
         log.info("request refused (%s): %s", exc.code, exc.detail)
     return JSONResponse(error_body(exc.code, exc.message), exc.status_code, headers=exc.headers)

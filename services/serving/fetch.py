@@ -2,7 +2,11 @@
 
 Safety: only http(s); every address a host resolves to must be public unless the host *and port* are allow-listed;
 the connection is pinned to the checked address (no DNS rebinding); every redirect is checked again; size is capped.
-Every refused or unreachable target gets the same public error, so answers cannot be used to map ports or hosts.
+Every target the policy refuses gets the same public error (403), before any connection, so answers cannot map ports
+or hosts; a host that is not allow-listed and does not resolve is one of them (resolution is part of the check).
+Only a target that passed the check can be reported as unreachable: 502 (DNS failure of an allow-listed host,
+refused, reset, an upstream 5xx) or 504 (connect or read timeout, the request's deadline), so an image host's outage
+is a 5xx that alerts, not a client error. Each outcome is counted (`on_outcome`, the `<service>_fetch_total` counter).
 
 Liveness: a fetch runs under the request's deadline (in total, not per read), and concurrent fetches are bounded by
 `max_concurrency`, which is also the connection pool's size, so a request never waits inside httpcore's pool. That
@@ -22,18 +26,20 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
 import httpx
 
 from serving.errors import (
-    DeadlineExceeded,
     FetchFailed,
     InvalidRequest,
     Overloaded,
     PayloadTooLarge,
+    ServingError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
     UrlForbidden,
 )
 
@@ -49,6 +55,7 @@ METADATA_ADDRESSES = frozenset(
 IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated (RFC 4291); never a legitimate image host
 NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052 well-known prefix, used by EKS IPv6 clusters
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+FETCHED = "ok"  # the outcome of a fetch that returned a body; every other outcome is its error's code
 DEFAULT_PORTS = {"http": 80, "https": 443}
 ANY_PORT = -1
 SCHEME_DEFAULT_PORT = 0
@@ -181,6 +188,7 @@ class SafeFetcher:
     max_redirects: int = 3
     max_concurrency: int = 32
     retry_after_s: int = 1
+    on_outcome: Callable[[str], None] | None = None  # told each fetch's outcome: FETCHED or the error's code
     client_resets: int = 0
     _allowed: frozenset[tuple[str, int]] = frozenset()
     _holder: _ClientHolder | None = None
@@ -222,9 +230,28 @@ class SafeFetcher:
     # -- the caller's side -------------------------------------------------------------------------------------
     async def fetch(self, url: str, deadline: float | None = None) -> bytes:
         """The body at `url` or a typed error, never later than `deadline` (time.monotonic()), whatever the upstream."""
+        try:
+            body = await self._fetch_within(url, deadline)
+        except ServingError as exc:
+            self._count(exc.code)
+            raise
+        except Exception:
+            self._count("internal_error")
+            raise
+        self._count(FETCHED)
+        return body
+
+    def _count(self, outcome: str) -> None:
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
+
+    async def _fetch_within(self, url: str, deadline: float | None) -> bytes:
         if deadline is None:
             deadline = time.monotonic() + self.connect_timeout_s + self.read_timeout_s
-        parse_target(url)  # malformed and disallowed URLs are refused without taking a slot
+        target = parse_target(url)  # malformed and disallowed URLs are refused without taking a slot
+        literal = _literal(target.host)
+        if literal is not None:  # so is a forbidden IP literal: a refusal must not turn into a 503 under load
+            self._check(target, [literal])
         if self._inflight >= self.max_concurrency:
             raise Overloaded(
                 f"too many image URLs are being fetched ({self.max_concurrency}); retry later",
@@ -238,7 +265,7 @@ class SafeFetcher:
             # shield: the caller's deadline or cancellation must never cancel httpx mid-pool (see the module doc).
             return await asyncio.wait_for(asyncio.shield(task), timeout=max(deadline - time.monotonic(), 0.0))
         except TimeoutError:
-            raise DeadlineExceeded("the request's deadline passed while fetching the image URL") from None
+            raise UpstreamTimeout("the request's deadline passed while fetching the image URL") from None
 
     def _fetch_done(self, task: asyncio.Task[bytes]) -> None:
         self._inflight -= 1
@@ -307,27 +334,34 @@ class SafeFetcher:
 
     async def _checked_address(self, target: Target) -> IPAddress:
         host = target.host
-        try:
-            literal: IPAddress | None = ipaddress.ip_address(host)
-        except ValueError:
-            literal = None
+        literal = _literal(host)
         if literal is not None:
             addresses = [literal]
         else:
             try:
                 infos = await asyncio.get_running_loop().getaddrinfo(host, target.port, type=socket.SOCK_STREAM)
             except (OSError, UnicodeError) as exc:
-                raise UrlForbidden(f"could not resolve host {host!r}") from exc
+                raise self._unresolvable(target, f"could not resolve host {host!r}") from exc
             addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
         if not addresses:
-            raise UrlForbidden(f"host {host!r} has no addresses")
+            raise self._unresolvable(target, f"host {host!r} has no addresses")
+        self._check(target, addresses)
+        return addresses[0]
+
+    def _check(self, target: Target, addresses: list[IPAddress]) -> None:
+        """The address policy: every address public, unless the target is allow-listed."""
         if not self._allow_listed(target):
             forbidden = [a for a in addresses if is_forbidden_address(a)]
             if forbidden:
                 raise UrlForbidden(
-                    f"{host}:{target.port} resolves to a non-public address ({forbidden[0]}) and is not allow-listed"
+                    f"{target.host}:{target.port} resolves to a non-public address ({forbidden[0]}) and is not "
+                    "allow-listed"
                 )
-        return addresses[0]
+
+    def _unresolvable(self, target: Target, detail: str) -> ServingError:
+        """A name that does not resolve: an outage when the policy allows the name, else a refusal like any other
+        (the addresses were never checked, and the answers must not say which names exist)."""
+        return UpstreamUnavailable(detail) if self._allow_listed(target) else UrlForbidden(detail)
 
     async def _send(
         self, client: httpx.AsyncClient, url: str, host_header: str, target: Target, deadline: float
@@ -351,20 +385,19 @@ class SafeFetcher:
             response = await client.send(request, stream=True)
         except httpx.PoolTimeout:
             raise
-        except httpx.ConnectTimeout as exc:
-            raise UrlForbidden(f"timed out connecting to {target.host}:{target.port}") from exc
-        except (httpx.ConnectError, httpx.UnsupportedProtocol) as exc:
-            raise UrlForbidden(f"could not connect to {target.host}:{target.port} ({type(exc).__name__})") from exc
-        except httpx.TimeoutException as exc:
-            raise FetchFailed("timed out fetching the image URL") from exc
-        except httpx.HTTPError as exc:
-            raise FetchFailed(f"failed fetching the image URL ({type(exc).__name__})") from exc
+        except httpx.TimeoutException as exc:  # connect, write or read (the answer's head) timed out
+            what = "connecting to" if isinstance(exc, httpx.ConnectTimeout) else "waiting for"
+            raise UpstreamTimeout(f"timed out {what} {target.host}:{target.port}") from exc
+        except httpx.HTTPError as exc:  # refused, reset, TLS failure, not HTTP
+            raise UpstreamUnavailable(f"could not fetch from {target.host}:{target.port} ({exc!r})") from exc
         try:
             if response.status_code in REDIRECT_CODES:
                 location = response.headers.get("location")
                 if not location:
                     raise FetchFailed("redirect without a Location header")
                 return location, b""
+            if response.status_code >= 500:
+                raise UpstreamUnavailable(f"{target.host}:{target.port} answered HTTP {response.status_code}")
             if response.status_code != 200:
                 raise FetchFailed(f"the image URL answered HTTP {response.status_code}")
             declared = response.headers.get("content-length")
@@ -377,22 +410,29 @@ class SafeFetcher:
                     if len(body) > self.max_bytes:
                         raise PayloadTooLarge(f"the image at the URL is larger than {self.max_bytes} bytes")
                     if time.monotonic() >= deadline:  # a trickling upstream: the deadline is for the whole body
-                        raise DeadlineExceeded("the request's deadline passed while fetching the image URL")
+                        raise UpstreamTimeout("the request's deadline passed while fetching the image URL")
             except httpx.TimeoutException as exc:
                 if time.monotonic() >= deadline:
-                    raise DeadlineExceeded("the request's deadline passed while fetching the image URL") from exc
-                raise FetchFailed("timed out reading the image URL") from exc
+                    raise UpstreamTimeout("the request's deadline passed while fetching the image URL") from exc
+                raise UpstreamTimeout(f"timed out reading from {target.host}:{target.port}") from exc
             except httpx.HTTPError as exc:
-                raise FetchFailed(f"failed reading the image URL ({type(exc).__name__})") from exc
+                raise UpstreamUnavailable(f"failed reading from {target.host}:{target.port} ({exc!r})") from exc
             return None, bytes(body)
         finally:
             await response.aclose()
 
 
+def _literal(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
 def _left(deadline: float) -> float:
     left = deadline - time.monotonic()
     if left <= 0:
-        raise DeadlineExceeded("the request's deadline passed while fetching the image URL")
+        raise UpstreamTimeout("the request's deadline passed while fetching the image URL")
     return left
 
 

@@ -52,6 +52,17 @@ class ServiceMetrics:
             registry=r,
         )
         self.rejected = Counter(f"{p}_rejected", "Items refused or dropped, by reason.", ["reason"], registry=r)
+        self.fetches = Counter(
+            f"{p}_fetch",
+            "Image URL fetches by outcome: ok, or the error's code (url_forbidden, upstream_unavailable, "
+            "upstream_timeout, overloaded, fetch_failed, payload_too_large, invalid_request). Only services that fetch "
+            "URLs count any.",
+            ["outcome"],
+            registry=r,
+        )
+        self.connections = Gauge(
+            f"{p}_open_connections", "HTTP connections open in this process (bounded by MAX_CONNECTIONS).", registry=r
+        )
         self.ready = Gauge(
             f"{p}_ready", "1 when the model is loaded and warm and the server is not draining.", registry=r
         )

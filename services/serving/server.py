@@ -14,7 +14,9 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+from serving.app import OPEN_CONNECTIONS_KEY
 from serving.logconfig import configure_logging, logging_config
+from serving.protocol import ConnectionLimits, limited_protocol
 from serving.settings import ServingSettings
 
 log = logging.getLogger(__name__)
@@ -74,22 +76,35 @@ def serve(app: FastAPI, settings: ServingSettings, **uvicorn_kwargs: Any) -> Non
     # (preprocessing, the batch worker) for up to the switch interval (5 ms by default) to get it back. Refusals
     # and probes are only event-loop work, so a shorter interval keeps them quick while the CPUs are busy.
     sys.setswitchinterval(settings.gil_switch_interval_s)
+
+    def count_refusal(reason: str) -> None:
+        runtime = getattr(app.state, "runtime", None)
+        if runtime is not None:
+            runtime.metrics.rejected.labels(reason).inc()
+
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_config=logging_config(settings.log_level, settings.log_format),
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
+        # Header deadline, header limits and the connection cap (serving.protocol); uvicorn's keep-alive timeout
+        # (5 s) still closes a connection idle that long, and the header deadline bounds one that trickles bytes.
+        http=limited_protocol(ConnectionLimits.of(settings), count_refusal),
         **uvicorn_kwargs,
     )
-    DrainingServer(config, app, settings.drain_timeout_s).run()
+    server = DrainingServer(config, app, settings.drain_timeout_s)
+    setattr(app.state, OPEN_CONNECTIONS_KEY, lambda: len(server.server_state.connections))
+    server.run()
     runtime = getattr(app.state, "runtime", None)
     if runtime is not None and runtime.load_error is not None:
         raise SystemExit(f"the model failed to load: {runtime.load_error}")
 
 
 def serve_with_reload(factory: str, settings: ServingSettings, reload_dirs: list[str]) -> None:
-    """Development mode (local overlay / Tilt live update): uvicorn reloads the worker when code changes."""
+    """Development mode (local overlay / Tilt live update): uvicorn reloads the worker when code changes. The
+    connection limits of serving.protocol are not applied here: the reloader starts its worker from an import string,
+    and a development loop on a laptop needs none of them."""
     configure_logging(settings.log_level, settings.log_format)
     uvicorn.run(
         factory,

@@ -71,6 +71,22 @@ class ServingSettings(BaseSettings):
         default=10.0, gt=0, description="Deadline of a whole request from arrival: body, fetch, decode, queue, compute."
     )
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A connection's request line and headers must be in within this many seconds of the connection "
+        "opening or of its previous answer (keep-alive idle time counts); else 408 and the connection is closed.",
+    )
+    max_header_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="Request line + headers, bytes; past it 431 and close (Envoy: 60 KiB)."
+    )
+    max_headers: int = Field(default=100, ge=1, description="Headers per request; past it 431 and close (Envoy: 100).")
+    max_connections: int = Field(
+        default=1024,
+        ge=1,
+        description="Open connections per process; past it a request gets 503 `overloaded` and the connection closes "
+        "(probes and /metrics get a margin of serving.protocol.PROBE_MARGIN more).",
+    )
     torch_threads: int = Field(default=0, ge=0, description="0 = the container's CPU limit, read from cgroups.")
     openmp_wait_policy: Literal["passive", "active"] = Field(
         default="passive",

@@ -85,3 +85,21 @@ def test_a_dry_chaos_run_starts_nothing_and_writes_nothing(tmp_path: Path) -> No
     assert "would run env CHAOS_SCALE=3" in shown
     assert "-m pytest" in shown
     assert not out.exists()
+
+
+def test_the_report_states_the_connection_figures(tmp_path: Path) -> None:
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    loris = {"connections": 500, "header_timeout_s": 1.0, "answers": {"408": 500}, "held_after_deadline": 0}
+    (figures / "slowloris.json").write_text(json.dumps({**loris, "normal_client": [200, 200, 200]}))
+    storm = {"fetches": 200, "statuses": {"503 overloaded": 168, "504 upstream_timeout": 32}}
+    (figures / "slow_upstream_storm.json").write_text(
+        json.dumps({**storm, "refusal_p50_s": 0.05, "refusal_p99_s": 0.12})
+    )
+    run = chaos.ChaosRun(scale=1, out=tmp_path, pin=False)
+    report = chaos.write_report(run, "passed", datetime(2026, 12, 3, 12, 0, tzinfo=UTC)).read_text()
+    assert "## Connections and image hosts" in report
+    assert "**held open: 0**" in report
+    assert "503 overloaded: 168, 504 upstream_timeout: 32" in report
+    assert "**p99 120.0 ms**" in report
+    assert "tests/services/test_connection_limits.py" in chaos.TESTS

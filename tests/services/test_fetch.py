@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import time
+from collections import Counter
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ops.perf.localservice import free_port
-from serving.errors import FetchFailed, PayloadTooLarge, UrlForbidden
-from serving.fetch import SafeFetcher, is_forbidden_address
-from testkit import Origin
+from serving.errors import FetchFailed, PayloadTooLarge, ServingError, UpstreamUnavailable, UrlForbidden
+from serving.fetch import FETCHED, SafeFetcher, is_forbidden_address
+from testkit import UNRESOLVABLE_HOST, UPSTREAM_FAILURES, FailingUpstreams, Origin
 
 
 def port_of(origin: Origin) -> int:
@@ -79,19 +83,53 @@ async def test_the_allow_list_is_per_host_and_port(origin: Origin) -> None:
         assert len(origin.hits) == hits, "a refused target must not be contacted"
 
 
-async def test_refused_and_unreachable_targets_look_the_same_to_the_client(origin: Origin) -> None:
-    closed = free_port()
+async def test_refused_targets_look_the_same_to_the_client_and_are_never_contacted(origin: Origin) -> None:
     errors = []
-    for url, allowed in (
-        (f"{origin.url}/ok.bin", frozenset()),  # not allow-listed
-        (f"http://127.0.0.1:{closed}/x", frozenset({f"127.0.0.1:{closed}"})),  # allowed, nothing listening
-        ("http://no-such-host.invalid/x", frozenset()),  # unresolvable
-        ("http://[::127.0.0.1]/x", frozenset()),  # IPv4-compatible IPv6
+    hits = len(origin.hits)
+    for url in (
+        f"{origin.url}/ok.bin",  # not allow-listed
+        f"http://{UNRESOLVABLE_HOST}/x",  # not allow-listed and unresolvable: resolution is part of the check
+        f"http://localhost:{port_of(origin)}/ok.bin",  # a name for a forbidden address
+        "http://[::127.0.0.1]/x",  # IPv4-compatible IPv6
     ):
         with pytest.raises(UrlForbidden) as refused:
-            await fetch(url, allowed_hosts=allowed)
+            await fetch(url, allowed_hosts=frozenset())
         errors.append((refused.value.status_code, refused.value.code, refused.value.message))
     assert len(set(errors)) == 1, errors
+    assert errors[0][:2] == (403, "url_forbidden")
+    assert len(origin.hits) == hits
+
+
+@pytest.fixture(scope="module")
+def failing() -> Iterator[FailingUpstreams]:
+    with FailingUpstreams() as upstreams:
+        yield upstreams
+
+
+@pytest.mark.parametrize("kind", list(UPSTREAM_FAILURES))
+async def test_an_allowed_target_that_fails_is_a_5xx_counted_by_outcome(failing: FailingUpstreams, kind: str) -> None:
+    """Only a target that passed the check can be reported unreachable: 502 or 504, never the 403 of a refusal."""
+    outcomes: Counter[str] = Counter()
+    options = {
+        "max_bytes": 4096,
+        "connect_timeout_s": 0.5,
+        "read_timeout_s": 0.5,
+        "on_outcome": lambda o: outcomes.update([o]),
+    }
+    async with SafeFetcher(allowed_hosts=frozenset(failing.allow_list.split(",")), **options) as fetcher:  # type: ignore[arg-type]
+        with pytest.raises(ServingError) as failed:
+            await fetcher.fetch(failing.urls[kind], time.monotonic() + 2.0)
+    assert (failed.value.status_code, failed.value.code) == UPSTREAM_FAILURES[kind], failed.value.detail
+    assert outcomes == Counter({failed.value.code: 1})
+
+
+async def test_every_outcome_is_counted_once(origin: Origin) -> None:
+    origin.files["/counted.bin"] = b"c" * 10
+    outcomes: Counter[str] = Counter()
+    for url in (f"{origin.url}/counted.bin", f"{origin.url}/nope", "http://10.0.0.1/x", "http://[zz]/"):
+        with contextlib.suppress(ServingError):
+            await fetch(url, on_outcome=lambda o: outcomes.update([o]))
+    assert outcomes == Counter({FETCHED: 1, "fetch_failed": 1, "url_forbidden": 1, "invalid_request": 1})
 
 
 @pytest.mark.parametrize(
@@ -160,13 +198,15 @@ async def test_oversized_body_is_refused(origin: Origin) -> None:
         await fetch(f"{origin.url}/big.bin")
 
 
-async def test_missing_file_is_a_fetch_failure_and_unreachable_hosts_are_refused(origin: Origin) -> None:
+async def test_missing_file_is_a_fetch_failure_and_unreachable_hosts_are_upstream_failures(origin: Origin) -> None:
     with pytest.raises(FetchFailed, match="404"):
         await fetch(f"{origin.url}/nope")
-    with pytest.raises(UrlForbidden, match="connect"):
-        await fetch(f"http://127.0.0.1:{free_port()}/x")
+    with pytest.raises(UpstreamUnavailable, match="ConnectError"):
+        await fetch(f"http://127.0.0.1:{free_port()}/x")  # allowed (127.0.0.1:*), nothing listening
+    with pytest.raises(UpstreamUnavailable, match="resolve"):
+        await fetch(f"http://{UNRESOLVABLE_HOST}/x", allowed_hosts=frozenset({UNRESOLVABLE_HOST}))
     with pytest.raises(UrlForbidden, match="resolve"):
-        await fetch("http://no-such-host.invalid/x")
+        await fetch(f"http://{UNRESOLVABLE_HOST}/x", allowed_hosts=frozenset())
 
 
 @settings(max_examples=150)

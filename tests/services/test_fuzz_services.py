@@ -12,16 +12,18 @@ import random
 import struct
 from collections import Counter
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import pytest
 
 from image_classifier.demo import render_sample
 from loadkit import SCALE, Call, Http11Client, Shot, record
-from testkit import Server, encode
+from testkit import UPSTREAM_FAILURES, FailingUpstreams, Server, encode
 
 SEED = 20261130
 REQUESTS_PER_SERVICE = int(1100 * SCALE)  # CHAOS_SCALE=5: the 10k-case long version (both services)
+UPSTREAM_CASES = int(80 * SCALE)  # against image hosts that fail (each case may wait for the 2 s deadline)
 CONCURRENCY = 8
 JPEG = encode(render_sample("triangle", 3))
 
@@ -294,3 +296,68 @@ async def test_fuzzed_requests_never_get_a_5xx(
     assert not bad, [(s.status, s.code, c.method, c.path, c.content_type, c.body[:200]) for s, c in bad[:5]]
     assert sum(counts.values()) == REQUESTS_PER_SERVICE
     assert growth < 64 * 1024, f"RSS grew by {growth // 1024} MiB"
+
+
+# -- the answers that only failing image hosts may cause ------------------------------------------------------------
+HEAD_ABUSE = [
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(150)) + b"\r\n",
+    b"POST /v1/predict?" + b"q" * 70_000 + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+]
+
+
+async def raw_status(server: Server, head: bytes) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(head)
+        line = await asyncio.wait_for(reader.readline(), 30)
+        return int(line.split()[1]) if line else 0
+    except (OSError, IndexError, ValueError):
+        return 0
+    finally:
+        writer.close()
+
+
+async def test_failing_image_hosts_get_502_or_504_and_nothing_else_does(
+    image_server_factory: Callable[..., AbstractContextManager[Server]],
+) -> None:
+    """Seeded mix of URLs of allowed image hosts that fail in every way, hostile URLs and oversized heads: a failing
+    host is answered exactly its 502 or 504 (never 403), everything else a 4xx, oversized heads 431."""
+    rng = random.Random(SEED + 2)
+    with FailingUpstreams() as failing:
+        settings = {"FETCH_ALLOWED_HOSTS": failing.allow_list, "REQUEST_TIMEOUT_S": "2"}
+        timeouts = {"FETCH_CONNECT_TIMEOUT_S": "0.3", "FETCH_READ_TIMEOUT_S": "0.3"}
+        with image_server_factory(**settings, **timeouts) as server:
+            client = Http11Client(server.url)
+            outcomes: Counter[tuple[str, int]] = Counter()
+            wrong: list[tuple[str, str, int]] = []
+
+            async def one(case: int) -> None:
+                roll = rng.random()
+                if roll < 0.5:
+                    kind = rng.choice(list(UPSTREAM_FAILURES))
+                    shot = await client.send(Call.json("/v1/predict", {"image_url": failing.urls[kind]}), 30.0)
+                    status, ok = shot.status, (shot.status, shot.code) == UPSTREAM_FAILURES[kind]
+                elif roll < 0.85:
+                    kind, url = "hostile url", rng.choice(HOSTILE_URLS)
+                    status = (await client.send(Call.json("/v1/predict", {"image_url": url}), 30.0)).status
+                    ok = 400 <= status < 500
+                else:
+                    kind = "oversized head"
+                    status = await raw_status(server, rng.choice(HEAD_ABUSE))
+                    ok = status == 431
+                outcomes[(kind, status)] += 1
+                if not ok:
+                    wrong.append((kind, str(case), status))
+
+            async def worker(mine: range) -> None:
+                for case in mine:
+                    await one(case)
+
+            await asyncio.gather(*(worker(range(i, UPSTREAM_CASES, CONCURRENCY)) for i in range(CONCURRENCY)))
+            client.close()
+    figures = {f"{kind} {status}": n for (kind, status), n in sorted(outcomes.items())}
+    print(figures)
+    record("fuzz_upstreams", {"cases": UPSTREAM_CASES, "outcomes": figures})
+    assert not wrong, wrong[:10]
+    assert sum(outcomes.values()) == UPSTREAM_CASES

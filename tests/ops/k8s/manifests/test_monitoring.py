@@ -104,6 +104,36 @@ def test_required_panels_exist_for_both_services(panel: str) -> None:
         assert {q.split(":")[0] for q in found} >= {"p50", "p95", "p99"}
 
 
+def test_the_image_service_has_fetch_outcome_and_connection_panels() -> None:
+    found = queries(dashboard()["widgets"])
+    assert any("image_classifier_fetch.count" in q and "by {outcome}" in q for q in found)
+    assert any("image_classifier_open_connections" in q for q in found)
+
+
+def monitors() -> dict[str, Obj]:
+    return {path.stem: json.loads(path.read_text()) for path in sorted(render.MONITORS_DIR.glob("*.json"))}
+
+
+def test_every_monitor_queries_metrics_that_exist() -> None:
+    known = datadog_names("image_classifier") | datadog_names("text_classifier")
+    assert monitors(), "no monitor definitions"
+    for name, monitor in monitors().items():
+        assert monitor["type"] == "query alert", name
+        assert monitor["name"], name
+        assert monitor["message"], name
+        metrics = set(re.findall(r"(?:sum|avg|max|min):([\w.]+)\{", monitor["query"]))
+        assert metrics, name
+        assert metrics <= known, (name, metrics - known)
+
+
+def test_the_upstream_failure_monitor_watches_both_failure_outcomes() -> None:
+    from serving.errors import UpstreamTimeout, UpstreamUnavailable
+
+    query = monitors()["upstream-failures"]["query"]
+    for error in (UpstreamUnavailable, UpstreamTimeout):
+        assert f"outcome:{error.code}" in query
+
+
 @pytest.mark.parametrize("overlay", render.EKS_OVERLAYS)
 def test_services_are_annotated_for_the_openmetrics_check(overlay: str, rendered: dict[str, list[Obj]]) -> None:
     for name in policies.SERVICES:
