@@ -26,8 +26,8 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.app import PREDICT_ERRORS, RuntimeDep, ensure_client_waits, parse_json
 from serving.app import Runtime as AnyRuntime
-from serving.app import RuntimeDep, ensure_client_waits, parse_json
 from serving.batcher import Reservation
 from serving.errors import (
     InvalidRequest,
@@ -422,19 +422,13 @@ def v2_error_body(body: bytes) -> bytes:
 _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
 _NOT_READY = {"model": V2Error, "description": "`not_ready` or `draining`.", "headers": _RETRY_AFTER}
 _NOT_FOUND = {"model": V2Error, "description": "No such model or version (`model_not_found`)."}
+# /v1/predict's answers (serving.app.PREDICT_ERRORS: one list, so a new refusal is documented on both protocols) in
+# the v2 error body; v2's own 400, 404 and 415. No 403: v2 takes no URLs.
 INFER_ERRORS: dict[int | str, dict[str, Any]] = {
+    **{status: {**answer, "model": V2Error} for status, answer in PREDICT_ERRORS.items() if status != 403},
     400: {"model": V2Error, "description": "Invalid request, tensor or element (`invalid_request`, `invalid_image`)."},
     404: _NOT_FOUND,
-    408: {"model": V2Error, "description": "The body did not arrive before the deadline (`request_timeout`)."},
-    413: {"model": V2Error, "description": "Body too large (`payload_too_large`)."},
     415: {"model": V2Error, "description": "A compressed body (`unsupported_media_type`)."},
-    422: {"model": V2Error, "description": "The model failed on this input alone (`unprocessable_input`)."},
-    503: {
-        "model": V2Error,
-        "description": "Refused before any work: `overloaded`, `queue_full`, `draining` or `not_ready`.",
-        "headers": _RETRY_AFTER,
-    },
-    504: {"model": V2Error, "description": "The request's deadline passed (`deadline_exceeded`)."},
 }
 INFER_BODY = {
     "requestBody": {
