@@ -389,13 +389,11 @@ def test_a_request_of_n_images_is_admitted_as_n_items(
 
 # -- perf_analyzer -----------------------------------------------------------------------------------------------
 def test_perf_analyzer_sweep_against_the_image_service(image_service: Server, tmp_path: Path) -> None:
-    from ops.core import OpsError
     from ops.perf import perfanalyzer
 
-    try:
-        perfanalyzer.perf_analyzer_argv()
-    except (OpsError, FileNotFoundError) as exc:
-        pytest.skip(f"perf_analyzer cannot be obtained here: {exc}")
+    # No skip: the locked wheel (PyPI) and the loader it needs on older glibc (Debian) come from registries every
+    # machine here reaches, so failing to obtain perf_analyzer is a failure of ours.
+    perfanalyzer.perf_analyzer_argv()
     data = perfanalyzer.write_input_data(tmp_path / "input.json", "IMAGE", [[i] for i in images(4)] + [images(4)])
     options = perfanalyzer.SweepOptions(concurrency=(1, 2), window_requests=10)
     levels = perfanalyzer.sweep(image_service.url, model_name(image_service), data, tmp_path, options)
