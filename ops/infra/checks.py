@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ops import checkov as ops_checkov
 from ops import core
 
 # cfn-lint rules ignored on purpose (also in docs/infra.md).
@@ -36,23 +35,11 @@ class CheckReport:
         return not self.cfn_lint and not self.checkov_failed
 
 
-def _tool(name: str) -> str:
-    """A console script of this environment (cfn-lint, checkov), next to the running interpreter."""
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.is_file() else name
-
-
-def offline_env() -> dict[str, str]:
-    """checkov phones home for guideline links and version checks; here nothing may leave the machine."""
-    env = dict(os.environ)
-    env.update({"BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false", "ANONYMOUS_TELEMETRY": "false"})
-    return env
-
-
 def cfn_lint(templates: Sequence[Path]) -> list[str]:
     """cfn-lint findings (errors and warnings) as 'RULE file:line message', the ignored rules left out."""
+    cfn_lint = ops_checkov.tool("cfn-lint")
     proc = core.run(
-        [_tool("cfn-lint"), "--format", "json", "--ignore-checks", *CFN_LINT_IGNORED, "--", *map(str, templates)],
+        [cfn_lint, "--format", "json", "--ignore-checks", *CFN_LINT_IGNORED, "--", *map(str, templates)],
         timeout=600, ok_codes=range(256), effect=False,
     )  # fmt: skip
     if proc.returncode not in (0, 2, 4, 6, 8, 10, 12, 14) and not proc.stdout.strip():
@@ -66,24 +53,8 @@ def cfn_lint(templates: Sequence[Path]) -> list[str]:
 
 def checkov(templates: Sequence[Path]) -> tuple[list[str], list[str], list[str]]:
     """(passed, failed, skipped) checkov CloudFormation checks as 'CHECK resource' strings, offline."""
-    argv = [_tool("checkov"), "--framework", "cloudformation", "--output", "json", "--skip-download", "--compact"]
-    for template in templates:
-        argv += ["--file", str(template)]
-    if CHECKOV_ACCEPTED:
-        argv += ["--skip-check", ",".join(CHECKOV_ACCEPTED)]
-    proc = core.run(argv, timeout=900, env=offline_env(), ok_codes=range(256), effect=False)
-    if not proc.stdout.strip().startswith(("{", "[")):
-        raise RuntimeError(f"checkov gave no JSON (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
-    data = json.loads(proc.stdout)
-    reports = data if isinstance(data, list) else [data]
-    passed: list[str] = []
-    failed: list[str] = []
-    skipped: list[str] = []
-    for report in reports:
-        results = report.get("results", {})
-        for bucket, out in (("passed_checks", passed), ("failed_checks", failed), ("skipped_checks", skipped)):
-            out += [f"{r['check_id']} {r['resource']}" for r in results.get(bucket, [])]
-    return passed, failed, skipped
+    results = ops_checkov.run("cloudformation", templates, list(CHECKOV_ACCEPTED))
+    return [str(f) for f in results.passed], [str(f) for f in results.failed], [str(f) for f in results.skipped]
 
 
 def check(templates: Sequence[Path]) -> CheckReport:

@@ -45,93 +45,136 @@ def _violations(policy: str, overlay: str, objects: list[Obj]) -> list[str]:
 # --- each policy catches its mistake -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("which", ["requests", "limits"])
-def test_missing_requests_or_limits(fresh: Callable[[str], list[Obj]], which: str) -> None:
+def _checkov(overlay: str, objects: list[Obj]) -> set[str]:
+    """The checkov findings (check id and resource) the `checkov` policy reports, planted mistake required."""
+    return {v.split(" (", 1)[0] for v in _violations("checkov", overlay, objects)}
+
+
+@pytest.mark.parametrize(("which", "check"), [("requests", "CKV_K8S_12"), ("limits", "CKV_K8S_13")])
+def test_missing_requests_or_limits(fresh: Callable[[str], list[Obj]], which: str, check: str) -> None:
     objects = fresh("eks-prod")
     del _container(objects, "DaemonSet", "dcgm-exporter")["resources"][which]["memory"]
-    assert _violations("resources", "eks-prod", objects) == [
-        f"DaemonSet/dcgm-exporter container dcgm-exporter: no {which} for memory"
-    ]
+    assert _checkov("eks-prod", objects) == {f"{check} DaemonSet.kube-system.dcgm-exporter"}
 
 
 @pytest.mark.parametrize("probe", ["startupProbe", "readinessProbe", "livenessProbe"])
 def test_missing_service_probe(fresh: Callable[[str], list[Obj]], probe: str) -> None:
     objects = fresh("local")
     del _container(objects, "Deployment", "text-classifier")[probe]
-    assert any(probe in v for v in _violations("probes", "local", objects))
+    assert any(probe in v for v in _violations("service-probes", "local", objects))
 
 
 def test_liveness_on_readyz_is_refused(fresh: Callable[[str], list[Obj]]) -> None:
     objects = fresh("eks-prod")
     _container(objects, "Deployment", "image-classifier")["livenessProbe"]["httpGet"]["path"] = "/readyz"
-    _violations("probes", "eks-prod", objects)
+    _violations("service-probes", "eks-prod", objects)
 
 
 def test_addon_without_probes(fresh: Callable[[str], list[Obj]]) -> None:
     objects = fresh("eks-prod")
     del _container(objects, "Deployment", "cluster-autoscaler")["readinessProbe"]
-    assert _violations("probes", "eks-prod", objects) == [
-        "Deployment/cluster-autoscaler container cluster-autoscaler: no readinessProbe"
-    ]
+    assert _checkov("eks-prod", objects) == {"CKV_K8S_9 Deployment.kube-system.cluster-autoscaler"}
 
 
 @pytest.mark.parametrize(
-    ("field", "value"),
+    ("field", "value", "check"),
     [
-        ("readOnlyRootFilesystem", False),
-        ("allowPrivilegeEscalation", True),
-        ("runAsNonRoot", False),
-        ("capabilities", {"drop": ["NET_RAW"]}),
-        ("seccompProfile", {"type": "Unconfined"}),
-        ("runAsUser", 0),
+        ("readOnlyRootFilesystem", False, "CKV_K8S_22"),
+        ("allowPrivilegeEscalation", True, "CKV_K8S_20"),
+        ("capabilities", {"drop": ["NET_RAW"]}, "CKV_K8S_37"),
+        ("seccompProfile", {"type": "Unconfined"}, "CKV_K8S_31"),
     ],
 )
-def test_security_context_breaks(fresh: Callable[[str], list[Obj]], field: str, value: Any) -> None:
+def test_security_context_breaks(fresh: Callable[[str], list[Obj]], field: str, value: Any, check: str) -> None:
     objects = fresh("eks-staging")
+    pod = _pod(objects, "Deployment", "text-classifier")
+    if field == "seccompProfile":
+        pod["securityContext"][field] = value
     _container(objects, "Deployment", "text-classifier")["securityContext"][field] = value
-    _violations("security-context", "eks-staging", objects)
+    assert f"{check} Deployment.inference.text-classifier" in _checkov("eks-staging", objects)
+
+
+def test_root_service_is_refused(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh("eks-staging")
+    for sc in (_pod(objects, "Deployment", "text-classifier")["securityContext"],
+               _container(objects, "Deployment", "text-classifier")["securityContext"]):  # fmt: skip
+        sc.update(runAsNonRoot=False, runAsUser=0)
+    assert "CKV_K8S_23 Deployment.inference.text-classifier" in _checkov("eks-staging", objects)
+    assert _violations("service-user", "eks-staging", objects) == [
+        "Deployment/text-classifier container text-classifier: runAsUser should be 10001, is 0"
+    ]
 
 
 def test_added_capability_is_refused_even_for_root_exceptions(fresh: Callable[[str], list[Obj]]) -> None:
     objects = fresh("eks-prod")
     _container(objects, "DaemonSet", "dcgm-exporter")["securityContext"]["capabilities"]["add"] = ["SYS_ADMIN"]
-    assert _violations("security-context", "eks-prod", objects) == [
-        "DaemonSet/dcgm-exporter container dcgm-exporter: adds capabilities ['SYS_ADMIN']"
-    ]
+    assert "CKV_K8S_39 DaemonSet.kube-system.dcgm-exporter" in _checkov("eks-prod", objects)
 
 
 def test_tmp_must_be_an_emptydir(fresh: Callable[[str], list[Obj]]) -> None:
     objects = fresh("local")
     _container(objects, "Deployment", "image-classifier")["volumeMounts"] = []
-    assert any("/tmp" in v for v in _violations("security-context", "local", objects))
+    assert any("/tmp" in v for v in _violations("service-user", "local", objects))
+
+
+def test_an_exception_is_the_annotation_next_to_its_object(fresh: Callable[[str], list[Obj]]) -> None:
+    """Drop the device plugin's annotations: each finding they excused comes back."""
+    objects = fresh("eks-prod")
+    (plugin,) = k8s_objects.find(objects, "DaemonSet", "nvidia-device-plugin")
+    excused = {v.split("=", 1)[0] for k, v in plugin["metadata"]["annotations"].items() if k.startswith("checkov.io/")}
+    assert {"CKV_K8S_8", "CKV_K8S_23", "CKV_K8S_43"} <= excused
+    del plugin["metadata"]["annotations"]
+    assert _checkov("eks-prod", objects) == {f"{c} DaemonSet.kube-system.nvidia-device-plugin" for c in excused}
+
+
+def test_an_exception_without_a_reason_is_a_finding(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh("eks-prod")
+    (ca,) = k8s_objects.find(objects, "Deployment", "cluster-autoscaler")
+    ca["metadata"]["annotations"]["checkov.io/skip2"] = "CKV_K8S_38"
+    assert _violations("checkov", "eks-prod", objects) == [
+        "CKV_K8S_38 Deployment.kube-system.cluster-autoscaler (skipped without a reason)"
+    ]
 
 
 @pytest.mark.parametrize(
     "image",
     [
         "111122223333.dkr.ecr.us-east-1.amazonaws.com/eks-inference/image-classifier:latest",
-        "111122223333.dkr.ecr.us-east-1.amazonaws.com/eks-inference/image-classifier",
         "eks-inference/image-classifier:dev-cpu",
         "111122223333.dkr.ecr.us-east-1.amazonaws.com/eks-inference/image-classifier:0.1.0-cpu",  # not the CUDA build
     ],
 )
-def test_latest_untagged_or_local_images_outside_local(fresh: Callable[[str], list[Obj]], image: str) -> None:
+def test_latest_or_local_images_outside_local(fresh: Callable[[str], list[Obj]], image: str) -> None:
     objects = fresh("eks-prod")
     _container(objects, "Deployment", "image-classifier")["image"] = image
     _violations("image-tags", "eks-prod", objects)
 
 
-def test_latest_is_allowed_in_local_only(fresh: Callable[[str], list[Obj]]) -> None:
-    objects = fresh("local")
-    _container(objects, "Deployment", "image-classifier")["image"] = "eks-inference/image-classifier:latest"
-    assert policies.check_image_tags("local", objects) == []
+@pytest.mark.parametrize("overlay", ["local", "eks-prod"])
+def test_untagged_or_latest_is_refused_everywhere(fresh: Callable[[str], list[Obj]], overlay: str) -> None:
+    for image in ("eks-inference/text-classifier", "eks-inference/text-classifier:latest"):
+        objects = fresh(overlay)
+        _container(objects, "Deployment", "text-classifier")["image"] = image
+        assert "CKV_K8S_14 Deployment.inference.text-classifier" in _checkov(overlay, objects)
 
 
 def test_device_plugin_unpinned(fresh: Callable[[str], list[Obj]]) -> None:
     objects = fresh("eks-prod")
     _container(objects, "DaemonSet", "nvidia-device-plugin")["image"] = "nvcr.io/nvidia/k8s-device-plugin:latest"
-    _violations("image-tags", "eks-prod", objects)
+    assert "CKV_K8S_14 DaemonSet.kube-system.nvidia-device-plugin" in _checkov("eks-prod", objects)
     _violations("addon-versions", "eks-prod", objects)
+
+
+def test_addon_digest_is_required_where_recorded(fresh: Callable[[str], list[Obj]]) -> None:
+    objects = fresh("eks-prod")
+    ca = _container(objects, "Deployment", "cluster-autoscaler")
+    ca["image"] = ca["image"].split("@", 1)[0]
+    assert _violations("addon-versions", "eks-prod", objects) == [
+        f"Deployment/cluster-autoscaler: image {ca['image']} should be {ca['image']}@"
+        f"{policies.versions()['addons']['cluster_autoscaler_digest']} ([addons].cluster_autoscaler)"
+    ]
+    # ... and checkov, without the annotation an undigested image would need.
+    assert "CKV_K8S_43 Deployment.kube-system.cluster-autoscaler" in _checkov("eks-prod", objects)
 
 
 def test_cpu_workload_requesting_a_gpu(fresh: Callable[[str], list[Obj]]) -> None:

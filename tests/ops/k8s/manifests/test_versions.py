@@ -31,6 +31,7 @@ def test_addon_images_match_the_matrix(overlay: str, rendered: dict[str, list[Ob
     )
     assert _image(objects, "Deployment", "cluster-autoscaler") == (
         f"registry.k8s.io/autoscaling/cluster-autoscaler:{addons['cluster_autoscaler']}"
+        f"@{addons['cluster_autoscaler_digest']}"
     )
 
 
