@@ -114,6 +114,14 @@ def run(
     return proc
 
 
+def ensure_group(group: str) -> None:
+    """Install one of uv.lock's optional dependency groups into this environment (added, nothing removed).
+
+    `uv sync` installs the default groups only; a task that needs more (the peer servers, perf_analyzer) asks here.
+    """
+    run(["uv", "sync", "--locked", "--inexact", "--group", group], cwd=REPO_ROOT, echo=True)
+
+
 # --------------------------------------------------------------------------------------------------
 # The services: one registry; images, manifests, `invoke serve`, kind and bench read their views from it.
 

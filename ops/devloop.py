@@ -44,5 +44,7 @@ def run_tests(k: str = "", marker: str = "", skip_lint: bool = False) -> None:
         build_all(progress=console.log)
     if not skip_lint:
         lint()
+    # The peer servers and the KServe client are tested too, but are not a default group.
+    core.ensure_group("peers")
     argv = ["pytest", *(["-k", k] if k else []), *(["-m", marker] if marker else [])]
     core.run(argv, cwd=REPO_ROOT, capture=False, echo=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from invoke import Collection, Context
 
+from ops import core
 from ops.core import REPO_ROOT, console
 from ops.perf import bench as bench_mod
 from ops.perf import capacity as capacity_mod
@@ -73,6 +74,8 @@ def bench(
     pytest: bool = True,
 ) -> None:
     """Run the pytest-benchmark suites and the serving ratios; write benchmarks.json, ratios.json and summary.md."""
+    if peers:
+        core.ensure_group("peers")
     pytest_opts = bench_mod.PytestBenchOptions(
         results_dir=_folder(results, "bench"),
         device=device,
@@ -164,6 +167,7 @@ def peers_task(
 ) -> None:
     """Our service, LitServe and KServe on the same bundle, client and cores: peers.json, peers.png, summary.md."""
     folder = _folder(results, "bench", "peers")
+    core.ensure_group("peers")
     bench_mod.run_peers_alone(folder, batch_size=batch_size, quick=quick, pin=pin, p99_bound=p99_bound)
 
 
