@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ops.perf.bench import BATCH_SIZE, MAX_WAIT_MS
 from ops.perf.closedloop import Call, Level, admission_for, attack
+from ops.perf.defaults import BATCH_SIZE, MAX_WAIT_MS
 from ops.perf.localservice import LocalService
 from ops.perf.perfanalyzer import SweepOptions, sweep, v2_binary_call, write_input_data
 from ops.perf.pinning import pinning_from

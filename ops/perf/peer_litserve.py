@@ -24,7 +24,7 @@ class ImageAPI(ls.LitAPI):
         self.model_uri = model_uri
 
     def setup(self, device: str) -> None:
-        from ops.perf.peerapps import load_model
+        from ops.perf.peermodel import load_model
 
         self.classifier = load_model(self.model_uri, self.max_batch_size)
 

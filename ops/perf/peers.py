@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ops.perf.bench import BATCH_SIZE, LEVEL_DURATION_S, MAX_WAIT_MS, PEER_P99_BOUND_MS
 from ops.perf.closedloop import Call, Level, admission_for, attack, throughput_within
+from ops.perf.defaults import BATCH_SIZE, LEVEL_DURATION_S, MAX_WAIT_MS, PEER_P99_BOUND_MS
 from ops.perf.localservice import LocalService, free_port
 from ops.perf.pinning import Pinning, pinning_from
 
@@ -96,7 +96,7 @@ def server_process(server: str, cfg: PeerConfig, pinning: Pinning, log_path: Pat
     if server == "litserve":
         ready, url, target_body, content_type = "/health", "/v1/predict", body, "image/jpeg"
     else:
-        from ops.perf.peerapps import MODEL_NAME
+        from ops.perf.peermodel import MODEL_NAME
 
         ready, url = f"/v1/models/{MODEL_NAME}", f"/v1/models/{MODEL_NAME}:predict"
         target_body = json.dumps({"instances": [{"image_b64": base64.b64encode(body).decode()}]}).encode()

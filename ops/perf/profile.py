@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from ops.perf.bench import MAX_WAIT_MS
+from ops.perf.defaults import MAX_WAIT_MS
 from ops.perf.pinning import Pinning, parse_cpu_list, pinning_from
 
 # Where a sampled stack's time goes: the deepest frame that matches decides (leaf first). Order matters only among

@@ -24,9 +24,9 @@ from typing import Any
 import httpx
 import torch
 
-from ops.perf.bench import BATCH_SIZE, CONCURRENCY, LEVEL_DURATION_S, MAX_WAIT_MS
 from ops.perf.benchmodels import bundle_for, load_classifier, machine_info, timed_batch
 from ops.perf.closedloop import Call, Level, admission_for, attack, knee, throughput_within
+from ops.perf.defaults import BATCH_SIZE, CONCURRENCY, LEVEL_DURATION_S, MAX_WAIT_MS
 from ops.perf.load import vegeta_path
 from ops.perf.localservice import LocalService
 from ops.perf.pinning import Pinning, pinning_from

@@ -11,7 +11,7 @@ from ops import core
 from ops.core import REPO_ROOT, console
 from ops.perf import bench as bench_mod
 from ops.perf import capacity as capacity_mod
-from ops.perf import gpuwheels
+from ops.perf import defaults, gpuwheels
 from ops.perf import load as load_mod
 from ops.perf.report import new_run_dir
 from ops.tasks.common import ops_task
@@ -63,9 +63,9 @@ def bench(
     min_rounds: int = 3,
     ratios: bool = True,
     ratio_models: str = "demo",
-    batch_size: int = bench_mod.BATCH_SIZE,
-    concurrency: str = ",".join(map(str, bench_mod.CONCURRENCY)),
-    level_duration: float = bench_mod.LEVEL_DURATION_S,
+    batch_size: int = defaults.BATCH_SIZE,
+    concurrency: str = ",".join(map(str, defaults.CONCURRENCY)),
+    level_duration: float = defaults.LEVEL_DURATION_S,
     quick: bool = False,
     results: str = "",
     pin: str = "auto,none",
@@ -122,7 +122,7 @@ def clients_task(
     c: Context,
     concurrency: str = "1,2,4,8,16",
     level_duration: float = 3.0,
-    batch_size: int = bench_mod.BATCH_SIZE,
+    batch_size: int = defaults.BATCH_SIZE,
     model: str = "demo",
     pin: str = "auto",
     results: str = "",
@@ -159,8 +159,8 @@ def clients_task(
 )
 def peers_task(
     c: Context,
-    batch_size: int = bench_mod.BATCH_SIZE,
-    p99_bound: float = bench_mod.PEER_P99_BOUND_MS,
+    batch_size: int = defaults.BATCH_SIZE,
+    p99_bound: float = defaults.PEER_P99_BOUND_MS,
     pin: str = "auto",
     quick: bool = False,
     results: str = "",

@@ -1,6 +1,8 @@
-"""Import rules of ops/, checked on the source: tasks sit on top, and the GPU runner's modules import without the
-toolchain or the dev-only packages (the GPU machine has torch, pillow, httpx, prometheus-client and the wheels
-from `invoke bench.wheels`, nothing else)."""
+"""Import rules of ops/ and services/, checked on the source.
+
+No cycles (function-local imports included); services never import ops; ops never imports the benchmark suites;
+tasks sit on top; and the GPU runner's modules import without the toolchain or the dev-only packages (the GPU
+machine has torch, pillow, httpx, prometheus-client and the wheels from `invoke bench.wheels`, nothing else)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import pytest
 from ops.core import REPO_ROOT
 
 OPS = REPO_ROOT / "ops"
+SERVICES = REPO_ROOT / "services"
 TOOLCHAIN = ("ops.toolchain",)
 # The ops modules the GPU runner's own code names: bench/gpu/run.sh (`python -m ops...`, `from ops... import`) and
 # the pytest-benchmark suites in bench/ it runs. Their module-level imports must work on the GPU machine.
@@ -25,7 +28,9 @@ DEV_ONLY = ("invoke", "yaml", "kubernetes", "kubernetes_validate", "jsonschema",
 
 
 def module_name(path: Path) -> str:
-    parts = path.relative_to(REPO_ROOT).with_suffix("").parts
+    # services/<package> is on sys.path as <package> (the wheel's layout), ops/ as ops.
+    root = SERVICES if path.is_relative_to(SERVICES) else REPO_ROOT
+    parts = path.relative_to(root).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -52,6 +57,75 @@ def imports(path: Path, top_level_only: bool) -> Iterator[tuple[int, str]]:
 
 def ops_files() -> list[Path]:
     return sorted(OPS.rglob("*.py"))
+
+
+def service_files() -> list[Path]:
+    return sorted(SERVICES.rglob("*.py"))
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the project modules it imports anywhere in its body (an import of a name inside a module counts
+    as an import of that module)."""
+    paths = {module_name(p): p for p in [*ops_files(), *service_files()]}
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        targets = set()
+        for _, imported in imports(path, False):
+            while imported and imported not in paths:
+                imported = imported.rpartition(".")[0]
+            if imported and imported != name:
+                targets.add(imported)
+        graph[name] = targets
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected set of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while (w := stack.pop()) != v:
+                component.append(w)
+            if component:
+                found.append(sorted([v, *component]))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycles() -> None:
+    graph = import_graph()
+    assert {"ops.perf.bench", "serving.app"} <= set(graph)  # the walk saw both trees
+    assert cycles(graph) == []
+
+
+def test_the_cycle_finder_sees_a_function_local_cycle() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+@pytest.mark.parametrize("path", service_files(), ids=module_name)
+def test_services_import_nothing_from_ops(path: Path) -> None:
+    assert [f"{path.name}:{line} {n}" for line, n in imports(path, False) if n.split(".")[0] == "ops"] == []
+
+
+@pytest.mark.parametrize("path", ops_files(), ids=module_name)
+def test_ops_imports_nothing_from_the_benchmark_suites(path: Path) -> None:
+    assert [f"{path.name}:{line} {n}" for line, n in imports(path, False) if n.split(".")[0] == "bench"] == []
 
 
 def perf_files() -> list[Path]:
