@@ -1,4 +1,7 @@
-"""invoke entry point: wires the task collections in `ops.tasks`; all logic lives in `ops`."""
+"""invoke entry point: wires the task collections in `ops.tasks`; all logic lives in `ops`.
+
+Every task appears once in `invoke --list`: the six a user types every day at the root (each module's
+`ROOT_TASKS`: up, down, test, serve, smoke, deploy), everything else in its area's namespace."""
 
 from invoke import Collection
 

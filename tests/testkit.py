@@ -40,7 +40,7 @@ class Server(LocalService):
 
 def service_cpus() -> set[int] | None:
     """`CHAOS_SERVICE_CPUS` (e.g. "1"): the cores the services under test get, apart from the load generator's
-    (`invoke chaos` pins itself to the others); unset: no pinning."""
+    (`invoke services.chaos` pins itself to the others); unset: no pinning."""
     spec = os.environ.get("CHAOS_SERVICE_CPUS", "")
     return {int(cpu) for cpu in spec.split(",") if cpu.strip()} or None
 

@@ -23,12 +23,12 @@ from ops.perf.load import StepRun
 from ops.perf.report import new_run_dir, results_dir
 
 PROD_OVERLAY = "eks-prod"
-# The defaults of `invoke capacity` (its SLO is the load test's, ops.perf.load.SLO_P99_MS): stated here only.
+# The defaults of `invoke bench.capacity` (its SLO is the load test's, ops.perf.load.SLO_P99_MS): stated here only.
 TARGET_RPS = 100.0
 HEADROOM = 0.3
 MIN_REPLICAS = 2
 SERVICE = "image-classifier"
-# Seconds per step of the step run `invoke capacity --run-step` starts.
+# Seconds per step of the step run `invoke bench.capacity --run-step` starts.
 STEP_DURATION = "5s"
 # Only what the planner counts; other resources (ephemeral-storage, ...) do not bound pods per node here.
 PLANNED_RESOURCES = ("cpu", "memory", GPU_RESOURCE)
@@ -406,7 +406,7 @@ def write_report(plan: CapacityPlan, run: StepRun, folder: Path) -> dict[str, Pa
 
 @dataclass
 class CapacityOptions:
-    """What `invoke capacity` was asked for."""
+    """What `invoke bench.capacity` was asked for."""
 
     service: str = SERVICE
     target_rps: float = TARGET_RPS
@@ -420,7 +420,7 @@ class CapacityOptions:
 
 
 def run_capacity(opts: CapacityOptions, folder: Path | None = None) -> CapacityPlan | None:
-    """The `invoke capacity` flow: a step run when asked (or when there is none), the plan, the report in `folder`
+    """The `invoke bench.capacity` flow: a step run when asked (or when there is none), the plan, the report in `folder`
     (default results/capacity/<timestamp>). Under a dry run it plans the step run and returns None."""
     steps = opts.steps
     if opts.run_step or (steps is None and load.find_latest(results_dir("load"), "steps.json") is None):
@@ -437,7 +437,7 @@ def run_capacity(opts: CapacityOptions, folder: Path | None = None) -> CapacityP
         return None
     steps = steps or load.find_latest(results_dir("load"), "steps.json")
     if steps is None or not steps.is_file():
-        raise core.OpsError(f"no step run found (looked for {steps}); run `invoke load --step` first")
+        raise core.OpsError(f"no step run found (looked for {steps}); run `invoke bench.load --step` first")
     run = StepRun.load(steps)
     plan = plan_capacity(
         run,

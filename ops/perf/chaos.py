@@ -229,7 +229,7 @@ def render_report(figures: dict[str, Any], run: ChaosRun, outcome: str, started:
     head = [
         f"# Chaos run {started:%Y-%m-%d %H:%M} UTC",
         "",
-        f"- `invoke chaos --scale {run.scale:g}`: pytest {outcome}",
+        f"- `invoke services.chaos --scale {run.scale:g}`: pytest {outcome}",
         f"- machine: {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}; load average "
         f"(1/5/15 min) at the end: {load}",
         f"- pinning: {run.pinning()}",

@@ -19,7 +19,7 @@ from ops.core import OpsError, console, is_dry, out
 from ops.perf.closedloop import Call
 from ops.perf.report import timestamp
 
-# The defaults of `invoke load` (and of the step run `invoke capacity` starts): stated here only.
+# The defaults of `invoke bench.load` (and of the step run `invoke bench.capacity` starts): stated here only.
 RATE = 20.0
 DURATION = "10s"
 HIST_BUCKETS = "0,5ms,10ms,25ms,50ms,100ms,250ms,500ms,1s,2.5s,5s"
@@ -386,7 +386,7 @@ def find_latest(root: Path, name: str) -> Path | None:
 
 @dataclass
 class LoadOptions:
-    """What `invoke load` was asked for: a constant-rate attack, or a step run with `step`."""
+    """What `invoke bench.load` was asked for: a constant-rate attack, or a step run with `step`."""
 
     url: str = ""  # empty: start a local image service on 127.0.0.1
     model: str = "demo"
@@ -405,8 +405,8 @@ class LoadOptions:
 
 
 def run_load(opts: LoadOptions, folder: Path) -> LoadResult | StepRun | None:
-    """The `invoke load` flow into `folder`: a local service unless a URL is given, the image server, the attack(s)
-    and the printed report. Under a dry run it says what it would do and returns None."""
+    """The `invoke bench.load` flow into `folder`: a local service unless a URL is given, the image server, the
+    attack(s) and the printed report. Under a dry run it says what it would do and returns None."""
     if is_dry():
         what = "step up the rate" if opts.step else f"attack at {opts.rate:g} rps"
         against = opts.url or "a local image service"

@@ -13,8 +13,8 @@ from rich.table import Table
 
 from ops.core import REPO_ROOT, console, out
 
-# Every run folder of `invoke bench` (results/bench/<ts>), `invoke load` (results/load/<ts>) and `invoke capacity`
-# (results/capacity/<ts>) is under it; gitignored.
+# Every run folder of `invoke bench` (results/bench/<ts>), `invoke bench.load` (results/load/<ts>) and
+# `invoke bench.capacity` (results/capacity/<ts>) is under it; gitignored.
 RESULTS_ROOT = REPO_ROOT / "results"
 
 

@@ -318,5 +318,3 @@ ns.add_task(clients_task)
 ns.add_task(profile_task)
 ns.add_task(load)
 ns.add_task(capacity)
-# Also at the root, where the docs call them: `invoke load`, `invoke capacity`.
-ROOT_TASKS = [load, capacity]

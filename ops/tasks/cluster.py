@@ -96,6 +96,5 @@ ns = Collection("cluster")
 ns.add_task(sim_up)
 ns.add_task(sim_down)
 ns.add_task(node_image)
-ns.add_task(deploy)
-# Also at the root: `invoke deploy`.
+# At the root only (`invoke deploy`): one of the tasks a user types every day.
 ROOT_TASKS = [deploy]

@@ -26,6 +26,6 @@ def test(c: Context, k: str = "", marker: str = "", skip_lint: bool = False) -> 
     devloop.run_tests(k, marker, skip_lint)
 
 
-ns = Collection("dev", test, lint)
-# Also at the root, where users and CI call them (`invoke test`).
-ROOT_TASKS = [test, lint]
+ns = Collection("dev", lint)
+# At the root only, where users and CI call it (`invoke test`).
+ROOT_TASKS = [test]

@@ -129,6 +129,6 @@ def node_image(c: Context, force: bool = False) -> None:
 
 
 # `cluster.node-image` joins the cluster collection (ops/tasks/cluster.py); `up` and `down` are root tasks.
-ns = Collection("local", up, down)
-# Also at the root: `invoke up` / `invoke down`.
+ns = Collection("local")
+# At the root only: `invoke up` / `invoke down`, typed every day.
 ROOT_TASKS = [up, down]

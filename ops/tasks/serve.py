@@ -83,6 +83,6 @@ def chaos(c: Context, scale: float = 10.0, out: str = "", pin: bool = True) -> N
         raise Exit("chaos run: some tests failed; the report has what they measured", code=1)
 
 
-ns = Collection("services", serve, smoke, chaos)
-# Also at the root: `invoke serve` / `invoke smoke` / `invoke chaos`.
-ROOT_TASKS = [serve, smoke, chaos]
+ns = Collection("services", chaos)
+# At the root only: `invoke serve` / `invoke smoke`, typed every day.
+ROOT_TASKS = [serve, smoke]

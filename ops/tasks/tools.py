@@ -76,5 +76,3 @@ ns.add_task(install)
 ns.add_task(list_)
 ns.add_task(ensure)
 ns.add_task(doctor)
-# Also at the root: `invoke doctor`.
-ROOT_TASKS = [doctor]

@@ -1,4 +1,4 @@
-"""Environment check behind `invoke doctor`: pinned tools, docker engine, CUDA/GPU presence."""
+"""Environment check behind `invoke tools.doctor`: pinned tools, docker engine, CUDA/GPU presence."""
 
 from __future__ import annotations
 

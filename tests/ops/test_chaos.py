@@ -74,7 +74,7 @@ def test_timings_ci_does_not_assert_are_stated_against_their_targets(tmp_path: P
 def test_a_dry_chaos_run_starts_nothing_and_writes_nothing(tmp_path: Path) -> None:
     out = tmp_path / "chaos"
     done = subprocess.run(
-        [sys.executable, "-m", "invoke", "--dry", "chaos", "--scale", "3", "--out", str(out)],
+        [sys.executable, "-m", "invoke", "--dry", "services.chaos", "--scale", "3", "--out", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,

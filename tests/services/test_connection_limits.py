@@ -26,7 +26,7 @@ from testkit import UPSTREAM_FAILURES, FailingUpstreams, Server, encode, run_ser
 HEADER_TIMEOUT_S = 1.0
 PATIENCE_S = 60.0  # how long a test waits for what the server must do within HEADER_TIMEOUT_S
 PARTIAL_HEAD = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-One: 1\r\n"  # the request line and two headers, then nothing
-SLOWLORIS_CONNECTIONS = int(50 * SCALE)  # `invoke chaos` (scale 10): 500
+SLOWLORIS_CONNECTIONS = int(50 * SCALE)  # `invoke services.chaos` (scale 10): 500
 STORM_FETCHES = 200  # concurrent image_url requests in the slow-upstream storm (the probe)
 MAX_CONNECTIONS = 8
 

@@ -1,5 +1,5 @@
-"""Smoke tests for `invoke bench`, `invoke load`, `invoke capacity`, `invoke bench.peers` and bench/gpu/run.sh: they
-run and write parseable files. Timings are never asserted; each starts services and short attacks (`bench` marker).
+"""Smoke tests for `invoke bench`, `bench.load`, `bench.capacity`, `bench.peers` and bench/gpu/run.sh: they run and
+write parseable files. Timings are never asserted; each starts services and short attacks (`bench` marker).
 """
 
 from __future__ import annotations
