@@ -187,3 +187,21 @@ SERVICES: dict[str, Service] = {
         ),
     )
 }
+
+
+def services_table() -> dict[str, object]:
+    """The service table as plain data, for readers outside Python: the Tiltfile runs `python -m ops.core`."""
+    return {
+        "container_port": CONTAINER_PORT,
+        "image_prefix": IMAGE_PREFIX,
+        "services": {
+            s.name: {"package": s.package, "local_port": s.local_port, "bundle": s.bundle, "gpu": s.gpu}
+            for s in SERVICES.values()
+        },
+    }
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(services_table()))

@@ -42,13 +42,15 @@ from ops.k8s.render import (
     render_with_components,
 )
 from ops.k8s.schema import schema_errors, schema_version
+from serving.settings import ServingSettings  # type: ignore[import-untyped, unused-ignore]
 
 # Views of the service registry (ops.core): Deployment name -> settings env prefix, and which one wants a GPU.
 SERVICES = {s.name: s.env_prefix for s in core.SERVICES.values()}
 GPU_SERVICE = next(s.name for s in core.SERVICES.values() if s.gpu)
 SERVICE_UID = core.SERVICE_UID
 SERVICE_PORT = core.CONTAINER_PORT
-DEFAULT_DRAIN_TIMEOUT_S = 20.0
+# The runtime's own default, read from it (a ConfigMap without <PREFIX>DRAIN_TIMEOUT_S gets this).
+DEFAULT_DRAIN_TIMEOUT_S = float(ServingSettings.model_fields["drain_timeout_s"].default)
 
 # Workloads (kind/name) that may tolerate the GPU taint without requesting a GPU: node agents.
 GPU_NODE_AGENTS = ("DaemonSet/nvidia-device-plugin", "DaemonSet/dcgm-exporter")

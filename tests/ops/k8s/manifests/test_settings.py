@@ -3,16 +3,48 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
 
+from ops import core
 from ops.k8s import objects as k8s_objects
 from ops.k8s import policies, render
 
 Obj = dict[str, Any]
-SETTINGS_MODULES = {"image-classifier": "image_classifier.settings", "text-classifier": "text_classifier.settings"}
+SETTINGS_MODULES = {s.name: f"{s.package}.settings" for s in core.SERVICES.values()}
+
+
+@pytest.mark.parametrize("name", policies.SERVICES)
+def test_each_service_settings_agree_with_the_service_table(name: str) -> None:
+    """The services cannot read ops.core (their images do not carry it), so their settings restate three facts of
+    the table (a bare `python -m <package>` serves the demo bundle on the local port); this holds them to it."""
+    settings_cls = importlib.import_module(SETTINGS_MODULES[name]).Settings
+    service = core.SERVICES[name]
+    assert settings_cls.model_config["env_prefix"] == service.env_prefix
+    assert settings_cls.model_fields["port"].default == service.local_port
+    assert settings_cls.model_fields["model_uri"].default == f"models/{service.bundle}"
+
+
+def test_the_tiltfile_reads_the_service_table() -> None:
+    """Tilt gets the table from `python -m ops.core`; the Tiltfile names no package, port or bundle itself."""
+    out = subprocess.run(
+        [sys.executable, "-m", "ops.core"], cwd=core.REPO_ROOT, capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    table = json.loads(out)
+    assert table["services"] == {
+        s.name: {"package": s.package, "local_port": s.local_port, "bundle": s.bundle, "gpu": s.gpu}
+        for s in core.SERVICES.values()
+    }
+    tiltfile = (core.REPO_ROOT / "Tiltfile").read_text()
+    assert "python -m ops.core" in tiltfile
+    for s in core.SERVICES.values():
+        for fact in (f"'{s.package}'", f"'{s.bundle}'", str(s.local_port)):
+            assert fact not in tiltfile, fact
 
 
 def service_env(objects: list[Obj], name: str) -> dict[str, str]:
