@@ -9,6 +9,7 @@ import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 from rich.console import Console
 
@@ -112,6 +113,39 @@ def run(
     if proc.returncode not in ok_codes:
         raise CommandFailed(cmd, proc.returncode, proc.stderr or "")
     return proc
+
+
+def start(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    stdin: int | IO[Any] | None = None,
+    stdout: int | IO[Any] | None = None,
+    stderr: int | IO[Any] | None = None,
+    text: bool = False,
+    bufsize: int = -1,
+    start_new_session: bool = False,
+) -> subprocess.Popen[Any]:
+    """Start a long-running process (a server, a port-forward, a streamed build): the one place besides `run`.
+
+    `env` replaces the environment when given (as subprocess does). Under `invoke --dry` it refuses: a dry run
+    shows what it would do before it gets here, so reaching this is a task that forgot to, and it must not start.
+    """
+    cmd = [os.fspath(a) for a in argv]
+    if is_dry():
+        raise OpsError(f"would start {' '.join(cmd)}, but this is a dry run")
+    return subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=dict(env) if env is not None else None,
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
+        text=text,
+        bufsize=bufsize,
+        start_new_session=start_new_session,
+    )
 
 
 def ensure_group(group: str) -> None:

@@ -395,7 +395,7 @@ def port_forward(
         f"svc/{service}",
         f"{local_port}:{SERVICE_PORT}",
     ]
-    proc = subprocess.Popen(cmd, env=kubectl.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = core.start(cmd, env=kubectl.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + timeout_s
         while True:

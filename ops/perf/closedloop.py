@@ -5,11 +5,12 @@ from __future__ import annotations
 import base64
 import json
 import statistics
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ops import core
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def attack(
     targets.write_text(call.vegeta_json(base_url) + "\n")
     results = folder / f"c{concurrency}.bin"
     # -rate=0: no pacing, each of exactly `concurrency` workers sends its next request when the previous returns.
-    subprocess.run(
+    core.run(
         [
             *(prefix or []),
             str(vegeta),
@@ -115,11 +116,9 @@ def attack(
             "-timeout=30s",
             f"-output={results}",
         ],
-        check=True,
+        capture=False,
     )
-    report = json.loads(
-        subprocess.run([str(vegeta), "report", "-type=json", str(results)], check=True, capture_output=True).stdout
-    )
+    report = json.loads(core.run([str(vegeta), "report", "-type=json", str(results)]).stdout)
     lat = report["latencies"]
     requests = int(report["requests"])
     level = Level(
@@ -134,9 +133,7 @@ def attack(
     )
     responses = Responses()
     if keep_bodies:
-        encoded = subprocess.run(
-            [str(vegeta), "encode", "-to=json", str(results)], check=True, capture_output=True, text=True
-        ).stdout
+        encoded = core.run([str(vegeta), "encode", "-to=json", str(results)]).stdout
         for line in encoded.splitlines():
             result = json.loads(line)
             if result.get("code") != 200:

@@ -7,7 +7,6 @@ import http.server
 import json
 import os
 import shutil
-import subprocess
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from ops import core
 from ops.core import OpsError, console, is_dry, out
 from ops.perf.closedloop import Call
 from ops.perf.report import timestamp
@@ -209,12 +209,11 @@ def attack(
     }
     if echo:
         echo(" ".join(attack_argv))
-    subprocess.run(attack_argv, check=True)
+    core.run(attack_argv, capture=False)
     for name, argv in reports.items():
         if echo:
             echo(" ".join(argv) + f" > {folder / name}")
-        with open(folder / name, "wb") as out:
-            subprocess.run(argv, check=True, stdout=out)
+        (folder / name).write_text(core.run(argv).stdout)
     result = parse_json_report(
         json.loads((folder / "report.json").read_text()),
         rate=rate,

@@ -15,6 +15,7 @@ from typing import IO, Self
 
 import httpx
 
+from ops import core
 from ops.core import REPO_ROOT
 
 
@@ -93,7 +94,7 @@ class LocalService:
         if self.inherit_output:
             log = None
         self._log_file = log
-        self.proc = subprocess.Popen(
+        self.proc = core.start(
             [*self.prefix_argv, *(self.command or [self.python, "-m", self.package])],
             cwd=REPO_ROOT,
             env=self.env(),

@@ -22,11 +22,11 @@ import os
 import platform
 import shutil
 import struct
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ops import core
 from ops.core import REPO_ROOT, OpsError, cache_root
 from ops.perf.closedloop import Call, Level
 
@@ -76,21 +76,16 @@ def _wheel_binary(folder: Path) -> Path:
     uv = shutil.which("uv")
     if uv is None:
         raise OpsError("perf_analyzer needs uv to install the locked perf-analyzer wheel")
-    requirements = subprocess.run(
-        [uv, "export", "--only-group", GROUP, "--no-emit-project", "--frozen", "--no-header"],
-        cwd=REPO_ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
+    requirements = core.run(
+        [uv, "export", "--only-group", GROUP, "--no-emit-project", "--frozen", "--no-header"], cwd=REPO_ROOT
     ).stdout
     scratch = folder.with_name(folder.name + ".partial")
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     (scratch / "requirements.txt").write_text(requirements)
-    subprocess.run(
+    core.run(
         [uv, "pip", "install", "--quiet", "--no-deps", "--require-hashes", "--target", str(scratch / "t"),
          "--python-platform", WHEEL_PLATFORM, "--python-version", "3.11", "-r", str(scratch / "requirements.txt")],
-        check=True,
     )  # fmt: skip
     (scratch / "t" / "perf_analyzer" / "bin" / "perf_analyzer").chmod(0o755)
     shutil.rmtree(folder, ignore_errors=True)
@@ -127,10 +122,10 @@ def _runtime(folder: Path) -> Path:
         f"-oDir::Cache={scratch / 'cache'}",
         "-oAPT::Sandbox::User=root",
     ]
-    subprocess.run([*apt, "update"], check=True, capture_output=True)
-    subprocess.run([*apt, "download", *RUNTIME_PACKAGES], check=True, capture_output=True, cwd=scratch / "debs")
+    core.run([*apt, "update"])
+    core.run([*apt, "download", *RUNTIME_PACKAGES], cwd=scratch / "debs")
     for deb in sorted((scratch / "debs").glob("*.deb")):
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(scratch / "root")], check=True)
+        core.run(["dpkg-deb", "-x", str(deb), str(scratch / "root")])
     (scratch / "root" / "packages.txt").write_text("\n".join(sorted(p.name for p in (scratch / "debs").glob("*.deb"))))
     shutil.rmtree(folder, ignore_errors=True)
     (scratch / "root").rename(folder)
@@ -256,7 +251,7 @@ def sweep(
             "-s", str(options.stability_percent),
             "-f", str(report),
         ]  # fmt: skip
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=options.timeout_s, check=False)
+        proc = core.run(argv, timeout=options.timeout_s, ok_codes=range(256))
         (folder / f"perf_analyzer-c{concurrency}.log").write_text(proc.stdout + proc.stderr)
         if proc.returncode != 0 or not report.is_file():
             raise OpsError(

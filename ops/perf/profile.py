@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from ops import core
 from ops.perf.defaults import MAX_WAIT_MS
 from ops.perf.pinning import Pinning, parse_cpu_list, pinning_from
 
@@ -158,7 +159,7 @@ def py_spy(pid: int, output: Path, rate_hz: int, cpus: str = "") -> Iterator[Non
         "--output",
         str(output),
     ]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = core.start(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(1.0)  # attach before the first request
     try:
         yield

@@ -11,7 +11,6 @@ import gc
 import io
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +23,7 @@ from typing import Any
 import httpx
 import torch
 
+from ops import core
 from ops.perf.benchmodels import bundle_for, load_classifier, machine_info, timed_batch
 from ops.perf.closedloop import Call, Level, admission_for, attack, knee, throughput_within
 from ops.perf.defaults import BATCH_SIZE, CONCURRENCY, LEVEL_DURATION_S, MAX_WAIT_MS
@@ -150,7 +150,7 @@ def _model_only_pinned(cfg: RatioConfig, pinning: Pinning, echo: Callable[[str],
     """Model-only in a fresh process on the service's CPUs, with the thread count the service would pick there."""
     echo(f"model-only on CPU {pinning.service}: {cfg.model} {cfg.device} {cfg.precision} batch {cfg.batch_size}")
     argv = [*pinning.service_prefix(), sys.executable, "-m", "ops.perf.modelonly", json.dumps(asdict(cfg))]
-    out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+    out = core.run(argv).stdout
     measured = json.loads(out.strip().splitlines()[-1])
     echo(
         f"  {measured['images_per_s']:.1f} img/s at batch {cfg.batch_size}; batch 1 median "

@@ -342,7 +342,7 @@ def _run_go(
     cmd = ["nice", "-n", "19", go_binary(), *args]
     task = progress.add_task(f"{label}: go {args[0]}", total=None) if progress else None
     lines: list[str] = []
-    proc = subprocess.Popen(
+    proc = core.start(
         cmd,
         cwd=cwd,
         env=env,

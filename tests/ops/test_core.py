@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from ops import core, serve
+from ops.core import REPO_ROOT
 from ops.infra import settings
 from ops.k8s import policies
 
@@ -63,3 +65,62 @@ def test_every_view_of_the_services_derives_from_the_registry() -> None:
     assert policies.GPU_SERVICE == "image-classifier"
     assert core.SERVICE_UID == policies.SERVICE_UID == core.SERVICE_UID
     assert len({s.local_port for s in core.SERVICES.values()}) == len(names)
+
+
+# --- one runner: nothing in ops/ starts a process except through ops.core.run / ops.core.start ---------------------
+
+PROCESS_STARTERS = {
+    "subprocess": {"run", "Popen", "call", "check_call", "check_output", "getoutput", "getstatusoutput"},
+    "os": {
+        "system",
+        "popen",
+        "execv",
+        "execve",
+        "execvp",
+        "execvpe",
+        "execl",
+        "execlp",
+        "spawnv",
+        "spawnvp",
+        "posix_spawn",
+    },
+    "asyncio": {"create_subprocess_exec", "create_subprocess_shell"},
+    "pty": {"spawn"},
+}
+
+
+def raw_process_starts(source: str) -> list[str]:
+    """'line module.name' for every process start written without the runner (calls and `from x import name`)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        fn = node.func if isinstance(node, ast.Call) else None
+        if isinstance(fn, ast.Attribute) and isinstance(fn.value, ast.Name):
+            if fn.attr in PROCESS_STARTERS.get(fn.value.id, ()):
+                found.append(f"{fn.lineno} {fn.value.id}.{fn.attr}")
+        elif isinstance(node, ast.ImportFrom) and node.module in PROCESS_STARTERS:
+            found += [
+                f"{node.lineno} {node.module}.{a.name}" for a in node.names if a.name in PROCESS_STARTERS[node.module]
+            ]
+    return sorted(found, key=lambda f: int(f.split()[0]))
+
+
+@pytest.mark.parametrize(
+    "path", sorted(p for p in (REPO_ROOT / "ops").rglob("*.py") if p.name != "core.py" or p.parent.name != "ops"),
+    ids=lambda p: str(p.relative_to(REPO_ROOT)),
+)  # fmt: skip
+def test_processes_start_only_through_the_runner(path: Path) -> None:
+    """So `invoke --dry` can never miss one: `core.run` shows instead of running, `core.start` refuses."""
+    assert raw_process_starts(path.read_text()) == []
+
+
+def test_the_runner_check_sees_each_spelling() -> None:
+    source = "import subprocess, os\nfrom subprocess import Popen\nsubprocess.run(['x'])\nos.system('x')\n"
+    source += "p: subprocess.Popen[str]\nos.sep\n"  # a type and a constant start nothing
+    assert raw_process_starts(source) == ["2 subprocess.Popen", "3 subprocess.run", "4 os.system"]
+
+
+def test_start_refuses_under_a_dry_run() -> None:
+    with core.dry_run(), pytest.raises(core.OpsError, match="would start true, but this is a dry run"):
+        core.start(["true"])
+    proc = core.start(["true"])
+    assert proc.wait(timeout=30) == 0

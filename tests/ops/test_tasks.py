@@ -4,6 +4,7 @@ no process at all."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -178,3 +179,15 @@ def test_every_listed_task_explains_itself() -> None:
     count, failed = proc.stdout.split("TASKS ")[1].split(" FAILED ")
     assert int(count) > 30
     assert failed.strip() == "[]"
+
+
+def test_the_docs_name_only_real_tasks() -> None:
+    """Every `invoke <task>` the README and docs/ show exists (tasks were renamed once; the docs must follow)."""
+    import tasks
+
+    names = set(tasks.ns.task_names) | {n for aliases in tasks.ns.task_names.values() for n in aliases}
+    names |= set(tasks.ns.collections)  # `invoke bench` runs the collection's default task
+    docs = [core.REPO_ROOT / "README.md", *sorted((core.REPO_ROOT / "docs").glob("*.md"))]
+    command = re.compile(r"(?:`|uv run )invoke ([a-z][a-z0-9.-]*[a-z0-9])")
+    shown = {(doc.name, name) for doc in docs for name in command.findall(doc.read_text())}
+    assert {(doc, name) for doc, name in shown if name not in names} == set()

@@ -25,7 +25,7 @@ def test_invoke_load_writes_report_hist_and_plot(tmp_path: Path) -> None:
     run_ok(
         [
             *INVOKE,
-            "load",
+            "bench.load",
             "--rate",
             "20",
             "--duration",
@@ -62,7 +62,7 @@ def test_invoke_capacity_plans_from_a_step_run(tmp_path: Path) -> None:
     run_ok(
         [
             *INVOKE,
-            "load",
+            "bench.load",
             "--step",
             "--start-rate",
             "5",
@@ -86,7 +86,7 @@ def test_invoke_capacity_plans_from_a_step_run(tmp_path: Path) -> None:
     run_ok(
         [
             *INVOKE,
-            "capacity",
+            "bench.capacity",
             "--steps",
             str(steps / "steps.json"),
             "--target-rps",
