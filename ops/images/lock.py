@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
-import http.server
 import os
 import re
 import tempfile
-import threading
 import time
 import tomllib
 import urllib.error
@@ -23,6 +20,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from ops.core import REPO_ROOT, Service, cache_root, console
+from ops.fileserver import FileServer
 from ops.images.docker import ImageError, fingerprint, run
 from ops.images.versions import Base, cpu_pins, load_versions
 
@@ -344,28 +342,17 @@ def write_service_requirements(spec: Service) -> Path:
     return target
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @contextlib.contextmanager
 def serve_wheelhouse(directory: Path = WHEELHOUSE_DIR, port: int | None = None) -> Iterator[str]:
     """Serve the wheelhouse on 127.0.0.1 for the length of a build (the build runs with --network host)."""
     url = wheelhouse_url(port)
     bind_port = int(url.rsplit(":", 1)[1].strip("/"))
-    handler = functools.partial(_QuietHandler, directory=str(directory))
     try:
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", bind_port), handler)
+        server = FileServer(directory, bind_port, name="wheelhouse")
     except OSError as exc:
         raise ImageError(
             f"cannot serve the wheelhouse on 127.0.0.1:{bind_port} ({exc}); "
             "set EKS_INFERENCE_WHEELHOUSE_PORT to a free port"
         ) from exc
-    thread = threading.Thread(target=server.serve_forever, name="wheelhouse", daemon=True)
-    thread.start()
-    try:
+    with server:
         yield url
-    finally:
-        server.shutdown()
-        server.server_close()

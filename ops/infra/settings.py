@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -11,12 +10,13 @@ import yaml
 
 from ops import core
 from ops.core import REPO_ROOT, OpsError
+from ops.images.versions import load_versions
+from ops.k8s import render
 from ops.k8s.nodegroups import NodeGroup, load_nodegroups
 
 OVERLAYS_DIR = REPO_ROOT / "overlays"
-VERSIONS_PATH = REPO_ROOT / "base-images" / "versions.toml"
-# env name (as `invoke deploy --env` spells it) -> the overlay that runs on that cluster.
-ENV_OVERLAYS = {"staging": "eks-staging", "prod": "eks-prod"}
+# env name (as `invoke deploy --env` spells it) -> the overlay that runs on that cluster: the EKS ones.
+ENV_OVERLAYS = {env: overlay for env, overlay in render.ENV_OVERLAYS.items() if overlay in render.EKS_OVERLAYS}
 # The images the overlays pull; one ECR repository each, shared by every environment of the account.
 SERVICES = tuple(core.SERVICES)
 # The Cluster Autoscaler's Kubernetes identity (manifests/components/cluster-autoscaler).
@@ -52,8 +52,7 @@ class Environment:
 @cache
 def versions() -> dict[str, Any]:
     """base-images/versions.toml: Kubernetes minor, GPU AMI release."""
-    with VERSIONS_PATH.open("rb") as fh:
-        return tomllib.load(fh)
+    return load_versions()
 
 
 def nodegroups() -> list[NodeGroup]:

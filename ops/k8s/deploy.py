@@ -22,12 +22,8 @@ from ops.k8s import budget, policies
 from ops.k8s import render as render_mod
 from ops.toolchain import tools
 
-# Env -> the overlay it deploys (a name under overlays/, or a kustomization path).
-OVERLAYS = {
-    "local": "local",
-    "staging": "eks-staging",
-    "prod": "eks-prod",
-}
+# Env -> the overlay it deploys (ops.k8s.render.ENV_OVERLAYS).
+OVERLAYS = render_mod.ENV_OVERLAYS
 FIELD_MANAGER = "eks-inference-deploy"
 # Takes spec.replicas over from FIELD_MANAGER on clusters deployed before the manifests left replicas to
 # the HPA (Kubernetes' documented server-side apply handover), so that field is kept, not reset to 1.

@@ -28,6 +28,8 @@ MONITORS_DIR = COMPONENTS_DIR / "monitoring" / "monitors"  # Datadog monitor def
 
 OVERLAYS = ("local", "local-live", "eks-staging", "eks-prod")
 EKS_OVERLAYS = ("eks-staging", "eks-prod")
+# Env (as `invoke deploy --env` and `invoke infra.* --env` spell it) -> the overlay that runs on that cluster.
+ENV_OVERLAYS = {"local": "local", "staging": "eks-staging", "prod": "eks-prod"}
 LOCAL_OVERLAYS = ("local", "local-live")
 # Off by default; the tests render them on top of eks-prod.
 OPTIONAL_COMPONENTS = ("gpu-queue-autoscaling", "nvidia-device-plugin/time-slicing", "gpu-headroom")

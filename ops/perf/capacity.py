@@ -17,12 +17,12 @@ from ops.k8s import placement
 from ops.k8s.nodegroups import NodeGroup
 from ops.k8s.nodegroups import load_nodegroups as _load_nodegroups
 from ops.k8s.objects import GPU_RESOURCE, Obj, parse_quantity
-from ops.k8s.render import MANIFESTS_DIR, OVERLAYS_DIR, ManifestError, render
+from ops.k8s.render import ENV_OVERLAYS, MANIFESTS_DIR, OVERLAYS_DIR, ManifestError, render
 from ops.perf import load
 from ops.perf.load import StepRun
 from ops.perf.report import new_run_dir, results_dir
 
-PROD_OVERLAY = "eks-prod"
+PROD_OVERLAY = ENV_OVERLAYS["prod"]
 # The defaults of `invoke bench.capacity` (its SLO is the load test's, ops.perf.load.SLO_P99_MS): stated here only.
 TARGET_RPS = 100.0
 HEADROOM = 0.3

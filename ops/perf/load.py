@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import functools
-import http.server
 import json
 import os
 import shutil
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,6 +14,7 @@ from typing import Self
 
 from ops import core
 from ops.core import OpsError, console, is_dry, out
+from ops.fileserver import FileServer
 from ops.perf.closedloop import Call
 from ops.perf.report import timestamp
 
@@ -67,38 +66,11 @@ def write_sample_images(folder: Path, count: int = 8, size: int = 224) -> list[s
     return names
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        return
-
-
-class ImageServer:
-    """Serves a folder over HTTP on 127.0.0.1 (a free port) from a background thread."""
+class ImageServer(FileServer):
+    """The load tests' image origin: a folder on 127.0.0.1 (a free port)."""
 
     def __init__(self, folder: Path) -> None:
-        handler = functools.partial(_QuietHandler, directory=str(folder))
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="image-server", daemon=True)
-
-    @property
-    def url(self) -> str:
-        """Base URL of the server."""
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def __enter__(self) -> Self:
-        self.thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
+        super().__init__(folder, name="image-server")
 
 
 def write_targets(path: Path, base_url: str, calls: Sequence[Call]) -> Path:
