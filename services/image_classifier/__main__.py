@@ -6,6 +6,7 @@ if __name__ == "__main__":
     settings = Settings()
     settings.prepare_native_runtime()  # before torch is imported, which the app does
     from image_classifier.app import create_app
+    from image_classifier.model import ImageClassifier
     from serving.server import main
 
-    main(settings, "image_classifier.app:create_app", lambda: create_app(settings))
+    main(settings, "image_classifier.app:create_app", create_app, model=ImageClassifier)

@@ -7,7 +7,7 @@ import logging
 import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -188,9 +188,47 @@ class ImageClassifier(Model[bytes, torch.Tensor, TopK]):
         return item
 
     def describe(self) -> dict[str, Any]:
+        if self.bundle is None and self.engine_described is not None:  # a front: the engine's model
+            return self.engine_described
         return {
             "architecture": self.bundle.config.architecture if self.bundle else None,
             "weights_sha256": self.bundle.sha256 if self.bundle else None,
             "input_size": self.spec.input_size,
             "channels_last": self.channels_last,
         }
+
+    # -- the engine/front split (serving.ipc) -----------------------------------------------------------------------
+    engine_described: dict[str, Any] | None = None
+    ITEM_TENSOR = 0  # a uint8 CHW tensor of the bundle's input size, decoded and cropped in the front
+
+    def slot_sizes(self) -> tuple[int, int]:
+        return 3 * self.spec.input_size**2, 4 * len(self.labels)
+
+    def pack_item(self, item: torch.Tensor) -> tuple[int, bytes | memoryview]:
+        return self.ITEM_TENSOR, item.contiguous().numpy().data.cast("B")
+
+    def unpack_item(self, kind: int, data: memoryview) -> torch.Tensor:
+        if kind != self.ITEM_TENSOR:
+            raise ValueError(f"unknown item kind {kind}")
+        side = self.spec.input_size
+        return torch.frombuffer(data, dtype=torch.uint8).view(3, side, side)
+
+    def pack_output(self, output: TopK) -> bytes | memoryview:
+        return np.ascontiguousarray(output.probabilities, dtype=np.float32).data.cast("B")
+
+    def unpack_output(self, data: memoryview) -> TopK:
+        row = np.frombuffer(data, dtype=np.float32).copy()
+        best = np.argsort(-row, kind="stable")[: self.top_k]
+        top = TopK({"label": self.labels[i], "score": round(float(row[i]), 6)} for i in best)
+        top.probabilities = row
+        return top
+
+    def front_info(self) -> dict[str, Any]:
+        return {**super().front_info(), "spec": asdict(self.spec), "top_k": self.top_k, "describe": self.describe()}
+
+    def adopt(self, info: dict[str, Any]) -> None:
+        super().adopt(info)
+        spec = info["spec"]
+        self.spec = ImageSpec(spec["input_size"], spec["resize_size"], tuple(spec["mean"]), tuple(spec["std"]))
+        self.top_k = int(info["top_k"])
+        self.engine_described = dict(info["describe"])

@@ -8,4 +8,4 @@ if __name__ == "__main__":
     from serving.server import main
     from text_classifier.app import create_app
 
-    main(settings, "text_classifier.app:create_app", lambda: create_app(settings))
+    main(settings, "text_classifier.app:create_app", create_app)
