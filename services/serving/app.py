@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -457,9 +458,10 @@ async def connect_to_engine(runtime: Runtime[Any, Any], stack: AsyncExitStack) -
     client = await EngineClient.connect(run_dir(settings, runtime.service), model, settings, runtime.metrics)
     stack.callback(client.stop)
 
-    def engine_lost() -> None:
+    def engine_lost() -> None:  # nothing left to serve with: drain what can still answer, then exit (supervisor)
         runtime.ready = False
         runtime.metrics.ready.set(0)
+        os.kill(os.getpid(), signal.SIGTERM)
 
     client.on_lost.append(engine_lost)
     await anyio.to_thread.run_sync(model.warmup_item)  # Pillow's plugins and the resize path, before readiness

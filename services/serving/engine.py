@@ -96,13 +96,18 @@ class Engine:
         listener.settimeout(0.2)
         self.batcher.start()
         log.info("engine ready: serving %d fronts on %s", self.fronts, path)
+        parent = os.getppid()
         try:
-            while not stop.is_set():
+            while not stop.is_set() and os.getppid() == parent:  # the supervisor gone: exit, nobody can reach us
                 try:
                     sock, _ = listener.accept()
                 except TimeoutError:
                     continue
                 threading.Thread(target=self._serve_front, args=(sock,), name="front-reader", daemon=True).start()
+            # Serve the fronts still connected until they go (they drain first), within the drain timeout.
+            deadline = time.monotonic() + self.settings.drain_timeout_s
+            while self.connections and time.monotonic() < deadline and os.getppid() == parent:
+                time.sleep(0.05)
         finally:
             listener.close()
             with contextlib.suppress(FileNotFoundError):
@@ -150,6 +155,13 @@ class Engine:
             settle(None, exc)
 
 
+def _load(model: Model[Any, Any, Any], max_batch_size: int, outcome: list[Any]) -> None:
+    try:
+        outcome.append(load_and_warm_up(model, max_batch_size))
+    except BaseException as exc:  # handed to the main thread, which exits saying why
+        outcome.append(exc)
+
+
 def run_engine(
     settings: ServingSettings, model_factory: Callable[[], Model[Any, Any, Any]], service: str, fronts: int
 ) -> None:
@@ -171,11 +183,19 @@ def run_engine(
     metrics = ServiceMetrics(service)
     model = model_factory()
     start = time.perf_counter()
-    try:
-        loaded, warm = load_and_warm_up(model, settings.max_batch_size)
-    except Exception as exc:
-        log.exception("the model failed to load: the engine exits")
-        raise SystemExit(f"the model failed to load: {type(exc).__name__}: {exc}") from exc
+    outcome: list[tuple[float, float] | BaseException] = []
+    loading = threading.Thread(target=_load, args=(model, settings.max_batch_size, outcome), daemon=True)
+    loading.start()
+    while loading.is_alive() and not stop.is_set():  # a SIGTERM while loading exits at once (the thread is a daemon)
+        loading.join(0.1)
+    if stop.is_set() and not outcome:
+        log.info("engine: stopped while loading")
+        return
+    if isinstance(outcome[0], BaseException):
+        exc = outcome[0]
+        log.error("the model failed to load: the engine exits", exc_info=exc)
+        raise SystemExit(f"the model failed to load: {type(exc).__name__}: {exc}")
+    loaded, warm = outcome[0]
     for note in model.notes:
         log.warning(note)
     engine = Engine(model, settings, metrics, fronts)

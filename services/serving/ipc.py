@@ -23,13 +23,15 @@ import struct
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from serving.batcher import BatchTimings, Reservation
 from serving.errors import DeadlineExceeded, NotReady, QueueFull, ServingError
 from serving.metrics import ServiceMetrics
-from serving.model import Model
 from serving.settings import ServingSettings
+
+if TYPE_CHECKING:
+    from serving.model import Model
 
 log = logging.getLogger(__name__)
 

@@ -3,12 +3,13 @@
     supervisor ── engine (owns CUDA, the model, the batcher)          python -m <service> --engine N
               └─ N fronts (HTTP on one inherited listening socket)   python -m <service> --front FD N
 
-The listening socket is opened here and inherited by every front, so a connection waiting to be accepted is not
-lost with the front that would have taken it. The fronts run with CUDA_VISIBLE_DEVICES="" so no front can ever
-initialize CUDA. SIGTERM drains: the fronts get it first (readiness 503, new predictions refused, accepted ones
-finished through the engine); once they have exited the engine gets it, serves what is queued and exits; the
-supervisor exits 0. If the engine dies, the fronts are stopped and the supervisor exits non-zero, so the kubelet
-restarts the pod. If a front dies, the others go on and a new one takes its place.
+The children run in sessions of their own, so signals reach them only from here. The listening socket is opened
+here and inherited by every front, so a connection waiting to be accepted is not lost with the front that would
+have taken it. The fronts run with CUDA_VISIBLE_DEVICES="" so no front can ever initialize CUDA. SIGTERM drains: the
+fronts get it first (readiness 503, new predictions refused, accepted ones finished through the engine); once they
+have exited the engine gets it, serves what is queued and exits; the supervisor exits 0. If the engine dies, the
+fronts are stopped and the supervisor exits non-zero, so the kubelet restarts the pod. If a front dies, the others
+go on and a new one takes its place.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class Supervisor:
     def _start_front(self, listener: socket.socket) -> subprocess.Popen[bytes]:
         fd = listener.fileno()
         argv = [sys.executable, "-m", self.prog, "--front", str(fd), str(self.fronts)]
-        proc = subprocess.Popen(argv, pass_fds=(fd,), env=self._env(CUDA_VISIBLE_DEVICES=""))
+        proc = subprocess.Popen(argv, pass_fds=(fd,), env=self._env(CUDA_VISIBLE_DEVICES=""), start_new_session=True)
         log.info("front started (pid %d)", proc.pid)
         return proc
 
@@ -67,7 +68,9 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         argv = [sys.executable, "-m", self.prog, "--engine", str(self.fronts)]
-        self.engine = subprocess.Popen(argv, env=self._env())
+        # Sessions of their own: only the supervisor orders them (a terminal's Ctrl-C or a group signal reaches it
+        # alone, and it drains in order); each exits by itself should the supervisor vanish (serving.engine, .app).
+        self.engine = subprocess.Popen(argv, env=self._env(), start_new_session=True)
         log.info("engine started (pid %d); %d fronts on %s:%d", self.engine.pid, self.fronts, *self._address())
         listener = socket.create_server(self._address(), backlog=4096)
         listener.set_inheritable(True)
@@ -91,6 +94,9 @@ class Supervisor:
             time.sleep(POLL_S)
             code = self.engine.poll()
             if code is not None:
+                if self.signals and code == 0:  # stopped by the drain (or while loading): a clean exit
+                    self._stop_fronts()
+                    return 0
                 log.error("the engine exited (%d): stopping the fronts; the pod restarts", code)
                 self._stop_fronts()
                 return code or 1
