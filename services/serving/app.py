@@ -604,6 +604,7 @@ def create_service_app(
         if not runtime.ready:
             raise NotReady("the model is not loaded yet", headers={"Retry-After": str(runtime.settings.retry_after_s)})
         model, s = runtime.model, runtime.settings
+        processes = s.fronts if s.split else 1  # a front's settings hold its share (serving.ipc.front_share)
         return {
             "name": model.name,
             "version": model.version,
@@ -616,10 +617,11 @@ def create_service_app(
                 "enabled": s.max_batch_size > 1,
                 "max_batch_size": s.max_batch_size,
                 "max_wait_ms": s.max_wait_ms,
-                "queue_capacity": s.queue_capacity,
+                "queue_capacity": s.queue_capacity * processes,
             },
             "request_timeout_s": s.request_timeout_s,
-            "max_inflight": s.max_inflight,
+            "max_inflight": s.max_inflight * processes,
+            "fronts": processes if s.split else None,
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
             "openmp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),

@@ -54,9 +54,11 @@ SettingsT = TypeVar("SettingsT", bound=ServingSettings)
 
 
 def front_share(settings: SettingsT, fronts: int) -> SettingsT:
-    """A front's part of the pod's limits: the queue capacity and MAX_INFLIGHT are the pod's, split evenly."""
+    """A front's part of the pod's limits: the queue capacity and MAX_INFLIGHT are the pod's, split evenly (and
+    FRONTS says into how many parts, so /v1/models can state the pod's)."""
     return settings.model_copy(
         update={
+            "fronts": fronts,
             "queue_capacity": math.ceil(settings.queue_capacity / fronts),
             "max_inflight": math.ceil(settings.max_inflight / fronts),
         }
