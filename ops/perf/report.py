@@ -59,6 +59,7 @@ def _pinning(ratio: dict[str, Any]) -> str:
 
 RATIO_COLUMNS = (
     "model",
+    "body",
     "device",
     "precision",
     "batch",
@@ -76,7 +77,20 @@ RATIO_COLUMNS = (
     "overhead target",
     "lone p50 on / off ms",
     "lone gap target",
+    "HTTP parser / loop",
 )
+
+
+def body_label(described: dict[str, Any] | None) -> str:
+    """A results file's body (ops.perf.bodies.Body.describe) as `photo 500x375, 49.2 KiB`; older files: tiny."""
+    if not described:
+        return "tiny 160x160 (before bodies)"
+    return f"{described['name']} {described['width']}x{described['height']}, {described['bytes'] / 1024:,.1f} KiB"
+
+
+def runtime_label(runtime: dict[str, str] | None) -> str:
+    """The HTTP parser and event loop a service ran with (LocalService.http_runtime), or `?` when not recorded."""
+    return f"{runtime['http']} / {runtime['loop']}" if runtime else "?"
 
 
 def ratio_rows(ratios: Sequence[dict[str, Any]]) -> list[list[str]]:
@@ -88,6 +102,7 @@ def ratio_rows(ratios: Sequence[dict[str, Any]]) -> list[list[str]]:
         rows.append(
             [
                 Path(cfg["model"]).name,
+                body_label(r.get("body")),
                 cfg["device"],
                 cfg["precision"],
                 str(cfg["batch_size"]),
@@ -105,6 +120,7 @@ def ratio_rows(ratios: Sequence[dict[str, Any]]) -> list[list[str]]:
                 _target(r, "overhead_ms"),
                 " / ".join(_fmt(v) for v in (r.get("lone_p50_ms") or {}).values()) or "-",
                 _target(r, "lone_p50_gap_ms"),
+                runtime_label(r.get("runtime")),
             ]
         )
     return rows
@@ -116,7 +132,7 @@ def ratio_table(ratios: Sequence[dict[str, Any]]) -> Table:
     for column in RATIO_COLUMNS:
         table.add_column(
             column,
-            justify="left" if column in ("model", "device", "precision", "CPUs") else "right",
+            justify="left" if column in ("model", "body", "device", "precision", "CPUs") else "right",
         )
     for row in ratio_rows(ratios):
         table.add_row(*row)
