@@ -29,6 +29,9 @@ SERVERS = ("ours", "ours-json", "litserve", "kserve")
 GPU_SERVERS = ("ours", "ours-split-cpu", "ours-split-gpu", "litserve", "pytriton")
 KNOWN_SERVERS = (*SERVERS, "ours-split-cpu", "ours-split-gpu", "pytriton")
 PEER_PACKAGES = {"litserve": "litserve", "kserve": "kserve", "pytriton": "pytriton"}
+# Longest wait for a server to be ready (load, warm-up for every batch size, CUDA graphs): past it, the server is
+# reported as failed and the next one runs (the GPU run's budget cannot wait the 180 s LocalService would).
+READY_TIMEOUT_S = 120.0
 # Our variants: the settings each one needs the service to know (skipped, saying so, when it does not: the split
 # and GPU decode land with issue 22's steps 3 and 4), and those it sets only when the service knows them.
 # Single-process decodes on the CPU, as the service always did; CUDA graphs are on for every variant on a GPU.
@@ -151,6 +154,7 @@ def server_process(
             log_path=log_path,
             prefix_argv=pinning.service_prefix(),
             command=command,
+            ready_timeout_s=READY_TIMEOUT_S,
         )
         if server != "ours-json":
             return service, Call("/v1/predict", "image/jpeg", body)
@@ -196,7 +200,7 @@ def server_process(
         command=command,
         ready_path=ready,
         port=port,
-        ready_timeout_s=300.0,
+        ready_timeout_s=READY_TIMEOUT_S,
     )
     return service, call
 
@@ -330,6 +334,29 @@ def compare(cfg: PeerConfig, folder: Path, echo: Callable[[str], None] = lambda 
     )
     results: list[ServerResult] = []
     skipped: dict[str, str] = {}
+    machine = machine_info()
+
+    def write() -> dict[str, Any]:
+        """peers[-BODY].json as it stands: written after every server, so a run cut short keeps what it measured."""
+        best = reference(results)
+        document = {
+            "config": asdict(cfg),
+            "pinning": pinning.to_dict(),
+            "machine": machine,
+            "body": body.describe(),
+            "servers": [asdict(r) for r in results],
+            "reference": best.server if best else None,
+            "ratios": ratios(results),
+            "ratios_by_ours": {
+                r.server: ratios(results, r.server)
+                for r in results
+                if r.server.startswith("ours") and r.server != "ours-json"
+            },
+            "skipped": skipped,
+        }
+        (folder / f"peers{_suffix(cfg)}.json").write_text(json.dumps(document, indent=2))
+        return document
+
     for server in cfg.servers:
         if server not in KNOWN_SERVERS:
             raise ValueError(f"unknown server {server!r}; known: {', '.join(KNOWN_SERVERS)}")
@@ -343,32 +370,16 @@ def compare(cfg: PeerConfig, folder: Path, echo: Callable[[str], None] = lambda 
         if why:
             skipped[server] = why
             echo(f"  {server}: skipped, {why}")
-            continue
-        try:
-            results.append(run_server(server, cfg, pinning, vegeta, folder, echo, extra))
-        except Exception as exc:  # one server that fails to start must not cost the others
-            if server == "ours":
-                raise
-            skipped[server] = f"failed: {type(exc).__name__}: {str(exc)[-1500:]}"
-            echo(f"  {server}: {skipped[server]}")
-    best = reference(results)
-    document = {
-        "config": asdict(cfg),
-        "pinning": pinning.to_dict(),
-        "machine": machine_info(),
-        "body": body.describe(),
-        "servers": [asdict(r) for r in results],
-        "reference": best.server if best else None,
-        "ratios": ratios(results),
-        "ratios_by_ours": {
-            r.server: ratios(results, r.server)
-            for r in results
-            if r.server.startswith("ours") and r.server != "ours-json"
-        },
-        "skipped": skipped,
-    }
-    (folder / f"peers{_suffix(cfg)}.json").write_text(json.dumps(document, indent=2))
-    return document
+        else:
+            try:
+                results.append(run_server(server, cfg, pinning, vegeta, folder, echo, extra))
+            except Exception as exc:  # one server that fails to start must not cost the others
+                if server == "ours":
+                    raise
+                skipped[server] = f"failed: {type(exc).__name__}: {str(exc)[-1500:]}"
+                echo(f"  {server}: {skipped[server]}")
+        write()
+    return write()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
