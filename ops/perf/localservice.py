@@ -20,6 +20,16 @@ from ops import core
 from ops.core import REPO_ROOT
 
 
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so that `with LocalService(...)` blocks stop their servers (and the process
+    groups of peer servers) when a runner is stopped from outside, e.g. by bench/gpu/run.sh's stage timeout."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

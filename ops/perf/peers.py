@@ -21,7 +21,7 @@ from ops.perf import bodies
 from ops.perf.closedloop import Call, Level, admission_for, attack, throughput_within
 from ops.perf.defaults import BATCH_SIZE, LEVEL_DURATION_S, MAX_WAIT_MS, PEER_P99_BOUND_MS
 from ops.perf.gpustat import GpuSampler
-from ops.perf.localservice import LocalService, free_port
+from ops.perf.localservice import LocalService, exit_on_sigterm, free_port
 from ops.perf.pinning import Pinning, pinning_from
 
 # The CPU comparison (`invoke bench.peers`) and the GPU one (bench/gpu/run.sh); every name `--servers` takes.
@@ -407,6 +407,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--litserve-workers", type=int, default=0, help="workers_per_device (0: CPUs / 3).")
     parser.add_argument("--litserve-api-servers", type=int, default=0, help="num_api_servers (0: CPUs / 3).")
     args = parser.parse_args(argv)
+    exit_on_sigterm()
     cfg = PeerConfig(
         servers=tuple(s for s in args.servers.split(",") if s),
         model=args.model,

@@ -28,7 +28,7 @@ from ops.perf.benchmodels import bundle_for, load_classifier, machine_info, time
 from ops.perf.closedloop import Call, Level, admission_for, attack, knee, throughput_within
 from ops.perf.defaults import BATCH_SIZE, CONCURRENCY, LEVEL_DURATION_S, MAX_WAIT_MS
 from ops.perf.load import vegeta_path
-from ops.perf.localservice import LocalService
+from ops.perf.localservice import LocalService, exit_on_sigterm
 from ops.perf.pinning import Pinning, pinning_from
 
 __all__ = ["Level", "RatioConfig", "RatioResult", "knee", "measure", "throughput_within"]
@@ -423,6 +423,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="Request body (ops.perf.bodies): photo 500x375, large 4000x3000, tiny 160x160.",
     )
     args = parser.parse_args(argv)
+    exit_on_sigterm()
     for model in [m for m in args.models.split(",") if m]:
         cfg = RatioConfig(
             model=model,
