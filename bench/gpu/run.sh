@@ -149,6 +149,12 @@ else
   LARGE_ARGS=(--model demo --concurrency 1,4 --level-duration 2)
 fi
 
+stage "GPU-only tests ($DEVICE)"
+# CUDA graphs against eager, nvJPEG against Pillow, the GPU service: they skip without CUDA and really run here.
+bounded 75 "$PYTHON" -m pytest tests/services/test_cuda_graphs.py tests/services/test_gpu_decode.py \
+  tests/services/test_gpu.py -q -p no:cacheprovider "--rootdir=$REPO" -o "addopts=--import-mode=importlib" \
+  -rs "--junitxml=$RESULTS/gpu-tests.xml"
+
 stage "pytest-benchmark ($DEVICE)"
 # Model-only and preprocessing; the end-to-end HTTP cases are measured by the stages below.
 BENCH_CMD=("$PYTHON" -m pytest bench/test_model.py bench/test_preprocess.py -q -p no:cacheprovider

@@ -46,6 +46,7 @@ ROOTS = (
     "python-json-logger",
     "rich",
     "pytest-timeout",
+    "hypothesis",  # tests/conftest.py: the GPU-only tests run on the device too (bench/gpu/run.sh)
     *PEER_ROOTS,
 )
 # Already on the GPU machine (bench/gpu/run.sh lists them): never shipped, and their dependencies not followed.

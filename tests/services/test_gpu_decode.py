@@ -23,7 +23,7 @@ from image_classifier.model import (
     resize_plan,
 )
 from image_classifier.settings import Settings
-from ops.perf.benchmodels import sample_jpeg
+from ops.perf.bodies import photo_jpeg as sample_jpeg
 from serving.errors import InvalidImage
 from testkit import encode
 
