@@ -491,7 +491,7 @@ def create_service_app(
     async def load(runtime: Runtime[SettingsT, ResourcesT], stack: AsyncExitStack) -> None:
         """Load, warm up, start the batcher, then turn ready. Runs while the listener already answers (503 loading).
         A front of the split connects to the engine instead: it is ready once the engine's model is warm."""
-        model, threads = runtime.model, settings.resolved_torch_threads()
+        model = runtime.model
         started = time.perf_counter()
         try:
             if settings.split:
@@ -535,7 +535,6 @@ def create_service_app(
             warm,
             " (a front of the split: waited for the engine)" if settings.split else "",
         )
-        del threads
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
