@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ops.perf.peers import PEER_PACKAGES
+from ops.perf.peers import PEER_PACKAGES, SERVERS
 from testkit import run_ok
 
 INVOKE = [sys.executable, "-m", "invoke"]
@@ -132,8 +132,11 @@ def test_invoke_bench_quick_writes_json_and_summary(tmp_path: Path) -> None:
 @pytest.mark.bench
 def test_invoke_bench_peers_starts_each_peer_on_the_demo_bundle(tmp_path: Path) -> None:
     """`invoke bench.peers --quick`: ours, LitServe and KServe each start once on the demo bundle and answer."""
-    missing = sorted(name for name, package in PEER_PACKAGES.items() if importlib.util.find_spec(package) is None)
-    # The peers group is one of uv's default groups: a missing peer is a broken environment, not a reason to skip.
+    # The CPU comparison's peers are in the peers group, one of uv's default groups: a missing one is a broken
+    # environment, not a reason to skip. (PyTriton is a GPU-run peer only, from the GPU wheel set.)
+    cpu_peers = {name: PEER_PACKAGES[name] for name in SERVERS if name in PEER_PACKAGES}
+    assert set(cpu_peers) == {"litserve", "kserve"}
+    missing = sorted(name for name, package in cpu_peers.items() if importlib.util.find_spec(package) is None)
     assert not missing, f"peer packages not installed: {', '.join(missing)} (`uv sync --group peers`)"
     run_ok([*INVOKE, "bench.peers", "--quick", "--results", str(tmp_path)], 600)
     peers = json.loads((tmp_path / "peers.json").read_text())
