@@ -162,5 +162,15 @@ def test_gpu_run_script_on_cpu(tmp_path: Path) -> None:
     )
     assert "torch" in (tmp_path / "machine.txt").read_text()
     assert json.loads((tmp_path / "benchmarks.json").read_text())["benchmarks"]
-    assert list(tmp_path.glob("ratios-demo-cpu-fp32.json"))
-    assert "## Serving ratios" in (tmp_path / "summary.md").read_text()
+    ratio = json.loads((tmp_path / "ratios-demo-cpu-fp32.json").read_text())
+    assert ratio["body"]["name"] == "photo"
+    assert ratio["runtime"]["http"] == "httptools"
+    summary = (tmp_path / "summary.md").read_text()
+    assert "## Serving ratios" in summary
+    for name in ("peers.json", "peers-large.json"):
+        peers = json.loads((tmp_path / name).read_text())
+        assert peers["servers"][0]["server"] == "ours"
+        assert all(level["ok"] == level["requests"] > 0 for level in peers["servers"][0]["levels"])
+        assert (tmp_path / name.replace(".json", ".svg")).read_text().startswith("<svg")
+    assert "## Peer servers, side by side: demo cpu fp32, photo 500x375" in summary
+    assert "## Peer servers, side by side: demo cpu fp32, large 4000x3000" in summary
