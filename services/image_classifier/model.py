@@ -337,14 +337,15 @@ class ImageClassifier(Model[bytes, Item, TopK]):
             return probabilities[torch.tensor(inverse, device=probabilities.device)]
 
     def postprocess(self, outputs: torch.Tensor) -> list[TopK]:
-        probabilities = outputs.cpu()
-        scores, indices = probabilities.topk(self.top_k, dim=1)
-        results = []
-        for row, row_s, row_i in zip(probabilities.numpy(), scores.tolist(), indices.tolist(), strict=True):
-            top = TopK({"label": self.labels[i], "score": round(s, 6)} for s, i in zip(row_s, row_i, strict=True))
-            top.probabilities = row
-            results.append(top)
-        return results
+        return [self.top(row) for row in np.ascontiguousarray(outputs.cpu().numpy(), dtype=np.float32)]
+
+    def top(self, row: np.ndarray) -> TopK:
+        """One image's answer from its probability row: the k best, equal scores in label order (in one process and
+        in a split front alike; torch.topk leaves the order of ties unspecified)."""
+        best = np.argsort(-row, kind="stable")[: self.top_k]
+        top = TopK({"label": self.labels[i], "score": round(float(row[i]), 6)} for i in best)
+        top.probabilities = row
+        return top
 
     def warmup_item(self) -> Item:
         """An item made the way a request's is, from encoded bytes of every allowed format: the first request would
@@ -406,12 +407,13 @@ class ImageClassifier(Model[bytes, Item, TopK]):
     def pack_output(self, output: TopK) -> bytes | memoryview:
         return np.ascontiguousarray(output.probabilities, dtype=np.float32).data.cast("B")
 
+    def engine_outputs(self, outputs: torch.Tensor) -> list[bytes | memoryview]:
+        """The probabilities' rows as they are: the front picks the top k (`unpack_output`), not the engine."""
+        rows = np.ascontiguousarray(outputs.cpu().numpy(), dtype=np.float32)
+        return [row.data.cast("B") for row in rows]
+
     def unpack_output(self, data: memoryview) -> TopK:
-        row = np.frombuffer(data, dtype=np.float32).copy()
-        best = np.argsort(-row, kind="stable")[: self.top_k]
-        top = TopK({"label": self.labels[i], "score": round(float(row[i]), 6)} for i in best)
-        top.probabilities = row
-        return top
+        return self.top(np.frombuffer(data, dtype=np.float32).copy())
 
     def front_info(self) -> dict[str, Any]:
         return {

@@ -326,13 +326,19 @@ def json_request_body(model: type[BaseModel], **extra_types: dict[str, Any]) -> 
     }
 
 
-def make_batch_runner(model: Model[Any, Any, Any]) -> Callable[[Sequence[Any]], tuple[list[Any], float, float]]:
+def make_batch_runner(
+    model: Model[Any, Any, Any], finish: Callable[[Any], list[Any]] | None = None
+) -> Callable[[Sequence[Any]], tuple[list[Any], float, float]]:
+    """predict + synchronize (inference seconds), then `finish` (postprocess seconds): the model's postprocess, or
+    the split engine's Model.engine_outputs."""
+    finish = finish or model.postprocess
+
     def run(items: Sequence[Any]) -> tuple[list[Any], float, float]:
         start = time.perf_counter()
         outputs = model.predict(items)
         model.synchronize()
         mid = time.perf_counter()
-        results = model.postprocess(outputs)
+        results = finish(outputs)
         return results, mid - start, time.perf_counter() - mid
 
     return run

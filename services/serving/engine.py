@@ -66,7 +66,7 @@ class Engine:
         self.model, self.settings, self.metrics, self.fronts = model, settings, metrics, fronts
         self.connections: list[FrontConnection] = []
         self._lock = threading.Lock()
-        run_batch = make_batch_runner(model)
+        run_batch = make_batch_runner(model, finish=model.engine_outputs)  # outputs packed for the slots
 
         def run(payloads: Sequence[Payload]) -> tuple[list[Any], float, float]:
             items = [model.unpack_item(kind, conn.slots.input(slot, n)) for conn, slot, kind, n in payloads]
@@ -144,8 +144,8 @@ class Engine:
     def _queue(self, conn: FrontConnection, slot: int, nbytes: int, kind: int, deadline: float) -> None:
         def settle(result: Any, exc: BaseException | None) -> None:
             if exc is None:
-                output, timings = result
-                conn.reply(slot, OK, timings, self.model.pack_output(output), into="output")
+                packed, timings = result
+                conn.reply(slot, OK, timings, packed, into="output")
             else:
                 conn.reply(slot, FAILED, BatchTimings(), encode_error(exc), into="input")
 

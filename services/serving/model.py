@@ -104,6 +104,12 @@ class Model(ABC, Generic[Raw, Item, Out]):
     def unpack_output(self, data: memoryview) -> Out:
         raise NotImplementedError(f"{type(self).__name__} does not support the engine/front split")
 
+    def engine_outputs(self, outputs: Any) -> list[bytes | memoryview]:
+        """The engine's postprocess: `predict`'s outputs as one packed output per item. By default the answers are
+        built and packed; a model whose packed output is simply its raw row overrides this to skip building answers
+        that only the front needs (the engine's one batch thread does this for every item)."""
+        return [self.pack_output(output) for output in self.postprocess(outputs)]
+
     def front_info(self) -> dict[str, Any]:
         """What a front process needs from the engine's loaded model to preprocess and answer (JSON-able)."""
         return {

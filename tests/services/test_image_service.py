@@ -263,3 +263,26 @@ def test_the_warm_up_item_is_decoded_from_every_allowed_format(bundles: dict[str
     assert isinstance(item, torch.Tensor)  # on CPU: the pixels (with GPU decode on it is the JPEG's EncodedImage)
     assert tuple(item.shape) == (3, model.spec.input_size, model.spec.input_size)
     assert 120 <= float(item.float().mean()) <= 135
+
+
+def test_the_engine_packs_raw_rows_and_the_front_answers_as_one_process_would(bundles: dict[str, Path]) -> None:
+    """The split's engine packs each probability row as it is (Model.engine_outputs) and the front picks the top k
+    (unpack_output): the answer must equal one process's postprocess, scores, order and ties included."""
+    import torch
+
+    from image_classifier.demo import render_sample
+    from image_classifier.model import ImageClassifier
+    from image_classifier.settings import Settings
+
+    model = ImageClassifier(Settings(model_uri=str(bundles["image-demo"]), device="cpu"))
+    model.load()
+    items = [model.preprocess(encode(render_sample(label, seed))) for label in model.labels for seed in (0, 1)]
+    outputs = model.predict(items)
+    tie = torch.full_like(outputs[0], 1 / outputs.shape[1])  # every label equal: the order is the labels'
+    outputs = torch.cat([outputs, tie[None]])
+    expected = model.postprocess(outputs)
+    packed = model.engine_outputs(outputs)
+    assert [len(p) for p in packed] == [model.slot_sizes()[1]] * len(expected)
+    answers = [model.unpack_output(memoryview(bytes(p))) for p in packed]
+    assert answers == expected
+    assert all((a.probabilities == e.probabilities).all() for a, e in zip(answers, expected, strict=True))
