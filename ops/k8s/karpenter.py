@@ -308,3 +308,31 @@ def kwok_instance_types(groups: dict[str, NodeGroup] | None = None) -> str:
                 }
             )
     return json.dumps(out, indent=2)
+
+
+KWOK_NODECLASS_GROUP = "karpenter.kwok.sh"
+KWOK_NODECLASS_KIND = "KWOKNodeClass"
+
+
+def sim_objects(rendered: list[Obj]) -> list[Obj]:
+    """The rendered NodePools as the kwok build of Karpenter takes them, and a KWOKNodeClass for each: the same
+    objects, with only nodeClassRef moved from the EC2NodeClass to a KWOKNodeClass of the same name."""
+    out: list[Obj] = []
+    for pool in find(rendered, "NodePool"):
+        pool = copy.deepcopy(pool)
+        ref_ = pool["spec"]["template"]["spec"]["nodeClassRef"]
+        ref_.update(group=KWOK_NODECLASS_GROUP, kind=KWOK_NODECLASS_KIND)
+        out.append(pool)
+    for name in sorted({p["spec"]["template"]["spec"]["nodeClassRef"]["name"] for p in out}):
+        out.append(
+            {"apiVersion": f"{KWOK_NODECLASS_GROUP}/v1alpha1", "kind": KWOK_NODECLASS_KIND, "metadata": {"name": name}}
+        )
+    return out
+
+
+def controller_env(rendered: list[Obj]) -> dict[str, str]:
+    """The literal settings of the rendered controller Deployment (feature gates, batching, log level, ...), what a
+    local run of the controller takes from the manifest rather than restating."""
+    (dep,) = find(rendered, "Deployment", CONTROLLER)
+    container = next(c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == CONTROLLER)
+    return {str(e["name"]): str(e["value"]) for e in container.get("env", []) if "value" in e}
