@@ -4,16 +4,20 @@ the policies that catch a pool that would put pods where they must not go or hol
 from __future__ import annotations
 
 import dataclasses
+import re
+import tomllib
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import yaml
 
+from ops.core import REPO_ROOT
 from ops.infra import settings
 from ops.k8s import karpenter, policies, render, schema
 from ops.k8s.nodegroups import load_nodegroups
 from ops.k8s.objects import find
+from ops.toolchain import tools
 
 Obj = dict[str, Any]
 CHOICES = {"eks-prod": "cluster-autoscaler", "eks-staging": karpenter.CONTROLLER}
@@ -194,3 +198,21 @@ def test_kwok_instance_types_offer_what_the_generated_pools_ask_for() -> None:
     assert sorted(o["Requirements"][0]["values"][0] for o in gpu["offerings"]) == list(
         load_nodegroups()["gpu-t4"].zones
     )
+
+
+BEHAVIOUR_TESTS = REPO_ROOT / "tests" / "ops" / "k8s" / "cluster" / "test_karpenter.py"
+# What would keep a test from running: a skip mark, a skip call, a skip on a missing import, or a deselection.
+SKIPPING = re.compile(r"pytest\.(?:mark\.)?skip|importorskip|skipif|pytest\.mark\.xfail|deselect")
+
+
+def test_ci_builds_karpenter_kwok_and_runs_the_behaviour_tests_unskipped() -> None:
+    """.ci/run ends in `invoke test`, which installs every tool (karpenter-kwok is required: a build that fails
+    fails the run) and runs pytest with no marker expression; the behaviour tests carry no way to skip."""
+    assert (REPO_ROOT / ".ci" / "run").read_text().rstrip().endswith("uv run invoke test")
+    assert tools.load_manifest().tools["karpenter-kwok"].required
+    pytest_options = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert "-m" not in str(pytest_options["addopts"]).split()
+    code = BEHAVIOUR_TESTS.read_text()
+    assert not SKIPPING.findall(code)
+    tests = re.findall(r"^def (test_\w+)\(", code, flags=re.MULTILINE)
+    assert len(tests) == 5, tests
