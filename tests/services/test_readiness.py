@@ -91,7 +91,7 @@ def test_the_port_answers_503_loading_until_the_model_is_warm(
     finally:
         client.close()
         code = server.stop()
-    assert code == 0
+    assert code == 0, server.log_tail(20_000)
     assert '"level": "ERROR"' not in server.log_tail(1_000_000)
 
 

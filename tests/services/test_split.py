@@ -10,9 +10,12 @@ CUDA, and the metrics add up over the processes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import importlib.util
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -27,6 +30,7 @@ from image_classifier.demo import render_sample
 from testkit import Server, encode, scrape
 
 JPEG = {"content-type": "image/jpeg"}
+SYS_PIDFD_GETFD = 438  # the same number on every Linux architecture (since 5.6)
 
 
 def _sibling(name: str) -> ModuleType:
@@ -137,6 +141,45 @@ async def test_killing_a_front_loses_nothing_the_other_front_accepted(
     assert set(statuses) == {200}, sorted(set(statuses))
     assert len(broken) <= 12, broken
     assert [r.status_code for r in after_kill] == [200] * 10
+
+
+def accepted_nodelay(pid: int, port: int) -> list[bool]:
+    """TCP_NODELAY of each connection process `pid` accepted on `port`: the sockets are found through /proc and
+    duplicated into this process with pidfd_getfd(2) (root, or ptrace rights over the front), then asked."""
+    established = set()
+    for row in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = row.split()
+        if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":  # 01: ESTABLISHED
+            established.add(fields[9])
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    flags = []
+    try:
+        for entry in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                target = os.readlink(entry)
+            if not target.startswith("socket:[") or target[8:-1] not in established:
+                continue
+            fd = libc.syscall(SYS_PIDFD_GETFD, pidfd, int(entry.name), 0)
+            assert fd >= 0, f"pidfd_getfd: {os.strerror(ctypes.get_errno())}"
+            with socket.socket(fileno=fd) as sock:
+                flags.append(bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)))
+    finally:
+        os.close(pidfd)
+    return flags
+
+
+def test_a_front_sends_its_answers_without_waiting_for_acks(
+    image_server_factory: Callable[..., AbstractContextManager[Server]],
+) -> None:
+    """The fronts share a TCP listener inherited as a bare descriptor; their connections must still get TCP_NODELAY,
+    or each answer's second send waits for the client's delayed ACK (40 ms a lone request, measured on the H200)."""
+    with image_server_factory() as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        assert client.get("/healthz").status_code == 200  # keep-alive: the connection stays open on its front
+        port = int(server.url.rsplit(":", 1)[1])
+        flags = [flag for pid in children(server.process.pid)["front"] for flag in accepted_nodelay(pid, port)]
+    assert flags, "no front holds the client's connection"
+    assert all(flags), f"TCP_NODELAY off on a front's connection: {flags}"
 
 
 def test_the_engine_dying_ends_the_pod_non_zero(
