@@ -20,7 +20,7 @@ from ops.images.lock import (
     write_service_requirements,
 )
 from ops.images.osbase import ensure_os_base, os_image
-from ops.images.versions import BASES, Base, base_version_tag, load_versions, target_archs
+from ops.images.versions import BASES, Base, base_matrix, base_version_tag, load_versions
 
 REPORT_PATH = REPO_ROOT / "build" / "reports" / "images.json"
 
@@ -43,22 +43,23 @@ INSTALLED_LABEL = "org.eks-inference.installed"
 
 
 def base_build_args(base: Base, os_image: str, torch_source: str, wheel_variant: str = "") -> dict[str, str]:
-    """The version ARGs of a base Dockerfile, all taken from the matrix (`wheel_variant` "cpu" for CPU-index wheels)."""
-    v = load_versions()
+    """The version ARGs of a base Dockerfile, all taken from the base's part of the matrix (versions.base_matrix, which
+    its fingerprint covers); `wheel_variant` "cpu" for CPU-index wheels."""
+    m = base_matrix(base)
     args = {
         "BASE_OS_IMAGE": os_image,
-        "DEBIAN_RELEASE": v["os"]["debian_release"],
-        "PYTHON_VERSION": v["python"]["minor"],
-        "TORCH_VERSION": v["pytorch"]["torch"],
-        "TORCHVISION_VERSION": v["pytorch"]["torchvision"],
-        "TORCH_WHEEL_VARIANT": wheel_variant or v["pytorch"]["wheel_variant"],
-        "CUDA_VERSION": v["pytorch"]["cuda"],
+        "DEBIAN_RELEASE": m["os"]["debian_release"],
+        "PYTHON_VERSION": m["python"]["minor"],
+        "TORCH_VERSION": m["pytorch"]["torch"],
+        "TORCHVISION_VERSION": m["pytorch"]["torchvision"],
+        "TORCH_WHEEL_VARIANT": wheel_variant or m["pytorch"]["wheel_variant"],
+        "CUDA_VERSION": m["pytorch"]["cuda"],
         "TORCH_WHEEL_SOURCE": torch_source,
         "WHEELHOUSE_URL": wheelhouse_url(),
     }
     if base == "cuda":
-        args["TARGET_CUDA_ARCHS"] = " ".join(target_archs(v))
-        args["MIN_DRIVER_VERSION"] = v["driver"]["min_version"]
+        args["TARGET_CUDA_ARCHS"] = " ".join(m["archs"])
+        args["MIN_DRIVER_VERSION"] = m["driver"]["min_version"]
     return args
 
 
@@ -103,14 +104,13 @@ def base_dockerfile(base: Base) -> Path:
 
 def base_ref(base: Base, offline: bool) -> str:
     """Full reference of the base image for the current inputs: a pure function of the files in the checkout (the
-    Dockerfile, the check script, the version matrix, uv.lock, the OS base's name). It starts no process and opens
-    no socket; what only a build can know goes into the image's INSTALLED_LABEL instead."""
-    v = load_versions()
+    Dockerfile, the check script, the base's part of the version matrix, uv.lock, the OS base's name). It starts no
+    process and opens no socket; what only a build can know goes into the image's INSTALLED_LABEL instead."""
     key = fingerprint(
         base_dockerfile(base).read_bytes(),
         (REPO_ROOT / "base-images" / "scripts" / "check_torch.py").read_bytes(),
         locked_base_closure(),
-        json.dumps({"matrix": v, "base": base, "os": os_image(offline)}, sort_keys=True),
+        json.dumps({"matrix": base_matrix(base), "base": base, "os": os_image(offline)}, sort_keys=True),
     )
     return f"{base_repository(base)}:{base_version_tag()}-{key}"
 

@@ -31,6 +31,18 @@ def target_archs(versions: dict[str, Any] | None = None) -> list[str]:
     return list(dict.fromkeys(g["arch"] for g in versions["gpus"]))
 
 
+def base_matrix(base: Base, versions: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The part of the matrix a torch base is built from, and so all its fingerprint covers (ops.images.build.base_ref):
+    [os], [python] and [pytorch]; for cuda also [driver] and the GPUs' archs. Its build ARGs are read from this alone.
+    The rest ([kind], [eks], [addons], a GPU's name, instance type and node label) never enters an image, so a change
+    there rebuilds no base."""
+    v = versions or load_versions()
+    matrix = {"os": v["os"], "python": v["python"], "pytorch": v["pytorch"]}
+    if base == "cuda":
+        matrix |= {"driver": v["driver"], "archs": target_archs(v)}
+    return matrix
+
+
 def base_version_tag() -> str:
     """Human part of a base tag: torch, wheel variant, Python and Debian release from the matrix."""
     v = load_versions()

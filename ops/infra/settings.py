@@ -11,7 +11,7 @@ import yaml
 from ops import core
 from ops.core import REPO_ROOT, OpsError
 from ops.images.versions import load_versions
-from ops.k8s import render
+from ops.k8s import karpenter, render
 from ops.k8s.nodegroups import NodeGroup, load_nodegroups
 
 OVERLAYS_DIR = REPO_ROOT / "overlays"
@@ -24,6 +24,11 @@ AUTOSCALER_NAMESPACE = "kube-system"
 AUTOSCALER_SERVICE_ACCOUNT = "cluster-autoscaler"
 # The account-wide stack (ECR), deployed with every environment.
 REGISTRY_STACK = "eks-inference-registry"
+# node_autoscaler (the components/<name> an overlay lists, exactly one) -> the overlay patch naming its cluster.
+NODE_AUTOSCALER_SETTINGS = {
+    "cluster-autoscaler": "cluster_autoscaler_settings_patch.yaml",
+    karpenter.CONTROLLER: "karpenter_settings_patch.yaml",
+}
 
 
 class InfraError(OpsError):
@@ -43,6 +48,10 @@ class Environment:
     ecr_repositories: tuple[str, ...]
     # NAT gateways: one per zone in prod (a zone outage keeps egress), one in staging (cost).
     nat_gateways: int
+    # cluster-autoscaler | karpenter: the node autoscaler the overlay lists; the stack creates what it needs.
+    node_autoscaler: str = "cluster-autoscaler"
+    # Karpenter's SQS interruption queue (its settings patch names it); None with the Cluster Autoscaler.
+    interruption_queue: str | None = None
 
     @property
     def stack_name(self) -> str:
@@ -67,17 +76,31 @@ def _overlay_doc(overlay: str, filename: str) -> dict[str, Any]:
     return dict(yaml.safe_load(path.read_text()))
 
 
+def node_autoscaler(kustomization: dict[str, Any], overlay: str) -> str:
+    """The node autoscaler an overlay's kustomization lists among its components (exactly one)."""
+    listed = [c.rstrip("/").rsplit("/", 1)[-1] for c in kustomization.get("components", [])]
+    chosen = [name for name in NODE_AUTOSCALER_SETTINGS if name in listed]
+    if len(chosen) != 1:
+        raise InfraError(
+            f"{overlay}: lists {chosen or 'no node autoscaler'}; list exactly one of "
+            + ", ".join(f"components/{n}" for n in NODE_AUTOSCALER_SETTINGS)
+        )
+    return chosen[0]
+
+
 def environment(name: str) -> Environment:
     """The environment `name` (staging | prod), with the names its overlay already uses.
 
-    Cluster name and region: the Cluster Autoscaler settings patch. Account and ECR repositories: the
+    Node autoscaler: the component the overlay lists (cluster-autoscaler | karpenter). Cluster name and region (and
+    Karpenter's interruption queue): that autoscaler's settings patch. Account and ECR repositories: the
     overlay's images table (<account>.dkr.ecr.<region>.amazonaws.com/<repository>).
     """
     if name not in ENV_OVERLAYS:
         raise InfraError(f"unknown env {name!r}; expected one of {', '.join(ENV_OVERLAYS)}")
     overlay = ENV_OVERLAYS[name]
-    settings = _overlay_doc(overlay, "cluster_autoscaler_settings_patch.yaml")["data"]
     kustomization = _overlay_doc(overlay, "kustomization.yaml")
+    autoscaler = node_autoscaler(kustomization, overlay)
+    settings = _overlay_doc(overlay, NODE_AUTOSCALER_SETTINGS[autoscaler])["data"]
     accounts, repositories = set(), []
     for image in kustomization.get("images", []):
         registry, _, repository = image["newName"].partition("/")
@@ -98,4 +121,6 @@ def environment(name: str) -> Environment:
         autoscaler_role_name=f"{settings['CLUSTER_NAME']}-cluster-autoscaler",
         ecr_repositories=tuple(sorted(repositories)),
         nat_gateways=3 if name == "prod" else 1,
+        node_autoscaler=autoscaler,
+        interruption_queue=str(settings["INTERRUPTION_QUEUE"]) if autoscaler == karpenter.CONTROLLER else None,
     )

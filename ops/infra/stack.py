@@ -8,14 +8,17 @@ import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecr as ecr
 from aws_cdk import aws_eks_v2 as eks
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
+from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from ops.infra import access, settings
 from ops.infra.settings import Environment
-from ops.k8s import addons, render
+from ops.k8s import addons, karpenter, render
 from ops.k8s.nodegroups import NodeGroup
 
 # aws-cdk-lib's enum member per Kubernetes minor (settings.versions()["eks"]["kubernetes_minor"]).
@@ -49,6 +52,38 @@ AUTOSCALER_READ_ACTIONS = (
     "ec2:GetInstanceTypesFromInstanceRequirements",
 )
 AUTOSCALER_WRITE_ACTIONS = ("autoscaling:SetDesiredCapacity", "autoscaling:TerminateInstanceInAutoScalingGroup")
+# Karpenter's AWS permissions (karpenter-provider-aws's reference controller policy, v1): launches, tags and
+# terminations only of resources tagged as this cluster's and a NodePool's; reads in this region only.
+KARPENTER_LAUNCH_ACTIONS = ("ec2:RunInstances", "ec2:CreateFleet")
+KARPENTER_READ_ACTIONS = (
+    "ec2:DescribeAvailabilityZones",
+    "ec2:DescribeCapacityReservations",
+    "ec2:DescribeImages",
+    "ec2:DescribeInstances",
+    "ec2:DescribeInstanceTypeOfferings",
+    "ec2:DescribeInstanceTypes",
+    "ec2:DescribeLaunchTemplates",
+    "ec2:DescribeSecurityGroups",
+    "ec2:DescribeSpotPriceHistory",
+    "ec2:DescribeSubnets",
+)
+KARPENTER_QUEUE_ACTIONS = ("sqs:DeleteMessage", "sqs:GetQueueUrl", "sqs:ReceiveMessage")
+KARPENTER_INSTANCE_PROFILE_ACTIONS = (
+    "iam:AddRoleToInstanceProfile",
+    "iam:RemoveRoleFromInstanceProfile",
+    "iam:DeleteInstanceProfile",
+    "iam:TagInstanceProfile",
+)
+# The tags Karpenter puts on what it launches, which its permissions are conditioned on.
+NODEPOOL_TAG = "karpenter.sh/nodepool"
+NODECLASS_TAG = "karpenter.k8s.aws/ec2nodeclass"
+# What EventBridge sends to the interruption queue (source, detail-type): Karpenter drains the node first.
+INTERRUPTION_EVENTS = {
+    "ScheduledChange": ("aws.health", "AWS Health Event"),
+    "SpotInterruption": ("aws.ec2", "EC2 Spot Instance Interruption Warning"),
+    "Rebalance": ("aws.ec2", "EC2 Instance Rebalance Recommendation"),
+    "InstanceStateChange": ("aws.ec2", "EC2 Instance State-change Notification"),
+}
 # EKS add-ons come from manifests/cluster-addons.yaml. Construct ids of the first four stay as they were deployed
 # (a new logical id replaces the add-on); the others derive from the add-on's name.
 ADDON_CONSTRUCT_IDS = {
@@ -196,6 +231,8 @@ class ClusterStack(cdk.Stack):
 
         self.nodegroups: dict[str, eks.Nodegroup] = {}
         for entry in groups:
+            if not self._managed(entry):
+                continue
             node_role = self._node_role(entry)
             launch_template = self._launch_template(entry)
             for group in entry.managed():
@@ -208,11 +245,20 @@ class ClusterStack(cdk.Stack):
                 if group.min_size > 0:
                     addon.node.add_dependency(self.nodegroups[group.name])
 
-        self.autoscaler_role = self._autoscaler_role(environment)
+        if environment.node_autoscaler == karpenter.CONTROLLER:
+            self.autoscaler_role = self._karpenter(environment)
+        else:
+            self.autoscaler_role = self._autoscaler_role(environment)
         self._access_entries()
 
         cdk.CfnOutput(self, "ClusterName", value=self.cluster.cluster_name)
         cdk.CfnOutput(self, "AutoscalerRoleArn", value=self.autoscaler_role.role_arn)
+
+    def _managed(self, entry: NodeGroup) -> bool:
+        """Whether an entry becomes EKS managed node groups: always with the Cluster Autoscaler; with Karpenter only
+        the entries with a floor (minSize > 0: the nodes the controller, CoreDNS and the CPU baseline run on), while
+        Karpenter's NodePools launch the rest (the GPU nodes, from zero)."""
+        return self.eks_environment.node_autoscaler != karpenter.CONTROLLER or entry.min_size > 0
 
     def _cluster_addons(self, cluster: eks.ICluster, *, after_nodes: bool) -> list[eks.Addon]:
         """The EKS add-ons of manifests/cluster-addons.yaml whose pods need a node (`after_nodes`) or not."""
@@ -272,7 +318,11 @@ class ClusterStack(cdk.Stack):
             # EKS tags the node group's ASG with the same discovery tags itself; stating them here
             # keeps the contract with the autoscaler's --node-group-auto-discovery visible.
             tags={
-                **discovery_tags(environment.cluster_name),
+                **(
+                    discovery_tags(environment.cluster_name)
+                    if environment.node_autoscaler != karpenter.CONTROLLER
+                    else {}
+                ),
                 "eks-inference/role": group.role,
                 "eks-inference/nodegroups-entry": group.entry,
             },
@@ -458,3 +508,237 @@ class ClusterStack(cdk.Stack):
             role_arn=role.role_arn,
         ).node.add_dependency(self.node.find_child("PodIdentityAgent"))
         return role
+
+    def _karpenter(self, environment: Environment) -> iam.Role:
+        """What Karpenter needs from AWS: the node role and its access entry, the discovery tags on the nodes' subnets
+        and security group, the SQS interruption queue with its EventBridge rules, and the controller's IAM role
+        (EKS Pod Identity, kube-system/karpenter), least privilege: every write is conditioned on this cluster's tags.
+        """
+        cluster = environment.cluster_name
+        for subnet in self.vpc.private_subnets:
+            cdk.Tags.of(subnet).add(karpenter.DISCOVERY_TAG, cluster)
+        nodes_sg = self._karpenter_node_security_group(cluster)
+        cdk.Tags.of(nodes_sg).add(karpenter.DISCOVERY_TAG, cluster)
+
+        node_role = iam.Role(
+            self,
+            "KarpenterNodeRole",
+            role_name=karpenter.node_role_name(cluster),
+            description=f"Nodes Karpenter launches for {cluster}",
+            assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
+            managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name(p) for p in NODE_ROLE_POLICIES],
+        )
+        # The nodes join the cluster through an EC2 Linux access entry (no aws-auth ConfigMap).
+        eks.AccessEntry(
+            self,
+            "KarpenterNodeAccess",
+            cluster=cast(eks.ICluster, self.cluster),
+            principal=node_role.role_arn,
+            access_entry_type=eks.AccessEntryType.EC2_LINUX,
+            access_policies=[],
+        )
+
+        queue_key = kms.Key(self, "InterruptionQueueKey", enable_key_rotation=True, description="Karpenter queue")
+        queue = sqs.Queue(
+            self,
+            "InterruptionQueue",
+            queue_name=environment.interruption_queue,
+            # An interruption warning is worth 2 minutes; an older message only drains a node for nothing.
+            retention_period=cdk.Duration.minutes(5),
+            encryption=sqs.QueueEncryption.KMS,
+            encryption_master_key=queue_key,
+            enforce_ssl=True,
+        )
+        for name, (source, detail_type) in INTERRUPTION_EVENTS.items():
+            events.Rule(
+                self,
+                f"Interruption{name}Rule",
+                description=f"{detail_type} -> Karpenter ({cluster})",
+                event_pattern=events.EventPattern(source=[source], detail_type=[detail_type]),
+                targets=[targets.SqsQueue(queue)],
+            )
+        # EventBridge encrypts into the queue with its key.
+        queue_key.grant_encrypt_decrypt(iam.ServicePrincipal("events.amazonaws.com"))
+
+        role = iam.Role(
+            self,
+            "KarpenterControllerRole",
+            role_name=karpenter.controller_role_name(cluster),
+            description="Karpenter of " + cluster,
+            assumed_by=iam.ServicePrincipal("pods.eks.amazonaws.com"),
+        )
+        role.assume_role_policy.add_statements(  # type: ignore[union-attr]
+            iam.PolicyStatement(actions=["sts:TagSession"], principals=[iam.ServicePrincipal("pods.eks.amazonaws.com")])
+        )
+        iam.ManagedPolicy(
+            self,
+            "KarpenterControllerPolicy",
+            description="Karpenter: launch, tag and terminate only this cluster's NodePool instances",
+            statements=self._karpenter_statements(cluster, node_role, queue),
+            roles=[role],
+        )
+        queue_key.grant_decrypt(role)
+        eks.CfnPodIdentityAssociation(
+            self,
+            "KarpenterPodIdentity",
+            cluster_name=self.cluster.cluster_name,
+            namespace=karpenter.NAMESPACE,
+            service_account=karpenter.CONTROLLER,
+            role_arn=role.role_arn,
+        ).node.add_dependency(self.node.find_child("PodIdentityAgent"))
+        cdk.CfnOutput(self, "InterruptionQueueName", value=queue.queue_name)
+        cdk.CfnOutput(self, "KarpenterNodeRoleName", value=node_role.role_name)
+        return role
+
+    def _karpenter_node_security_group(self, cluster: str) -> ec2.SecurityGroup:
+        """The security group of Karpenter's nodes: all traffic with each other and with the cluster security group
+        (the control plane and the managed nodes), as a managed node group's nodes have through that group."""
+        group = ec2.SecurityGroup(
+            self,
+            "KarpenterNodeSecurityGroup",
+            vpc=self.vpc,
+            description=f"Nodes Karpenter launches for {cluster}",
+            allow_all_outbound=True,
+        )
+        group.add_ingress_rule(group, ec2.Port.all_traffic(), "node to node")
+        cluster_sg = ec2.SecurityGroup.from_security_group_id(
+            self, "ClusterSecurityGroupRef", self.cluster.cluster_security_group_id, mutable=False
+        )
+        group.add_ingress_rule(cluster_sg, ec2.Port.all_traffic(), "control plane and managed nodes to nodes")
+        ec2.CfnSecurityGroupIngress(
+            self,
+            "ClusterFromKarpenterNodes",
+            group_id=self.cluster.cluster_security_group_id,
+            source_security_group_id=group.security_group_id,
+            ip_protocol="-1",
+            description="Karpenter's nodes to the control plane and managed nodes",
+        )
+        return group
+
+    def _karpenter_statements(self, cluster: str, node_role: iam.Role, queue: sqs.Queue) -> list[iam.PolicyStatement]:
+        def arn(service: str, resource: str, name: str = "*", account: bool = True, region: bool = True) -> str:
+            return cdk.Arn.format(
+                cdk.ArnComponents(
+                    service=service,
+                    resource=resource,
+                    resource_name=name,
+                    account=None if account else "",
+                    region=None if region else "",
+                ),
+                self,
+            )
+
+        owned = {
+            f"aws:RequestTag/kubernetes.io/cluster/{cluster}": "owned",
+            "aws:RequestTag/eks:eks-cluster-name": cluster,
+        }
+        resource_owned = {f"aws:ResourceTag/kubernetes.io/cluster/{cluster}": "owned"}
+        launched = [
+            arn("ec2", r)
+            for r in ("fleet", "instance", "volume", "network-interface", "launch-template", "spot-instances-request")
+        ]
+        profile = arn("iam", "instance-profile", region=False)
+        return [
+            iam.PolicyStatement(
+                sid="AllowScopedEC2InstanceAccessActions",
+                actions=list(KARPENTER_LAUNCH_ACTIONS),
+                resources=[
+                    arn("ec2", "image", account=False),
+                    arn("ec2", "snapshot", account=False),
+                    arn("ec2", "security-group"),
+                    arn("ec2", "subnet"),
+                    arn("ec2", "capacity-reservation"),
+                ],
+            ),
+            iam.PolicyStatement(
+                sid="AllowScopedEC2LaunchTemplateAccessActions",
+                actions=list(KARPENTER_LAUNCH_ACTIONS),
+                resources=[arn("ec2", "launch-template")],
+                conditions={"StringEquals": resource_owned, "StringLike": {f"aws:ResourceTag/{NODEPOOL_TAG}": "*"}},
+            ),
+            iam.PolicyStatement(
+                sid="AllowScopedEC2InstanceActionsWithTags",
+                actions=[*KARPENTER_LAUNCH_ACTIONS, "ec2:CreateLaunchTemplate"],
+                resources=launched,
+                conditions={"StringEquals": owned, "StringLike": {f"aws:RequestTag/{NODEPOOL_TAG}": "*"}},
+            ),
+            iam.PolicyStatement(
+                sid="AllowScopedResourceCreationTagging",
+                actions=["ec2:CreateTags"],
+                resources=launched,
+                conditions={
+                    "StringEquals": {**owned, "ec2:CreateAction": [*KARPENTER_LAUNCH_ACTIONS, "CreateLaunchTemplate"]},
+                    "StringLike": {f"aws:RequestTag/{NODEPOOL_TAG}": "*"},
+                },
+            ),
+            iam.PolicyStatement(
+                sid="AllowScopedResourceTagging",
+                actions=["ec2:CreateTags"],
+                resources=[arn("ec2", "instance")],
+                conditions={
+                    "StringEquals": resource_owned,
+                    "StringLike": {f"aws:ResourceTag/{NODEPOOL_TAG}": "*"},
+                    "StringEqualsIfExists": {"aws:RequestTag/eks:eks-cluster-name": cluster},
+                    "ForAllValues:StringEquals": {
+                        "aws:TagKeys": ["eks:eks-cluster-name", "karpenter.sh/nodeclaim", "Name"]
+                    },
+                },
+            ),
+            iam.PolicyStatement(
+                sid="AllowScopedDeletion",
+                actions=["ec2:TerminateInstances", "ec2:DeleteLaunchTemplate"],
+                resources=[arn("ec2", "instance"), arn("ec2", "launch-template")],
+                conditions={"StringEquals": resource_owned, "StringLike": {f"aws:ResourceTag/{NODEPOOL_TAG}": "*"}},
+            ),
+            iam.PolicyStatement(
+                sid="AllowRegionalReadActions",
+                actions=list(KARPENTER_READ_ACTIONS),
+                resources=["*"],  # Describe* actions support no resource-level permissions
+                conditions={"StringEquals": {"aws:RequestedRegion": self.region}},
+            ),
+            iam.PolicyStatement(
+                sid="AllowSSMReadActions",
+                actions=["ssm:GetParameter"],
+                resources=[arn("ssm", "parameter", "aws/service/*", account=False)],
+            ),
+            iam.PolicyStatement(
+                sid="AllowPricingReadActions",
+                actions=["pricing:GetProducts"],
+                resources=["*"],  # the Price List API has no resources
+            ),
+            iam.PolicyStatement(
+                sid="AllowInterruptionQueueActions", actions=list(KARPENTER_QUEUE_ACTIONS), resources=[queue.queue_arn]
+            ),
+            iam.PolicyStatement(
+                sid="AllowPassingInstanceRole",
+                actions=["iam:PassRole"],
+                resources=[node_role.role_arn],
+                conditions={"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}},
+            ),
+            iam.PolicyStatement(
+                sid="AllowScopedInstanceProfileCreationActions",
+                actions=["iam:CreateInstanceProfile"],
+                resources=[profile],
+                conditions={
+                    "StringEquals": {**owned, "aws:RequestTag/topology.kubernetes.io/region": self.region},
+                    "StringLike": {f"aws:RequestTag/{NODECLASS_TAG}": "*"},
+                },
+            ),
+            iam.PolicyStatement(
+                sid="AllowScopedInstanceProfileActions",
+                actions=list(KARPENTER_INSTANCE_PROFILE_ACTIONS),
+                resources=[profile],
+                conditions={
+                    "StringEquals": {**resource_owned, "aws:ResourceTag/topology.kubernetes.io/region": self.region},
+                    "StringLike": {f"aws:ResourceTag/{NODECLASS_TAG}": "*"},
+                },
+            ),
+            iam.PolicyStatement(
+                sid="AllowInstanceProfileReadActions", actions=["iam:GetInstanceProfile"], resources=[profile]
+            ),
+            iam.PolicyStatement(
+                sid="AllowAPIServerEndpointDiscovery",
+                actions=["eks:DescribeCluster"],
+                resources=[arn("eks", "cluster", cluster)],
+            ),
+        ]

@@ -6,7 +6,7 @@ model to load (the container's startup probe window). Each part is stated once, 
 
 | part | stated in |
 |---|---|
-| node provisioning | the cluster-autoscaler Deployment's `--max-node-provision-time` |
+| node provisioning | cluster-autoscaler `--max-node-provision-time`; Karpenter: its fixed registration timeout |
 | image pull | the GPU Deployment's `eks-inference.io/image-pull-allowance` annotation (components/gpu) |
 | model load | the GPU container's startupProbe (initialDelaySeconds + periodSeconds x failureThreshold) |
 
@@ -29,6 +29,10 @@ PROVISION_TIME_FLAG = "--max-node-provision-time"
 # The Cluster Autoscaler's own default for the flag (FAQ: "What are the parameters to CA?").
 DEFAULT_PROVISION_TIME = "15m"
 AUTOSCALER = "cluster-autoscaler"
+# Karpenter gives up on a NodeClaim whose node has not registered after 15 minutes (registrationTimeout in
+# sigs.k8s.io/karpenter pkg/controllers/nodeclaim/lifecycle/liveness.go; not configurable), then launches another.
+KARPENTER = "karpenter"
+KARPENTER_REGISTRATION_TIMEOUT = "15m"
 # The service whose rollouts wait for GPU nodes (ops.core's registry); other GPU pods (the optional
 # headroom placeholder) have no rollout to wait for.
 GPU_SERVICE = next(s.name for s in core.SERVICES.values() if s.gpu)
@@ -97,6 +101,8 @@ def _autoscaler_provision_time(objects: list[Obj]) -> str:
             for arg in [*c.get("command", []), *c.get("args", [])]:
                 if arg.startswith(PROVISION_TIME_FLAG + "="):
                     return str(arg.split("=", 1)[1])
+    if find(objects, "Deployment", KARPENTER):
+        return KARPENTER_REGISTRATION_TIMEOUT
     return DEFAULT_PROVISION_TIME
 
 
@@ -159,7 +165,11 @@ def markdown(objects: list[Obj]) -> str:
     if budget is None:
         raise BudgetError("the overlay has no GPU Deployment")
     rows = [
-        ("node provisioning", budget.node_provision_s, f"cluster-autoscaler `{PROVISION_TIME_FLAG}`"),
+        (
+            "node provisioning",
+            budget.node_provision_s,
+            f"cluster-autoscaler `{PROVISION_TIME_FLAG}` (Karpenter: its fixed 15 min registration timeout)",
+        ),
         ("image pull", budget.image_pull_s, f"`{IMAGE_PULL_ANNOTATION}` on the GPU Deployment"),
         ("model load", budget.model_load_s, "the GPU container's startupProbe window"),
         ("**budget**", budget.total_s, "their sum (`ops.k8s.budget`)"),

@@ -42,6 +42,14 @@ class NodeGroup:
     per_zone: bool = False
     # The entry of nodegroups.yaml a per-zone managed group was expanded from (empty for the entries themselves).
     family: str = ""
+    # EC2 instance families Karpenter's NodePool for this entry may launch (instanceFamilies; default: the family of
+    # instanceType). The managed node groups keep instanceType alone.
+    instance_families: tuple[str, ...] = ()
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        """The instance families of the entry's NodePool: instanceFamilies, else instanceType's own."""
+        return self.instance_families or (self.instance_type.split(".", 1)[0],)
 
     @property
     def entry(self) -> str:
@@ -110,6 +118,7 @@ def load_nodegroups(path: Path = NODEGROUPS_PATH) -> dict[str, NodeGroup]:
             ami_type=str(g.get("amiType", "AL2023_x86_64_STANDARD")),
             disk_size_gib=int(g.get("diskSizeGiB", 20)),
             per_zone=bool(g.get("perZone", False)),
+            instance_families=tuple(str(f) for f in g.get("instanceFamilies") or ()),
         )
         groups[group.name] = group
     return groups

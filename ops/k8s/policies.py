@@ -14,7 +14,7 @@ import yaml
 from ops import checkov as ops_checkov
 from ops import core
 from ops.images.versions import load_versions as versions
-from ops.k8s import addons, budget, platform
+from ops.k8s import addons, budget, karpenter, platform
 from ops.k8s.nodegroups import ACCELERATOR_LABEL, GPU_TAINT_KEY, NODEGROUPS_PATH, ZONE_LABEL, load_nodegroups
 from ops.k8s.objects import (
     GPU_RESOURCE,
@@ -58,8 +58,11 @@ GPU_NODE_AGENTS = ("DaemonSet/nvidia-device-plugin", "DaemonSet/dcgm-exporter")
 # at a negative priority, preempted by the first GPU pod that needs the room.
 GPU_HEADROOM = "Deployment/gpu-headroom"
 HEADROOM_PRIORITY_CLASS = "eks-inference-headroom"
-# Workloads that must stay on the CPU node group in the EKS overlays.
-CPU_POOL_WORKLOADS = ("Deployment/text-classifier", "Deployment/cluster-autoscaler")
+# The node autoscalers an EKS overlay chooses between (components/<name>): exactly one, the `node_autoscaler` of
+# its cluster (ops.infra.settings reads the choice from the overlay).
+NODE_AUTOSCALERS = {"cluster-autoscaler": "Deployment/cluster-autoscaler", karpenter.CONTROLLER: "Deployment/karpenter"}
+# Workloads that must stay on the CPU node group in the EKS overlays (and the overlay's node autoscaler).
+CPU_POOL_WORKLOADS = ("Deployment/text-classifier",)
 GPU_POOL_WORKLOADS = ("Deployment/image-classifier", *GPU_NODE_AGENTS)
 
 # Add-on container -> (versions.toml [addons] key, image repository).
@@ -67,6 +70,7 @@ ADDON_IMAGES = {
     "nvidia-device-plugin": ("nvidia_device_plugin", "nvcr.io/nvidia/k8s-device-plugin"),
     "dcgm-exporter": ("dcgm_exporter", "nvcr.io/nvidia/k8s/dcgm-exporter"),
     "cluster-autoscaler": ("cluster_autoscaler", "registry.k8s.io/autoscaling/cluster-autoscaler"),
+    karpenter.CONTROLLER: ("karpenter", karpenter.CONTROLLER_IMAGE),
     "pause": ("pause", "registry.k8s.io/pause"),
 }
 # Add-ons only an optional component renders (components/gpu-headroom): not missing when absent.
@@ -293,7 +297,8 @@ def check_node_pools(overlay: str, objects: list[Obj]) -> list[str]:
     where = placement(objects)
     roles = {g.name: g.role for g in load_nodegroups().values()}
     optional = [GPU_HEADROOM] if GPU_HEADROOM in where else []
-    pools = [*((w, "cpu") for w in CPU_POOL_WORKLOADS), *((w, "gpu") for w in [*GPU_POOL_WORKLOADS, *optional])]
+    cpu = [*CPU_POOL_WORKLOADS, *(NODE_AUTOSCALERS[a] for a in node_autoscalers(objects))]
+    pools = [*((w, "cpu") for w in cpu), *((w, "gpu") for w in [*GPU_POOL_WORKLOADS, *optional])]
     for workload, role in pools:
         if workload not in where:
             out.append(f"{workload}: missing from the overlay")
@@ -333,7 +338,84 @@ def check_addon_versions(overlay: str, objects: list[Obj]) -> list[str]:
                 if minor != k8s_minor:
                     out.append(f"{ref(obj)}: cluster-autoscaler {minor} must match Kubernetes {k8s_minor}")
     if is_eks(overlay):
-        out.extend(f"add-on {name} is missing" for name in sorted(set(ADDON_IMAGES) - seen - set(OPTIONAL_ADDONS)))
+        # The node autoscalers are alternatives (policy node-autoscaler says when there is not exactly one).
+        chosen = set(NODE_AUTOSCALERS) if seen & set(NODE_AUTOSCALERS) else set()
+        optional = {*OPTIONAL_ADDONS, *(set(NODE_AUTOSCALERS) - seen)} if chosen else set(OPTIONAL_ADDONS)
+        out.extend(f"add-on {name} is missing" for name in sorted(set(ADDON_IMAGES) - seen - optional))
+    return out
+
+
+def node_autoscalers(objects: list[Obj]) -> list[str]:
+    """The node autoscalers the rendered objects run (names of NODE_AUTOSCALERS)."""
+    rendered = {ref(obj) for obj in find(objects, "Deployment")}
+    return [name for name, workload in NODE_AUTOSCALERS.items() if workload in rendered]
+
+
+@policy("node-autoscaler")
+def check_node_autoscaler(overlay: str, objects: list[Obj]) -> list[str]:
+    """EKS: exactly one node autoscaler (components/cluster-autoscaler or components/karpenter), never both: two
+    would each launch nodes for the same pending pods and remove each other's. kind overlays run none."""
+    chosen = node_autoscalers(objects)
+    if not is_eks(overlay) or is_parity(overlay):
+        return [f"{NODE_AUTOSCALERS[a]}: a kind cluster has no node groups to scale" for a in chosen]
+    if len(chosen) > 1:
+        return [f"the overlay renders both {' and '.join(chosen)}: choose one (its components/ entry) per overlay"]
+    if not chosen:
+        return [f"no node autoscaler: list one of components/{' or components/'.join(NODE_AUTOSCALERS)}"]
+    return []
+
+
+@policy("karpenter-pools")
+def check_karpenter_pools(overlay: str, objects: list[Obj]) -> list[str]:
+    """Karpenter: every NodePool and EC2NodeClass is generated from a nodegroups.yaml entry; GPU pods fit only GPU
+    NodePools and CPU pods never do; the GPU NodePools' limits hold the GPU service at its HPA maximum plus its
+    rollout surge; the GPU pools launch the NVIDIA AMI; every node class asks for IMDSv2 with a hop limit of 1."""
+    nodepools, classes = find(objects, "NodePool"), find(objects, "EC2NodeClass")
+    if not nodepools and not classes:
+        return []
+    out = []
+    groups = load_nodegroups()
+    class_names = {c["metadata"]["name"] for c in classes}
+    for obj in [*nodepools, *classes]:
+        entry = (obj["metadata"].get("annotations") or {}).get(karpenter.NODEGROUP_ANNOTATION)
+        if entry not in groups:
+            out.append(f"{ref(obj)}: {karpenter.NODEGROUP_ANNOTATION} must name an entry of {NODEGROUPS_PATH.name}")
+    if out:
+        return out
+    pools = karpenter.pool_groups(objects, groups)
+    for pool in nodepools:
+        node_class = pool["spec"]["template"]["spec"]["nodeClassRef"]["name"]
+        if node_class not in class_names:
+            out.append(f"{ref(pool)}: nodeClassRef {node_class} is not rendered")
+        if not pool["spec"].get("disruption", {}).get("budgets"):
+            out.append(f"{ref(pool)}: no disruption budgets: a consolidation or AMI rollout could take every node")
+    where = placement(objects, pools.values())
+    optional = [GPU_HEADROOM] if GPU_HEADROOM in where else []
+    for workload in [*GPU_POOL_WORKLOADS, *optional]:
+        wrong = [p for p in where.get(workload, []) if pools[p].role != "gpu"]
+        if wrong:
+            out.append(f"{workload}: may be scheduled on NodePools {wrong}, should only run on GPU NodePools")
+    for workload, fits in where.items():
+        if workload in GPU_POOL_WORKLOADS or workload in optional:
+            continue
+        gpu = [p for p in fits if pools[p].role == "gpu"]
+        if gpu:
+            out.append(f"{workload}: may be scheduled on the GPU NodePools {gpu}; only GPU pods may run there")
+    limit = sum(int(parse_quantity(p["spec"].get("limits", {}).get(GPU_RESOURCE, 0))) for p in nodepools)
+    hpa = hpa_for(objects, GPU_SERVICE)
+    peak = gpu_peak(objects)
+    if hpa is not None and limit < peak:
+        out.append(
+            f"the GPU NodePools' limits hold {limit} {GPU_RESOURCE} but a rollout at the HPA maximum needs {peak} "
+            "(maxReplicas + maxSurge): past the limit Karpenter launches nothing and the rollout stalls"
+        )
+    for node_class in classes:
+        group = groups[node_class["metadata"]["annotations"][karpenter.NODEGROUP_ANNOTATION]]
+        meta = node_class["spec"].get("metadataOptions") or {}
+        if meta.get("httpTokens") != "required" or int(meta.get("httpPutResponseHopLimit", 2)) != 1:
+            out.append(f"{ref(node_class)}: metadataOptions must be httpTokens required, httpPutResponseHopLimit 1")
+        if node_class["spec"].get("amiSelectorTerms") != karpenter.ami_selector(group):
+            out.append(f"{ref(node_class)}: amiSelectorTerms should be {karpenter.ami_selector(group)}")
     return out
 
 
@@ -1031,9 +1113,9 @@ def _datadog_metric_is_collected(objects: list[Obj], hpa: Obj, dm: Obj) -> list[
 
 
 def rendered_cluster_name(objects: list[Obj]) -> str | None:
-    """The overlay's cluster name, as the Cluster Autoscaler's settings carry it (CLUSTER_NAME)."""
+    """The overlay's cluster name, as its node autoscaler's settings carry it (CLUSTER_NAME)."""
     for cm in find(objects, "ConfigMap"):
-        if cm["metadata"]["name"].startswith(CLUSTER_SETTINGS_CONFIGMAP):
+        if cm["metadata"]["name"].startswith((CLUSTER_SETTINGS_CONFIGMAP, karpenter.SETTINGS_CONFIGMAP)):
             name = cm.get("data", {}).get("CLUSTER_NAME")
             return None if name is None else str(name)
     return None
@@ -1089,7 +1171,10 @@ def check_platform_contract(overlay: str, objects: list[Obj]) -> list[str]:
     cluster = rendered_cluster_name(objects)
     for dm in metrics:
         if cluster is None:
-            out.append(f"{ref(dm)}: no {CLUSTER_SETTINGS_CONFIGMAP} CLUSTER_NAME rendered to scope its query by")
+            out.append(
+                f"{ref(dm)}: no {CLUSTER_SETTINGS_CONFIGMAP} or {karpenter.SETTINGS_CONFIGMAP} CLUSTER_NAME rendered "
+                "to scope its query by"
+            )
             continue
         wanted = f"{contract.cluster_tag}:{cluster}"
         if wanted not in _query_tags(dm["spec"]["query"]):

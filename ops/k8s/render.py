@@ -15,7 +15,7 @@ import yaml
 
 from ops import core
 from ops.core import REPO_ROOT, OpsError
-from ops.k8s import budget
+from ops.k8s import budget, karpenter
 from ops.k8s.objects import Obj
 from ops.toolchain import tools
 
@@ -126,25 +126,33 @@ def render_text(overlay: str | os.PathLike[str], budget_scale: float = 1.0) -> s
 
     Fields derived from facts stated elsewhere in the manifests are filled in here, after Kustomize (which
     cannot compute): the GPU Deployment's progressDeadlineSeconds, from the GPU provisioning budget
-    (ops.k8s.budget; `budget_scale` shrinks it for tests). Overlays without a GPU Deployment pass unchanged.
+    (ops.k8s.budget; `budget_scale` shrinks it for tests), and what Karpenter's NodePools and EC2NodeClasses may
+    launch, from nodegroups.yaml (ops.k8s.karpenter). Overlays with neither pass unchanged.
     """
     path = overlay_path(overlay)
-    argv = [*kustomize_command(), str(path)]
+    kustomized = kustomize_text(path)
+    try:
+        return derive(kustomized, budget_scale)
+    except (budget.BudgetError, karpenter.KarpenterError) as exc:
+        raise ManifestError(f"{path}: {exc}") from exc
+
+
+def kustomize_text(overlay: str | os.PathLike[str]) -> str:
+    """Kustomize's own output for the overlay, before `derive` (what a raw `kustomize build` applies)."""
+    argv = [*kustomize_command(), str(overlay_path(overlay))]
     proc = core.run(argv, cwd=REPO_ROOT, timeout=120, ok_codes=range(256), effect=False)
     if proc.returncode != 0:
         raise ManifestError(f"{' '.join(argv)} failed:\n{proc.stderr.strip()}")
     if proc.stderr.strip():
         raise KustomizeWarning(f"{' '.join(argv)} warned:\n{proc.stderr.strip()}")
-    try:
-        return derive(proc.stdout, budget_scale)
-    except budget.BudgetError as exc:
-        raise ManifestError(f"{path}: {exc}") from exc
+    return proc.stdout
 
 
 def derive(kustomized: str, budget_scale: float = 1.0) -> str:
     """Kustomize's output with the derived fields filled in (see `render_text`); unchanged when there are none."""
     docs = [doc for doc in yaml.safe_load_all(kustomized) if doc]
     derived = budget.with_progress_deadline(docs, budget_scale)
+    derived = karpenter.generate(docs) or derived
     return yaml.safe_dump_all(docs, sort_keys=False) if derived else kustomized
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import cache
 
 from ops.images.versions import load_versions
+from ops.k8s import karpenter
 from ops.k8s.objects import Obj, ref
 from ops.k8s.render import ManifestError
 
@@ -34,6 +36,22 @@ CRD_SCHEMAS[("datadoghq.com/v1alpha1", "DatadogMetric")] = {
 }
 
 
+@cache
+def _karpenter_schemas() -> dict[tuple[str, str], Obj]:
+    """NodePool and EC2NodeClass: the CRDs of the pinned Karpenter release itself (ops.k8s.karpenter)."""
+    return {key: karpenter.crd_schema(crd) for key, crd in karpenter.provider_crds().items()}
+
+
+def crd_schema(api_version: str, kind: str) -> Obj | None:
+    """The schema of a custom resource an overlay may render, or None for a kind kubernetes-validate knows."""
+    key = (api_version, kind)
+    if key in CRD_SCHEMAS:
+        return CRD_SCHEMAS[key]
+    if key in karpenter.CRD_FILES:
+        return _karpenter_schemas()[key]
+    return None
+
+
 def schema_version() -> str:
     """Kubernetes version whose schemas validate the overlays: [eks].kubernetes_minor, or the closest older."""
     import kubernetes_validate.utils as kv
@@ -53,8 +71,8 @@ def _minor_tuple(version: str) -> tuple[int, int]:
 def schema_errors(objects: Iterable[Obj], kubernetes_version: str | None = None) -> list[str]:
     """Strict (no unknown fields) schema validation of every object; an object with no schema is an error.
 
-    kubernetes-validate bundles core kinds only. A CRD kind is checked against its schema in
-    CRD_SCHEMAS; any other kind without a schema fails here until its schema is handled explicitly.
+    kubernetes-validate bundles core kinds only. A CRD kind is checked against its schema (`crd_schema`: CRD_SCHEMAS,
+    or Karpenter's own CRDs); any other kind without a schema fails here until its schema is handled explicitly.
     """
     import jsonschema
     import kubernetes_validate
@@ -63,9 +81,9 @@ def schema_errors(objects: Iterable[Obj], kubernetes_version: str | None = None)
     version = kubernetes_version or schema_version()
     errors: list[str] = []
     for obj in objects:
-        crd_schema = CRD_SCHEMAS.get((str(obj.get("apiVersion")), str(obj.get("kind"))))
-        if crd_schema is not None:
-            for error in jsonschema.Draft202012Validator(crd_schema).iter_errors(obj):
+        custom = crd_schema(str(obj.get("apiVersion")), str(obj.get("kind")))
+        if custom is not None:
+            for error in jsonschema.Draft202012Validator(custom).iter_errors(obj):
                 where = ".".join(str(p) for p in error.path) or "(root)"
                 errors.append(f"{ref(obj)}: {where}: {error.message}")
             continue

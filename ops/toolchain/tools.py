@@ -68,6 +68,9 @@ class BuildSpec:
     wrapper: str | None = None
     ldflags: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
+    # A Go toolchain for this tool alone (exported as GOTOOLCHAIN, fetched from the module proxy), for a module
+    # whose go.mod asks for a newer Go than the machine's; None: tools.toml's [go] toolchain.
+    toolchain: str | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,9 @@ class ToolSpec:
     version_regex: str
     build: BuildSpec | None
     download: DownloadSpec | None
+    # "run": run the binary with version_args; "buildinfo": read the module versions Go records in every binary
+    # (for a binary with no version command, such as Karpenter's).
+    version_from: str = "run"
 
 
 @dataclass(frozen=True)
@@ -160,6 +166,7 @@ def load_manifest(path: Path = MANIFEST_PATH) -> Manifest:
                 wrapper=b.get("wrapper"),
                 ldflags=tuple(b.get("ldflags", ())),
                 tags=tuple(b.get("tags", ())),
+                toolchain=b.get("toolchain"),
             )
             if b
             else None,
@@ -168,7 +175,10 @@ def load_manifest(path: Path = MANIFEST_PATH) -> Manifest:
             )
             if d
             else None,
+            version_from=t.get("version_from", "run"),
         )
+        if tools[name].version_from not in ("run", "buildinfo"):
+            raise ValueError(f"tools.{name}: version_from must be 'run' or 'buildinfo'")
     return Manifest(
         tools=tools,
         wrappers=wrappers,
@@ -217,13 +227,16 @@ def locked(name: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def go_env(manifest: Manifest | None = None) -> dict[str, str]:
-    """Environment for Go builds: module and build caches under the cache root, kept warm across clones."""
+def go_env(manifest: Manifest | None = None, toolchain: str | None = None) -> dict[str, str]:
+    """Environment for Go builds: module and build caches under the cache root, kept warm across clones.
+
+    `toolchain` (a tool's own build.toolchain) overrides tools.toml's [go] toolchain for that build.
+    """
     m = manifest or load_manifest()
     env = dict(os.environ)
     env.setdefault("GOMODCACHE", str(cache_root() / "go" / "mod"))
     env.setdefault("GOCACHE", str(cache_root() / "go" / "build"))
-    env["GOTOOLCHAIN"] = m.go_toolchain
+    env["GOTOOLCHAIN"] = toolchain or m.go_toolchain
     # -modcacherw: the module cache stays deletable with rm -rf; -trimpath: reproducible binaries.
     env["GOFLAGS"] = " ".join(f for f in (env.get("GOFLAGS", ""), "-buildvcs=false", "-modcacherw", "-trimpath") if f)
     env["CGO_ENABLED"] = env.get("CGO_ENABLED", "0")
@@ -234,7 +247,15 @@ def go_env(manifest: Manifest | None = None) -> dict[str, str]:
 
 
 def found_version(spec: ToolSpec, path: Path) -> str | None:
-    """Run the binary's version command and pull the version out with the spec's regex."""
+    """Run the binary's version command (or read its Go build info) and pull the version out with the spec's regex."""
+    if spec.version_from == "buildinfo":
+        # Go writes the main module's path and version as plain text into every binary it builds
+        # (`mod\t<path>\t<version>\t<sum>`, what `go version -m` prints); -s -w do not strip it.
+        try:
+            info = re.search(spec.version_regex.encode(), path.read_bytes())
+        except OSError:
+            return None
+        return info.group(1).decode() if info else None
     try:
         proc = core.run([str(path), *spec.version_args], timeout=30, ok_codes=range(256), effect=False)
     except (OSError, subprocess.TimeoutExpired):
@@ -427,7 +448,7 @@ def build(spec: ToolSpec, dest: Path, manifest: Manifest, progress: Progress | N
     if spec.build is None:
         raise ToolError("no Go build recipe")
     b = spec.build
-    env = go_env(manifest)
+    env = go_env(manifest, b.toolchain)
     tags = ["-tags", ",".join(b.tags)] if b.tags else []
     with tempfile.TemporaryDirectory(prefix=f"build-{spec.name}-") as tmp:
         out = Path(tmp) / spec.name

@@ -35,6 +35,13 @@ def _nodegroups(template: Template) -> dict[str, dict[str, Any]]:
     return {r["Properties"]["NodegroupName"]: r["Properties"] for r in found.values()}
 
 
+def _managed(env: str) -> dict[str, k8s_nodegroups.NodeGroup]:
+    """The managed node groups an environment's stack creates: every one with the Cluster Autoscaler; with Karpenter
+    only those of entries with a floor (its NodePools launch the rest)."""
+    karpenter = settings.environment(env).node_autoscaler == "karpenter"
+    return {m.name: m for g in load_nodegroups().values() if not karpenter or g.min_size > 0 for m in g.managed()}
+
+
 def _one(template: Template, kind: str) -> dict[str, Any]:
     (resource,) = template.find_resources(kind).values()
     props: dict[str, Any] = resource["Properties"]
@@ -45,16 +52,11 @@ def _one(template: Template, kind: str) -> dict[str, Any]:
 def test_one_managed_node_group_per_nodegroups_yaml_entry_or_zone(templates: dict[str, Template], env: str) -> None:
     environment = settings.environment(env)
     groups = _nodegroups(templates[environment.stack_name])
-    expected = managed_nodegroups()
+    expected = _managed(env)
+    everything = {"cpu-general", "gpu-t4-us-east-1a", "gpu-t4-us-east-1b", "gpu-t4-us-east-1c"}
+    assert set(managed_nodegroups()) == everything
     assert (
-        set(groups)
-        == set(expected)
-        == {
-            "cpu-general",
-            "gpu-t4-us-east-1a",
-            "gpu-t4-us-east-1b",
-            "gpu-t4-us-east-1c",
-        }
+        set(groups) == set(expected) == (everything if environment.node_autoscaler != "karpenter" else {"cpu-general"})
     )
     for name, group in expected.items():
         props = groups[name]
@@ -75,8 +77,9 @@ def test_one_managed_node_group_per_nodegroups_yaml_entry_or_zone(templates: dic
             {"Key": t["key"], "Value": t["value"], "Effect": t["effect"].replace("NoSchedule", "NO_SCHEDULE")}
             for t in group.taints
         ]
-        assert props["Tags"]["k8s.io/cluster-autoscaler/enabled"] == "true"
-        assert props["Tags"][f"k8s.io/cluster-autoscaler/{environment.cluster_name}"] == "owned"
+        if environment.node_autoscaler == "cluster-autoscaler":  # Karpenter discovers no ASGs
+            assert props["Tags"]["k8s.io/cluster-autoscaler/enabled"] == "true"
+            assert props["Tags"][f"k8s.io/cluster-autoscaler/{environment.cluster_name}"] == "owned"
 
 
 @pytest.mark.parametrize("zone", ["us-east-1a", "us-east-1b", "us-east-1c"])
@@ -122,8 +125,8 @@ def test_node_groups_follow_nodegroups_yaml(monkeypatch: pytest.MonkeyPatch, tmp
     groups = list(load_nodegroups().values())
     bigger = [g if g.name != "gpu-t4" else type(g)(**{**g.__dict__, "max_size": 9}) for g in groups]
     monkeypatch.setattr(settings, "nodegroups", lambda: bigger)
-    _, stacks = build(["staging"], tmp_path / "out")
-    template = Template.from_stack(stacks[settings.environment("staging").stack_name])
+    _, stacks = build(["prod"], tmp_path / "out")  # prod: the Cluster Autoscaler's managed GPU groups
+    template = Template.from_stack(stacks[settings.environment("prod").stack_name])
     found = {n: g["ScalingConfig"]["MaxSize"] for n, g in _nodegroups(template).items() if n.startswith("gpu-t4-")}
     assert found == {"gpu-t4-us-east-1a": 9, "gpu-t4-us-east-1b": 9, "gpu-t4-us-east-1c": 9}
 
@@ -163,7 +166,12 @@ def test_the_pinned_minor_is_still_in_standard_support() -> None:
 def _access_entries(template: Template) -> dict[str, dict[str, Any]]:
     """Access entries by the stack parameter their principal comes from."""
     found = template.find_resources("AWS::EKS::AccessEntry")
-    return {r["Properties"]["PrincipalArn"]["Ref"]: r["Properties"] for r in found.values()}
+    return {
+        r["Properties"]["PrincipalArn"]["Ref"]: r["Properties"]
+        for r in found.values()
+        if "Ref"
+        in r["Properties"]["PrincipalArn"]  # Karpenter's node role has its own (tests/ops/infra/test_karpenter)
+    }
 
 
 def _policy_name(policy: dict[str, Any]) -> str:
@@ -207,7 +215,8 @@ def test_deploy_access_is_namespaced_when_the_overlay_is() -> None:
 def test_launch_templates_enforce_imdsv2_and_encrypted_gp3(templates: dict[str, Template], env: str) -> None:
     template = templates[settings.environment(env).stack_name]
     launch_templates = template.find_resources("AWS::EC2::LaunchTemplate")
-    assert len(launch_templates) == len(load_nodegroups())  # one per nodegroups.yaml entry
+    # One per nodegroups.yaml entry that becomes managed node groups.
+    assert len(launch_templates) == len({g.entry for g in _managed(env).values()})
     by_id = {k: r["Properties"]["LaunchTemplateData"] for k, r in launch_templates.items()}
     for name, props in _nodegroups(template).items():
         data = by_id[props["LaunchTemplate"]["Id"]["Ref"]]
@@ -222,7 +231,7 @@ def test_launch_templates_enforce_imdsv2_and_encrypted_gp3(templates: dict[str, 
         ebs = root["Ebs"]
         assert ebs["VolumeType"] == "gp3"
         assert ebs["Encrypted"] is True
-        assert ebs["VolumeSize"] == managed_nodegroups()[name].disk_size_gib
+        assert ebs["VolumeSize"] == _managed(env)[name].disk_size_gib
         assert ebs["Throughput"] > 125  # above gp3's baseline: layer unpacking is disk-bound
         assert "UserData" not in data
         assert "ImageId" not in data
@@ -288,7 +297,9 @@ def test_auto_repair_sees_gpu_health(templates: dict[str, Template], env: str) -
     template = templates[settings.environment(env).stack_name]
     template.has_resource_properties("AWS::EKS::Addon", {"AddonName": "eks-node-monitoring-agent"})
     groups = template.find_resources("AWS::EKS::Nodegroup").values()
-    assert any(g["Properties"]["NodegroupName"].startswith("gpu-") for g in groups)
+    # With Karpenter the GPU nodes are its own, repaired by its NodeRepair feature gate (components/karpenter).
+    if settings.environment(env).node_autoscaler != "karpenter":
+        assert any(g["Properties"]["NodegroupName"].startswith("gpu-") for g in groups)
     assert all(g["Properties"]["NodeRepairConfig"] == {"Enabled": True} for g in groups)
 
 

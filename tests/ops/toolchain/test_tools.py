@@ -38,7 +38,7 @@ def test_every_tool_is_pinned_at_an_exact_version() -> None:
     manifest = tools.load_manifest()
     expected = {
         *KUBE_TOOLS, *NODE_IMAGE_TOOLS, "kustomize", "etcd", "kwok", "kwokctl", "kind", "vegeta", "tilt",
-        "cluster-autoscaler", "kube-router",
+        "cluster-autoscaler", "kube-router", "karpenter-kwok",
     }  # fmt: skip
     assert set(manifest.tools) == expected
     for spec in manifest.tools.values():
@@ -448,3 +448,31 @@ def test_a_checksum_file_without_our_asset_is_refused_before_the_download(
     assert status.path is None
     assert any("lists no sha256" in n for n in status.notes), status.notes
     assert all(r.endswith("checksums.txt") for r in upstream.requests)
+
+
+def test_a_tool_without_a_version_flag_is_read_from_its_go_build_info(tmp_path: Path) -> None:
+    """karpenter-kwok has no --version: the version is the main module's, as Go records it in the binary."""
+    spec = tools.load_manifest().tools["karpenter-kwok"]
+    assert spec.version_from == "buildinfo"
+    binary = tmp_path / "karpenter-kwok"
+    # What `go version -m` prints comes from these bytes of the binary; running it is never needed.
+    binary.write_bytes(b"\x7fELF...path\tsigs.k8s.io/karpenter/kwok\nmod\tsigs.k8s.io/karpenter\tv1.15.0\th1:x=\n")
+    assert tools.found_version(spec, binary) == "v1.15.0"
+    binary.write_bytes(b"\x7fELF...mod\tsigs.k8s.io/karpenter\tv1.14.3\th1:x=\n")
+    assert not tools.versions_match(spec.version, tools.found_version(spec, binary))
+    binary.write_bytes(b"\x7fELF no build info")
+    assert tools.found_version(spec, binary) is None
+    real = tools.cached("karpenter-kwok")
+    if real is not None:  # the real build reports its pinned version the same way
+        assert tools.found_version(spec, real) == spec.version
+
+
+def test_a_tool_can_build_with_its_own_go_toolchain() -> None:
+    """sigs.k8s.io/karpenter needs Go >= 1.26.9: only its build gets GOTOOLCHAIN=go1.27.3, the others keep [go]."""
+    manifest = tools.load_manifest()
+    build = manifest.tools["karpenter-kwok"].build
+    assert build is not None
+    assert build.toolchain == "go1.27.3"
+    assert tools.go_env(manifest, build.toolchain)["GOTOOLCHAIN"] == "go1.27.3"
+    assert tools.go_env(manifest)["GOTOOLCHAIN"] == manifest.go_toolchain == "local"
+    assert all(t.build is None or t.build.toolchain is None for n, t in manifest.tools.items() if n != "karpenter-kwok")

@@ -29,7 +29,11 @@ def test_the_budget_is_the_sum_of_its_three_stated_parts(overlay: str, rendered:
     objects = rendered[overlay]
     found = budget.gpu_provisioning_budget(objects)
     assert found is not None
-    assert "--max-node-provision-time=15m" in _autoscaler_flags(objects)
+    if overlay == "eks-prod":
+        assert "--max-node-provision-time=15m" in _autoscaler_flags(objects)
+    else:  # Karpenter (eks-staging): its registration timeout, which no flag changes
+        assert k8s_objects.find(objects, "Deployment", budget.KARPENTER)
+        assert budget.KARPENTER_REGISTRATION_TIMEOUT == "15m"
     assert found.node_provision_s == 15 * 60
     assert _gpu(objects)["metadata"]["annotations"][budget.IMAGE_PULL_ANNOTATION] == "5m"
     assert found.image_pull_s == 5 * 60

@@ -62,12 +62,15 @@ def test_gpu_group_scale_from_zero_template() -> None:
 
 
 def test_cluster_name_reaches_the_autoscaler(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    for overlay, cluster in (("eks-staging", "eks-inference-staging"), ("eks-prod", "eks-inference-prod")):
-        (ca,) = k8s_objects.find(rendered[overlay], "Deployment", "cluster-autoscaler")
+    for overlay, cluster, autoscaler in (
+        ("eks-staging", "eks-inference-staging", "karpenter"),
+        ("eks-prod", "eks-inference-prod", "cluster-autoscaler"),
+    ):
+        (ca,) = k8s_objects.find(rendered[overlay], "Deployment", autoscaler)
         c = ca["spec"]["template"]["spec"]["containers"][0]
         cm_name = next(e for e in c["env"] if e["name"] == "CLUSTER_NAME")["valueFrom"]["configMapKeyRef"]["name"]
         (cm,) = k8s_objects.find(rendered[overlay], "ConfigMap", cm_name)
         assert cm["data"]["CLUSTER_NAME"] == cluster
         # Pod Identity (infra/), not IRSA: an IRSA annotation would shadow the Pod Identity credentials.
-        (sa,) = k8s_objects.find(rendered[overlay], "ServiceAccount", "cluster-autoscaler")
+        (sa,) = k8s_objects.find(rendered[overlay], "ServiceAccount", autoscaler)
         assert "eks.amazonaws.com/role-arn" not in sa["metadata"].get("annotations", {})

@@ -258,10 +258,10 @@ def test_gpu_affinity_nothing_matches(fresh: Callable[[str], list[Obj]]) -> None
     ],
 )
 def test_addon_version_drift(fresh: Callable[[str], list[Obj]], name: str, image: str) -> None:
-    objects = fresh("eks-staging")
+    objects = fresh("eks-prod")
     kind = "Deployment" if name == "cluster-autoscaler" else "DaemonSet"
     _container(objects, kind, name)["image"] = image
-    found = _violations("addon-versions", "eks-staging", objects)
+    found = _violations("addon-versions", "eks-prod", objects)
     if name == "cluster-autoscaler":
         assert any("must match Kubernetes" in v for v in found)
 
@@ -489,10 +489,15 @@ def test_hpa_that_scales_down_as_fast_as_up(fresh: Callable[[str], list[Obj]]) -
 @pytest.mark.parametrize("overlay", render.EKS_OVERLAYS)
 def test_cpu_workloads_have_required_affinity_to_the_cpu_group(overlay: str, rendered: dict[str, list[Obj]]) -> None:
     cpu_group = next(g for g in nodegroups.load_nodegroups().values() if g.role == "cpu")
-    for name in ("text-classifier", "cluster-autoscaler"):
+    cpu = {"key": "workload-class", "operator": "In", "values": ["cpu"]}
+    for name in ("text-classifier", *policies.node_autoscalers(rendered[overlay])):
         spec = _pod(rendered[overlay], "Deployment", name)
         terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
-        assert terms == [{"matchExpressions": [{"key": "workload-class", "operator": "In", "values": ["cpu"]}]}]
+        if name == "karpenter":  # and never on a node it launched (it could consolidate it away)
+            cpu_only = [cpu, {"key": "karpenter.sh/nodepool", "operator": "DoesNotExist"}]
+            assert terms == [{"matchExpressions": cpu_only}]
+        else:
+            assert terms == [{"matchExpressions": [cpu]}]
         assert cpu_group.labels["workload-class"] == "cpu"
 
 

@@ -29,10 +29,16 @@ def test_addon_images_match_the_matrix(overlay: str, rendered: dict[str, list[Ob
     assert _image(objects, "DaemonSet", "dcgm-exporter") == (
         f"nvcr.io/nvidia/k8s/dcgm-exporter:{addons['dcgm_exporter']}"
     )
-    assert _image(objects, "Deployment", "cluster-autoscaler") == (
-        f"registry.k8s.io/autoscaling/cluster-autoscaler:{addons['cluster_autoscaler']}"
-        f"@{addons['cluster_autoscaler_digest']}"
-    )
+    if policies.node_autoscalers(objects) == ["cluster-autoscaler"]:
+        assert _image(objects, "Deployment", "cluster-autoscaler") == (
+            f"registry.k8s.io/autoscaling/cluster-autoscaler:{addons['cluster_autoscaler']}"
+            f"@{addons['cluster_autoscaler_digest']}"
+        )
+    else:
+        assert policies.node_autoscalers(objects) == ["karpenter"]
+        assert (
+            _image(objects, "Deployment", "karpenter") == f"public.ecr.aws/karpenter/controller:{addons['karpenter']}"
+        )
 
 
 def test_cluster_autoscaler_minor_is_the_eks_minor() -> None:
