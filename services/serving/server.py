@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import signal
 import socket
 import sys
@@ -161,7 +162,14 @@ def main(settings: SettingsT, factory: str, argv: list[str] | None = None, model
 
         model_class: Callable[[SettingsT], Model[Any, Any, Any]] = load_object(model)
         run_engine(settings, lambda: model_class(settings), prog, int(args[1]))
-        return
+        # Drained (or stopped while loading, the load's daemon thread maybe still inside torch): nothing is left to
+        # finalize, the metrics live in shared files and the log is flushed here. The interpreter's teardown of
+        # torch and its extensions (nanobind reports objects leaked by triton at every exit) is skipped, so the
+        # engine's exit status is its drain's, never its teardown's.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     if args[:1] == ["--front"] and len(args) == 3:
         from serving.ipc import front_share
 
