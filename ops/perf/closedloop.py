@@ -8,7 +8,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ops import core
 
@@ -118,17 +118,15 @@ def attack(
         ],
         capture=False,
     )
-    report = json.loads(core.run([str(vegeta), "report", "-type=json", str(results)]).stdout)
-    lat = report["latencies"]
-    requests = int(report["requests"])
+    report = VegetaReport.of(json.loads(core.run([str(vegeta), "report", "-type=json", str(results)]).stdout))
     level = Level(
         concurrency=concurrency,
         duration_s=duration_s,
-        requests=requests,
-        ok=round(requests * float(report["success"])),
-        throughput=round(float(report["throughput"]), 2),
-        p50_ms=round(lat["50th"] / 1e6, 3),
-        p99_ms=round(lat["99th"] / 1e6, 3),
+        requests=report.requests,
+        ok=round(report.requests * report.success),
+        throughput=round(report.throughput, 2),
+        p50_ms=report.latency_ms["p50"],
+        p99_ms=report.latency_ms["p99"],
         client="vegeta",
     )
     responses = Responses()
@@ -144,6 +142,41 @@ def attack(
             except ValueError:
                 responses.bodies.append({})
     return level, responses
+
+
+@dataclass(frozen=True)
+class VegetaReport:
+    """`vegeta report -type=json`, read once for every caller (latencies in ms, rounded to the microsecond)."""
+
+    requests: int
+    success: float
+    throughput: float
+    latency_ms: dict[str, float]  # min, mean, p50, p90, p95, p99, max
+    status_codes: dict[str, int]
+    errors: list[str]
+
+    # vegeta's latency keys -> ours.
+    LATENCIES: ClassVar[dict[str, str]] = {
+        "min": "min",
+        "mean": "mean",
+        "50th": "p50",
+        "90th": "p90",
+        "95th": "p95",
+        "99th": "p99",
+        "max": "max",
+    }
+
+    @classmethod
+    def of(cls, report: dict[str, Any]) -> VegetaReport:
+        latencies = report["latencies"]
+        return cls(
+            requests=int(report["requests"]),
+            success=float(report["success"]),
+            throughput=float(report["throughput"]),
+            latency_ms={ours: round(latencies[theirs] / 1e6, 3) for theirs, ours in cls.LATENCIES.items()},
+            status_codes={str(k): int(v) for k, v in (report.get("status_codes") or {}).items()},
+            errors=[str(e) for e in report.get("errors") or []],
+        )
 
 
 def knee(levels: list[Level], fraction: float = 0.95) -> Level:

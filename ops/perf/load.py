@@ -15,7 +15,7 @@ from typing import Self
 from ops import core
 from ops.core import OpsError, console, is_dry, out
 from ops.fileserver import FileServer
-from ops.perf.closedloop import Call
+from ops.perf.closedloop import Call, VegetaReport
 from ops.perf.report import timestamp
 
 # The defaults of `invoke bench.load` (and of the step run `invoke bench.capacity` starts): stated here only.
@@ -100,36 +100,18 @@ class LoadResult:
         return asdict(self)
 
 
-def _ns_to_ms(value: float) -> float:
-    return round(value / 1e6, 3)
-
-
 def parse_json_report(report: dict[str, object], *, rate: float, duration: str, folder: Path) -> LoadResult:
-    """Build a LoadResult from `vegeta report -type=json` output (latencies in nanoseconds)."""
-    latencies = report["latencies"]
-    assert isinstance(latencies, dict)
-    names = {
-        "min": "min",
-        "mean": "mean",
-        "50th": "p50",
-        "90th": "p90",
-        "95th": "p95",
-        "99th": "p99",
-        "max": "max",
-    }
-    status_codes = report.get("status_codes") or {}
-    errors = report.get("errors") or []
-    assert isinstance(status_codes, dict)
-    assert isinstance(errors, list)
+    """Build a LoadResult from `vegeta report -type=json` output (closedloop.VegetaReport reads it)."""
+    read = VegetaReport.of(report)
     return LoadResult(
         rate=rate,
         duration=duration,
-        requests=int(report["requests"]),  # type: ignore[call-overload]
-        throughput=round(float(report["throughput"]), 3),  # type: ignore[arg-type]
-        success=float(report["success"]),  # type: ignore[arg-type]
-        latency_ms={ours: _ns_to_ms(latencies[theirs]) for theirs, ours in names.items()},
-        status_codes={str(k): int(v) for k, v in status_codes.items()},
-        errors=[str(e) for e in errors][:20],
+        requests=read.requests,
+        throughput=round(read.throughput, 3),
+        success=read.success,
+        latency_ms=read.latency_ms,
+        status_codes=read.status_codes,
+        errors=read.errors[:20],
         folder=str(folder),
     )
 
