@@ -19,11 +19,10 @@ import yaml
 from ops import core
 from ops.images.versions import load_versions
 from ops.k8s.nodegroups import NODEGROUP_LABEL, ZONE_LABEL, NodeGroup, load_nodegroups
-from ops.k8s.objects import GPU_RESOURCE, Obj, find, parse_quantity
+from ops.k8s.objects import GPU_RESOURCE, NODE_AUTOSCALER_SETTINGS, Obj, find, parse_quantity
 
 CONTROLLER = "karpenter"  # the Deployment and ServiceAccount (kube-system), the IAM role's suffix
 NAMESPACE = "kube-system"
-SETTINGS_CONFIGMAP = "karpenter-settings"
 CONTROLLER_IMAGE = "public.ecr.aws/karpenter/controller"
 # The nodegroups.yaml entry a NodePool or EC2NodeClass skeleton is generated from.
 NODEGROUP_ANNOTATION = "eks-inference.io/nodegroup"
@@ -70,9 +69,9 @@ def controller_role_name(cluster: str) -> str:
 
 
 def settings(objects: list[Obj]) -> dict[str, str] | None:
-    """The rendered karpenter-settings data (CLUSTER_NAME, AWS_REGION, INTERRUPTION_QUEUE), or None."""
+    """The rendered node-autoscaler-settings data (CLUSTER_NAME, AWS_REGION, INTERRUPTION_QUEUE), or None."""
     for cm in find(objects, "ConfigMap"):
-        if cm["metadata"]["name"].startswith(SETTINGS_CONFIGMAP) and cm["metadata"].get("namespace") == NAMESPACE:
+        if cm["metadata"]["name"].startswith(NODE_AUTOSCALER_SETTINGS) and cm["metadata"].get("namespace") == NAMESPACE:
             return {str(k): str(v) for k, v in (cm.get("data") or {}).items()}
     return None
 
@@ -147,7 +146,7 @@ def generate(objects: list[Obj], groups: dict[str, NodeGroup] | None = None) -> 
     if classes:
         cluster = (settings(objects) or {}).get("CLUSTER_NAME")
         if not cluster:
-            raise KarpenterError(f"EC2NodeClasses rendered without a {SETTINGS_CONFIGMAP} CLUSTER_NAME")
+            raise KarpenterError(f"EC2NodeClasses rendered without a {NODE_AUTOSCALER_SETTINGS} CLUSTER_NAME")
         for node_class in classes:
             group = _entry(node_class, groups)
             spec = node_class["spec"]

@@ -10,6 +10,10 @@ Obj = dict[str, Any]
 
 WORKLOAD_KINDS = ("Deployment", "DaemonSet", "StatefulSet", "Job", "CronJob", "ReplicaSet")
 GPU_RESOURCE = "nvidia.com/gpu"
+# The overlay's node autoscaler's settings (kube-system; components/cluster-autoscaler or components/karpenter, never
+# both): CLUSTER_NAME and AWS_REGION for either, INTERRUPTION_QUEUE for Karpenter. One name for both, so what reads
+# the cluster name (components/gpu-queue-autoscaling, the policies) works with either autoscaler.
+NODE_AUTOSCALER_SETTINGS = "node-autoscaler-settings"
 
 _QUANTITY = re.compile(r"([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([a-zA-Z]*)")
 _SUFFIXES = {

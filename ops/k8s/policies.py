@@ -18,6 +18,7 @@ from ops.k8s import addons, budget, karpenter, platform
 from ops.k8s.nodegroups import ACCELERATOR_LABEL, GPU_TAINT_KEY, NODEGROUPS_PATH, ZONE_LABEL, load_nodegroups
 from ops.k8s.objects import (
     GPU_RESOURCE,
+    NODE_AUTOSCALER_SETTINGS,
     Obj,
     container_env,
     containers,
@@ -33,6 +34,7 @@ from ops.k8s.objects import (
 )
 from ops.k8s.placement import placement, tolerates
 from ops.k8s.render import (
+    OVERLAYS_DIR,
     PARITY_COMPONENT,
     ManifestError,
     is_eks,
@@ -119,7 +121,6 @@ METRIC_PROVIDERS = {
 }
 DATADOG_METRIC_PREFIX = "datadogmetric@"
 # The ConfigMap that names an EKS overlay's cluster (generated, so its rendered name has a content hash).
-CLUSTER_SETTINGS_CONFIGMAP = "cluster-autoscaler-settings"
 # Kubernetes' built-in PriorityClasses: not rendered, always there.
 BUILTIN_PRIORITIES = {"system-cluster-critical": 2_000_000_000, "system-node-critical": 2_000_001_000}
 
@@ -351,6 +352,18 @@ def node_autoscalers(objects: list[Obj]) -> list[str]:
     return [name for name, workload in NODE_AUTOSCALERS.items() if workload in rendered]
 
 
+def both_autoscalers(chosen: Iterable[str]) -> str:
+    return f"the overlay renders both {' and '.join(chosen)}: choose one (its components/ entry) per overlay"
+
+
+def listed_node_autoscalers(overlay: str, components: Iterable[str] = ()) -> list[str]:
+    """The node autoscaler components an overlay's kustomization lists, with `components` added (names of
+    NODE_AUTOSCALERS): read before rendering, since two of them cannot render together."""
+    kustomization = yaml.safe_load((OVERLAYS_DIR / overlay / "kustomization.yaml").read_text()) or {}
+    listed = {str(c).rstrip("/").rsplit("/", 1)[-1] for c in [*kustomization.get("components", []), *components]}
+    return [name for name in NODE_AUTOSCALERS if name in listed]
+
+
 @policy("node-autoscaler")
 def check_node_autoscaler(overlay: str, objects: list[Obj]) -> list[str]:
     """EKS: exactly one node autoscaler (components/cluster-autoscaler or components/karpenter), never both: two
@@ -359,7 +372,7 @@ def check_node_autoscaler(overlay: str, objects: list[Obj]) -> list[str]:
     if not is_eks(overlay) or is_parity(overlay):
         return [f"{NODE_AUTOSCALERS[a]}: a kind cluster has no node groups to scale" for a in chosen]
     if len(chosen) > 1:
-        return [f"the overlay renders both {' and '.join(chosen)}: choose one (its components/ entry) per overlay"]
+        return [both_autoscalers(chosen)]
     if not chosen:
         return [f"no node autoscaler: list one of components/{' or components/'.join(NODE_AUTOSCALERS)}"]
     return []
@@ -1115,7 +1128,7 @@ def _datadog_metric_is_collected(objects: list[Obj], hpa: Obj, dm: Obj) -> list[
 def rendered_cluster_name(objects: list[Obj]) -> str | None:
     """The overlay's cluster name, as its node autoscaler's settings carry it (CLUSTER_NAME)."""
     for cm in find(objects, "ConfigMap"):
-        if cm["metadata"]["name"].startswith((CLUSTER_SETTINGS_CONFIGMAP, karpenter.SETTINGS_CONFIGMAP)):
+        if cm["metadata"]["name"].startswith(NODE_AUTOSCALER_SETTINGS):
             name = cm.get("data", {}).get("CLUSTER_NAME")
             return None if name is None else str(name)
     return None
@@ -1171,10 +1184,7 @@ def check_platform_contract(overlay: str, objects: list[Obj]) -> list[str]:
     cluster = rendered_cluster_name(objects)
     for dm in metrics:
         if cluster is None:
-            out.append(
-                f"{ref(dm)}: no {CLUSTER_SETTINGS_CONFIGMAP} or {karpenter.SETTINGS_CONFIGMAP} CLUSTER_NAME rendered "
-                "to scope its query by"
-            )
+            out.append(f"{ref(dm)}: no {NODE_AUTOSCALER_SETTINGS} CLUSTER_NAME rendered to scope its query by")
             continue
         wanted = f"{contract.cluster_tag}:{cluster}"
         if wanted not in _query_tags(dm["spec"]["query"]):
@@ -1215,6 +1225,9 @@ def validate_overlay(overlay: str, components: Iterable[str] = ()) -> OverlayRep
     """Render one overlay (optionally with extra components) and run schema validation and every policy."""
     components = list(components)
     label = "+".join([overlay, *components])
+    both = listed_node_autoscalers(overlay, components)
+    if len(both) > 1:  # their settings share one name (NODE_AUTOSCALER_SETTINGS): kustomize could not render both
+        return OverlayReport(label, policy_violations={"node-autoscaler": [both_autoscalers(both)]})
     try:
         objects = render_with_components(overlay, components) if components else render(overlay)
     except ManifestError as exc:

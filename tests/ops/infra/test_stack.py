@@ -276,7 +276,9 @@ def test_vpc_endpoints_for_image_pulls_and_pod_identity(templates: dict[str, Tem
 
 def test_the_cluster_name_is_the_one_the_autoscaler_discovers(rendered_prod: list[dict[str, Any]]) -> None:
     (cm,) = [
-        o for o in objects.find(rendered_prod, "ConfigMap") if o["metadata"]["name"].startswith("cluster-autoscaler")
+        o
+        for o in objects.find(rendered_prod, "ConfigMap")
+        if o["metadata"]["name"].startswith(objects.NODE_AUTOSCALER_SETTINGS)
     ]
     assert cm["data"]["CLUSTER_NAME"] == settings.environment("prod").cluster_name
 

@@ -204,9 +204,11 @@ def test_services_run_at_the_serving_priority(overlay: str, rendered: dict[str, 
     for name in k8s_policies.SERVICES:
         (dep,) = k8s_objects.find(rendered[overlay], "Deployment", name)
         assert dep["spec"]["template"]["spec"]["priorityClassName"] == k8s_policies.SERVING_PRIORITY_CLASS
-    # The autoscaler and the node agents keep their system classes.
-    (ca,) = k8s_objects.find(rendered[overlay], "Deployment", "cluster-autoscaler")
-    assert ca["spec"]["template"]["spec"]["priorityClassName"] == "system-cluster-critical"
+    # The overlay's node autoscaler (the Cluster Autoscaler or Karpenter) and the node agents keep system classes.
+    (chosen,) = k8s_policies.node_autoscalers(rendered[overlay])
+    _, name = k8s_policies.NODE_AUTOSCALERS[chosen].split("/")
+    (autoscaler,) = k8s_objects.find(rendered[overlay], "Deployment", name)
+    assert autoscaler["spec"]["template"]["spec"]["priorityClassName"] == "system-cluster-critical"
 
 
 def test_gpu_quota_is_the_gpu_capacity(rendered: dict[str, list[Obj]]) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from ops.images import versions as image_versions
-from ops.k8s import nodegroups, placement, render
+from ops.k8s import nodegroups, placement, policies, render
 
 Obj = dict[str, Any]
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "true", "effect": "NoSchedule"}
@@ -26,10 +26,11 @@ def test_nodegroups_contract_is_what_the_components_select_on() -> None:
 @pytest.mark.parametrize("overlay", [*render.EKS_OVERLAYS, *(f"eks-prod+{c}" for c in render.OPTIONAL_COMPONENTS)])
 def test_eks_placement(overlay: str, rendered: dict[str, list[Obj]]) -> None:
     headroom = {"Deployment/gpu-headroom": ["gpu-t4"]} if overlay.endswith("+gpu-headroom") else {}
+    (autoscaler,) = policies.node_autoscalers(rendered[overlay])  # the overlay's choice: CA or Karpenter
     assert placement.placement(rendered[overlay]) == {
         "Deployment/image-classifier": ["gpu-t4"],
         "Deployment/text-classifier": ["cpu-general"],
-        "Deployment/cluster-autoscaler": ["cpu-general"],
+        policies.NODE_AUTOSCALERS[autoscaler]: ["cpu-general"],
         "DaemonSet/nvidia-device-plugin": ["gpu-t4"],
         "DaemonSet/dcgm-exporter": ["gpu-t4"],
         **headroom,
