@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from ops.core import REPO_ROOT
-from ops.k8s import deploy
+from ops.k8s import deploy, karpenter
 from ops.k8s.sim import SimCluster
 
 pytestmark = pytest.mark.cluster
@@ -22,8 +22,16 @@ def test_overlay_renders_and_passes_a_server_side_dry_run(sim: SimCluster, env: 
     docs = [d for d in yaml.safe_load_all(rendered) if d]
     assert {d["kind"] for d in docs} >= {"Deployment", "Service", "Namespace"}
     first, rest = deploy.split_first(rendered)
-    # A dry run of namespaced objects needs their namespace to exist; creating it is the only change.
     manager = ["--force-conflicts", f"--field-manager={deploy.FIELD_MANAGER}"]
+    # Karpenter's CRDs (the pinned release's, as its CRD chart installs them on EKS before the overlay): only where
+    # the overlay renders their objects (eks-staging's NodePools and EC2NodeClasses).
+    kinds = {d["kind"] for d in docs}
+    crds = [crd for (_, kind), crd in karpenter.provider_crds().items() if kind in kinds]
+    if crds:
+        sim.kubectl("apply", "--server-side", "-f", "-", input_text=yaml.safe_dump_all(crds))
+        names = [f"crd/{crd['metadata']['name']}" for crd in crds]
+        sim.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+    # A dry run of namespaced objects needs their namespace to exist; creating it is the only change.
     sim.kubectl("apply", "--server-side", *manager, "-f", "-", input_text=first)
     out = sim.kubectl(
         "apply",
