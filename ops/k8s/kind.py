@@ -265,14 +265,20 @@ def addon_manifest(name: str) -> Path:
     return addon.kind.install
 
 
-def metrics_server_manifest() -> str:
-    """metrics-server's kind manifest with the image pinned in tools.toml (the one the offline node ships)."""
-    docs = [d for d in yaml.safe_load_all(addon_manifest("metrics-server").read_text()) if d]
-    ref = nodeimage.metrics_server_ref()
-    for doc in docs:
-        if doc["kind"] == "Deployment":
-            for c in doc["spec"]["template"]["spec"]["containers"]:
-                c["image"] = ref
+# The add-ons whose images the offline node image ships at the versions pinned in tools.toml: their manifests
+# name the image without a tag, and `invoke up` sets the pinned one.
+ADDON_IMAGES = {"metrics-server": nodeimage.metrics_server_ref, "kube-router": nodeimage.kube_router_ref}
+
+
+def addon_manifest_text(name: str) -> str:
+    """Add-on `name`'s kind manifest, with the image pinned in tools.toml where the node image ships it."""
+    docs = [d for d in yaml.safe_load_all(addon_manifest(name).read_text()) if d]
+    if name in ADDON_IMAGES:
+        ref = ADDON_IMAGES[name]()
+        for doc in docs:
+            if doc["kind"] in ("Deployment", "DaemonSet"):
+                for c in doc["spec"]["template"]["spec"]["containers"]:
+                    c["image"] = ref
     return yaml.safe_dump_all(docs, sort_keys=False)
 
 
@@ -324,12 +330,20 @@ def ensure_cluster(
 
 
 def install_addon(kubectl: deploy.Kubectl, name: str, kind: Kind | None = None) -> None:
-    """Apply one add-on's kind manifest; metrics-server also waits until the apiserver serves the Metrics API."""
+    """Apply one add-on's kind manifest and wait for its workloads; metrics-server also waits until the apiserver
+    serves the Metrics API."""
     if name == "metrics-server":
         install_metrics_server(kubectl, kind)
         return
-    manifest = addon_manifest(name).read_text()
+    manifest = addon_manifest_text(name)
     kubectl.run("apply", "--server-side", "--field-manager=eks-inference-up", "-f", "-", input_text=manifest)
+    for doc in yaml.safe_load_all(manifest):
+        if doc and doc["kind"] in deploy.ROLLOUT_KINDS:
+            meta = doc["metadata"]
+            kubectl.run(
+                "-n", meta.get("namespace", "default"), "rollout", "status", f"{doc['kind'].lower()}/{meta['name']}",
+                "--timeout=300s", timeout=330,
+            )  # fmt: skip
 
 
 def install_metrics_server(kubectl: deploy.Kubectl, kind: Kind | None = None, timeout_s: float = 90) -> None:
@@ -342,7 +356,12 @@ def install_metrics_server(kubectl: deploy.Kubectl, kind: Kind | None = None, ti
     node is restarted once (the kubelet starts it again), and only then is it an error.
     """
     kubectl.run(
-        "apply", "--server-side", "--field-manager=eks-inference-up", "-f", "-", input_text=metrics_server_manifest()
+        "apply",
+        "--server-side",
+        "--field-manager=eks-inference-up",
+        "-f",
+        "-",
+        input_text=addon_manifest_text("metrics-server"),
     )
     kubectl.run("-n", "kube-system", "rollout", "status", "deployment/metrics-server", "--timeout=300s", timeout=330)
     for attempt in (1, 2):
