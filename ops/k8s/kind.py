@@ -198,9 +198,11 @@ class Kind:
             handle.flush()
             self.run("create", "cluster", "--name", self.name, "--config", handle.name, "--wait", wait, capture=False)
 
-    def load(self, refs: Sequence[str]) -> None:
-        """kind load docker-image: one archive for all refs, so shared layers travel once."""
-        self.run("load", "docker-image", "--name", self.name, *refs, capture=False)
+    def load(self, refs: Sequence[str], nodes: Sequence[str] = ()) -> None:
+        """kind load docker-image: one archive for all refs, so shared layers travel once; onto `nodes` only
+        when given (default: every node)."""
+        only = ["--nodes", ",".join(nodes)] if nodes else []
+        self.run("load", "docker-image", "--name", self.name, *only, *refs, capture=False)
 
     def delete(self) -> None:
         if self.exists():
@@ -311,9 +313,15 @@ class UpResult:
 
 
 def ensure_cluster(
-    kind: Kind, result: UpResult, *, mode: NodeImageMode = "auto", extra: Mapping[str, Any] | None = None
+    kind: Kind,
+    result: UpResult,
+    *,
+    mode: NodeImageMode = "auto",
+    extra: Mapping[str, Any] | None = None,
+    base: Mapping[str, Any] | None = None,
 ) -> None:
-    """Create the cluster unless it exists, then install the add-ons manifests/cluster-addons.yaml lists for kind."""
+    """Create the cluster unless it exists (from kind/cluster.yaml, or `base`: the parity cluster's
+    `parity_config()`), then install the add-ons manifests/cluster-addons.yaml lists for kind."""
     if kind.exists():
         console.print(f"[green]cluster {kind.name} exists[/green]: reusing it")
     else:
@@ -321,7 +329,7 @@ def ensure_cluster(
             result.node_image = choose_node_image(mode)
         console.print(f"node image {result.node_image.ref} ({result.node_image.why})")
         with result.step("cluster create"):
-            kind.create(render_config(result.node_image, extra))
+            kind.create(render_config(result.node_image, extra, base))
         result.created = True
     kubectl = deploy.Kubectl(kind.context, kind.kubeconfig)
     for addon in addons.kind_installs():
@@ -488,7 +496,7 @@ def up(
             "without live update: build, kind load, deploy --env local, port-forward."
         )
     services = [s.name for s in local_services()]
-    _ensure_bundles()
+    ensure_bundles()
     refs = build_and_load(kind, result, services, offline=offline_images)
     with result.step("deploy --env local"):
         deploy.deploy(
@@ -502,7 +510,7 @@ def up(
     return result
 
 
-def _ensure_bundles() -> None:
+def ensure_bundles() -> None:
     from ops.models import DEFAULT_OUT, build_all
 
     build_all(DEFAULT_OUT, progress=lambda message: console.log(message))
