@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from ops.k8s import kind, nodegroups, placement, policies, render
+from ops.k8s import parity as parity_mod
 
 Obj = dict[str, Any]
 PARITY = [render.PARITY_COMPONENT]
@@ -120,3 +121,11 @@ def test_workloads_fit_the_parity_nodes_as_they_fit_the_node_groups(prod: list[O
         assert sorted({n.split("#")[0] for n in fitting}) == sorted(expected[workload]), workload
     assert {n.split("#")[0] for n in where["Deployment/image-classifier"]} == {"gpu-t4"}
     assert {n.split("#")[0] for n in where["Deployment/text-classifier"]} == {"cpu-general"}
+
+
+def test_each_service_image_is_loaded_where_its_pods_can_run(parity: list[Obj]) -> None:
+    """`invoke up --parity` loads the ~6 GB images only onto the node groups prod's rules place each service on."""
+    assert parity_mod.service_node_groups(parity) == {
+        "image-classifier": ["gpu-t4"],
+        "text-classifier": ["cpu-general"],
+    }
