@@ -40,7 +40,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def _step_seconds(output: str, step: str) -> float | None:
     """A step's seconds from the table `invoke up --parity` prints (rich draws it with box characters)."""
-    match = re.search(rf"{re.escape(step)}\s*│\s*([\d.]+)", output)
+    match = re.search(rf"{re.escape(step)}\s*[│|]\s*([\d.]+)", output)
     return float(match.group(1)) if match else None
 
 
