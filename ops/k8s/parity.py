@@ -87,7 +87,9 @@ def build_and_load(k: kind.Kind, result: kind.UpResult, objects: list[Obj], *, o
             nodes = sorted({n for g in groups[name] for n in by_group.get(g, [])})
             if not nodes:
                 raise ParityError(f"no parity node can run {name} (node groups {groups[name]}): see kind/parity.yaml")
-            k.load([ref], nodes=nodes)
+            for node in nodes:  # one node at a time: the disk holds one archive more than the snapshots at most
+                k.load([ref], nodes=[node])
+                k.drop_layer_archives(ref, [node])
             refs[core.SERVICES[name].repository] = ref
     result.images = refs
     return refs
