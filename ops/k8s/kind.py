@@ -339,6 +339,7 @@ def ensure_cluster(
     `parity_config()`), then install the add-ons manifests/cluster-addons.yaml lists for kind."""
     if kind.exists():
         console.print(f"[green]cluster {kind.name} exists[/green]: reusing it")
+        kind.run("export", "kubeconfig", "--name", kind.name)  # its context, in this kubeconfig too
     else:
         with result.step("node image"):
             result.node_image = choose_node_image(mode)
