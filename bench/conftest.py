@@ -48,6 +48,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="HTTP benchmarks: which services to start, batching on and/or off (each is one service start).",
     )
     group.addoption(
+        "--bench-precisions",
+        default="",
+        help="Override CUDA precisions, e.g. fp16 (default: fp32,fp16,bf16).",
+    )
+    group.addoption(
+        "--bench-layouts",
+        default="",
+        help="Override CUDA layouts: nchw and/or channels_last (default: both).",
+    )
+    group.addoption(
         "--bench-batches",
         default="",
         help="Override batch sizes, e.g. 1,16 (default: per device).",
@@ -62,6 +72,10 @@ def selected_devices(config: pytest.Config) -> list[str]:
     return [choice]
 
 
+def _listed(config: pytest.Config, option: str) -> list[str]:
+    return [part.strip() for part in str(config.getoption(option)).split(",") if part.strip()]
+
+
 def model_cases(config: pytest.Config) -> list[ModelCase]:
     """The model-only matrix; batch size varies fastest so one loaded model serves consecutive cases."""
     full = config.getoption("--bench-full")
@@ -72,8 +86,8 @@ def model_cases(config: pytest.Config) -> list[ModelCase]:
     for device in selected_devices(config):
         if device == "cuda":
             batches = override or list(CUDA_BATCHES)
-            precisions = ["fp32", "fp16", "bf16"]
-            layouts = [False, True]
+            precisions = _listed(config, "--bench-precisions") or ["fp32", "fp16", "bf16"]
+            layouts = [name == "channels_last" for name in _listed(config, "--bench-layouts")] or [False, True]
             compiles = ["eager", "compile", "cudagraphs"] if compile_variants else ["eager"]
         else:
             batches = override or list(CPU_BATCHES_FULL if full else CPU_BATCHES)

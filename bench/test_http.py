@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from ops.perf.benchmodels import bundle_for
+from ops.perf.bodies import sample_body
 from ops.perf.localservice import LocalService
-from ops.perf.ratios import sample_body
 
 BATCHING = {"batching-on": 16, "batching-off": 1}
 

@@ -8,20 +8,21 @@ from typing import Any
 import pytest
 import torch
 
-from ops.perf.benchmodels import sample_jpeg
+from ops.perf.bodies import body
 
 STAGES = ("decode", "resize", "normalize", "full")
-# A typical photo upload; the service resizes the short side to 256 and crops 224 for resnet50-sized bundles.
-WIDTH, HEIGHT = 640, 480
+# ops.perf.bodies: a typical web photo (500x375) and a phone upload (4000x3000); the service resizes the short side
+# to 256 and crops 224 for resnet50-sized bundles.
+BODIES = ("photo", "large")
 RESIZE, CROP = 256, 224
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def cpu_stages() -> dict[str, Callable[[], Any]]:
+def cpu_stages(name: str) -> dict[str, Callable[[], Any]]:
     """The service's own CPU path (image_classifier.model): Pillow decode with draft, resize/crop, normalize."""
     from image_classifier.model import ImageSpec, decode_image, resize_and_crop  # type: ignore[import-untyped, unused-ignore]
 
-    data = sample_jpeg(WIDTH, HEIGHT)
+    data = body(name).jpeg
     spec = ImageSpec(CROP, RESIZE, MEAN, STD)
     formats = frozenset({"JPEG", "PNG", "WEBP"})
     mean = torch.tensor(MEAN).view(3, 1, 1)
@@ -50,12 +51,12 @@ def cpu_stages() -> dict[str, Callable[[], Any]]:
     }
 
 
-def cuda_stages() -> dict[str, Callable[[], Any]]:
+def cuda_stages(name: str) -> dict[str, Callable[[], Any]]:
     """nvJPEG decode and tensor resize/normalize on the GPU, each synchronized inside the call."""
     import torchvision.transforms.v2.functional as tvf  # type: ignore[import-untyped, unused-ignore]
     from torchvision.io import decode_jpeg  # type: ignore[import-untyped, unused-ignore]
 
-    data = torch.frombuffer(bytearray(sample_jpeg(WIDTH, HEIGHT)), dtype=torch.uint8)
+    data = torch.frombuffer(bytearray(body(name).jpeg), dtype=torch.uint8)
     mean = torch.tensor(MEAN, device="cuda").view(3, 1, 1)
     std = torch.tensor(STD, device="cuda").view(3, 1, 1)
 
@@ -87,21 +88,22 @@ def cuda_stages() -> dict[str, Callable[[], Any]]:
 
 
 @pytest.fixture(scope="module")
-def stages_by_device() -> dict[str, Callable[[], dict[str, Callable[[], Any]]]]:
+def stages_by_device() -> dict[str, Callable[[str], dict[str, Callable[[], Any]]]]:
     return {"cpu": cpu_stages, "cuda": cuda_stages}
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_preprocess(benchmark: Any, device: str, stage: str, stages_by_device: dict[str, Any]) -> None:
+@pytest.mark.parametrize("name", BODIES)
+def test_preprocess(benchmark: Any, device: str, name: str, stage: str, stages_by_device: dict[str, Any]) -> None:
     """Time one image through one preprocessing stage."""
-    call = stages_by_device[device]()[stage]
+    call = stages_by_device[device](name)[stage]
     call()  # warm: first nvJPEG handle, allocator
     benchmark.group = f"preprocess {device}"
     benchmark.extra_info.update(
         kind="preprocess",
         device=device,
         stage=stage,
-        image=f"{WIDTH}x{HEIGHT} JPEG",
+        image=body(name).label,
         crop=CROP,
     )
     out = benchmark(call)

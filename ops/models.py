@@ -230,12 +230,16 @@ def build_text_demo(out: Path, progress: Progress = log.info) -> dict[str, Any]:
     return _record_build(out, fingerprint, accuracy, {"test_texts": len(test_idx)}, bundle.sha256)
 
 
+def build_one(name: str, out: Path = DEFAULT_OUT, progress: Progress = log.info) -> Path:
+    """Build (or reuse) one demo bundle under `out`; returns its path."""
+    builders = {IMAGE_BUNDLE: build_image_demo, TEXT_BUNDLE: build_text_demo}
+    builders[name](out / name, progress)
+    return out / name
+
+
 def build_all(out: Path = DEFAULT_OUT, progress: Progress = log.info) -> dict[str, Path]:
     """Build (or reuse) both demo bundles under `out`; returns their paths."""
-    image, text = out / IMAGE_BUNDLE, out / TEXT_BUNDLE
-    build_text_demo(text, progress)
-    build_image_demo(image, progress)
-    return {IMAGE_BUNDLE: image, TEXT_BUNDLE: text}
+    return {name: build_one(name, out, progress) for name in (TEXT_BUNDLE, IMAGE_BUNDLE)}
 
 
 # -- production bundles from torchvision weights ------------------------------------------------------------------

@@ -31,29 +31,46 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(skip)
 
 
+class _Bundles(dict[str, Path]):
+    """The demo bundles by name, each built (or reused) in models/ as `invoke models.build` does, on first use: the
+    GPU machine runs the image tests without the text encoder's package."""
+
+    def __missing__(self, name: str) -> Path:
+        from ops.models import build_one  # torch: imported by the tests that use bundles, not by every test
+
+        self[name] = build_one(name, REPO / "models")
+        return self[name]
+
+
 @pytest.fixture(scope="session")
 def bundles() -> dict[str, Path]:
-    """The demo bundles, built (or reused) in models/ exactly as `invoke models.build` does."""
-    from ops.models import build_all  # torch: imported by the tests that use bundles, not by every test
+    return _Bundles()
 
-    return build_all(REPO / "models")
+
+@pytest.fixture(scope="module")
+def image_env() -> dict[str, str]:
+    """Settings every image classifier a module starts gets first: none here; tests/services/test_split.py turns
+    the engine/front split on, and reruns the modules' tests against it."""
+    return {}
 
 
 @pytest.fixture
-def image_server_factory(bundles: dict[str, Path], tmp_path: Path) -> Callable[..., AbstractContextManager[Server]]:
+def image_server_factory(
+    bundles: dict[str, Path], image_env: dict[str, str], tmp_path: Path
+) -> Callable[..., AbstractContextManager[Server]]:
     def start(**env: str) -> AbstractContextManager[Server]:
-        return run_server("image_classifier", {"MODEL_URI": str(bundles["image-demo"]), **env}, tmp_path)
+        return run_server("image_classifier", {**image_env, "MODEL_URI": str(bundles["image-demo"]), **env}, tmp_path)
 
     return start
 
 
 @pytest.fixture(scope="module")
 def image_service(
-    bundles: dict[str, Path], origin: Origin, tmp_path_factory: pytest.TempPathFactory
+    bundles: dict[str, Path], image_env: dict[str, str], origin: Origin, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     """One image classifier shared by a module's tests; the loopback origin's port may be fetched from."""
     allowed = origin.url.removeprefix("http://")  # 127.0.0.1:<port>: the allow-list is per host and port
-    env = {"MODEL_URI": str(bundles["image-demo"]), "FETCH_ALLOWED_HOSTS": allowed, "MAX_BATCH_SIZE": "8"}
+    env = {**image_env, "MODEL_URI": str(bundles["image-demo"]), "FETCH_ALLOWED_HOSTS": allowed, "MAX_BATCH_SIZE": "8"}
     with run_server("image_classifier", env, tmp_path_factory.mktemp("image")) as server:
         yield server
 

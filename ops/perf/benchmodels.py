@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import platform
 import tempfile
@@ -141,19 +140,6 @@ def timed_batch(classifier: Any, batch_size: int) -> Callable[[], Any]:
         return out
 
     return call
-
-
-def sample_jpeg(width: int = 640, height: int = 480, seed: int = 0) -> bytes:
-    """A deterministic photo-sized JPEG (smooth gradient plus noise, so it compresses like a photo)."""
-    from PIL import Image
-
-    generator = torch.Generator().manual_seed(seed)
-    base = torch.linspace(0, 255, width).repeat(height, 1)
-    noise = torch.randint(0, 40, (height, width, 3), generator=generator)
-    pixels = (base.unsqueeze(-1) * torch.tensor([1.0, 0.6, 0.3]) + noise).clamp(0, 255).to(torch.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels.numpy(), "RGB").save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
 
 
 def machine_info() -> dict[str, Any]:

@@ -50,8 +50,8 @@ def compare_clients(cfg: ClientsConfig, folder: Path, echo: Callable[[str], None
     import httpx
 
     from ops.perf.benchmodels import bundle_for
+    from ops.perf.bodies import sample_body
     from ops.perf.load import vegeta_path
-    from ops.perf.ratios import sample_body
 
     folder.mkdir(parents=True, exist_ok=True)
     pinning, body, vegeta = pinning_from(cfg.pin), sample_body(), vegeta_path()

@@ -11,23 +11,43 @@ from pathlib import Path
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from ops import core
-from ops.images.lock import LOCK_PATH, closure, lock_graph, locked_versions, locked_wheel_hashes
+from ops.images.lock import (
+    LOCK_PATH,
+    closure,
+    lock_graph,
+    locked_versions,
+    locked_wheel_hashes,
+    normalize,
+    optional_dependencies,
+)
 
 # CPython versions the GPU machine may run (binary wheels are fetched for each).
 PYTHON_VERSIONS = ("3.11", "3.12", "3.13")
 # Where `invoke bench.wheels` fills the folder bench/gpu/run.sh --wheels reads.
 DEST = core.REPO_ROOT / "build" / "gpu-wheels"
 
+# The extras of `uvicorn[standard]` (pyproject.toml) that the service imports when it runs: httptools (its HTTP
+# protocol is httptools', serving.protocol) and uvloop (uvicorn's `loop="auto"` takes it when importable). The
+# service needs none of the rest: websockets (no WebSocket route; uvicorn imports it only for `ws`), watchfiles
+# (reload mode only), pyyaml (YAML log configs only; ours is a dict), python-dotenv (pydantic-settings brings it).
+# They still travel, because LitServe (PEER_ROOTS) requires all of `uvicorn[standard]`.
+UVICORN_STANDARD_USED = ("httptools", "uvloop")
+# The peer servers bench/gpu/run.sh starts beside ours that fit in the wheel folder (LitServe: a few hundred KB
+# with pyzmq). PyTriton does not: docs/bench.md says why.
+PEER_ROOTS = ("litserve",)
 # What the image service and the benchmark runner import that a torch machine lacks.
 ROOTS = (
     "fastapi",
     "uvicorn",
+    *UVICORN_STANDARD_USED,
     "pydantic",
     "pydantic-settings",
     "safetensors",
     "python-json-logger",
     "rich",
     "pytest-timeout",
+    "hypothesis",  # tests/conftest.py: the GPU-only tests run on the device too (bench/gpu/run.sh)
+    *PEER_ROOTS,
 )
 # Already on the GPU machine (bench/gpu/run.sh lists them): never shipped, and their dependencies not followed.
 PRESENT = (
@@ -54,6 +74,11 @@ def pinned_requirements(
     names = closure(roots, lock_graph(lock, python_versions), stop=present)
     versions = locked_versions(lock)
     return {name: versions[name] for name in sorted(names)}
+
+
+def uvicorn_standard_extras(lock: Path = LOCK_PATH) -> set[str]:
+    """The packages `uvicorn[standard]` adds, from uv.lock."""
+    return {normalize(dep["name"]) for dep in optional_dependencies(lock).get("uvicorn", {}).get("standard", [])}
 
 
 def requirements_text(pins: dict[str, str]) -> str:

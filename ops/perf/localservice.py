@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,6 +18,16 @@ import httpx
 
 from ops import core
 from ops.core import REPO_ROOT
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so that `with LocalService(...)` blocks stop their servers (and the process
+    groups of peer servers) when a runner is stopped from outside, e.g. by bench/gpu/run.sh's stage timeout."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def free_port() -> int:
@@ -174,6 +185,27 @@ class LocalService:
             return 0
         return sum(_rss(pid) for pid in _tree(self.proc.pid))
 
+    def mapped_files(self) -> set[str]:
+        """Paths of the files mapped into the process and its descendants (/proc/PID/maps: shared objects)."""
+        if self.proc is None:
+            return set()
+        return {path for pid in _tree(self.proc.pid) for path in _maps(pid)}
+
+    def http_runtime(self) -> dict[str, str]:
+        """The HTTP parser and event loop the running service uses, read from the shared objects its processes have
+        mapped (nothing asked of the service): httptools' parser and uvloop's loop are C extensions, h11 and
+        asyncio's pure-Python loop are what uvicorn falls back to without them. `unknown` where /proc is not
+        readable."""
+        files = self.mapped_files()
+        if not files:
+            return {"http": "unknown", "loop": "unknown", "evidence": "no /proc/PID/maps"}
+        found = sorted({Path(f).name for f in files if _RUNTIME_MARKERS.search(f)})
+        return {
+            "http": "httptools" if any("/httptools/" in f for f in files) else "h11",
+            "loop": "uvloop" if any("/uvloop/" in f for f in files) else "asyncio",
+            "evidence": ", ".join(found) or "neither httptools nor uvloop is mapped",
+        }
+
     def __enter__(self) -> Self:
         return self.start()
 
@@ -198,6 +230,19 @@ def _tree(pid: int) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+# The C extensions whose presence in a process's maps tells which HTTP parser and event loop it runs.
+_RUNTIME_MARKERS = re.compile(r"/(?:httptools|uvloop)/(?:.*/)?[^/]*\.so$")
+
+
+def _maps(pid: int) -> set[str]:
+    """File paths in /proc/<pid>/maps (empty when the process is gone or not ours to read)."""
+    try:
+        lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    except OSError:
+        return set()
+    return {fields[5] for fields in (line.split(maxsplit=5) for line in lines) if len(fields) == 6}
 
 
 def _rss(pid: int) -> int:

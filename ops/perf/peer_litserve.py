@@ -19,14 +19,19 @@ async def raw_body(request: Request) -> bytes:
 class ImageAPI(ls.LitAPI):
     """Our ImageClassifier behind LitServe: raw JPEG in, top-k predictions out; LitServe forms the batches."""
 
-    def __init__(self, model_uri: str, **options: Any) -> None:
+    def __init__(self, model_uri: str, precision: str = "fp32", channels_last: bool = False, **options: Any) -> None:
         super().__init__(**options)
         self.model_uri = model_uri
+        self.precision = precision
+        self.channels_last = channels_last
 
     def setup(self, device: str) -> None:
         from ops.perf.peermodel import load_model
 
-        self.classifier = load_model(self.model_uri, self.max_batch_size)
+        # LitServe names the device it gives this worker `cuda:0`, `cpu`; our Settings take `cuda` or `cpu`.
+        self.classifier = load_model(
+            self.model_uri, self.max_batch_size, device.split(":")[0], self.precision, self.channels_last
+        )
 
     def decode_request(self, request: Annotated[bytes, Depends(raw_body)]) -> torch.Tensor:
         return self.classifier.preprocess(request)

@@ -164,15 +164,16 @@ def write_input_data(path: Path, input_name: str, requests: Sequence[Sequence[by
     return path
 
 
-def v2_binary_call(model: str, input_name: str, elements: Sequence[bytes]) -> Call:
-    """The same request perf_analyzer sends (binary tensor extension, binary outputs), for vegeta."""
+def v2_binary_call(model: str, input_name: str, elements: Sequence[bytes], shape: Sequence[int] | None = None) -> Call:
+    """The same request perf_analyzer sends (binary tensor extension, binary outputs), for vegeta. `shape` defaults
+    to [len(elements)]; a Triton model with a batch dimension and one element per item takes [len(elements), 1]."""
     section = bytes_tensor(elements)
     header = json.dumps(
         {
             "inputs": [
                 {
                     "name": input_name,
-                    "shape": [len(elements)],
+                    "shape": list(shape) if shape is not None else [len(elements)],
                     "datatype": "BYTES",
                     "parameters": {"binary_data_size": len(section)},
                 }

@@ -196,8 +196,8 @@ def profile(
     extra_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Lone requests with batching on and off, each service profiled with py-spy; writes profile.json."""
+    from ops.perf.bodies import sample_body
     from ops.perf.localservice import LocalService
-    from ops.perf.ratios import sample_body
 
     folder.mkdir(parents=True, exist_ok=True)
     body = sample_body()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import io
 import json
 import statistics
 import sys
@@ -24,11 +23,12 @@ import httpx
 import torch
 
 from ops import core
+from ops.perf import bodies
 from ops.perf.benchmodels import bundle_for, load_classifier, machine_info, timed_batch
 from ops.perf.closedloop import Call, Level, admission_for, attack, knee, throughput_within
 from ops.perf.defaults import BATCH_SIZE, CONCURRENCY, LEVEL_DURATION_S, MAX_WAIT_MS
 from ops.perf.load import vegeta_path
-from ops.perf.localservice import LocalService
+from ops.perf.localservice import LocalService, exit_on_sigterm
 from ops.perf.pinning import Pinning, pinning_from
 
 __all__ = ["Level", "RatioConfig", "RatioResult", "knee", "measure", "throughput_within"]
@@ -60,6 +60,7 @@ class RatioConfig:
     p99_bound_ms: float | None = None
     client: str = "auto"  # auto | vegeta | httpx
     pin: str = "auto"  # auto | none | SERVICE_CPUS:CLIENT_CPUS (see ops.perf.pinning.pinning_from)
+    body: str = bodies.DEFAULT_BODY  # photo | large | tiny (ops.perf.bodies)
 
 
 @dataclass
@@ -84,19 +85,12 @@ class RatioResult:
     pinning: dict[str, Any] = field(default_factory=dict)
     lone_p50_ms: dict[str, float] = field(default_factory=dict)  # one closed-loop client: batching on / off
     lone_p50_gap_ms: float = 0.0  # batching on - off
+    body: dict[str, Any] = field(default_factory=dict)  # ops.perf.bodies.Body.describe(): name, size, bytes
+    runtime: dict[str, str] = field(default_factory=dict)  # the HTTP parser and event loop the service used
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return asdict(self)
-
-
-def sample_body() -> bytes:
-    """One demo JPEG (a correct input for the demo bundle; any model accepts it)."""
-    from image_classifier.demo import render_sample  # type: ignore[import-untyped, unused-ignore]
-
-    buffer = io.BytesIO()
-    render_sample("circle", 7, size=160).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -290,7 +284,9 @@ def measure(cfg: RatioConfig, folder: Path, echo: Callable[[str], None] = lambda
         return _model_only_freed(cfg, default_torch_threads(), echo)
 
     before = model_only_now()
-    body = sample_body()
+    request_body = bodies.body(cfg.body)
+    body = request_body.jpeg
+    echo(f"body: {request_body.label}")
     common = {
         "MODEL_URI": str(bundle_for(cfg.model)),
         "DEVICE": cfg.device,
@@ -304,6 +300,7 @@ def measure(cfg: RatioConfig, folder: Path, echo: Callable[[str], None] = lambda
     runs: dict[str, list[Level]] = {}
     lone: dict[str, Any] = {}
     overhead: tuple[float, float, list[str]] = (0.0, 0.0, [])
+    runtime: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as scratch:
         for mode, batch in (("on", cfg.batch_size), ("off", 1)):
             echo(f"service, batching {mode} (MAX_BATCH_SIZE={batch})")
@@ -314,6 +311,7 @@ def measure(cfg: RatioConfig, folder: Path, echo: Callable[[str], None] = lambda
                 log_path=folder / f"service-batching-{mode}.log",
                 prefix_argv=pinning.service_prefix(),
             ) as service:
+                runtime = runtime or service.http_runtime()
                 if mode == "off" and find_vegeta(cfg.client) is None:
                     overhead = batch1_overhead(service, body, cfg.overhead_requests)
                 runs[mode], lone[mode] = sweep(service, cfg, body, Path(scratch) / mode, echo, pinning)
@@ -327,6 +325,7 @@ def measure(cfg: RatioConfig, folder: Path, echo: Callable[[str], None] = lambda
             [] if model_ms is not None else ["the service reported no model timing: overhead is the round trip"],
         )
     echo(f"  batch 1: HTTP p50 {overhead[0]:.2f} ms, model call p50 {overhead[1]:.2f} ms")
+    echo(f"  HTTP parser {runtime.get('http')}, event loop {runtime.get('loop')} ({runtime.get('evidence')})")
     # Measured again after the service runs: a busy shared machine moves either number; the better one is what the
     # hardware can do, so efficiency is judged against it (both are kept in the JSON).
     after = model_only_now()
@@ -362,8 +361,11 @@ def measure(cfg: RatioConfig, folder: Path, echo: Callable[[str], None] = lambda
         pinning=pinning.to_dict(),
         lone_p50_ms=lone_p50,
         lone_p50_gap_ms=round(lone_p50.get("on", 0.0) - lone_p50.get("off", 0.0), 3),
+        body=request_body.describe(),
+        runtime=runtime,
     )
     suffix = "" if pinning.pinned or cfg.device != "cpu" else "-unpinned"
+    suffix += "" if cfg.body == bodies.DEFAULT_BODY else f"-{cfg.body}"
     (folder / f"ratios-{Path(cfg.model).name}-{cfg.device}-{cfg.precision}{suffix}.json").write_text(
         json.dumps(result.to_dict(), indent=2)
     )
@@ -414,7 +416,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="Load generator.",
     )
     parser.add_argument("--pin", default="auto", help="auto, none, or SERVICE_CPUS:CLIENT_CPUS (CPU only).")
+    parser.add_argument(
+        "--body",
+        default=bodies.DEFAULT_BODY,
+        choices=list(bodies.SIZES),
+        help="Request body (ops.perf.bodies): photo 500x375, large 4000x3000, tiny 160x160.",
+    )
     args = parser.parse_args(argv)
+    exit_on_sigterm()
     for model in [m for m in args.models.split(",") if m]:
         cfg = RatioConfig(
             model=model,
@@ -427,6 +436,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             overhead_requests=args.overhead_requests,
             client=args.client,
             pin=args.pin,
+            body=args.body,
         )
         measure(cfg, args.results, echo=console.print)
     print_ratio_table(load_ratios(args.results))

@@ -59,6 +59,7 @@ def _pinning(ratio: dict[str, Any]) -> str:
 
 RATIO_COLUMNS = (
     "model",
+    "body",
     "device",
     "precision",
     "batch",
@@ -76,7 +77,20 @@ RATIO_COLUMNS = (
     "overhead target",
     "lone p50 on / off ms",
     "lone gap target",
+    "HTTP parser / loop",
 )
+
+
+def body_label(described: dict[str, Any] | None) -> str:
+    """A results file's body (ops.perf.bodies.Body.describe) as `photo 500x375, 49.2 KiB`; older files: tiny."""
+    if not described:
+        return "tiny 160x160 (before bodies)"
+    return f"{described['name']} {described['width']}x{described['height']}, {described['bytes'] / 1024:,.1f} KiB"
+
+
+def runtime_label(runtime: dict[str, str] | None) -> str:
+    """The HTTP parser and event loop a service ran with (LocalService.http_runtime), or `?` when not recorded."""
+    return f"{runtime['http']} / {runtime['loop']}" if runtime else "?"
 
 
 def ratio_rows(ratios: Sequence[dict[str, Any]]) -> list[list[str]]:
@@ -88,6 +102,7 @@ def ratio_rows(ratios: Sequence[dict[str, Any]]) -> list[list[str]]:
         rows.append(
             [
                 Path(cfg["model"]).name,
+                body_label(r.get("body")),
                 cfg["device"],
                 cfg["precision"],
                 str(cfg["batch_size"]),
@@ -105,6 +120,7 @@ def ratio_rows(ratios: Sequence[dict[str, Any]]) -> list[list[str]]:
                 _target(r, "overhead_ms"),
                 " / ".join(_fmt(v) for v in (r.get("lone_p50_ms") or {}).values()) or "-",
                 _target(r, "lone_p50_gap_ms"),
+                runtime_label(r.get("runtime")),
             ]
         )
     return rows
@@ -116,7 +132,7 @@ def ratio_table(ratios: Sequence[dict[str, Any]]) -> Table:
     for column in RATIO_COLUMNS:
         table.add_column(
             column,
-            justify="left" if column in ("model", "device", "precision", "CPUs") else "right",
+            justify="left" if column in ("model", "body", "device", "precision", "CPUs") else "right",
         )
     for row in ratio_rows(ratios):
         table.add_row(*row)
@@ -147,22 +163,35 @@ def _peer_pinning(peers: dict[str, Any]) -> str:
     return f"svc {pinning['service']} / client {pinning['client']}" if pinning.get("pinned") else "unpinned"
 
 
+def _gpu_at_best(server: dict[str, Any]) -> str:
+    """Mean GPU utilization during the server's best-throughput level, or `-` where it was not sampled."""
+    samples = server.get("gpu_util") or []
+    levels = server["levels"]
+    if not samples or not levels:
+        return "-"
+    best = max(range(len(levels)), key=lambda i: levels[i]["throughput"])
+    sample = samples[best] if best < len(samples) else {}
+    return f"{sample['mean']:.0f}%" if "mean" in sample else "-"
+
+
 def peer_rows(peers: dict[str, Any]) -> list[list[str]]:
-    """One row per server, in PEER_COLUMNS order; ratios are ours ÷ that server."""
+    """One row per server, in PEER_COLUMNS order; ratios are ours (the reference variant) ÷ that server."""
     ratios = peers.get("ratios") or {}
     rows = []
     for server in peers["servers"]:
         ratio = ratios.get(server["server"]) or {}
         rows.append(
             [
-                server["server"],
+                server["server"] + (" (reference)" if server["server"] == peers.get("reference") else ""),
                 server["request"],
                 server["batching"],
                 _fmt(server["saturation"], 1),
                 _fmt(server["within_bound"], 1),
                 _fmt(server["lone_p50_ms"]),
                 _fmt(server["lone_p99_ms"]),
+                _gpu_at_best(server),
                 _fmt(server["rss_mib"], 0),
+                runtime_label(server.get("runtime")),
                 *(
                     (f"{ratio[k]:.2f}" if k in ratio else "-")
                     for k in ("saturation", "within_bound", "lone_p50", "rss")
@@ -180,7 +209,9 @@ PEER_COLUMNS = (
     "img/s within p99 bound",
     "lone p50 ms",
     "lone p99 ms",
+    "GPU util at sat.",
     "RSS MiB",
+    "HTTP parser / loop",
     "ours ÷ peer: sat.",
     "within bound",
     "lone p50",
@@ -191,18 +222,27 @@ PEER_COLUMNS = (
 def peer_section(peers: dict[str, Any]) -> list[str]:
     """The peer table and how it was measured."""
     cfg = peers["config"]
+    device = cfg.get("device", "cpu")
+    model = f"{Path(cfg['model']).name} {device} {cfg.get('precision', 'fp32')}"
+    if cfg.get("channels_last"):
+        model += " channels_last"
+    body = body_label(peers.get("body"))
     lines = [
-        "## Peer servers, side by side",
+        f"## Peer servers, side by side: {model}, {body}",
         "",
-        f"Same demo bundle and ImageClassifier, same vegeta closed-loop client, {_peer_pinning(peers)}; clients "
+        f"Same bundle and ImageClassifier, same body, same vegeta closed-loop client, {_peer_pinning(peers)}; "
+        f"batch {cfg['max_batch_size']}, wait {cfg['max_wait_ms']:g} ms; clients "
         f"{', '.join(str(c) for c in cfg['concurrency'])}, {cfg['level_duration_s']:g} s per level; common p99 bound "
-        f"{cfg['p99_bound_ms']:g} ms. Ratios are ours ÷ peer: above 1 is ours better for throughput, below 1 for "
-        "latency and memory.",
+        f"{cfg['p99_bound_ms']:g} ms. Ratios are ours ÷ peer, ours being the reference variant (the best of ours "
+        "within the bound): above 1 is ours better for throughput, below 1 for latency and memory.",
         "",
     ]
     lines += _md_table(PEER_COLUMNS, peer_rows(peers))
     for name, why in (peers.get("skipped") or {}).items():
         lines.append(f"- {name}: skipped, {why}")
+    for server in peers["servers"]:
+        for note in server.get("notes") or []:
+            lines.append(f"- {server['server']}: {note}")
     lines += ["", "### Levels per server", ""]
     rows = [
         [
@@ -212,16 +252,86 @@ def peer_section(peers: dict[str, Any]) -> list[str]:
             _fmt(level["p50_ms"]),
             _fmt(level["p99_ms"]),
             f"{level['ok']}/{level['requests']}",
+            (
+                f"{gpu['mean']:.0f}% / {gpu['max']:.0f}%"
+                if "mean" in (gpu := ((server.get("gpu_util") or [])[index : index + 1] or [{}])[0])
+                else "-"
+            ),
         ]
         for server in peers["servers"]
-        for level in server["levels"]
+        for index, level in enumerate(server["levels"])
     ]
-    lines += _md_table(["server", "clients", "img/s", "p50 ms", "p99 ms", "ok"], rows)
+    lines += _md_table(["server", "clients", "img/s", "p50 ms", "p99 ms", "ok", "GPU util mean / max"], rows)
     lines.append("")
     return lines
 
 
-def target_section(ratios: Sequence[dict[str, Any]], peers: dict[str, Any] | None) -> list[str]:
+# Issue 22's H200 targets (resnet50, fp16, 500x375 JPEG bodies): reported met or missed, never asserted.
+GPU_TARGETS = {"within_bound_img_s": 5000.0, "p99_bound_ms": 100.0, "serving_efficiency": 0.6, "lone_p50_ms": 3.0}
+
+
+def _model_only_for(ratios: Sequence[dict[str, Any]], peers: dict[str, Any]) -> float | None:
+    """Model-only img/s of the same model, device, precision, layout and batch as a side-by-side run, if measured."""
+    cfg = peers["config"]
+    for r in ratios:
+        c = r["config"]
+        same = (c["model"], c["device"], c["precision"], c["channels_last"], c["batch_size"]) == (
+            cfg["model"],
+            cfg.get("device", "cpu"),
+            cfg.get("precision", "fp32"),
+            cfg.get("channels_last", False),
+            cfg["max_batch_size"],
+        )
+        if same:
+            return float(r["model_only_images_per_s"])
+    return None
+
+
+def gpu_target_lines(ratios: Sequence[dict[str, Any]], peers: dict[str, Any]) -> list[str]:
+    """Issue 22's GPU targets for one CUDA side-by-side run: each ours variant, met or missed, with its figures."""
+    cfg = peers["config"]
+    if cfg.get("device") != "cuda":
+        return []
+    name = f"{Path(cfg['model']).name} {cfg.get('precision')} {(peers.get('body') or {}).get('name', '?')} body"
+    model_only = _model_only_for(ratios, peers)
+    others = [s for s in peers["servers"] if not s["server"].startswith("ours")]
+    lines = []
+    for ours in (s for s in peers["servers"] if s["server"].startswith("ours")):
+        label = f"{name}, {ours['server']}"
+
+        def verdict(ok: bool) -> str:
+            return "met" if ok else "missed"
+
+        within = ours["within_bound"]
+        lines.append(
+            f"- {label}: img/s within p99 <= {cfg['p99_bound_ms']:g} ms = {within:,.1f}, target >= "
+            f"{GPU_TARGETS['within_bound_img_s']:,.0f} ({verdict(within >= GPU_TARGETS['within_bound_img_s'])})"
+        )
+        if model_only:
+            efficiency = ours["saturation"] / model_only
+            lines.append(
+                f"- {label}: serving efficiency = {ours['saturation']:,.1f} / {model_only:,.1f} model-only = "
+                f"{efficiency:.3f}, target >= {GPU_TARGETS['serving_efficiency']:g} "
+                f"({verdict(efficiency >= GPU_TARGETS['serving_efficiency'])}; stretch 0.8)"
+            )
+        lines.append(
+            f"- {label}: lone-request p50 = {ours['lone_p50_ms']:.2f} ms, target <= {GPU_TARGETS['lone_p50_ms']:g} "
+            f"({verdict(ours['lone_p50_ms'] <= GPU_TARGETS['lone_p50_ms'])})"
+        )
+        for key, what, better in (
+            ("within_bound", "throughput within the bound", lambda a, b: a >= b),
+            ("lone_p50_ms", "lone-request p50", lambda a, b: a <= b),
+        ):
+            if others:
+                behind = [s["server"] for s in others if not better(ours[key], s[key])]
+                lines.append(
+                    f"- {label}: ahead of every peer on {what}: "
+                    + ("met" if not behind else f"missed (behind {', '.join(behind)})")
+                )
+    return lines
+
+
+def target_section(ratios: Sequence[dict[str, Any]], peers: Sequence[dict[str, Any]]) -> list[str]:
     """Each performance target (ratios.TARGETS, and ours against every peer) with met or missed; never asserted."""
     lines = ["## Targets", ""]
     for r in ratios:
@@ -237,9 +347,12 @@ def target_section(ratios: Sequence[dict[str, Any]], peers: dict[str, Any] | Non
             verdict = _target(r, key)
             if verdict != "-":
                 lines.append(f"- {name}: {what} = {r[key]:g}, target {verdict}")
-    if peers:
-        ours = next((s for s in peers["servers"] if s["server"] == "ours"), None)
-        others = [s for s in peers["servers"] if not s["server"].startswith("ours")]
+    for document in peers:
+        if (document["config"].get("device") or "cpu") == "cuda":
+            lines += gpu_target_lines(ratios, document)
+            continue
+        ours = next((s for s in document["servers"] if s["server"] == "ours"), None)
+        others = [s for s in document["servers"] if not s["server"].startswith("ours")]
         if ours and others:
             for key, what, better in (
                 ("within_bound", "throughput within the p99 bound", lambda a, b: a >= b),
@@ -258,10 +371,11 @@ def render_summary(
     *,
     commands: Sequence[str] = (),
     title: str = "",
-    peers: dict[str, Any] | None = None,
+    peers: dict[str, Any] | Sequence[dict[str, Any]] | None = None,
     load_average: dict[str, float] | None = None,
 ) -> str:
     """The markdown summary: machine (device, torch), ratio table, peers, model-only, preprocessing and HTTP."""
+    peer_docs: list[dict[str, Any]] = [peers] if isinstance(peers, dict) else list(peers or [])
     machine: dict[str, Any] = {}
     if bench_json:
         machine = (bench_json.get("machine_info") or {}).get("eks_inference") or {}
@@ -270,8 +384,8 @@ def render_summary(
     loads = [machine.get("load_average_1m") if bench_json else None] + [
         r["machine"].get("load_average_1m") for r in ratios
     ]
-    if peers:
-        loads.append(peers["machine"].get("load_average_1m"))
+    for document in peer_docs:
+        loads.append(document["machine"].get("load_average_1m"))
     load_whole = load_average or {}
     load_average_text = ", ".join(str(x) for x in loads if x is not None) or "?"
     lines = [
@@ -295,7 +409,7 @@ def render_summary(
             + " / ".join(f"{load_whole[k]:.2f}" for k in ("before", "after") if k in load_whole)
             + " |"
         )
-    pinnings = sorted({_pinning(r) for r in ratios} | ({_peer_pinning(peers)} if peers else set()))
+    pinnings = sorted({_pinning(r) for r in ratios} | {_peer_pinning(d) for d in peer_docs})
     if pinnings:
         lines.append(f"| core pinning | {'; '.join(pinnings)} (taskset) |")
     lines.append("")
@@ -352,10 +466,10 @@ def render_summary(
             ]
             lines += _md_table(["batching", "clients", "img/s", "p50 ms", "p99 ms", "ok"], rows)
         lines.append("")
-    if peers:
-        lines += peer_section(peers)
-    if ratios or peers:
-        lines += target_section(ratios, peers)
+    for document in peer_docs:
+        lines += peer_section(document)
+    if ratios or peer_docs:
+        lines += target_section(ratios, peer_docs)
     benchmarks = (bench_json or {}).get("benchmarks") or []
     model_rows = _benchmark_rows(benchmarks, "model")
     if model_rows:
@@ -396,9 +510,10 @@ def render_summary(
         lines.append("")
     pre_rows = _benchmark_rows(benchmarks, "preprocess")
     if pre_rows:
-        lines += ["## Preprocessing, per image (640x480 JPEG -> 224x224)", ""]
+        lines += ["## Preprocessing, per image (-> 224x224)", ""]
         rows = [
             [
+                b["extra_info"].get("image", "640x480 JPEG"),
                 b["extra_info"]["device"],
                 b["extra_info"]["stage"],
                 _fmt(b["stats"]["median"] * 1000, 3),
@@ -406,7 +521,7 @@ def render_summary(
             ]
             for b in pre_rows
         ]
-        lines += _md_table(["device", "stage", "median ms", "images/s"], rows)
+        lines += _md_table(["image", "device", "stage", "median ms", "images/s"], rows)
         lines.append("")
     http_rows = _benchmark_rows(benchmarks, "http")
     if http_rows:
@@ -443,8 +558,8 @@ def write_summary(
     """Write <results_dir>/summary.md (and ratios.json) from benchmarks.json, the ratio results and peers.json."""
     bench_path = results_dir / "benchmarks.json"
     bench_json = json.loads(bench_path.read_text()) if bench_path.is_file() else None
-    peers_path = results_dir / "peers.json"
-    peers = json.loads(peers_path.read_text()) if peers_path.is_file() else None
+    # peers.json (the default body) first, then peers-<body>.json of the other bodies.
+    peers = [json.loads(p.read_text()) for p in sorted(results_dir.glob("peers*.json"), key=lambda p: len(p.name))]
     if ratios:
         (results_dir / "ratios.json").write_text(json.dumps(list(ratios), indent=2))
     if load_average:

@@ -4,8 +4,7 @@ from image_classifier.settings import Settings
 
 if __name__ == "__main__":
     settings = Settings()
-    settings.prepare_native_runtime()  # before torch is imported, which the app does
-    from image_classifier.app import create_app
+    settings.prepare_native_runtime()  # before torch is imported (by the app, when main loads it)
     from serving.server import main
 
-    main(settings, "image_classifier.app:create_app", lambda: create_app(settings))
+    main(settings, "image_classifier.app:create_app", model="image_classifier.model:ImageClassifier")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
@@ -17,6 +17,23 @@ class Settings(ServingSettings):
     model_uri: str = "models/image-demo"
     port: int = 8080
     channels_last: bool = Field(default=False, description="NHWC memory layout (faster convolutions on CUDA).")
+    cuda_graphs: bool = Field(
+        default=True,
+        description="Replay one CUDA graph per batch bucket (1, 2, 4, ... and max_batch_size), captured before "
+        "readiness: a batch is padded to its bucket. CUDA only (eager elsewhere); a capture that fails falls back to "
+        "eager with a note in /v1/models.",
+    )
+    gpu_decode: Literal["auto", "off"] = Field(
+        default="auto",
+        description="auto: decode eligible JPEGs (baseline, 8-bit, grayscale or YCbCr 4:4:4/4:2:2/4:2:0, EXIF "
+        "orientation 1) on the GPU with nvJPEG, one call per batch, when the GPU has hardware JPEG engines "
+        "(image_classifier.gpudecode.HARDWARE_JPEG_GPUS); every other image keeps the CPU (Pillow) path.",
+    )
+    gpu_decode_max_pixels: int = Field(
+        default=25_000_000,
+        ge=1,
+        description="Larger JPEGs keep the CPU path: the GPU holds each decoded image whole (3 bytes a pixel).",
+    )
     top_k: int = Field(default=3, ge=1, le=20)
     max_images: int = Field(
         default=32, ge=1, le=1024, description="Most images one Open Inference Protocol request may carry (/v2)."

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -20,7 +21,7 @@ import anyio
 import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -40,8 +41,9 @@ from serving.errors import (
     error_response,
     install_error_handlers,
 )
+from serving.ipc import EngineClient, run_dir
 from serving.looplag import LoopLag
-from serving.metrics import ServiceMetrics
+from serving.metrics import ServiceMetrics, multiprocess
 from serving.model import Model
 from serving.settings import ServingSettings
 
@@ -89,7 +91,7 @@ class Runtime(Generic[SettingsT, ResourcesT]):
     settings: SettingsT
     model: Model[Any, Any, Any]
     metrics: ServiceMetrics
-    batcher: MicroBatcher[Any, Any] | None = None
+    batcher: MicroBatcher[Any, Any] | EngineClient | None = None  # EngineClient: a front of the split
     ready: bool = False
     load_error: str | None = None  # set when the model failed to load: the server then exits (see serving.server)
     draining: bool = False
@@ -450,6 +452,29 @@ class MetricsMiddleware:
         return None
 
 
+async def connect_to_engine(runtime: Runtime[Any, Any], stack: AsyncExitStack) -> EngineClient:
+    """A front's model: the engine's, adopted over the wire (serving.ipc), then its own preprocessing warmed up."""
+    settings, model = runtime.settings, runtime.model
+    client = await EngineClient.connect(run_dir(settings, runtime.service), model, settings, runtime.metrics)
+    stack.callback(client.stop)
+
+    def engine_lost() -> None:  # nothing left to serve with: drain what can still answer, then exit (supervisor)
+        runtime.ready = False
+        runtime.metrics.ready.set(0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    client.on_lost.append(engine_lost)
+    await anyio.to_thread.run_sync(model.warmup_item)  # Pillow's plugins and the resize path, before readiness
+    return client
+
+
+async def publish_process_gauges(runtime: Runtime[Any, Any], open_connections: Callable[[], int]) -> None:
+    while True:
+        await anyio.sleep(1.0)
+        runtime.metrics.loop_lag.set(runtime.loop_lag.take_peak())
+        runtime.metrics.connections.set(open_connections())
+
+
 def create_service_app(
     *,
     service: str,
@@ -464,10 +489,16 @@ def create_service_app(
     `Runtime.resources` holds it."""
 
     async def load(runtime: Runtime[SettingsT, ResourcesT], stack: AsyncExitStack) -> None:
-        """Load, warm up, start the batcher, then turn ready. Runs while the listener already answers (503 loading)."""
-        model, threads = runtime.model, settings.resolved_torch_threads()
+        """Load, warm up, start the batcher, then turn ready. Runs while the listener already answers (503 loading).
+        A front of the split connects to the engine instead: it is ready once the engine's model is warm."""
+        model = runtime.model
+        started = time.perf_counter()
         try:
-            loaded, warm = await in_daemon_thread(load_and_warm_up, model, settings.max_batch_size)
+            if settings.split:
+                runtime.batcher = await connect_to_engine(runtime, stack)
+                loaded, warm = 0.0, time.perf_counter() - started
+            else:
+                loaded, warm = await in_daemon_thread(load_and_warm_up, model, settings.max_batch_size)
             for note in model.notes:
                 log.warning(note)
             if resources is not None:
@@ -476,53 +507,55 @@ def create_service_app(
             log.exception("the model failed to load: the server exits")
             runtime.load_error = f"{type(exc).__name__}: {exc}"
             return
-        batcher: MicroBatcher[Any, Any] = MicroBatcher(
-            make_batch_runner(model),
-            max_batch_size=settings.max_batch_size,
-            max_wait_ms=settings.max_wait_ms,
-            capacity=settings.queue_capacity,
-            metrics=runtime.metrics,
-            retry_after_s=settings.retry_after_s,
-        )
-        batcher.start()
-        stack.callback(batcher.stop)
-        runtime.batcher = batcher
+        if not settings.split:
+            batcher: MicroBatcher[Any, Any] = MicroBatcher(
+                make_batch_runner(model),
+                max_batch_size=settings.max_batch_size,
+                max_wait_ms=settings.max_wait_ms,
+                capacity=settings.queue_capacity,
+                metrics=runtime.metrics,
+                retry_after_s=settings.retry_after_s,
+            )
+            batcher.start()
+            stack.callback(batcher.stop)
+            runtime.batcher = batcher
         freeze_the_loaded_heap()
-        runtime.metrics.model_info.info(
-            {"name": model.name, "version": model.version, "device": str(model.device), "precision": model.precision}
-        )
+        runtime.metrics.model_info.labels(model.name, model.version, str(model.device), model.precision).set(1)
         runtime.ready = not runtime.draining
         runtime.metrics.ready.set(int(runtime.ready))
         log.info(
-            "ready: model %s %s on %s (%s), torch threads %d, load %.2fs, warm-up of batch sizes 1..%d %.2fs",
+            "ready: model %s %s on %s (%s), torch threads %d, load %.2fs, warm-up of batch sizes 1..%d %.2fs%s",
             model.name,
             model.version,
             model.device,
             model.precision,
-            threads,
+            torch.get_num_threads(),
             loaded,
             settings.max_batch_size,
             warm,
+            " (a front of the split: waited for the engine)" if settings.split else "",
         )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         threads = settings.resolved_torch_threads()
-        torch.set_num_threads(threads)
+        torch.set_num_threads(1 if settings.split else threads)  # a front's torch only copies decoded pixels
         model = model_factory(settings)
         runtime: Runtime[SettingsT, ResourcesT] = Runtime(
             service=service, settings=settings, model=model, metrics=ServiceMetrics(service)
         )
         runtime.preprocess_limiter = anyio.CapacityLimiter(settings.preprocess_threads or threads)
         app.state.runtime = runtime
-        runtime.metrics.loop_lag.set_function(runtime.loop_lag.take_peak)
-        open_connections: Callable[[], int] | None = getattr(app.state, OPEN_CONNECTIONS_KEY, None)
-        if open_connections is not None:  # set by serving.server when it runs the app
+        open_connections: Callable[[], int] = getattr(app.state, OPEN_CONNECTIONS_KEY, lambda: 0)  # serving.server
+        if not multiprocess():
+            runtime.metrics.loop_lag.set_function(runtime.loop_lag.take_peak)
             runtime.metrics.connections.set_function(open_connections)
         # The exit stack outlives the loader's task group: the batcher and the resources close after the load stops.
         async with AsyncExitStack() as stack, anyio.create_task_group() as loader:
             loader.start_soon(load, runtime, stack)
             loader.start_soon(runtime.loop_lag.run)
+            if multiprocess():  # no callback gauges across processes: each front writes its own every second
+                loader.start_soon(publish_process_gauges, runtime, open_connections)
             log.info("listening while the model loads: /readyz answers 503 `loading` until it is warm")
             yield
             loader.cancel_scope.cancel()
@@ -560,7 +593,8 @@ def create_service_app(
         responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
     )
     async def metrics(runtime: RuntimeDep) -> Response:
-        return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        body, media_type = runtime.metrics.exposition()
+        return Response(body, media_type=media_type)
 
     @app.get(
         "/v1/models", tags=["model"], summary="The served model: name, version, labels, device, precision, batching."
@@ -569,6 +603,7 @@ def create_service_app(
         if not runtime.ready:
             raise NotReady("the model is not loaded yet", headers={"Retry-After": str(runtime.settings.retry_after_s)})
         model, s = runtime.model, runtime.settings
+        processes = s.fronts if s.split else 1  # a front's settings hold its share (serving.ipc.front_share)
         return {
             "name": model.name,
             "version": model.version,
@@ -581,10 +616,11 @@ def create_service_app(
                 "enabled": s.max_batch_size > 1,
                 "max_batch_size": s.max_batch_size,
                 "max_wait_ms": s.max_wait_ms,
-                "queue_capacity": s.queue_capacity,
+                "queue_capacity": s.queue_capacity * processes,
             },
             "request_timeout_s": s.request_timeout_s,
-            "max_inflight": s.max_inflight,
+            "max_inflight": s.max_inflight * processes,
+            "fronts": processes if s.split else None,
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
             "openmp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),

@@ -31,12 +31,16 @@ class BatchTimings:
     batch_size: int = 0
 
 
+Settle = Callable[[Any, "BaseException | None"], None]
+"""How an item's outcome reaches whoever waits for it: (result, None) or (None, error); called on the worker thread."""
+
+
 @dataclass
 class _Item(Generic[In, Out]):
     payload: In
     deadline: float
-    future: asyncio.Future[tuple[Out, BatchTimings]]
-    loop: asyncio.AbstractEventLoop
+    settle: Settle
+    abandoned: Callable[[], bool]  # True once nobody waits for the answer (the client left): skipped before compute
     enqueued: float = field(default_factory=time.monotonic)
     gap: float = 0.0  # seconds since the item before it arrived
 
@@ -81,6 +85,8 @@ class MicroBatcher(Generic[In, Out]):
         self._busy = False
         self._last_arrival = time.monotonic()
         self._thread: threading.Thread | None = None
+        # Reservations held outside this process (serving.ipc: the fronts' admitted requests), for the lone-item rule.
+        self.external_reserved: Callable[[], int] = lambda: 0
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -119,18 +125,24 @@ class MicroBatcher(Generic[In, Out]):
         with self._cond:
             self._refuse_if_full()
             self._reserved += 1
-        return Reservation(self)
+        return Reservation(self._release)
 
     def _release(self) -> None:
         with self._cond:
             self._reserved -= 1
             self._cond.notify()  # the worker may be waiting for this request's item, which is not coming
 
-    async def submit(
-        self, payload: In, deadline: float, reservation: Reservation | None = None
-    ) -> tuple[Out, BatchTimings]:
-        loop = asyncio.get_running_loop()
-        item: _Item[In, Out] = _Item(payload, deadline, loop.create_future(), loop)
+    def enqueue(
+        self,
+        payload: In,
+        deadline: float,
+        settle: Settle,
+        abandoned: Callable[[], bool],
+        reservation: Reservation | None = None,
+    ) -> None:
+        """Queue one item whose outcome goes to `settle` (on the worker thread); QueueFull at once when full. What
+        `submit` builds on, and what the engine process (serving.engine) calls for the fronts' items."""
+        item: _Item[In, Out] = _Item(payload, deadline, settle, abandoned)
         with self._cond:
             if reservation is not None and reservation.take():
                 self._reserved -= 1  # the promised slot becomes this item's
@@ -140,10 +152,17 @@ class MicroBatcher(Generic[In, Out]):
             self._queue.append(item)
             self._metrics.queue_depth.set(len(self._queue))
             self._cond.notify()
+
+    async def submit(
+        self, payload: In, deadline: float, reservation: Reservation | None = None
+    ) -> tuple[Out, BatchTimings]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[Out, BatchTimings]] = loop.create_future()
+        self.enqueue(payload, deadline, _settle_future(loop, future), future.done, reservation)
         remaining = deadline - time.monotonic()
         try:
             # On timeout wait_for cancels the future, and the worker skips cancelled items before compute.
-            return await asyncio.wait_for(item.future, timeout=max(remaining, 0.0))
+            return await asyncio.wait_for(future, timeout=max(remaining, 0.0))
         except TimeoutError:
             self._metrics.rejected.labels("deadline").inc()
             raise DeadlineExceeded("the request's deadline passed before it was served") from None
@@ -158,7 +177,8 @@ class MicroBatcher(Generic[In, Out]):
             first_at = time.monotonic()
             flush_at = first_at + self.max_wait_s
             while len(self._queue) < self.max_batch_size and not self._stopping:
-                if self._reserved == 0 and len(self._queue) == 1 and self._queue[0].gap > self.max_wait_s:
+                reserved = self._reserved + self.external_reserved()
+                if reserved == 0 and len(self._queue) == 1 and self._queue[0].gap > self.max_wait_s:
                     break  # a lone item in sparse traffic, nothing admitted behind it: waiting only adds latency
                 left = flush_at - time.monotonic()
                 if left <= 0:
@@ -186,7 +206,7 @@ class MicroBatcher(Generic[In, Out]):
         now = time.monotonic()
         live: list[_Item[In, Out]] = []
         for item in batch:
-            if item.future.done():  # cancelled by the client going away
+            if item.abandoned():  # the client went away
                 continue
             if item.deadline <= now:
                 _resolve(item, exc=DeadlineExceeded("the request's deadline passed while it was queued"))
@@ -224,7 +244,7 @@ class MicroBatcher(Generic[In, Out]):
         failures: list[tuple[_Item[In, Out], Exception]] = []
         succeeded = 0
         for item in items:
-            if item.future.done():
+            if item.abandoned():
                 continue
             try:
                 (output,), inference_s, postprocess_s = self._run_checked([item])
@@ -252,20 +272,21 @@ class MicroBatcher(Generic[In, Out]):
 
 
 class Reservation:
-    """A queue slot promised to one request (see `MicroBatcher.reserve`); released at most once."""
+    """A queue slot promised to one request (see `MicroBatcher.reserve`, and serving.ipc's front slots); released at
+    most once, or taken once by the item it was promised to."""
 
-    def __init__(self, batcher: MicroBatcher[Any, Any]) -> None:
-        self._batcher: MicroBatcher[Any, Any] | None = batcher
+    def __init__(self, on_release: Callable[[], None]) -> None:
+        self._on_release: Callable[[], None] | None = on_release
 
     def take(self) -> bool:
         """Claim the slot for an item (True), or False when it was already taken or released."""
-        held, self._batcher = self._batcher is not None, None
+        held, self._on_release = self._on_release is not None, None
         return held
 
     def release(self) -> None:
-        batcher, self._batcher = self._batcher, None
-        if batcher is not None:
-            batcher._release()
+        on_release, self._on_release = self._on_release, None
+        if on_release is not None:
+            on_release()
 
     def __enter__(self) -> Reservation:
         return self
@@ -275,13 +296,22 @@ class Reservation:
 
 
 def _resolve(item: _Item[Any, Any], *, result: Any = None, exc: BaseException | None = None) -> None:
-    def settle() -> None:
-        if item.future.done():
-            return
-        if exc is not None:
-            item.future.set_exception(exc)
-        else:
-            item.future.set_result(result)
+    item.settle(result, exc)
 
-    with contextlib.suppress(RuntimeError):  # a closed loop: the client is long gone
-        item.loop.call_soon_threadsafe(settle)
+
+def _settle_future(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]) -> Settle:
+    """A Settle that hands the outcome to `future` on its event loop (from the worker thread)."""
+
+    def settle(result: Any, exc: BaseException | None) -> None:
+        def on_loop() -> None:
+            if future.done():
+                return
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+        with contextlib.suppress(RuntimeError):  # a closed loop: the client is long gone
+            loop.call_soon_threadsafe(on_loop)
+
+    return settle

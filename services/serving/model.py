@@ -84,6 +84,43 @@ class Model(ABC, Generic[Raw, Item, Out]):
     def describe(self) -> dict[str, Any]:
         return {}
 
+    # -- the engine/front split (serving.ipc): what crosses the process boundary, as bytes in a shared slot ---------
+    # A model that supports the split implements these; the default refuses, so SPLIT=true fails at start, not later.
+    def slot_sizes(self) -> tuple[int, int]:
+        """(bytes of the largest packed item, bytes of one packed output): the size of a front's shared slots."""
+        raise NotImplementedError(f"{type(self).__name__} does not support the engine/front split")
+
+    def pack_item(self, item: Item) -> tuple[int, bytes | memoryview]:
+        """A preprocessed item as (kind, bytes) for a slot; `unpack_item` in the engine turns it back."""
+        raise NotImplementedError(f"{type(self).__name__} does not support the engine/front split")
+
+    def unpack_item(self, kind: int, data: memoryview) -> Item:
+        """The item from a slot (a view: valid until `predict` returns; copy whatever must live longer)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support the engine/front split")
+
+    def pack_output(self, output: Out) -> bytes | memoryview:
+        raise NotImplementedError(f"{type(self).__name__} does not support the engine/front split")
+
+    def unpack_output(self, data: memoryview) -> Out:
+        raise NotImplementedError(f"{type(self).__name__} does not support the engine/front split")
+
+    def front_info(self) -> dict[str, Any]:
+        """What a front process needs from the engine's loaded model to preprocess and answer (JSON-able)."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "labels": self.labels,
+            "device": str(self.device),
+            "precision": self.precision,
+            "notes": self.notes,
+        }
+
+    def adopt(self, info: dict[str, Any]) -> None:
+        """In a front: become the preprocessing side of the engine's model (no weights, no device), from its
+        `front_info`. Subclasses extend it with what their preprocessing needs."""
+        self.name, self.version, self.labels = info["name"], info["version"], list(info["labels"])
+        self.device, self.precision, self.notes = torch.device(info["device"]), info["precision"], list(info["notes"])
+
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

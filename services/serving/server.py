@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import signal
 import sys
@@ -9,15 +10,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import uvicorn
 from fastapi import FastAPI
 
-from serving.app import OPEN_CONNECTIONS_KEY
 from serving.logconfig import configure_logging, logging_config
 from serving.protocol import ConnectionLimits, limited_protocol
 from serving.settings import ServingSettings
+
+if TYPE_CHECKING:
+    from serving.model import Model
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +72,10 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
-def serve(app: FastAPI, settings: ServingSettings, **uvicorn_kwargs: Any) -> None:
-    """Run `app` until SIGTERM, then drain and exit 0."""
+def serve(app: FastAPI, settings: ServingSettings, fd: int | None = None, **uvicorn_kwargs: Any) -> None:
+    """Run `app` until SIGTERM, then drain and exit 0; on the listening socket `fd` when given (a split front)."""
+    from serving.app import OPEN_CONNECTIONS_KEY
+
     configure_logging(settings.log_level, settings.log_format)
     # The event loop thread gives the GIL up at every socket call and may then wait for a thread running Python code
     # (preprocessing, the batch worker) for up to the switch interval (5 ms by default) to get it back. Refusals
@@ -86,6 +91,7 @@ def serve(app: FastAPI, settings: ServingSettings, **uvicorn_kwargs: Any) -> Non
         app,
         host=settings.host,
         port=settings.port,
+        fd=fd,
         log_config=logging_config(settings.log_level, settings.log_format),
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
         # Header deadline, header limits and the connection cap (serving.protocol); uvicorn's keep-alive timeout
@@ -127,17 +133,44 @@ def usage(settings: ServingSettings, prog: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(
-    settings: ServingSettings, factory: str, create_app: Callable[[], FastAPI], argv: list[str] | None = None
-) -> None:
-    """What `python -m <service>` runs: reload mode for development, else the draining server."""
+SettingsT = TypeVar("SettingsT", bound=ServingSettings)
+
+
+def load_object(reference: str) -> Any:
+    """`package.module:name` -> the object (imported only when needed: the supervisor never imports torch)."""
+    module, _, name = reference.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def main(settings: SettingsT, factory: str, argv: list[str] | None = None, model: str | None = None) -> None:
+    """What `python -m <service>` runs: reload mode for development, the split's supervisor (SPLIT=true; `model`
+    names the engine's model class, `package.module:Class`), else the draining server. `--engine N` and
+    `--front FD N` are the split's processes, started by serving.supervisor."""
     args = sys.argv[1:] if argv is None else argv
     prog = factory.split(".")[0]
+    if args[:1] == ["--engine"] and model is not None and len(args) == 2:
+        from serving.engine import run_engine
+
+        model_class: Callable[[SettingsT], Model[Any, Any, Any]] = load_object(model)
+        run_engine(settings, lambda: model_class(settings), prog, int(args[1]))
+        return
+    if args[:1] == ["--front"] and len(args) == 3:
+        from serving.ipc import front_share
+
+        share = front_share(settings, int(args[2]))
+        serve(load_object(factory)(share), share, fd=int(args[1]))
+        return
     if args:
         known = {"-h", "--help"}
         sys.stdout.write(usage(settings, prog))
         raise SystemExit(0 if set(args) <= known else 2)
     if settings.reload:
         serve_with_reload(factory, settings, [str(Path(__file__).resolve().parent.parent)])
+    elif settings.split:
+        if model is None:
+            raise SystemExit(f"{prog} does not support the engine/front split (SPLIT=true)")
+        from serving.supervisor import supervise
+
+        supervise(settings, prog, prog)
     else:
-        serve(create_app(), settings)
+        serve(load_object(factory)(settings), settings)

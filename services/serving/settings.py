@@ -95,6 +95,19 @@ class ServingSettings(BaseSettings):
         "event loop, so refusals and every other answer wait behind them on a busy node.",
     )
 
+    split: bool = Field(
+        default=False,
+        description="The engine/front split (serving.supervisor): one engine process owns the device, the model and "
+        "the batcher; FRONTS processes serve HTTP, fetch and decode. Off: one process does all of it.",
+    )
+    fronts: int = Field(
+        default=0, ge=0, le=64, description="Front processes of the split; 0 = the CPU limit minus one (at least 1)."
+    )
+    ipc_dir: Path = Field(
+        default=Path("/dev/shm"),  # noqa: S108 - the pod's memory-backed emptyDir
+        description="The split's shared-memory slots, engine socket and multiprocess metrics (memory-backed).",
+    )
+
     host: str = "0.0.0.0"  # noqa: S104 - a server in a pod listens on all interfaces
     port: int = 8080
     drain_timeout_s: float = Field(default=20.0, ge=0, description="How long SIGTERM waits for accepted requests.")
@@ -104,6 +117,10 @@ class ServingSettings(BaseSettings):
 
     def resolved_torch_threads(self) -> int:
         return self.torch_threads or default_torch_threads()
+
+    def resolved_fronts(self) -> int:
+        """Front processes: FRONTS, or one per CPU of the limit beside the engine's (2 under a g4dn.xlarge's 3)."""
+        return self.fronts or max(1, default_torch_threads() - 1)
 
     def prepare_native_runtime(self) -> None:
         """What must happen before torch is imported: libgomp reads OMP_WAIT_POLICY once, when torch loads it.

@@ -4,8 +4,7 @@ from text_classifier.settings import Settings
 
 if __name__ == "__main__":
     settings = Settings()
-    settings.prepare_native_runtime()  # before torch is imported, which the app does
+    settings.prepare_native_runtime()  # before torch is imported (by the app, when main loads it)
     from serving.server import main
-    from text_classifier.app import create_app
 
-    main(settings, "text_classifier.app:create_app", lambda: create_app(settings))
+    main(settings, "text_classifier.app:create_app")

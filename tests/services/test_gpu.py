@@ -30,7 +30,9 @@ def test_cuda_predictions_match_cpu(bundles: dict[str, Path], precision: str, ch
     torch.cuda.synchronize()
     assert on_gpu.device.type == "cuda"
     assert (on_cpu.argmax(1) == on_gpu.argmax(1).cpu()).float().mean() >= 0.95
-    tolerance = 1e-4 if precision == "fp32" else 3e-2
+    # fp32 on CUDA: cuDNN convolutions run TF32 by default (torch.backends.cudnn.allow_tf32), about 1e-3 apart from
+    # the CPU (seen on the H200, 2026-12-04: over 1e-4); argmax agreement above is the stricter check.
+    tolerance = 2e-3 if precision == "fp32" else 3e-2
     assert torch.allclose(on_cpu, on_gpu.cpu(), atol=tolerance)
 
 

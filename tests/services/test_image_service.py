@@ -252,11 +252,14 @@ def test_memory_stays_bounded_under_repeated_bad_input(image_service: Server) ->
 def test_the_warm_up_item_is_decoded_from_every_allowed_format(bundles: dict[str, Path]) -> None:
     """The warm-up goes through decode and resize (so the first client does not pay for Pillow's plugins): its item
     is a real preprocessed mid-grey image of the input size, not a blank tensor."""
+    import torch
+
     from image_classifier.model import ImageClassifier
     from image_classifier.settings import Settings
 
     model = ImageClassifier(Settings(model_uri=str(bundles["image-demo"]), device="cpu"))
     model.load()
     item = model.warmup_item()
+    assert isinstance(item, torch.Tensor)  # on CPU: the pixels (with GPU decode on it is the JPEG's EncodedImage)
     assert tuple(item.shape) == (3, model.spec.input_size, model.spec.input_size)
     assert 120 <= float(item.float().mean()) <= 135

@@ -44,9 +44,14 @@ def gated_bundle(bundles: dict[str, Path], origin: Origin, tmp_path: Path) -> It
         origin.gate.set()
 
 
-def start_loading(bundle: GatedBundle, tmp_path: Path) -> tuple[Server, httpx.Client]:
+def start_loading(bundle: GatedBundle, tmp_path: Path, image_env: dict[str, str]) -> tuple[Server, httpx.Client]:
     """Start the image service on the gated bundle; return once its port answers /healthz (the model still loading)."""
-    env = {"MODEL_URI": bundle.url, "MODEL_SHA256": bundle.sha256, "MODEL_CACHE_DIR": str(tmp_path / "cache")}
+    env = {
+        **image_env,
+        "MODEL_URI": bundle.url,
+        "MODEL_SHA256": bundle.sha256,
+        "MODEL_CACHE_DIR": str(tmp_path / "cache"),
+    }
     server = Server("image_classifier", {"LOG_FORMAT": "json", **env}, log_path=tmp_path / "svc.log")
 
     def launch() -> None:  # start() returns once ready (or raises when the process exits): here it only launches
@@ -65,8 +70,10 @@ def start_loading(bundle: GatedBundle, tmp_path: Path) -> tuple[Server, httpx.Cl
     raise AssertionError(f"the port never answered while loading: {server.log_tail()}")
 
 
-def test_the_port_answers_503_loading_until_the_model_is_warm(gated_bundle: GatedBundle, tmp_path: Path) -> None:
-    server, client = start_loading(gated_bundle, tmp_path)
+def test_the_port_answers_503_loading_until_the_model_is_warm(
+    gated_bundle: GatedBundle, tmp_path: Path, image_env: dict[str, str]
+) -> None:
+    server, client = start_loading(gated_bundle, tmp_path, image_env)
     try:
         ready = client.get("/readyz")
         assert (ready.status_code, ready.json()) == (503, {"status": "loading"})
@@ -88,8 +95,10 @@ def test_the_port_answers_503_loading_until_the_model_is_warm(gated_bundle: Gate
     assert '"level": "ERROR"' not in server.log_tail(1_000_000)
 
 
-def test_sigterm_while_loading_exits_at_once_and_cleanly(gated_bundle: GatedBundle, tmp_path: Path) -> None:
-    server, client = start_loading(gated_bundle, tmp_path)
+def test_sigterm_while_loading_exits_at_once_and_cleanly(
+    gated_bundle: GatedBundle, tmp_path: Path, image_env: dict[str, str]
+) -> None:
+    server, client = start_loading(gated_bundle, tmp_path, image_env)
     client.close()
     assert server.proc is not None
     started = time.monotonic()
@@ -99,8 +108,8 @@ def test_sigterm_while_loading_exits_at_once_and_cleanly(gated_bundle: GatedBund
     assert code == 0, server.log_tail()
 
 
-def test_a_model_that_fails_to_load_exits_non_zero_and_says_why(tmp_path: Path) -> None:
-    env = {"MODEL_URI": str(tmp_path / "no-such-bundle")}
+def test_a_model_that_fails_to_load_exits_non_zero_and_says_why(tmp_path: Path, image_env: dict[str, str]) -> None:
+    env = {**image_env, "MODEL_URI": str(tmp_path / "no-such-bundle")}
     server = Server("image_classifier", {"LOG_FORMAT": "json", **env}, log_path=tmp_path / "svc.log")
     with pytest.raises(ServiceStartError, match="exited with 1"):
         server.start()

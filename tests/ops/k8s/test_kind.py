@@ -5,8 +5,11 @@ No docker and no cluster: these read the committed files and the pinned kubeadm 
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import subprocess
+import sys
 import tomllib
 
 import pytest
@@ -112,8 +115,13 @@ def test_tiltfile_guards_and_ports_match_the_repository() -> None:
     assert f"KIND_CONTEXT = '{kind.context_name()}'" in TILTFILE
     for guard in ("version_settings(check_updates=False", "analytics_settings(enable=False)", "allow_k8s_contexts("):
         assert guard in TILTFILE
-    ports = dict(re.findall(r"'([a-z-]+)': \('[a-z_]+', (\d+)\)", TILTFILE))
-    assert {name: int(port) for name, port in ports.items()} == {s.name: s.port for s in SERVICES}
+    # The Tiltfile reads the one service table (`python -m ops.core`) and restates no name or port of it.
+    assert "local('uv run python -m ops.core'" in TILTFILE
+    code = "\n".join(line.split("#", 1)[0] for line in TILTFILE.splitlines())
+    for service in SERVICES:
+        assert str(service.port) not in code, f"{service.name}'s port is restated in the Tiltfile"
+    table = json.loads(subprocess.run([sys.executable, "-m", "ops.core"], capture_output=True, text=True, check=True).stdout)
+    assert {name: row["local_port"] for name, row in table["services"].items()} == {s.name: s.port for s in SERVICES}
     assert "invoke manifests.render --overlay local-live" in TILTFILE
     # No Tilt extension: they are fetched from GitHub at run time.
     assert not re.search(r"^load\(", TILTFILE, flags=re.M)

@@ -77,3 +77,13 @@ def test_install_wheels_picks_the_matching_build(tmp_path: Path) -> None:
     )
     assert proc.returncode != 0
     assert "missingpkg" in proc.stderr
+
+
+def test_gpu_wheels_bring_the_uvicorn_extras_the_service_runs_on() -> None:
+    """httptools (the service's protocol) and uvloop (uvicorn's loop="auto") travel, and they are uvicorn[standard]'s
+    in uv.lock; without them the H200 run measured h11 and asyncio (issue 22)."""
+    from ops.perf.gpuwheels import UVICORN_STANDARD_USED, uvicorn_standard_extras
+
+    pins = pinned_requirements()
+    assert set(UVICORN_STANDARD_USED) <= uvicorn_standard_extras()
+    assert {"httptools", "uvloop", "litserve", "pyzmq"} <= set(pins)

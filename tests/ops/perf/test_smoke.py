@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ops.perf.peers import PEER_PACKAGES
+from ops.perf.peers import PEER_PACKAGES, SERVERS
 from testkit import run_ok
 
 INVOKE = [sys.executable, "-m", "invoke"]
@@ -132,8 +132,11 @@ def test_invoke_bench_quick_writes_json_and_summary(tmp_path: Path) -> None:
 @pytest.mark.bench
 def test_invoke_bench_peers_starts_each_peer_on_the_demo_bundle(tmp_path: Path) -> None:
     """`invoke bench.peers --quick`: ours, LitServe and KServe each start once on the demo bundle and answer."""
-    missing = sorted(name for name, package in PEER_PACKAGES.items() if importlib.util.find_spec(package) is None)
-    # The peers group is one of uv's default groups: a missing peer is a broken environment, not a reason to skip.
+    # The CPU comparison's peers are in the peers group, one of uv's default groups: a missing one is a broken
+    # environment, not a reason to skip. (PyTriton is a GPU-run peer only, from the GPU wheel set.)
+    cpu_peers = {name: PEER_PACKAGES[name] for name in SERVERS if name in PEER_PACKAGES}
+    assert set(cpu_peers) == {"litserve", "kserve"}
+    missing = sorted(name for name, package in cpu_peers.items() if importlib.util.find_spec(package) is None)
     assert not missing, f"peer packages not installed: {', '.join(missing)} (`uv sync --group peers`)"
     run_ok([*INVOKE, "bench.peers", "--quick", "--results", str(tmp_path)], 600)
     peers = json.loads((tmp_path / "peers.json").read_text())
@@ -159,5 +162,15 @@ def test_gpu_run_script_on_cpu(tmp_path: Path) -> None:
     )
     assert "torch" in (tmp_path / "machine.txt").read_text()
     assert json.loads((tmp_path / "benchmarks.json").read_text())["benchmarks"]
-    assert list(tmp_path.glob("ratios-demo-cpu-fp32.json"))
-    assert "## Serving ratios" in (tmp_path / "summary.md").read_text()
+    ratio = json.loads((tmp_path / "ratios-demo-cpu-fp32.json").read_text())
+    assert ratio["body"]["name"] == "photo"
+    assert ratio["runtime"]["http"] == "httptools"
+    summary = (tmp_path / "summary.md").read_text()
+    assert "## Serving ratios" in summary
+    for name in ("peers.json", "peers-large.json"):
+        peers = json.loads((tmp_path / name).read_text())
+        assert peers["servers"][0]["server"] == "ours"
+        assert all(level["ok"] == level["requests"] > 0 for level in peers["servers"][0]["levels"])
+        assert (tmp_path / name.replace(".json", ".svg")).read_text().startswith("<svg")
+    assert "## Peer servers, side by side: demo cpu fp32, photo 500x375" in summary
+    assert "## Peer servers, side by side: demo cpu fp32, large 4000x3000" in summary
