@@ -56,6 +56,8 @@ def test_parity_differs_from_prod_only_where_the_component_says(prod: list[Obj],
         "IMAGE_CLASSIFIER_DEVICE": "cpu",
         "IMAGE_CLASSIFIER_FETCH_ALLOWED_HOSTS": "192.0.2.10,10.255.0.10",
     }
+    assert b[cm]["data"]["IMAGE_CLASSIFIER_SPLIT"] == "true"  # prod's engine/front split runs in the parity pods
+    assert "IMAGE_CLASSIFIER_FRONTS" not in b[cm]["data"]  # FRONTS=0: the 2-core limit gives 1 front + the engine
     for name in policies.SERVICES:  # only the HPA's bounds, and the image HPA's scale-down stabilization
         key = ("HorizontalPodAutoscaler", "inference", name)
         before_h, after_h = a[key]["spec"], b[key]["spec"]
@@ -68,13 +70,20 @@ def test_parity_differs_from_prod_only_where_the_component_says(prod: list[Obj],
         before, after = a[key]["spec"]["template"]["spec"], b[key]["spec"]["template"]["spec"]
         before_c, after_c = before["containers"][0], after["containers"][0]
         assert after_c["image"] == f"eks-inference/{name}:dev-cpu"
-        limits = {k: v for k, v in before_c["resources"]["limits"].items() if k != "nvidia.com/gpu"}
+        limits = {k: v for k, v in before_c["resources"]["limits"].items() if k not in ("nvidia.com/gpu", "cpu")}
         requests = {k: v for k, v in before_c["resources"]["requests"].items() if k not in ("nvidia.com/gpu", "cpu")}
-        # A laptop node's cores: only the CPU request shrinks.
+        # A laptop node's cores: only the CPU request and limit shrink.
+        after_cpu = {part: after_c["resources"][part]["cpu"] for part in ("requests", "limits")}
         assert after_c["resources"] == {
-            "limits": limits,
-            "requests": {**requests, "cpu": after_c["resources"]["requests"]["cpu"]},
+            "limits": {**limits, "cpu": after_cpu["limits"]},
+            "requests": {**requests, "cpu": after_cpu["requests"]},
         }
+        if name == "image-classifier":  # fits a kind node's 2 cores; the limit sizes the split's fronts
+            assert after_cpu == {"requests": "400m", "limits": "2"}
+        else:
+            assert after_c["resources"]["limits"]["cpu"] == before_c["resources"]["limits"]["cpu"]
+        assert after.get("volumes") == before.get("volumes"), name  # the split's memory-backed /dev/shm
+        assert after_c.get("volumeMounts") == before_c.get("volumeMounts"), name
         for field in ("affinity", "tolerations", "topologySpreadConstraints", "priorityClassName"):
             assert after.get(field) == before.get(field), (name, field)
         for field in ("startupProbe", "readinessProbe", "livenessProbe", "lifecycle"):
