@@ -441,6 +441,14 @@ def _hpa(cluster: KindSession, name: str) -> dict[str, Any]:
     return dict(_j(cluster, "-n", NS, "get", "hpa", name))
 
 
+def _unschedulable(pod: dict[str, Any]) -> str:
+    """The scheduler's message for a pod it could place on no node ("" when it is scheduled or not yet tried)."""
+    for c in pod["status"].get("conditions", []):
+        if c["type"] == "PodScheduled" and c["status"] == "False" and c.get("reason") == "Unschedulable":
+            return str(c.get("message", ""))
+    return ""
+
+
 def test_the_image_hpa_scales_up_under_load_and_back_down(cluster: KindSession) -> None:
     hpa = _hpa(cluster, "image-classifier")
     low, high = hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]
@@ -458,11 +466,18 @@ def test_the_image_hpa_scales_up_under_load_and_back_down(cluster: KindSession) 
             "desiredReplicas") == high, 600, 3)  # fmt: skip
         _wait(f"{high} image pods", lambda: len(_pods(cluster, NS, _app("image-classifier"))) == high, 120)
         ready_s = up_s + _wait(f"{room} image pods Ready", lambda: ready() == room, 600, 3)
+
+        def waiting() -> list[str]:
+            return [_unschedulable(p) for p in _pods(cluster, NS, _app("image-classifier")) if not _ready(p)]
+
+        # The replicas beyond the nodes wait for a node, unschedulable, and the scheduler says why.
+        _wait(f"{high - room} image pods unschedulable", lambda: len(waiting()) == high - room and all(waiting()), 60)
+        pending = waiting()
     down_s = _wait(f"the image HPA back to {low}", lambda: _hpa(cluster, "image-classifier")["status"].get(
         "desiredReplicas") == low, 900, 5)  # fmt: skip
     _wait(f"{low} image pods", lambda: len(_pods(cluster, NS, _app("image-classifier"))) == low, 300)
     cluster.report["hpa"] = {"scale_up_s": round(up_s, 1), "up_and_ready_s": round(ready_s, 1),
-                             "scale_down_s": round(down_s, 1), "load": counts}  # fmt: skip
+                             "scale_down_s": round(down_s, 1), "load": counts, "pending": pending}  # fmt: skip
     assert counts.get("200", 0) > 0
 
 
