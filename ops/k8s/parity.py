@@ -10,11 +10,13 @@ the ~6 GB images are copied to as few nodes as production would pull them on.
 
 What cannot run without a GPU or a registry (the NVIDIA device plugin and DCGM exporter, whose images are
 NVIDIA's, and the Cluster Autoscaler, which has no cloud to call) is applied all the same: it is placed by
-prod's rules and stays ImagePullBackOff there. `up` waits for the services only.
+prod's rules and stays ImagePullBackOff there. `up` waits for the services only. In the device plugin's place,
+each gpu-t4 node advertises its node group's GPU (advertise_devices), so the image pods keep prod's GPU request.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -23,7 +25,7 @@ import yaml
 
 from ops import core
 from ops.k8s import deploy, kind, nodegroups, placement, policies, render
-from ops.k8s.objects import Obj
+from ops.k8s.objects import GPU_RESOURCE, Obj
 
 OVERLAY = "eks-prod"
 COMPONENTS = (render.PARITY_COMPONENT,)
@@ -68,6 +70,32 @@ def nodes_by_group(kubectl: deploy.Kubectl) -> dict[str, list[str]]:
         group = node["metadata"]["labels"].get(NODEGROUP_LABEL, "")
         out.setdefault(group, []).append(node["metadata"]["name"])
     return out
+
+
+def advertise_devices(kubectl: deploy.Kubectl, timeout_s: float = 120) -> dict[str, dict[str, str]]:
+    """Each kind node advertises its node group's device resources (nodegroups.yaml capacity: nvidia.com/gpu),
+    as the NVIDIA device plugin does on a GPU node; the plugin has no GPU here, so its stand-in is a patch of the
+    node's status capacity (an extended resource: the kubelet derives the allocatable and keeps it). The GPU pods
+    then request prod's 1 GPU and schedule by prod's rule: one per node, the next Pending for a node."""
+    groups = nodegroups.load_nodegroups()
+    wanted: dict[str, dict[str, str]] = {}
+    for group, names in nodes_by_group(kubectl).items():
+        devices = {r: q for r, q in groups[group].capacity.items() if r == GPU_RESOURCE} if group in groups else {}
+        for node in names:
+            if devices:
+                ops = [{"op": "add", "path": f"/status/capacity/{r.replace('/', '~1')}", "value": q}
+                       for r, q in devices.items()]  # fmt: skip
+                kubectl.run("patch", "node", node, "--subresource=status", "--type=json", "-p", json.dumps(ops))
+                wanted[node] = devices
+    deadline = time.monotonic() + timeout_s
+    while True:
+        nodes = yaml.safe_load(kubectl.run("get", "nodes", "-o", "yaml", quiet=True).stdout)["items"]
+        allocatable = {n["metadata"]["name"]: n["status"].get("allocatable", {}) for n in nodes}
+        if all(allocatable.get(n, {}).get(r) == q for n, d in wanted.items() for r, q in d.items()):
+            return wanted
+        if time.monotonic() > deadline:
+            raise ParityError(f"the nodes do not advertise {wanted} within {timeout_s:.0f}s: {allocatable}")
+        time.sleep(2)
 
 
 def build_and_load(k: kind.Kind, result: kind.UpResult, objects: list[Obj], *, offline: bool) -> dict[str, str]:
@@ -125,9 +153,11 @@ def up(
     kind.ensure_cluster(k, result, mode=mode, extra=extra, base=kind.parity_config())
     if offline_images is None:
         offline_images = result.node_image.offline if result.node_image is not None else not kind.registry_answers()
+    kubectl = deploy.Kubectl(k.context, k.kubeconfig)
+    with result.step("node devices"):
+        advertise_devices(kubectl)
     kind.ensure_bundles()
     overrides = build_and_load(k, result, objects, offline=offline_images)
-    kubectl = deploy.Kubectl(k.context, k.kubeconfig)
     with result.step(f"apply {LABEL}"):
         apply(kubectl, objects, overrides, timeout_s)
     result.steps.append(("total", time.monotonic() - started))

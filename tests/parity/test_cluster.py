@@ -470,9 +470,11 @@ def test_the_image_hpa_scales_up_under_load_and_back_down(cluster: KindSession) 
         def waiting() -> list[str]:
             return [_unschedulable(p) for p in _pods(cluster, NS, _app("image-classifier")) if not _ready(p)]
 
-        # The replicas beyond the nodes wait for a node, unschedulable, and the scheduler says why.
+        # The replicas beyond the nodes wait for a node, unschedulable for want of a GPU (each gpu-t4 stand-in has
+        # one: ops.k8s.parity.advertise_devices), the condition the Cluster Autoscaler adds a node for on EKS.
         _wait(f"{high - room} image pods unschedulable", lambda: len(waiting()) == high - room and all(waiting()), 60)
         pending = waiting()
+        assert all("Insufficient nvidia.com/gpu" in m for m in pending), pending
     down_s = _wait(f"the image HPA back to {low}", lambda: _hpa(cluster, "image-classifier")["status"].get(
         "desiredReplicas") == low, 900, 5)  # fmt: skip
     _wait(f"{low} image pods", lambda: len(_pods(cluster, NS, _app("image-classifier"))) == low, 300)

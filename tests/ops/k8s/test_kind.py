@@ -120,7 +120,9 @@ def test_tiltfile_guards_and_ports_match_the_repository() -> None:
     code = "\n".join(line.split("#", 1)[0] for line in TILTFILE.splitlines())
     for service in SERVICES:
         assert str(service.port) not in code, f"{service.name}'s port is restated in the Tiltfile"
-    table = json.loads(subprocess.run([sys.executable, "-m", "ops.core"], capture_output=True, text=True, check=True).stdout)
+    table = json.loads(
+        subprocess.run([sys.executable, "-m", "ops.core"], capture_output=True, text=True, check=True).stdout
+    )
     assert {name: row["local_port"] for name, row in table["services"].items()} == {s.name: s.port for s in SERVICES}
     assert "invoke manifests.render --overlay local-live" in TILTFILE
     # No Tilt extension: they are fetched from GitHub at run time.

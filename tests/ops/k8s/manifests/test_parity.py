@@ -70,9 +70,9 @@ def test_parity_differs_from_prod_only_where_the_component_says(prod: list[Obj],
         before, after = a[key]["spec"]["template"]["spec"], b[key]["spec"]["template"]["spec"]
         before_c, after_c = before["containers"][0], after["containers"][0]
         assert after_c["image"] == f"eks-inference/{name}:dev-cpu"
-        limits = {k: v for k, v in before_c["resources"]["limits"].items() if k not in ("nvidia.com/gpu", "cpu")}
-        requests = {k: v for k, v in before_c["resources"]["requests"].items() if k not in ("nvidia.com/gpu", "cpu")}
-        # A laptop node's cores: only the CPU request and limit shrink.
+        limits = {k: v for k, v in before_c["resources"]["limits"].items() if k != "cpu"}
+        requests = {k: v for k, v in before_c["resources"]["requests"].items() if k != "cpu"}
+        # A laptop node's cores: only the CPU request and limit shrink (the GPU stays: advertise_devices).
         after_cpu = {part: after_c["resources"][part]["cpu"] for part in ("requests", "limits")}
         assert after_c["resources"] == {
             "limits": {**limits, "cpu": after_cpu["limits"]},
