@@ -385,9 +385,14 @@ def test_a_pod_over_the_gpu_quota_is_refused_and_the_events_say_why(cluster: Kin
         "name": "c",
         "image": _image_of(cluster, "text-classifier"),
         "resources": {"requests": gpu, "limits": gpu},
+        # The namespace enforces Pod Security "restricted": a pod that fails it is refused before the quota is
+        # consulted, so this one passes it and only the quota can refuse it.
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
     }
+    restricted = {"runAsNonRoot": True, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}}
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "over-quota", "namespace": NS},
-           "spec": {"containers": [container], "priorityClassName": "eks-inference-serving"}}  # fmt: skip
+           "spec": {"containers": [container], "priorityClassName": "eks-inference-serving",
+                    "securityContext": restricted}}  # fmt: skip
     refused = cluster.kubectl.run("apply", "-f", "-", input_text=json.dumps(pod), ok_codes=(0, 1))
     assert refused.returncode == 1
     assert "exceeded quota: gpu" in refused.stderr, refused.stderr
