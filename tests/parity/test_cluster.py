@@ -257,8 +257,9 @@ def test_every_pod_runs_where_production_would_put_it(cluster: KindSession) -> N
         {"key": "nvidia.com/gpu", "value": "true", "effect": "NoSchedule"} in nodes[n]["spec"].get("taints", [])
         for n in gpu_nodes
     )
-    image = _pods(cluster, NS, _app("image-classifier"))
-    text = _pods(cluster, NS, _app("text-classifier"))
+    # Not the pods a rollout is still terminating (`invoke up` may have just replaced them).
+    image = [p for p in _pods(cluster, NS, _app("image-classifier")) if not p["metadata"].get("deletionTimestamp")]
+    text = [p for p in _pods(cluster, NS, _app("text-classifier")) if not p["metadata"].get("deletionTimestamp")]
     assert image
     assert text
     assert {p["spec"]["nodeName"] for p in image} <= gpu_nodes
@@ -311,8 +312,8 @@ def test_an_allow_listed_host_outside_the_egress_rule_is_dropped_by_the_network(
 
 def test_the_monitoring_stand_in_scrapes_metrics(probe: Probe, cluster: KindSession) -> None:
     for name in core.SERVICES:
-        pod = _pods(cluster, NS, _app(name))[0]
-        url = f"http://{pod['status']['podIP']}:8080/metrics"
+        ip = _j(cluster, "-n", NS, "get", _service_pod(cluster, name))["status"]["podIP"]
+        url = f"http://{ip}:8080/metrics"
         assert _exec(cluster, PROBE_NS, probe.target, GET, url, "5") == "200", name
 
 
