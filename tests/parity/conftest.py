@@ -6,7 +6,7 @@ and the service images tests/kind built are reused (cached by content), never bu
 
 The cluster gets its own kubeconfig under the session's temp folder. Teardown deletes it, and the fixture image
 host container (test_cluster.py); `EKS_INFERENCE_PARITY_KEEP=1` keeps the cluster (and reuses a kept one) for
-working on the tests, never in CI.
+working on the tests, never in CI, and with `EKS_INFERENCE_PARITY_AS_IS=1` too the tests run on it as it stands.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ from ops.k8s import kind as kind_mod
 REPO = Path(__file__).resolve().parents[2]
 REPORT = REPO / "build" / "reports" / "parity.json"
 KEEP = os.environ.get("EKS_INFERENCE_PARITY_KEEP") == "1"
+# Run against the kept cluster as it stands, without `invoke up` (which would re-apply the render): for putting a
+# test's cause back by hand (a policy deleted, the engine removed) and watching the test fail. Never in CI.
+AS_IS = KEEP and os.environ.get("EKS_INFERENCE_PARITY_AS_IS") == "1"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -53,6 +56,12 @@ def parity_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KindSes
     kind = kind_mod.Kind(parity.cluster_name(), kubeconfig=kubeconfig)
     if kind.exists() and not KEEP:
         kind_mod.down(kind)  # a cluster left by an aborted session would hide what `up` does from scratch
+    if AS_IS:
+        if not kind.exists():
+            pytest.fail("EKS_INFERENCE_PARITY_AS_IS=1 needs a kept parity cluster (EKS_INFERENCE_PARITY_KEEP=1)")
+        kind.run("export", "kubeconfig", "--name", kind.name)
+        yield KindSession(kind, deploy.Kubectl(kind.context, kubeconfig), env, 0.0, "")
+        return
     started = time.monotonic()
     proc = invoke("up", "--parity", "--detach", "--kubeconfig", str(kubeconfig), env=env)
     seconds = time.monotonic() - started
@@ -60,11 +69,13 @@ def parity_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KindSes
         if not KEEP:
             kind_mod.down(kind)
         pytest.fail(f"invoke up --parity failed ({proc.returncode}):\n{proc.stdout[-8000:]}\n{proc.stderr[-6000:]}")
-    session = KindSession(kind, deploy.Kubectl(kind.context, kubeconfig), env, seconds, proc.stdout)
+    session = KindSession(kind, deploy.Kubectl(kind.context, kubeconfig), env, seconds, proc.stdout + proc.stderr)
     session.report["invoke_up_parity_s"] = round(seconds, 1)
-    for step in ("cluster create", "kube-router", "metrics-server", "images build", "kind load"):
-        session.report[f"{step.replace(' ', '_').replace('-', '_')}_s"] = _step_seconds(proc.stdout, step)
-    session.report["apply_until_services_ready_s"] = _step_seconds(proc.stdout, f"apply {parity.LABEL}")
+    output = proc.stdout + proc.stderr  # the step table is on stderr (ops.core.console)
+    for step in ("node image", "cluster create", "kube-router", "metrics-server", "node devices", "images build",
+                 "kind load", "total"):  # fmt: skip
+        session.report[f"{step.replace(' ', '_').replace('-', '_')}_s"] = _step_seconds(output, step)
+    session.report["apply_until_services_ready_s"] = _step_seconds(output, f"apply {parity.LABEL}")
     try:
         yield session
     finally:
