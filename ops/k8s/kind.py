@@ -198,9 +198,26 @@ class Kind:
             handle.flush()
             self.run("create", "cluster", "--name", self.name, "--config", handle.name, "--wait", wait, capture=False)
 
-    def load(self, refs: Sequence[str]) -> None:
-        """kind load docker-image: one archive for all refs, so shared layers travel once."""
-        self.run("load", "docker-image", "--name", self.name, *refs, capture=False)
+    def load(self, refs: Sequence[str], nodes: Sequence[str] = ()) -> None:
+        """kind load docker-image: one archive for all refs, so shared layers travel once; onto `nodes` only
+        when given (default: every node)."""
+        only = ["--nodes", ",".join(nodes)] if nodes else []
+        self.run("load", "docker-image", "--name", self.name, *only, *refs, capture=False)
+
+    def drop_layer_archives(self, ref: str, nodes: Sequence[str]) -> None:
+        """Delete the layer archives `kind load` left in each node's containerd content store beside the unpacked
+        snapshots: containers start from the snapshots, and the archives double each node's copy of a ~6 GB image.
+        The image record, its manifest and config stay; kind load still sees the image as present."""
+        first = ref.split("/", 1)[0]
+        name = ref if "." in first or ":" in first else f"docker.io/{ref}"  # how containerd names docker's refs
+        script = (
+            'm=$(ctr -n k8s.io images ls "name==$0" | awk \'NR==2 {print $3}\'); [ -n "$m" ] || exit 0; '
+            'ctr -n k8s.io content get "$m" | python3 -c \'import json, sys; '
+            '[print(l["digest"]) for l in json.load(sys.stdin).get("layers", [])]\' | '
+            "xargs -r ctr -n k8s.io content rm >/dev/null"
+        )
+        for node in nodes:
+            image_docker.run(["docker", "exec", node, "sh", "-c", script, name], quiet=True)
 
     def delete(self) -> None:
         if self.exists():
@@ -265,14 +282,20 @@ def addon_manifest(name: str) -> Path:
     return addon.kind.install
 
 
-def metrics_server_manifest() -> str:
-    """metrics-server's kind manifest with the image pinned in tools.toml (the one the offline node ships)."""
-    docs = [d for d in yaml.safe_load_all(addon_manifest("metrics-server").read_text()) if d]
-    ref = nodeimage.metrics_server_ref()
-    for doc in docs:
-        if doc["kind"] == "Deployment":
-            for c in doc["spec"]["template"]["spec"]["containers"]:
-                c["image"] = ref
+# The add-ons whose images the offline node image ships at the versions pinned in tools.toml: their manifests
+# name the image without a tag, and `invoke up` sets the pinned one.
+ADDON_IMAGES = {"metrics-server": nodeimage.metrics_server_ref, "kube-router": nodeimage.kube_router_ref}
+
+
+def addon_manifest_text(name: str) -> str:
+    """Add-on `name`'s kind manifest, with the image pinned in tools.toml where the node image ships it."""
+    docs = [d for d in yaml.safe_load_all(addon_manifest(name).read_text()) if d]
+    if name in ADDON_IMAGES:
+        ref = ADDON_IMAGES[name]()
+        for doc in docs:
+            if doc["kind"] in ("Deployment", "DaemonSet"):
+                for c in doc["spec"]["template"]["spec"]["containers"]:
+                    c["image"] = ref
     return yaml.safe_dump_all(docs, sort_keys=False)
 
 
@@ -305,17 +328,24 @@ class UpResult:
 
 
 def ensure_cluster(
-    kind: Kind, result: UpResult, *, mode: NodeImageMode = "auto", extra: Mapping[str, Any] | None = None
+    kind: Kind,
+    result: UpResult,
+    *,
+    mode: NodeImageMode = "auto",
+    extra: Mapping[str, Any] | None = None,
+    base: Mapping[str, Any] | None = None,
 ) -> None:
-    """Create the cluster unless it exists, then install the add-ons manifests/cluster-addons.yaml lists for kind."""
+    """Create the cluster unless it exists (from kind/cluster.yaml, or `base`: the parity cluster's
+    `parity_config()`), then install the add-ons manifests/cluster-addons.yaml lists for kind."""
     if kind.exists():
         console.print(f"[green]cluster {kind.name} exists[/green]: reusing it")
+        kind.run("export", "kubeconfig", "--name", kind.name)  # its context, in this kubeconfig too
     else:
         with result.step("node image"):
             result.node_image = choose_node_image(mode)
         console.print(f"node image {result.node_image.ref} ({result.node_image.why})")
         with result.step("cluster create"):
-            kind.create(render_config(result.node_image, extra))
+            kind.create(render_config(result.node_image, extra, base))
         result.created = True
     kubectl = deploy.Kubectl(kind.context, kind.kubeconfig)
     for addon in addons.kind_installs():
@@ -324,12 +354,20 @@ def ensure_cluster(
 
 
 def install_addon(kubectl: deploy.Kubectl, name: str, kind: Kind | None = None) -> None:
-    """Apply one add-on's kind manifest; metrics-server also waits until the apiserver serves the Metrics API."""
+    """Apply one add-on's kind manifest and wait for its workloads; metrics-server also waits until the apiserver
+    serves the Metrics API."""
     if name == "metrics-server":
         install_metrics_server(kubectl, kind)
         return
-    manifest = addon_manifest(name).read_text()
+    manifest = addon_manifest_text(name)
     kubectl.run("apply", "--server-side", "--field-manager=eks-inference-up", "-f", "-", input_text=manifest)
+    for doc in yaml.safe_load_all(manifest):
+        if doc and doc["kind"] in deploy.ROLLOUT_KINDS:
+            meta = doc["metadata"]
+            kubectl.run(
+                "-n", meta.get("namespace", "default"), "rollout", "status", f"{doc['kind'].lower()}/{meta['name']}",
+                "--timeout=300s", timeout=330,
+            )  # fmt: skip
 
 
 def install_metrics_server(kubectl: deploy.Kubectl, kind: Kind | None = None, timeout_s: float = 90) -> None:
@@ -342,7 +380,12 @@ def install_metrics_server(kubectl: deploy.Kubectl, kind: Kind | None = None, ti
     node is restarted once (the kubelet starts it again), and only then is it an error.
     """
     kubectl.run(
-        "apply", "--server-side", "--field-manager=eks-inference-up", "-f", "-", input_text=metrics_server_manifest()
+        "apply",
+        "--server-side",
+        "--field-manager=eks-inference-up",
+        "-f",
+        "-",
+        input_text=addon_manifest_text("metrics-server"),
     )
     kubectl.run("-n", "kube-system", "rollout", "status", "deployment/metrics-server", "--timeout=300s", timeout=330)
     for attempt in (1, 2):
@@ -469,7 +512,7 @@ def up(
             "without live update: build, kind load, deploy --env local, port-forward."
         )
     services = [s.name for s in local_services()]
-    _ensure_bundles()
+    ensure_bundles()
     refs = build_and_load(kind, result, services, offline=offline_images)
     with result.step("deploy --env local"):
         deploy.deploy(
@@ -483,7 +526,7 @@ def up(
     return result
 
 
-def _ensure_bundles() -> None:
+def ensure_bundles() -> None:
     from ops.models import DEFAULT_OUT, build_all
 
     build_all(DEFAULT_OUT, progress=lambda message: console.log(message))

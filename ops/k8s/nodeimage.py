@@ -47,6 +47,10 @@ class NodeImageError(OpsError):
     """The node image cannot be planned or built; the message says what is missing."""
 
 
+PROXY_PACKAGES = ("iptables", "conntrack")
+ROUTER_PACKAGES = ("iptables", "ipset", "conntrack", "iproute2")
+
+
 @dataclass(frozen=True)
 class Component:
     """One image baked into the node: which binary goes where, and whether it needs a Debian userland."""
@@ -55,6 +59,8 @@ class Component:
     tool: str | None  # tools.toml entry; None: built here from kind/node-image/<name>
     path: str
     os_base: bool = False
+    # Debian packages its Debian userland needs (os_base only).
+    packages: tuple[str, ...] = ()
 
 
 COMPONENTS: dict[str, Component] = {
@@ -64,7 +70,9 @@ COMPONENTS: dict[str, Component] = {
         Component("kube-controller-manager", "kube-controller-manager", "/usr/local/bin/kube-controller-manager"),
         Component("kube-scheduler", "kube-scheduler", "/usr/local/bin/kube-scheduler"),
         # kube-proxy programs iptables: it needs iptables(-nft), iptables-restore and friends.
-        Component("kube-proxy", "kube-proxy", "/usr/local/bin/kube-proxy", os_base=True),
+        Component("kube-proxy", "kube-proxy", "/usr/local/bin/kube-proxy", os_base=True, packages=PROXY_PACKAGES),
+        # The NetworkPolicy engine (kind/addons/kube-router.yaml, its firewall only): iptables and Debian's ipset.
+        Component("kube-router", "kube-router", "/usr/local/bin/kube-router", os_base=True, packages=ROUTER_PACKAGES),
         Component("etcd", "etcd", "/usr/local/bin/etcd"),
         Component("coredns", "coredns", "/coredns"),
         Component("pause", None, "/pause"),
@@ -80,6 +88,12 @@ def kubernetes_version(manifest: tools.Manifest | None = None) -> str:
 def metrics_server_ref(manifest: tools.Manifest | None = None) -> str:
     version = (manifest or tools.load_manifest()).tools["metrics-server"].version
     return f"registry.k8s.io/metrics-server/metrics-server:{version}"
+
+
+def kube_router_ref(manifest: tools.Manifest | None = None) -> str:
+    """The name kind/addons/kube-router.yaml runs, under which the node image ships the pinned build."""
+    version = (manifest or tools.load_manifest()).tools["kube-router"].version
+    return f"docker.io/cloudnativelabs/kube-router:{version}"
 
 
 def kubeadm_patch(manifest: tools.Manifest | None = None) -> dict[str, Any]:
@@ -162,7 +176,7 @@ def plan(os_image_id: str | None = None) -> Plan:
     refs: list[str] = []
     if "kubeadm" in binaries:
         refs = kubeadm_images(binaries["kubeadm"], version, patch)
-    refs.append(metrics_server_ref(m))
+    refs += [metrics_server_ref(m), kube_router_ref(m)]
     os_image = osbase.offline_os_image()
     fp = image_docker.fingerprint(
         version, _tree_digest(NODE_DIR), *digests, *refs, os_image, os_image_id or "", json.dumps(patch, sort_keys=True)
@@ -198,7 +212,8 @@ def _os_dockerfile(component: Component, os_image: str) -> str:
     return (
         f"FROM {os_image}\n"
         "RUN apt-get update \\\n"
-        "    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends iptables conntrack \\\n"
+        "    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "
+        f"{' '.join(component.packages)} \\\n"
         "    && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb\n"
         f"COPY payload {component.path}\n"
         f'ENTRYPOINT ["{component.path}"]\n'

@@ -12,13 +12,16 @@ from invoke import Collection, Context, Exit
 from rich.table import Table
 
 from ops.core import console
+from ops.k8s import deploy as deploy_mod
 from ops.k8s import kind as kind_mod
 from ops.k8s import nodeimage
+from ops.k8s import parity as parity_mod
 from ops.tasks.common import ops_task
 
 
-def _kind(kubeconfig: str | None) -> kind_mod.Kind:
-    return kind_mod.Kind(kubeconfig=Path(kubeconfig) if kubeconfig else None)
+def _kind(kubeconfig: str | None, parity: bool = False) -> kind_mod.Kind:
+    name = parity_mod.cluster_name() if parity else None
+    return kind_mod.Kind(name, kubeconfig=Path(kubeconfig) if kubeconfig else None)
 
 
 def _mode(c: Context, offline: bool, upstream: bool) -> kind_mod.NodeImageMode:
@@ -39,6 +42,8 @@ def _mode(c: Context, offline: bool, upstream: bool) -> kind_mod.NodeImageMode:
         "offline": "Use the offline node image (kind/node-image) even if a registry answers.",
         "upstream": "Use kind's node image (base-images/versions.toml [kind]) even if no registry answers.",
         "kubeconfig": "Kubeconfig file for the kind context (default: $KUBECONFIG or ~/.kube/config).",
+        "parity": "The parity cluster instead (kind/parity.yaml): eks-prod + components/kind-parity on nodes made "
+        "from manifests/nodegroups.yaml, NetworkPolicies enforced by kube-router; no Tilt.",
     }
 )
 def up(
@@ -49,10 +54,14 @@ def up(
     offline: bool = False,
     upstream: bool = False,
     kubeconfig: str | None = None,
+    parity: bool = False,
 ) -> None:
     """The main job: a kind cluster with both services; `tilt up` when Tilt is installed, else the same without it."""
     mode = _mode(c, offline, upstream)
     conf = c.config.get("cluster", {}).get("kind", {})
+    if parity:
+        _up_parity(c, mode, conf, kubeconfig, detach)
+        return
     if c.config.run.dry:
         console.print(f"would create or reuse kind cluster {kind_mod.cluster_name()} (node image: {mode})")
         console.print("would run tilt ci/up" if kind_mod.tilt_binary() and not no_tilt else "would build, load, deploy")
@@ -78,6 +87,31 @@ def up(
             )
 
 
+def _up_parity(
+    c: Context, mode: kind_mod.NodeImageMode, conf: dict[str, str], kubeconfig: str | None, detach: bool
+) -> None:
+    if c.config.run.dry:
+        console.print(f"would create or reuse kind cluster {parity_mod.cluster_name()} (node image: {mode})")
+        console.print(f"would build, load and apply {parity_mod.LABEL}")
+        return
+    kind = _kind(kubeconfig, parity=True)
+    result = parity_mod.up(
+        kind,
+        mode=mode,
+        extra=kind_mod.load_extra(conf.get("extra_config") or None),
+        offline_images=bool(c.config.get("images", {}).get("offline")) or None,
+    )
+    _print_steps(f"invoke up --parity ({result.context})", result.steps)
+    table = Table(title=f"{parity_mod.LABEL}: where each pod runs")
+    for col in ("namespace", "pod", "node", "node group", "phase"):
+        table.add_column(col)
+    for row in parity_mod.pod_rows(deploy_mod.Kubectl(kind.context, kind.kubeconfig)):
+        table.add_row(*row)
+    console.print(table)
+    if not detach:
+        _hold_port_forwards(kind)
+
+
 def _print_steps(title: str, steps: list[tuple[str, float]]) -> None:
     table = Table(title=title)
     table.add_column("step")
@@ -101,13 +135,19 @@ def _hold_port_forwards(kind: kind_mod.Kind) -> None:
             stop.wait()
 
 
-@ops_task(help={"kubeconfig": "Kubeconfig file holding the kind context (default: $KUBECONFIG or ~/.kube/config)."})
-def down(c: Context, kubeconfig: str | None = None) -> None:
+@ops_task(
+    help={
+        "kubeconfig": "Kubeconfig file holding the kind context (default: $KUBECONFIG or ~/.kube/config).",
+        "parity": "Delete the parity cluster (`invoke up --parity`) instead.",
+    }
+)
+def down(c: Context, kubeconfig: str | None = None, parity: bool = False) -> None:
     """Delete the kind cluster and what kind leaves behind (its docker network, the kube context)."""
+    name = parity_mod.cluster_name() if parity else kind_mod.cluster_name()
     if c.config.run.dry:
-        console.print(f"would delete kind cluster {kind_mod.cluster_name()} and the idle `kind` network")
+        console.print(f"would delete kind cluster {name} and the idle `kind` network")
         return
-    left = kind_mod.down(_kind(kubeconfig))
+    left = kind_mod.down(_kind(kubeconfig, parity))
     if left:
         raise Exit(f"down left behind: {', '.join(left)}", code=1)
     console.print("[green]kind cluster deleted; nothing left behind[/green]")

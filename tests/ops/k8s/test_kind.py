@@ -104,7 +104,7 @@ def test_upstream_node_image_is_the_eks_minor_by_digest() -> None:
 
 
 def test_metrics_server_runs_the_pinned_build() -> None:
-    docs = list(yaml.safe_load_all(kind.metrics_server_manifest()))
+    docs = list(yaml.safe_load_all(kind.addon_manifest_text("metrics-server")))
     (dep,) = [d for d in docs if d["kind"] == "Deployment"]
     image = dep["spec"]["template"]["spec"]["containers"][0]["image"]
     pinned = tools.load_manifest().tools["metrics-server"].version

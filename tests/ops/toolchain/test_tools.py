@@ -27,8 +27,8 @@ KUBE_TOOLS = (
     "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubelet", "kubeadm", "kube-proxy",
 )  # fmt: skip
 # Built for the offline kind node image (kind/node-image) beside the Kubernetes binaries.
-NODE_IMAGE_TOOLS = ("coredns", "metrics-server", "crictl")
-OPTIONAL = {"tilt", "cluster-autoscaler", "kube-router"}
+NODE_IMAGE_TOOLS = ("coredns", "metrics-server", "crictl", "kube-router")
+OPTIONAL = {"tilt", "cluster-autoscaler"}
 
 
 # --- tools.toml ------------------------------------------------------------------------------------
@@ -38,7 +38,7 @@ def test_every_tool_is_pinned_at_an_exact_version() -> None:
     manifest = tools.load_manifest()
     expected = {
         *KUBE_TOOLS, *NODE_IMAGE_TOOLS, "kustomize", "etcd", "kwok", "kwokctl", "kind", "vegeta", "tilt",
-        "cluster-autoscaler", "kube-router", "karpenter-kwok",
+        "cluster-autoscaler", "karpenter-kwok",
     }  # fmt: skip
     assert set(manifest.tools) == expected
     for spec in manifest.tools.values():

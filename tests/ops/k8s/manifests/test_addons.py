@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ops.k8s import addons, kind, policies, render
+from ops.k8s import addons, kind, nodeimage, policies, render
 from ops.toolchain import tools
 
 Obj = dict[str, Any]
@@ -28,8 +28,8 @@ def test_the_list_provides_what_the_manifests_need() -> None:
     assert addons.provided(addons.METRICS_API, "eks") == ["metrics-server"]
     assert addons.provided(addons.METRICS_API, "kind") == ["metrics-server"]
     assert addons.provided(addons.NETWORK_POLICY_ENGINE, "eks") == ["vpc-cni"]
-    # kindnetd's engine needs CONFIG_NFT_QUEUE, which these machines lack: no engine on kind yet.
-    assert addons.provided(addons.NETWORK_POLICY_ENGINE, "kind") == []
+    # kindnetd's engine needs CONFIG_NFT_QUEUE, which these machines lack: kube-router's firewall instead.
+    assert addons.provided(addons.NETWORK_POLICY_ENGINE, "kind") == ["kube-router"]
     assert addons.provided("pod-network", "kind") == ["vpc-cni"]
     assert [a.name for a in addons.eks_addons()] == [
         "vpc-cni",
@@ -98,13 +98,21 @@ def test_eks_metrics_server_is_the_release_kind_runs() -> None:
 
 
 def test_kind_installs_from_the_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert [a.name for a in addons.kind_installs()] == ["metrics-server"]
+    assert [a.name for a in addons.kind_installs()] == ["kube-router", "metrics-server"]
     assert kind.addon_manifest("metrics-server") == render.REPO_ROOT / "kind" / "addons" / "metrics-server.yaml"
     for addon in addons.load_addons().values():
         assert addon.kind is not None, f"{addon.name}: say how kind has it (install, builtin) or why not (absent)"
         if addon.kind.install is not None:
             assert addon.kind.install.is_file()
+    for name, ref in (("metrics-server", nodeimage.metrics_server_ref()), ("kube-router", nodeimage.kube_router_ref())):
+        images = {
+            c["image"]
+            for d in yaml.safe_load_all(kind.addon_manifest_text(name))
+            if d and d["kind"] in ("Deployment", "DaemonSet")
+            for c in d["spec"]["template"]["spec"]["containers"]
+        }
+        assert images == {ref}, name  # the build the offline node image ships
     _edited_list(tmp_path, monkeypatch, lambda items: [a for a in items if a["name"] != "metrics-server"])
-    assert addons.kind_installs() == []
+    assert [a.name for a in addons.kind_installs()] == ["kube-router"]
     with pytest.raises(kind.KindError, match="no kind manifest for metrics-server"):
-        kind.metrics_server_manifest()
+        kind.addon_manifest_text("metrics-server")

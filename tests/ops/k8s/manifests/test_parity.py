@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from ops.k8s import kind, nodegroups, placement, policies, render
+from ops.k8s import parity as parity_mod
 
 Obj = dict[str, Any]
 PARITY = [render.PARITY_COMPONENT]
@@ -31,23 +32,11 @@ def _key(o: Obj) -> tuple[str, str, str]:
     return o["kind"], o["metadata"].get("namespace", ""), name
 
 
-def test_parity_passes_every_policy_but_the_engine() -> None:
-    """Prod's rules hold on the parity render, except the one thing kind lacks so far: a NetworkPolicy engine."""
+def test_parity_passes_every_policy() -> None:
+    """Prod's rules hold on the parity render; kube-router (cluster-addons.yaml) is the engine on kind."""
     report = policies.validate_overlay("eks-prod", PARITY)
     assert report.overlay == "eks-prod+kind-parity"
-    assert report.render_error is None
-    assert report.schema_errors == []
-    assert {k: v for k, v in report.policy_violations.items() if v} == {
-        "cluster-addons": [
-            "4 NetworkPolicies need network-policy-engine, but no add-on in cluster-addons.yaml provides it on kind"
-        ]
-    }
-
-
-@pytest.mark.xfail(strict=True, reason="kube-router is built (tools.toml) but not yet installed in kind (issue 19 §2)")
-def test_parity_passes_every_policy() -> None:
-    report = policies.validate_overlay("eks-prod", PARITY)
-    assert report.ok, report.policy_violations
+    assert report.ok, (report.render_error, report.schema_errors, report.policy_violations)
 
 
 def test_parity_differs_from_prod_only_where_the_component_says(prod: list[Obj], parity: list[Obj]) -> None:
@@ -63,15 +52,38 @@ def test_parity_differs_from_prod_only_where_the_component_says(prod: list[Obj],
         ("HorizontalPodAutoscaler", "inference", "text-classifier"),
     }
     cm = ("ConfigMap", "inference", "image-classifier-config")
-    assert {k: v for k, v in b[cm]["data"].items() if a[cm]["data"].get(k) != v} == {"IMAGE_CLASSIFIER_DEVICE": "cpu"}
+    assert {k: v for k, v in b[cm]["data"].items() if a[cm]["data"].get(k) != v} == {
+        "IMAGE_CLASSIFIER_DEVICE": "cpu",
+        "IMAGE_CLASSIFIER_FETCH_ALLOWED_HOSTS": "192.0.2.10,10.255.0.10",
+    }
+    assert b[cm]["data"]["IMAGE_CLASSIFIER_SPLIT"] == "true"  # prod's engine/front split runs in the parity pods
+    assert "IMAGE_CLASSIFIER_FRONTS" not in b[cm]["data"]  # FRONTS=0: the 2-core limit gives 1 front + the engine
+    for name in policies.SERVICES:  # only the HPA's bounds, and the image HPA's scale-down stabilization
+        key = ("HorizontalPodAutoscaler", "inference", name)
+        before_h, after_h = a[key]["spec"], b[key]["spec"]
+        assert {k for k in before_h if before_h[k] != after_h[k]} <= {"minReplicas", "maxReplicas", "behavior"}
+        assert after_h["behavior"]["scaleUp"] == before_h["behavior"]["scaleUp"]
+        down = {k: v for k, v in after_h["behavior"]["scaleDown"].items() if k != "stabilizationWindowSeconds"}
+        assert down == {k: v for k, v in before_h["behavior"]["scaleDown"].items() if k != "stabilizationWindowSeconds"}
     for name in policies.SERVICES:
         key = ("Deployment", "inference", name)
         before, after = a[key]["spec"]["template"]["spec"], b[key]["spec"]["template"]["spec"]
         before_c, after_c = before["containers"][0], after["containers"][0]
         assert after_c["image"] == f"eks-inference/{name}:dev-cpu"
-        limits = {k: v for k, v in before_c["resources"]["limits"].items() if k != "nvidia.com/gpu"}
-        requests = {k: v for k, v in before_c["resources"]["requests"].items() if k != "nvidia.com/gpu"}
-        assert after_c["resources"] == {"limits": limits, "requests": requests}
+        limits = {k: v for k, v in before_c["resources"]["limits"].items() if k != "cpu"}
+        requests = {k: v for k, v in before_c["resources"]["requests"].items() if k != "cpu"}
+        # A laptop node's cores: only the CPU request and limit shrink (the GPU stays: advertise_devices).
+        after_cpu = {part: after_c["resources"][part]["cpu"] for part in ("requests", "limits")}
+        assert after_c["resources"] == {
+            "limits": {**limits, "cpu": after_cpu["limits"]},
+            "requests": {**requests, "cpu": after_cpu["requests"]},
+        }
+        if name == "image-classifier":  # fits a kind node's 2 cores; the limit sizes the split's fronts
+            assert after_cpu == {"requests": "400m", "limits": "2"}
+        else:
+            assert after_c["resources"]["limits"]["cpu"] == before_c["resources"]["limits"]["cpu"]
+        assert after.get("volumes") == before.get("volumes"), name  # the split's memory-backed /dev/shm
+        assert after_c.get("volumeMounts") == before_c.get("volumeMounts"), name
         for field in ("affinity", "tolerations", "topologySpreadConstraints", "priorityClassName"):
             assert after.get(field) == before.get(field), (name, field)
         for field in ("startupProbe", "readinessProbe", "livenessProbe", "lifecycle"):
@@ -118,3 +130,11 @@ def test_workloads_fit_the_parity_nodes_as_they_fit_the_node_groups(prod: list[O
         assert sorted({n.split("#")[0] for n in fitting}) == sorted(expected[workload]), workload
     assert {n.split("#")[0] for n in where["Deployment/image-classifier"]} == {"gpu-t4"}
     assert {n.split("#")[0] for n in where["Deployment/text-classifier"]} == {"cpu-general"}
+
+
+def test_each_service_image_is_loaded_where_its_pods_can_run(parity: list[Obj]) -> None:
+    """`invoke up --parity` loads the ~6 GB images only onto the node groups prod's rules place each service on."""
+    assert parity_mod.service_node_groups(parity) == {
+        "image-classifier": ["gpu-t4"],
+        "text-classifier": ["cpu-general"],
+    }
