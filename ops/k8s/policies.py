@@ -366,9 +366,10 @@ def listed_node_autoscalers(overlay: str, components: Iterable[str] = ()) -> lis
 @policy("node-autoscaler")
 def check_node_autoscaler(overlay: str, objects: list[Obj]) -> list[str]:
     """EKS: exactly one node autoscaler (components/cluster-autoscaler or components/karpenter), never both: two
-    would each launch nodes for the same pending pods and remove each other's. kind overlays run none."""
+    would each launch nodes for the same pending pods and remove each other's. The local kind overlays run none; the
+    parity cluster keeps prod's, placed by prod's rules (tests/parity), with no node group to scale there."""
     chosen = node_autoscalers(objects)
-    if not is_eks(overlay) or is_parity(overlay):
+    if not is_eks(overlay):
         return [f"{NODE_AUTOSCALERS[a]}: a kind cluster has no node groups to scale" for a in chosen]
     if len(chosen) > 1:
         return [both_autoscalers(chosen)]
