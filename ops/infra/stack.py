@@ -499,15 +499,21 @@ class ClusterStack(cdk.Stack):
             ],
         )
         role.add_managed_policy(policy)
+        self._pod_identity(
+            "AutoscalerPodIdentity", settings.AUTOSCALER_NAMESPACE, settings.AUTOSCALER_SERVICE_ACCOUNT, role
+        )
+        return role
+
+    def _pod_identity(self, construct_id: str, namespace: str, service_account: str, role: iam.Role) -> None:
+        """EKS Pod Identity: `role` for the pods of `namespace`/`service_account`, once the agent add-on is in."""
         eks.CfnPodIdentityAssociation(
             self,
-            "AutoscalerPodIdentity",
+            construct_id,
             cluster_name=self.cluster.cluster_name,
-            namespace=settings.AUTOSCALER_NAMESPACE,
-            service_account=settings.AUTOSCALER_SERVICE_ACCOUNT,
+            namespace=namespace,
+            service_account=service_account,
             role_arn=role.role_arn,
         ).node.add_dependency(self.node.find_child("PodIdentityAgent"))
-        return role
 
     def _karpenter(self, environment: Environment) -> iam.Role:
         """What Karpenter needs from AWS: the node role and its access entry, the discovery tags on the nodes' subnets
@@ -578,14 +584,7 @@ class ClusterStack(cdk.Stack):
             roles=[role],
         )
         queue_key.grant_decrypt(role)
-        eks.CfnPodIdentityAssociation(
-            self,
-            "KarpenterPodIdentity",
-            cluster_name=self.cluster.cluster_name,
-            namespace=karpenter.NAMESPACE,
-            service_account=karpenter.CONTROLLER,
-            role_arn=role.role_arn,
-        ).node.add_dependency(self.node.find_child("PodIdentityAgent"))
+        self._pod_identity("KarpenterPodIdentity", karpenter.NAMESPACE, karpenter.CONTROLLER, role)
         cdk.CfnOutput(self, "InterruptionQueueName", value=queue.queue_name)
         cdk.CfnOutput(self, "KarpenterNodeRoleName", value=node_role.role_name)
         return role

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +81,21 @@ class SimCluster:
     node_counts: dict[str, int] = field(default_factory=lambda: dict(NODE_COUNTS))
     workdir: Path = field(default_factory=lambda: cache_root() / "kwok")
     kubeconfig: Path | None = None  # None: kwokctl's default ($KUBECONFIG or ~/.kube/config)
+
+    @classmethod
+    def private(cls, root: Path, name: str, node_counts: dict[str, int] | None = None) -> SimCluster:
+        """A cluster whose workdir and kubeconfig live under `root` (a test's own, beside any other)."""
+        counts = dict(NODE_COUNTS if node_counts is None else node_counts)
+        return cls(name=name, node_counts=counts, workdir=root / "workdir", kubeconfig=root / "kubeconfig.yaml")
+
+    @contextmanager
+    def running(self, timeout_s: int = 300) -> Iterator[SimCluster]:
+        """Up inside the block, torn down (processes and data) after it, whatever happened."""
+        try:
+            self.up(timeout_s=timeout_s)
+            yield self
+        finally:
+            self.down()
 
     @property
     def context(self) -> str:

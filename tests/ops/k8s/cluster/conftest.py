@@ -13,17 +13,8 @@ from ops.k8s.sim import SimCluster
 @pytest.fixture(scope="session")
 def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimCluster]:
     """The control plane and fake nodes; torn down (processes and data) at the end of the session."""
-    root = tmp_path_factory.mktemp("kwok")
-    cluster = SimCluster(
-        name="eks-sim-test",
-        workdir=root / "workdir",
-        kubeconfig=root / "kubeconfig.yaml",
-    )
-    try:
-        cluster.up(timeout_s=300)
+    with SimCluster.private(tmp_path_factory.mktemp("kwok"), "eks-sim-test").running() as cluster:
         yield cluster
-    finally:
-        cluster.down()
 
 
 @pytest.fixture(scope="session")

@@ -149,18 +149,8 @@ def template_nodes() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def ca_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimCluster]:
     """A control plane of its own: one CPU node that the autoscaler does not manage, no GPU node."""
-    root = tmp_path_factory.mktemp("kwok-ca")
-    cluster = SimCluster(
-        name="eks-sim-ca",
-        workdir=root / "workdir",
-        kubeconfig=root / "kubeconfig.yaml",
-        node_counts={"cpu-general": 1},
-    )
-    try:
-        cluster.up(timeout_s=300)
+    with SimCluster.private(tmp_path_factory.mktemp("kwok-ca"), "eks-sim-ca", {"cpu-general": 1}).running() as cluster:
         yield cluster
-    finally:
-        cluster.down()
 
 
 @pytest.fixture(scope="module")

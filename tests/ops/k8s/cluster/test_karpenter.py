@@ -53,17 +53,8 @@ def staging() -> list[dict[str, Any]]:
 def karp_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimCluster]:
     """A control plane of its own with one managed CPU node (where the controller would run), no GPU node."""
     root = tmp_path_factory.mktemp("kwok-karpenter")
-    cluster = SimCluster(
-        name="eks-sim-karpenter",
-        workdir=root / "workdir",
-        kubeconfig=root / "kubeconfig.yaml",
-        node_counts={"cpu-general": 1},
-    )
-    try:
-        cluster.up(timeout_s=300)
+    with SimCluster.private(root, "eks-sim-karpenter", {"cpu-general": 1}).running() as cluster:
         yield cluster
-    finally:
-        cluster.down()
 
 
 def apply(sim: SimCluster, items: list[dict[str, Any]]) -> None:
