@@ -148,6 +148,16 @@ def start(
     )
 
 
+def stop(proc: subprocess.Popen[Any], timeout_s: float = 30.0) -> int:
+    """End a process `start` started: SIGTERM, then SIGKILL if it is still there after `timeout_s`; its exit code."""
+    proc.terminate()
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
 def ensure_group(group: str) -> None:
     """Install one of uv.lock's optional dependency groups into this environment (added, nothing removed).
 

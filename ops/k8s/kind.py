@@ -455,11 +455,7 @@ def port_forward(
             time.sleep(0.2)
         yield f"http://127.0.0.1:{local_port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        core.stop(proc, 10)
 
 
 def tilt_binary() -> str | None:

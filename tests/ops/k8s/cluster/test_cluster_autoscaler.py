@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
+from ops import core
 from ops.images import versions as image_versions
 from ops.k8s import nodegroups, objects, render
 from ops.k8s.nodegroups import load_nodegroups, managed_nodegroups
@@ -190,11 +191,7 @@ def autoscaler(ca_sim: SimCluster, tmp_path_factory: pytest.TempPathFactory) -> 
             assert proc.poll() is None, log.read_text()[-3000:]
             yield log
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            core.stop(proc)
 
 
 def nodes_of(sim: SimCluster, group: str) -> list[str]:

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from ops import core
 from ops.k8s import budget, karpenter, objects, render
 from ops.k8s.nodegroups import GPU_TAINT_KEY, ZONE_LABEL, load_nodegroups
 from ops.k8s.sim import SimCluster, wait_until
@@ -123,11 +124,7 @@ def controller(
             assert proc.poll() is None, log.read_text()[-3000:]
             yield log
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            core.stop(proc)
 
 
 def _condition(sim: SimCluster, kind: str, name: str, condition: str) -> str:
