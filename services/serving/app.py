@@ -107,10 +107,10 @@ class Runtime(Generic[SettingsT, ResourcesT]):
             raise NotReady("the model is not loaded yet")
         return self.opened
 
-    def begin_drain(self) -> None:
-        if not self.draining:
-            log.info("draining: readiness is now 503, waiting for %d accepted requests", self.inflight)
-        self.draining = True
+    def announce_drain(self) -> None:
+        """Log the drain and export readiness 0: from the event loop, never from the signal handler that set
+        `draining` (metrics and logging take locks the interrupted code may hold; serving.server.DrainingServer)."""
+        log.info("draining: readiness is now 503, waiting for %d accepted requests", self.inflight)
         self.metrics.ready.set(0)
 
     @property

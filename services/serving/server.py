@@ -42,6 +42,7 @@ class DrainingServer(uvicorn.Server):
         self._app = app
         self._drain_timeout_s = drain_timeout_s
         self._drain_started: float | None = None
+        self._drain_announced = False
         self._signals = 0
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -56,7 +57,11 @@ class DrainingServer(uvicorn.Server):
                 self.force_exit = True
             return
         self._drain_started = time.monotonic()
-        runtime.begin_drain()
+        # Plain attributes only: this handler runs between two bytecodes of whatever the main thread was doing, which
+        # may hold prometheus_client's lock (one plain Lock for every value in multiprocess mode: a front creating a
+        # labelled child) or a logging lock; taking one again here hung a split front forever. Readiness and
+        # admission read `draining` at once; on_tick logs the drain and exports readiness 0 from the loop.
+        runtime.draining = True
 
     async def on_tick(self, counter: int) -> bool:
         runtime = getattr(self._app.state, "runtime", None)
@@ -64,6 +69,9 @@ class DrainingServer(uvicorn.Server):
             return True  # nothing to serve: shut down, and serve() exits non-zero so the pod restarts and says why
         if self._drain_started is not None:
             runtime = self._app.state.runtime
+            if not self._drain_announced:
+                self._drain_announced = True
+                runtime.announce_drain()
             waited = time.monotonic() - self._drain_started
             if runtime.drained:
                 log.info("drained after %.2fs: shutting down", waited)
