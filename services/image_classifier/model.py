@@ -157,6 +157,11 @@ Item = torch.Tensor | EncodedImage
 """A preprocessed image: uint8 CHW pixels (CPU path), or JPEG bytes the engine decodes on the GPU."""
 
 
+def probability_rows(outputs: torch.Tensor) -> np.ndarray:
+    """`predict`'s probabilities on the host, one contiguous float32 row per item (what answers and slots hold)."""
+    return np.ascontiguousarray(outputs.cpu().numpy(), dtype=np.float32)
+
+
 class TopK(list[dict[str, Any]]):
     """One image's top-k predictions, as /v1/predict answers them; `probabilities` keeps its whole softmax row (in
     label order) for the Open Inference Protocol's outputs (serving.v2), at no extra device work."""
@@ -337,7 +342,7 @@ class ImageClassifier(Model[bytes, Item, TopK]):
             return probabilities[torch.tensor(inverse, device=probabilities.device)]
 
     def postprocess(self, outputs: torch.Tensor) -> list[TopK]:
-        return [self.top(row) for row in np.ascontiguousarray(outputs.cpu().numpy(), dtype=np.float32)]
+        return [self.top(row) for row in probability_rows(outputs)]
 
     def top(self, row: np.ndarray) -> TopK:
         """One image's answer from its probability row: the k best, equal scores in label order (in one process and
@@ -409,8 +414,7 @@ class ImageClassifier(Model[bytes, Item, TopK]):
 
     def engine_outputs(self, outputs: torch.Tensor) -> list[bytes | memoryview]:
         """The probabilities' rows as they are: the front picks the top k (`unpack_output`), not the engine."""
-        rows = np.ascontiguousarray(outputs.cpu().numpy(), dtype=np.float32)
-        return [row.data.cast("B") for row in rows]
+        return [row.data.cast("B") for row in probability_rows(outputs)]
 
     def unpack_output(self, data: memoryview) -> TopK:
         return self.top(np.frombuffer(data, dtype=np.float32).copy())
